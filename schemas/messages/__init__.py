@@ -1,0 +1,1 @@
+"""AMQP message body schemas, one module per conversation."""
