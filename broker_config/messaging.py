@@ -1,0 +1,624 @@
+"""The one way lavamq talks to the broker: ``Broker`` to publish, ``QueueConsumer`` to consume.
+
+Publishing (``Broker.publish``):
+
+- the body is validated by its marshmallow schema (``schemas.messages.base.encode``);
+- persistent (``delivery_mode=2``), JSON, AMQP ``type`` = the schema's message type;
+- on RabbitMQ: publisher confirms (``confirm_publish``) and ``mandatory=True``.
+  py-amqp reports an unroutable message as a ``basic.return`` *before* the
+  confirm's ``basic.ack``; ``Broker`` registers a ``basic_return`` handler on
+  its channel (without one py-amqp would raise ``NoRoute`` out of the wait),
+  so after the confirm it knows whether the message was returned and raises
+  ``InfrastructureError`` naming the exchange and routing key;
+- on ``memory://`` (no confirms, no returns) the same check is made by looking
+  up the exchange's bindings before publishing, so tests behave alike;
+- never to the default exchange;
+- a lost connection is re-opened (``max_retries``) and everything this
+  ``Broker`` declared is declared again before the publish is retried.
+
+Consuming (``QueueConsumer``): each delivery is decoded with the schema named
+by its AMQP ``type`` and handed to a handler; the message is acked after the
+handler returns. A body that does not decode, or a type nobody expects, is
+*republished* to ``lava.dead`` with the reason in the ``x-lavamq-reject-reason``
+header and then acked: RabbitMQ's own dead-lettering (reject without requeue,
+via the queues' ``x-dead-letter-exchange``) cannot add a header, and the reason
+is what an admin needs. Handlers raising ``InfrastructureError`` get the
+message requeued (up to ``max_requeues`` times, then dead-lettered); any other
+exception is a bug: dead-lettered with the traceback summary. Deliveries are
+queued by the kombu callback and handled outside ``drain_events``, so a handler
+may publish on the same connection without being re-entered.
+
+One ``Broker`` / ``QueueConsumer`` per thread: kombu connections are not
+thread-safe. ``Broker.publish`` takes a lock so that a thread handing a
+``Broker`` to a helper thread by mistake gets serialised, not corrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import Connection, Consumer, Exchange, Queue
+from kombu.message import Message
+
+from broker_config import topology
+from schemas.errors import InfrastructureError, LavamqError
+from schemas.messages.base import InvalidMessage, MessageSchema, decode, encode
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def is_amqp_url(url: str) -> bool:
+    return url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
+def connection_for(url: str, *, connect_timeout: float = 10.0) -> Connection:
+    """A kombu connection with the options lavamq relies on for ``url``."""
+    if is_amqp_url(url):
+        return Connection(
+            url,
+            transport_options={"confirm_publish": True},
+            connect_timeout=connect_timeout,
+            heartbeat=0,
+        )
+    # memory:// polls; the default (1 s) would make every wait slow
+    return Connection(url, transport_options={"polling_interval": 0.005})
+
+
+class Broker:
+    """A connection used to declare and publish; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_retries: int = 5,
+        confirm_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.is_amqp = is_amqp_url(url)
+        self.max_retries = max_retries
+        self.confirm_timeout = confirm_timeout
+        self.connection = connection_for(url, connect_timeout=connect_timeout)
+        self._channel: Any = None
+        self._declared: dict[tuple[str, str], Exchange | Queue] = {}
+        self._returned: list[tuple[str, str, str]] = []
+        self._lock = threading.RLock()
+
+    # --- connection -------------------------------------------------------
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def safe_url(self) -> str:
+        return str(self.connection.as_uri())
+
+    def connect(self) -> None:
+        """Open the connection now (otherwise the first use opens it)."""
+        self.channel()
+
+    def channel(self) -> Any:
+        """The channel used for declares and publishes (opened on demand)."""
+        with self._lock:
+            if self._channel is None:
+                try:
+                    self.connection.ensure_connection(max_retries=self.max_retries)
+                except self.connection.connection_errors as exc:
+                    raise InfrastructureError(
+                        f"cannot connect to the broker at {self.safe_url()}: {exc}"
+                    ) from exc
+                channel = self.connection.channel()
+                if self.is_amqp:
+                    # memory:// channels share one class-level ``events`` dict
+                    channel.events["basic_return"].add(self._on_return)
+                self._channel = channel
+            return self._channel
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self._returned.append((exchange, routing_key, str(exc)))
+
+    def _reset(self) -> None:
+        """Forget the channel (and a dead connection) so the next use reopens them."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                channel.close()
+        with contextlib.suppress(Exception):
+            self.connection.collect()
+        self.connection = connection_for(self.url)
+
+    def _revive(self) -> None:
+        self._reset()
+        channel = self.channel()
+        for entity in list(self._declared.values()):
+            entity.bind(channel).declare()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                with contextlib.suppress(Exception):
+                    self._channel.close()
+                self._channel = None
+            with contextlib.suppress(Exception):
+                self.connection.release()
+
+    def _retrying(self, what: str, fun: Callable[[], Any]) -> Any:
+        """Run ``fun``; reconnect and redeclare on a lost connection, up to max_retries."""
+        attempt = 0
+        while True:
+            try:
+                return fun()
+            except self.connection.recoverable_connection_errors as exc:
+                attempt += 1
+                if attempt > self.max_retries:
+                    raise InfrastructureError(
+                        f"{what}: broker connection lost {attempt} times ({self.safe_url()}): {exc}"
+                    ) from exc
+                log.warning("%s: connection lost (%s), reconnecting (%d)", what, exc, attempt)
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+                try:
+                    self._revive()
+                except (InfrastructureError, *self.connection.connection_errors) as rexc:
+                    log.warning("%s: reconnect failed: %s", what, rexc)
+            except self.connection.channel_errors as exc:
+                # the broker closed the channel (404 exchange missing, 406...)
+                self._reset()
+                raise InfrastructureError(f"{what}: broker refused: {exc}") from exc
+
+    # --- declaring --------------------------------------------------------
+
+    def declare(self, *entities: Exchange | Queue) -> None:
+        """Declare exchanges/queues (a queue declares its exchange and binding too).
+
+        Remembered, and declared again after a reconnect.
+        """
+        with self._lock:
+            for entity in entities:
+                kind = "queue" if isinstance(entity, Queue) else "exchange"
+                self._retrying(f"declare {kind} {entity.name!r}", self._declarer(entity))
+                self._declared[(kind, entity.name)] = entity
+
+    def _declarer(self, entity: Exchange | Queue) -> Callable[[], Any]:
+        return lambda: entity.bind(self.channel()).declare()
+
+    def forget(self, kind: str, name: str) -> None:
+        self._declared.pop((kind, name), None)
+
+    def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        with self._lock:
+            self._retrying(
+                f"bind queue {queue!r} to {exchange!r}",
+                lambda: self.channel().queue_bind(
+                    queue=queue, exchange=exchange, routing_key=routing_key
+                ),
+            )
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue; a queue that does not exist is not an error."""
+        with self._lock:
+            self.forget("queue", name)
+            try:
+                self._retrying(
+                    f"delete queue {name!r}", lambda: self.channel().queue_delete(queue=name)
+                )
+            except InfrastructureError as exc:
+                if "404" not in str(exc) and "NOT_FOUND" not in str(exc):
+                    raise
+
+    def delete_exchange(self, name: str) -> None:
+        """Delete an exchange; one that does not exist is not an error."""
+        with self._lock:
+            self.forget("exchange", name)
+            try:
+                self._retrying(
+                    f"delete exchange {name!r}",
+                    lambda: self.channel().exchange_delete(exchange=name),
+                )
+            except InfrastructureError as exc:
+                if "404" not in str(exc) and "NOT_FOUND" not in str(exc):
+                    raise
+            except KeyError:
+                pass  # memory:// raises KeyError for an unknown exchange
+
+    # --- publishing -------------------------------------------------------
+
+    def publish(
+        self,
+        exchange: str | Exchange,
+        routing_key: str,
+        schema: MessageSchema,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        expiration: float | None = None,
+    ) -> None:
+        """Validate ``body`` with ``schema`` and publish it persistently, confirmed.
+
+        Raises InvalidMessage for a body that does not fit its schema and
+        InfrastructureError when the broker cannot route or store it.
+        """
+        payload = encode(schema, dict(body))
+        self.publish_raw(
+            exchange,
+            routing_key,
+            payload,
+            message_type=schema.message_type,
+            headers=headers,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            expiration=expiration,
+        )
+
+    def publish_raw(
+        self,
+        exchange: str | Exchange,
+        routing_key: str,
+        payload: bytes,
+        *,
+        message_type: str = "",
+        content_type: str = JSON,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        expiration: float | None = None,
+    ) -> None:
+        """Publish bytes as they are (used for dead-lettering); prefer ``publish``."""
+        name = exchange.name if isinstance(exchange, Exchange) else exchange
+        assert name, "lavamq never publishes to the default exchange"
+        properties: dict[str, Any] = {"delivery_mode": 2}
+        if message_type:
+            properties["type"] = message_type
+        if correlation_id:
+            properties["correlation_id"] = correlation_id
+        if reply_to:
+            properties["reply_to"] = reply_to
+        if expiration is not None:
+            properties["expiration"] = str(int(expiration * 1000))
+        what = f"publish {message_type or 'message'} to exchange {name!r} key {routing_key!r}"
+
+        def once() -> None:
+            channel = self.channel()
+            if not self.is_amqp:
+                self._check_routable_memory(channel, name, routing_key, what)
+            message = channel.prepare_message(
+                payload,
+                content_type=content_type,
+                content_encoding="utf-8",
+                headers=dict(headers or {}),
+                properties=properties,
+            )
+            self._returned.clear()
+            if self.is_amqp:
+                channel.basic_publish(
+                    message,
+                    exchange=name,
+                    routing_key=routing_key,
+                    mandatory=True,
+                    confirm_timeout=self.confirm_timeout,
+                )
+            else:
+                channel.basic_publish(message, exchange=name, routing_key=routing_key)
+            if self._returned:
+                _, _, reason = self._returned[-1]
+                self._returned.clear()
+                raise InfrastructureError(
+                    f"{what}: unroutable, no queue is bound for it ({reason})"
+                )
+
+        with self._lock:
+            self._retrying(what, once)
+
+    @staticmethod
+    def _check_routable_memory(channel: Any, exchange: str, routing_key: str, what: str) -> None:
+        try:
+            queues = channel.typeof(exchange).lookup(
+                channel.get_table(exchange), exchange, routing_key, None
+            )
+        except KeyError:
+            queues = []
+        if not queues:
+            raise InfrastructureError(f"{what}: unroutable, no queue is bound for it")
+
+
+# --- consuming ------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """One decoded message handed to a handler."""
+
+    message_type: str
+    body: dict[str, Any]
+    message: Message
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.message.headers or {})
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return dict(self.message.properties or {})
+
+
+Handler = Callable[[Delivery], None]
+BatchHandler = Callable[[list[Delivery]], None]
+
+
+class QueueConsumer:
+    """Consume queues, validate every body, hand it on, ack after the handler.
+
+    ``schemas`` maps AMQP ``type`` → schema (a single schema accepts any
+    type). Give ``handler`` (one delivery at a time) or ``batch_handler``
+    (every delivery that arrived together, up to ``prefetch``: one store
+    transaction for many messages). ``run()`` blocks until ``stop()``;
+    ``on_ready`` is called once consuming has started.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        queues: Iterable[Queue],
+        schemas: Mapping[str, MessageSchema] | MessageSchema,
+        *,
+        handler: Handler | None = None,
+        batch_handler: BatchHandler | None = None,
+        prefetch: int = 1,
+        max_requeues: int = 3,
+        declare: bool = True,
+        idle_callback: Callable[[], None] | None = None,
+        poll_interval: float = 0.5,
+        max_retries: int | None = None,
+    ) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler and batch_handler")
+        self.url = url
+        self.queues = list(queues)
+        self.schemas = schemas
+        self.handler = handler
+        self.batch_handler = batch_handler
+        self.prefetch = prefetch
+        self.max_requeues = max_requeues
+        self.declare = declare
+        self.idle_callback = idle_callback
+        self.poll_interval = poll_interval
+        self.max_retries = max_retries
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._pending: list[Message] = []
+        self._requeues: dict[str, int] = {}
+        self.connection: Connection | None = None
+        self.publisher: Broker | None = None
+        self.dead_lettered = 0
+
+    # --- control ---
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Consume until ``stop()``; reconnect after a lost connection."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._consume(on_ready)
+                return
+            except InfrastructureError:
+                raise
+            except Exception as exc:
+                conn = self.connection
+                recoverable: tuple[type[BaseException], ...] = (
+                    (*tuple(conn.recoverable_connection_errors), OSError) if conn else (OSError,)
+                )
+                if not isinstance(exc, recoverable):
+                    raise
+                failures += 1
+                if self.max_retries is not None and failures > self.max_retries:
+                    raise InfrastructureError(
+                        f"consumer of {[q.name for q in self.queues]}: connection lost "
+                        f"{failures} times: {exc}"
+                    ) from exc
+                log.warning("consumer connection lost (%s); reconnecting", exc)
+                self._stop.wait(min(0.2 * failures, 3.0))
+            finally:
+                self._close()
+
+    def _close(self) -> None:
+        self._pending.clear()
+        if self.publisher is not None:
+            self.publisher.close()
+            self.publisher = None
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                self.connection.release()
+            self.connection = None
+
+    def _consume(self, on_ready: Callable[[], None] | None) -> None:
+        self.connection = connection_for(self.url)
+        self.connection.ensure_connection(max_retries=self.max_retries)
+        self.publisher = Broker(self.url)
+        # the dead-letter publisher shares nothing with the consuming connection
+        channel = self.connection.channel()
+        queues = [q.bind(channel) for q in self.queues]
+        if self.declare:
+            for q in queues:
+                q.declare()
+        consumer = Consumer(
+            channel,
+            queues=queues,
+            on_message=self._pending.append,
+            prefetch_count=self.prefetch,
+            no_ack=False,
+        )
+        consumer.on_decode_error = self._on_decode_error  # type: ignore[assignment]
+        with consumer:
+            if not self._ready.is_set():
+                self._ready.set()
+                if on_ready is not None:
+                    on_ready()
+            while not self._stop.is_set():
+                try:
+                    self.connection.drain_events(timeout=self.poll_interval)
+                except TimeoutError:
+                    if self.idle_callback is not None:
+                        self.idle_callback()
+                    continue
+                # take what else is already here, without blocking
+                while len(self._pending) < self.prefetch:
+                    try:
+                        self.connection.drain_events(timeout=0.0005)
+                    except TimeoutError:
+                        break
+                batch, self._pending[:] = list(self._pending), []
+                self._handle(batch)
+                if self.idle_callback is not None:
+                    self.idle_callback()
+
+    def _on_decode_error(self, message: Message, exc: Exception) -> None:
+        # kombu's default acks (drops) the message; dead-letter it instead
+        self.dead_letter(message, f"undecodable body: {exc}")
+
+    # --- handling ---
+
+    def _schema_for(self, message_type: str) -> MessageSchema | None:
+        if isinstance(self.schemas, MessageSchema):
+            return self.schemas
+        return self.schemas.get(message_type)
+
+    def _decode(self, message: Message) -> Delivery | None:
+        message_type = str((message.properties or {}).get("type") or "")
+        schema = self._schema_for(message_type)
+        if schema is None:
+            self.dead_letter(message, f"unexpected message type {message_type!r}")
+            return None
+        try:
+            body = decode(schema, message.body)
+        except InvalidMessage as exc:
+            self.dead_letter(message, f"invalid message: {exc.message}")
+            return None
+        return Delivery(message_type, body, message)
+
+    def _handle(self, messages: list[Message]) -> None:
+        deliveries = [d for d in (self._decode(m) for m in messages) if d is not None]
+        if not deliveries:
+            return
+        if self.batch_handler is not None:
+            self._run_handler(deliveries, lambda: self.batch_handler(deliveries))  # type: ignore[misc]
+        else:
+            for delivery in deliveries:
+                self._run_handler([delivery], lambda d=delivery: self.handler(d))  # type: ignore[misc]
+
+    def _run_handler(self, deliveries: list[Delivery], call: Callable[[], None]) -> None:
+        try:
+            call()
+        except InfrastructureError as exc:
+            for d in deliveries:
+                key = self._message_key(d.message)
+                count = self._requeues.get(key, 0) + 1
+                if count > self.max_requeues:
+                    self._requeues.pop(key, None)
+                    self.dead_letter(
+                        d.message, f"gave up after {self.max_requeues} requeues: {exc.message}"
+                    )
+                else:
+                    self._requeues[key] = count
+                    log.warning("requeueing %s (%d): %s", d.message_type, count, exc.message)
+                    d.message.requeue()
+            return
+        except Exception as exc:
+            summary = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            where = traceback.extract_tb(exc.__traceback__)[-1:]
+            place = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+            log.exception("handler failed on %s", [d.message_type for d in deliveries])
+            kind = "bug" if not isinstance(exc, LavamqError) else exc.error_type
+            for d in deliveries:
+                self.dead_letter(d.message, f"{kind} in handler: {summary}{place}")
+            return
+        for d in deliveries:
+            self._requeues.pop(self._message_key(d.message), None)
+            d.message.ack()
+
+    @staticmethod
+    def _message_key(message: Message) -> str:
+        props = message.properties or {}
+        return str(props.get("message_id") or hash(message.body))
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        """Republish ``message`` to ``lava.dead`` with ``reason`` in a header, then ack it."""
+        info = message.delivery_info or {}
+        headers = dict(message.headers or {})
+        headers[topology.REJECT_REASON_HEADER] = reason[:4000]
+        headers[topology.ORIGINAL_EXCHANGE_HEADER] = str(info.get("exchange", ""))
+        headers[topology.ORIGINAL_ROUTING_KEY_HEADER] = str(info.get("routing_key", ""))
+        log.warning(
+            "dead-lettering a message from exchange %r key %r: %s",
+            info.get("exchange"),
+            info.get("routing_key"),
+            reason,
+        )
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        try:
+            assert self.publisher is not None
+            self.publisher.publish_raw(
+                topology.DEAD_EXCHANGE_NAME,
+                "",
+                body,
+                message_type=str((message.properties or {}).get("type") or ""),
+                content_type=message.content_type or "application/octet-stream",
+                headers=headers,
+            )
+        except InfrastructureError as exc:
+            # no lava.dead (e.g. an undeclared embedded topology): fall back to
+            # the broker's own dead-lettering, losing only the reason header
+            log.warning("cannot republish to lava.dead (%s); rejecting instead", exc)
+            message.reject(requeue=False)
+        else:
+            message.ack()
+        self.dead_lettered += 1
+
+
+def run_in_thread(consumer: QueueConsumer, name: str, timeout: float = 30.0) -> threading.Thread:
+    """Start ``consumer.run()`` in a daemon thread and wait until it consumes."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            consumer.run()
+        except BaseException as exc:
+            errors.append(exc)
+            consumer._ready.set()
+            log.exception("consumer thread %s died", name)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    if not consumer.wait_ready(timeout):
+        raise InfrastructureError(f"{name}: consumer not ready after {timeout} s")
+    if errors:
+        raise classify_thread_error(name, errors[0])
+    return thread
+
+
+def classify_thread_error(name: str, exc: BaseException) -> LavamqError:
+    if isinstance(exc, LavamqError):
+        return exc
+    return InfrastructureError(f"{name}: consumer failed to start: {exc}")

@@ -1,0 +1,297 @@
+"""Every exchange, queue and routing-key name of lavamq, in one place.
+
+Nothing else in lavamq spells a broker name: callers ask this module for a
+name (``group_exchange_name``) or for the kombu object to declare or consume
+(``group_exchange``, ``group_queue``...). Names built from group, node, device
+or job ids are validated here so that a stray ``#``, ``*`` or space can never
+turn into a wildcard or a broken routing key.
+
+Layout (see docs/multinode.md for the conversations on top of it):
+
+========================  =======  ==========================================
+exchange                  type     queues / routing keys
+========================  =======  ==========================================
+``lava.group.<group>``    fanout   ``lava.group.<group>.<node>`` per node
+``lava.barrier``          direct   quorum queue ``lava.barrier`` (key
+                                   ``barrier``; single active consumer)
+``lava.rpc``              direct   ``lava.rpc`` (key ``rpc``)
+``lava.reply``            direct   per-client reply queues, key = queue name
+``lava.device``           direct   ``lava.device.<device>`` (key = device)
+``lava.control``          direct   ``lava.control`` (key ``control``)
+``lava.results``          topic    ``lava.results`` (bound with ``#``;
+                                   key ``<job>.<node>``)
+``lava.logs``             topic    key ``<job>.<node>``; listeners bind their
+                                   own queues
+``lava.events``           topic    key ``<kind>.<name>``, e.g. ``job.12``
+``lava.dead``             fanout   ``lava.dead`` (dead letters)
+========================  =======  ==========================================
+"""
+
+from __future__ import annotations
+
+import re
+
+from kombu import Exchange, Queue
+
+from schemas.errors import ConfigurationError
+
+#: what a group, node, device or job id may contain: safe in every routing
+#: key, queue name and URL path segment, and never an AMQP topic wildcard
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
+
+GROUP_PREFIX = "lava.group."
+
+BARRIER_EXCHANGE_NAME = "lava.barrier"
+BARRIER_QUEUE_NAME = "lava.barrier"
+BARRIER_ROUTING_KEY = "barrier"
+
+RPC_EXCHANGE_NAME = "lava.rpc"
+RPC_QUEUE_NAME = "lava.rpc"
+RPC_ROUTING_KEY = "rpc"
+
+REPLY_EXCHANGE_NAME = "lava.reply"
+
+DEVICE_EXCHANGE_NAME = "lava.device"
+DEVICE_QUEUE_PREFIX = "lava.device."
+
+CONTROL_EXCHANGE_NAME = "lava.control"
+CONTROL_QUEUE_NAME = "lava.control"
+CONTROL_ROUTING_KEY = "control"
+
+RESULTS_EXCHANGE_NAME = "lava.results"
+RESULTS_QUEUE_NAME = "lava.results"
+
+LOGS_EXCHANGE_NAME = "lava.logs"
+EVENTS_EXCHANGE_NAME = "lava.events"
+
+DEAD_EXCHANGE_NAME = "lava.dead"
+DEAD_QUEUE_NAME = "lava.dead"
+
+#: header carried by every message lavamq dead-letters itself
+REJECT_REASON_HEADER = "x-lavamq-reject-reason"
+ORIGINAL_EXCHANGE_HEADER = "x-lavamq-original-exchange"
+ORIGINAL_ROUTING_KEY_HEADER = "x-lavamq-original-routing-key"
+ORIGINAL_QUEUE_HEADER = "x-lavamq-original-queue"
+
+#: queue arguments: every queue lavamq declares dead-letters to lava.dead
+DEAD_LETTER_ARGUMENTS = {"x-dead-letter-exchange": DEAD_EXCHANGE_NAME}
+
+#: policy names and patterns applied by ``lavamq broker setup``
+GROUP_QUEUE_POLICY = "lava-group-expiry"
+GROUP_QUEUE_POLICY_PATTERN = r"^lava\.group\."
+DEFAULT_GROUP_EXPIRY_MS = 24 * 3600 * 1000
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return ``name`` if it is safe in broker names; raise ConfigurationError if not."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigurationError(
+            f"invalid {kind} name {name!r}: use 1 to 120 characters from "
+            "A-Z a-z 0-9 '_' '.' '-' (no spaces, '#', '*' or '/')"
+        )
+    return name
+
+
+# --- static exchanges -----------------------------------------------------
+
+
+def barrier_exchange() -> Exchange:
+    return Exchange(BARRIER_EXCHANGE_NAME, type="direct", durable=True)
+
+
+def rpc_exchange() -> Exchange:
+    return Exchange(RPC_EXCHANGE_NAME, type="direct", durable=True)
+
+
+def reply_exchange() -> Exchange:
+    return Exchange(REPLY_EXCHANGE_NAME, type="direct", durable=True)
+
+
+def device_exchange() -> Exchange:
+    return Exchange(DEVICE_EXCHANGE_NAME, type="direct", durable=True)
+
+
+def control_exchange() -> Exchange:
+    return Exchange(CONTROL_EXCHANGE_NAME, type="direct", durable=True)
+
+
+def results_exchange() -> Exchange:
+    return Exchange(RESULTS_EXCHANGE_NAME, type="topic", durable=True)
+
+
+def logs_exchange() -> Exchange:
+    return Exchange(LOGS_EXCHANGE_NAME, type="topic", durable=True)
+
+
+def events_exchange() -> Exchange:
+    return Exchange(EVENTS_EXCHANGE_NAME, type="topic", durable=True)
+
+
+def dead_exchange() -> Exchange:
+    return Exchange(DEAD_EXCHANGE_NAME, type="fanout", durable=True)
+
+
+def static_exchanges() -> list[Exchange]:
+    return [
+        dead_exchange(),
+        barrier_exchange(),
+        rpc_exchange(),
+        reply_exchange(),
+        device_exchange(),
+        control_exchange(),
+        results_exchange(),
+        logs_exchange(),
+        events_exchange(),
+    ]
+
+
+# --- static queues --------------------------------------------------------
+
+
+def barrier_queue() -> Queue:
+    """The barrier service's queue: quorum (replicated, survives a node) and
+    single active consumer (a second ``lavamq barrier`` is a hot standby)."""
+    return Queue(
+        BARRIER_QUEUE_NAME,
+        exchange=barrier_exchange(),
+        routing_key=BARRIER_ROUTING_KEY,
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-single-active-consumer": True,
+            **DEAD_LETTER_ARGUMENTS,
+        },
+    )
+
+
+def rpc_queue() -> Queue:
+    return Queue(
+        RPC_QUEUE_NAME,
+        exchange=rpc_exchange(),
+        routing_key=RPC_ROUTING_KEY,
+        durable=True,
+        queue_arguments=dict(DEAD_LETTER_ARGUMENTS),
+    )
+
+
+def control_queue() -> Queue:
+    return Queue(
+        CONTROL_QUEUE_NAME,
+        exchange=control_exchange(),
+        routing_key=CONTROL_ROUTING_KEY,
+        durable=True,
+        queue_arguments=dict(DEAD_LETTER_ARGUMENTS),
+    )
+
+
+def results_queue() -> Queue:
+    return Queue(
+        RESULTS_QUEUE_NAME,
+        exchange=results_exchange(),
+        routing_key="#",
+        durable=True,
+        queue_arguments=dict(DEAD_LETTER_ARGUMENTS),
+    )
+
+
+def dead_queue() -> Queue:
+    return Queue(DEAD_QUEUE_NAME, exchange=dead_exchange(), routing_key="", durable=True)
+
+
+def static_queues() -> list[Queue]:
+    return [dead_queue(), barrier_queue(), rpc_queue(), control_queue(), results_queue()]
+
+
+# --- per group ------------------------------------------------------------
+
+
+def group_exchange_name(group: str) -> str:
+    return GROUP_PREFIX + check_name("group", group)
+
+
+def group_exchange(group: str) -> Exchange:
+    """The fanout exchange of one MultiNode group (deleted when the group ends)."""
+    return Exchange(group_exchange_name(group), type="fanout", durable=True)
+
+
+def group_queue_name(group: str, node: str) -> str:
+    return f"{group_exchange_name(group)}.{check_name('node', node)}"
+
+
+def group_queue(group: str, node: str) -> Queue:
+    """One node's durable classic queue, bound to its group's fanout exchange.
+
+    Classic, not quorum: group queues are short-lived. Left-overs of a crash
+    expire by the ``lava-group-expiry`` policy.
+    """
+    return Queue(
+        group_queue_name(group, node),
+        exchange=group_exchange(group),
+        routing_key="",
+        durable=True,
+        queue_arguments=dict(DEAD_LETTER_ARGUMENTS),
+    )
+
+
+def is_group_name(name: str) -> bool:
+    """True for a ``lava.group.*`` exchange or queue name."""
+    return name.startswith(GROUP_PREFIX)
+
+
+# --- per device -----------------------------------------------------------
+
+
+def device_queue_name(device: str) -> str:
+    return DEVICE_QUEUE_PREFIX + check_name("device", device)
+
+
+def device_routing_key(device: str) -> str:
+    return check_name("device", device)
+
+
+def device_queue(device: str) -> Queue:
+    """The queue a dispatcher consumes for one of its devices (key = device name)."""
+    return Queue(
+        device_queue_name(device),
+        exchange=device_exchange(),
+        routing_key=device_routing_key(device),
+        durable=True,
+        queue_arguments=dict(DEAD_LETTER_ARGUMENTS),
+    )
+
+
+# --- RPC replies ----------------------------------------------------------
+
+
+def reply_queue(name: str) -> Queue:
+    """An exclusive, auto-deleted reply queue bound to ``lava.reply`` under its own name.
+
+    Replies go through the named ``lava.reply`` exchange, never the default one.
+    """
+    check_name("reply queue", name)
+    return Queue(
+        name,
+        exchange=reply_exchange(),
+        routing_key=name,
+        durable=False,
+        exclusive=True,
+        auto_delete=True,
+    )
+
+
+# --- routing keys ---------------------------------------------------------
+
+
+def log_routing_key(job: str | int, node: str) -> str:
+    """``<job>.<node>`` on ``lava.logs``; bind ``<job>.#`` for one job's logs."""
+    return f"{check_name('job', str(job))}.{check_name('node', node)}"
+
+
+def result_routing_key(job: str | int, node: str) -> str:
+    """``<job>.<node>`` on ``lava.results``."""
+    return f"{check_name('job', str(job))}.{check_name('node', node)}"
+
+
+def event_routing_key(kind: str, name: str | int) -> str:
+    """``<kind>.<name>`` on ``lava.events``, e.g. ``job.12`` or ``device.qemu-01``."""
+    return f"{check_name('event kind', kind)}.{check_name('event subject', str(name))}"

@@ -1,0 +1,133 @@
+"""Contract of broker_config.messaging, on memory:// and on the real RabbitMQ."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from kombu import Connection, Exchange, Queue
+from kombu.transport import memory
+from marshmallow import fields
+
+from broker_config import topology
+from broker_config.messaging import Broker, Delivery, QueueConsumer, run_in_thread
+from schemas.errors import InfrastructureError
+from schemas.messages.base import InvalidMessage, MessageSchema
+
+
+class PingSchema(MessageSchema):
+    message_type = "test-ping"
+    text = fields.String(required=True)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(0.005)
+
+
+@pytest.fixture(params=["memory", pytest.param("rabbit", marks=pytest.mark.integration)])
+def any_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "memory":
+        memory.Transport.global_state.clear()
+        memory.Channel.queues.clear()
+        yield "memory://"
+        return
+    yield request.getfixturevalue("rabbit_url")
+
+
+def _setup(url: str) -> tuple[Broker, Queue]:
+    broker = Broker(url)
+    broker.declare(topology.dead_exchange(), topology.dead_queue())
+    exchange = Exchange("lava.test", type="direct", durable=True)
+    queue = Queue(
+        f"lava.test.{uuid.uuid4().hex[:6]}",
+        exchange=exchange,
+        routing_key="k",
+        durable=True,
+        queue_arguments=dict(topology.DEAD_LETTER_ARGUMENTS),
+    )
+    broker.declare(exchange, queue)
+    return broker, queue
+
+
+def test_unroutable_publish_raises_naming_exchange_and_key(any_url: str) -> None:
+    broker, _ = _setup(any_url)
+    with broker, pytest.raises(InfrastructureError) as info:
+        broker.publish("lava.test", "nobody", PingSchema(), {"text": "x"})
+    assert "'lava.test'" in str(info.value)
+    assert "'nobody'" in str(info.value)
+    assert "unroutable" in str(info.value)
+
+
+def test_invalid_body_refused_before_publishing(any_url: str) -> None:
+    broker, _ = _setup(any_url)
+    with broker, pytest.raises(InvalidMessage, match="text"):
+        broker.publish("lava.test", "k", PingSchema(), {"txt": "x"})
+
+
+def test_default_exchange_is_never_used(any_url: str) -> None:
+    broker, queue = _setup(any_url)
+    with broker, pytest.raises(AssertionError, match="default exchange"):
+        broker.publish("", queue.name, PingSchema(), {"text": "x"})
+
+
+def test_round_trip_and_dead_letter_with_reason(any_url: str) -> None:
+    broker, queue = _setup(any_url)
+    got: list[Delivery] = []
+
+    def handler(delivery: Delivery) -> None:
+        if delivery.body["text"] == "boom":
+            raise RuntimeError("handler exploded")
+        got.append(delivery)
+
+    consumer = QueueConsumer(any_url, [queue], {"test-ping": PingSchema()}, handler=handler)
+    thread = run_in_thread(consumer, "test-consumer")
+    try:
+        broker.publish("lava.test", "k", PingSchema(), {"text": "héllo = world\n"})
+        broker.publish_raw("lava.test", "k", b"{not json", message_type="test-ping")
+        broker.publish_raw("lava.test", "k", b"{}", message_type="who-knows")
+        broker.publish("lava.test", "k", PingSchema(), {"text": "boom"})
+        broker.publish("lava.test", "k", PingSchema(), {"text": "after"})
+        wait_for(lambda: len(got) == 2 and consumer.dead_lettered == 3)
+    finally:
+        consumer.stop()
+        thread.join(10)
+    assert [d.body["text"] for d in got] == ["héllo = world\n", "after"]
+    assert got[0].message_type == "test-ping"
+    assert got[0].properties.get("delivery_mode") in (2, None)
+
+    # the dead letters carry their reason (read raw: the bodies are invalid on purpose)
+    reasons: list[str] = []
+    with Connection(any_url) as conn:
+        dead = topology.dead_queue().bind(conn.channel())
+        deadline = time.monotonic() + 10
+        while len(reasons) < 3 and time.monotonic() < deadline:
+            msg = dead.get(no_ack=False)
+            if msg is None:
+                time.sleep(0.01)
+                continue
+            reasons.append(msg.headers[topology.REJECT_REASON_HEADER])
+            assert msg.headers[topology.ORIGINAL_EXCHANGE_HEADER] == "lava.test"
+            msg.ack()
+    assert any("not UTF-8 JSON" in r for r in reasons)
+    assert any("unexpected message type 'who-knows'" in r for r in reasons)
+    assert any("RuntimeError: handler exploded" in r for r in reasons)
+    broker.close()
+
+
+@pytest.mark.integration
+def test_publish_survives_connection_loss(rabbit_url: str) -> None:
+    broker, queue = _setup(rabbit_url)
+    with broker:
+        broker.publish("lava.test", "k", PingSchema(), {"text": "1"})
+        # drop the TCP connection under the broker's feet
+        broker.connection.connection.sock.close()  # type: ignore[union-attr]
+        broker.publish("lava.test", "k", PingSchema(), {"text": "2"})
+        channel = broker.channel()
+        _, count, _ = channel.queue_declare(queue=queue.name, passive=True)
+        assert count == 2
