@@ -1,0 +1,193 @@
+"""The job log: one structured record per line (time, level, message).
+
+Levels are the ones a lab needs: ``debug``, ``info``, ``warning``,
+``error``, ``target`` (console output of the device), ``input`` (what the
+dispatcher typed), ``results`` and ``event``. Secrets are masked before a
+record is stored or sent anywhere, and over-long messages are cut so that a
+runaway console cannot fill the disk one line at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("debug", "info", "warning", "error", "target", "input", "results", "event")
+MAX_MESSAGE = 10_000
+MASK = "*****"
+
+# user:password@ in any URL (git, http, amqp ...)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:)(?P<secret>[^@\s/]+)(?=@)"
+)
+# password=..., token: ..., secret=... (key/value style secrets)
+_KEY_SECRET = re.compile(
+    r"(?P<head>\b(?:password|passwd|token|secret|api[_-]?key)\s*[=:]\s*)(?P<secret>[^\s,;&\"']+)",
+    re.IGNORECASE,
+)
+
+Record = dict[str, Any]
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+
+
+def mask_secrets(text: str, extra: Iterable[str] = ()) -> str:
+    """Hide passwords in URLs, ``password=...``-style pairs and any known secret value."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    text = _KEY_SECRET.sub(lambda m: m.group("head") + MASK, text)
+    for secret in extra:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def cut(text: str, limit: int = MAX_MESSAGE) -> str:
+    """Cut ``text`` to ``limit`` characters, saying how much was dropped."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f" [cut {len(text) - limit} characters]"
+
+
+class JobLog:
+    """Thread-safe structured log of one sub-job.
+
+    Every record goes to the log file (JSON lines, flushed per record) and to
+    each listener (e.g. the batch publisher towards ``lava.logs``). Console
+    bytes arrive through :meth:`target_bytes`; they are split into lines, a
+    partial line is kept until its end arrives or :meth:`flush_partial` is
+    called (so a prompt without a newline still shows up).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        max_message: int = MAX_MESSAGE,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.max_message = max_message
+        self._secrets: list[str] = [s for s in secrets if s]
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[Record], None]] = []
+        self._partial = ""
+        self._file: IO[str] | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+
+    def add_secret(self, value: str) -> None:
+        if value:
+            with self._lock:
+                self._secrets.append(value)
+
+    def add_listener(self, listener: Callable[[Record], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Record], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def record(self, level: str, message: str, **extra: Any) -> Record:
+        """Store one record; returns it as stored (masked and cut)."""
+        if level not in LEVELS:
+            raise ValueError(f"job log: unknown level {level!r} (known: {', '.join(LEVELS)})")
+        with self._lock:
+            return self._emit(level, message, extra)
+
+    def _emit(self, level: str, message: str, extra: dict[str, Any]) -> Record:
+        rec: Record = {
+            "time": now_iso(),
+            "level": level,
+            "message": cut(mask_secrets(message, self._secrets), self.max_message),
+        }
+        rec.update(extra)
+        if self._file is not None:
+            self._file.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._file.flush()
+        for listener in list(self._listeners):
+            try:
+                listener(rec)
+            except Exception:  # a broken listener must not stop the job
+                log.exception("job log listener %r failed", listener)
+        return rec
+
+    def debug(self, message: str, **extra: Any) -> Record:
+        return self.record("debug", message, **extra)
+
+    def info(self, message: str, **extra: Any) -> Record:
+        return self.record("info", message, **extra)
+
+    def warning(self, message: str, **extra: Any) -> Record:
+        return self.record("warning", message, **extra)
+
+    def error(self, message: str, **extra: Any) -> Record:
+        return self.record("error", message, **extra)
+
+    def event(self, message: str, **extra: Any) -> Record:
+        return self.record("event", message, **extra)
+
+    def results(self, message: str, **extra: Any) -> Record:
+        return self.record("results", message, **extra)
+
+    def input(self, message: str, **extra: Any) -> Record:
+        return self.record("input", message, **extra)
+
+    def target_bytes(self, data: bytes) -> None:
+        """Console output: one ``target`` record per complete line."""
+        text = data.decode("utf-8", errors="replace")
+        with self._lock:
+            text = self._partial + text
+            lines = text.split("\n")
+            self._partial = lines.pop()
+            # an endless line without newline is cut into records of max size
+            while len(self._partial) > self.max_message:
+                lines.append(self._partial[: self.max_message])
+                self._partial = self._partial[self.max_message :]
+            for line in lines:
+                self._emit("target", line.rstrip("\r"), {})
+
+    def flush_partial(self) -> None:
+        """Emit a pending partial console line (a prompt, say) as its own record."""
+        with self._lock:
+            if self._partial:
+                line, self._partial = self._partial, ""
+                self._emit("target", line.rstrip("\r"), {})
+
+    def close(self) -> None:
+        self.flush_partial()
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read_records(path: str | Path) -> Iterator[Record]:
+    """The records of a job log file, in order; a torn last line is skipped."""
+    with Path(path).open(encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("job log %s: skipping unreadable line %r", path, line[:80])
+
+
+def format_record(rec: Record, *, node: str | None = None) -> str:
+    """A record as one human-readable line for ``lavamq logs``."""
+    prefix = f"[{node}] " if node else ""
+    return f"{prefix}{rec.get('time', '')} {rec.get('level', '?'):<7} {rec.get('message', '')}"
