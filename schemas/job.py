@@ -1,0 +1,203 @@
+"""Job files: LAVA 2014 JSON and current LAVA YAML, loaded into one ``JobPlan``.
+
+``load_job`` parses the text (JSON or YAML, detected), recognises the format
+from its shape, validates every rule and reports every problem at once as a
+``JobValidationError`` whose ``problems`` are ``location: message`` lines.
+A syntax error names its line and column. Nothing else escapes for a bad file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from schemas.job_json import load_2014
+from schemas.job_yaml import load_yaml_job
+from schemas.jobmodel import (
+    FORMAT_2014,
+    FORMAT_YAML,
+    ActionPlan,
+    JobPlan,
+    JobValidationError,
+    Problems,
+    RolePlan,
+    SubJobPlan,
+    Timeouts,
+    kind_of,
+)
+
+__all__ = [
+    "FORMAT_2014",
+    "FORMAT_YAML",
+    "ActionPlan",
+    "JobPlan",
+    "JobValidationError",
+    "RolePlan",
+    "SubJobPlan",
+    "Timeouts",
+    "detect_format",
+    "load_job",
+    "load_job_file",
+    "parse_document",
+]
+
+log = logging.getLogger(__name__)
+
+#: job files are small; a bigger file is a mistake (or an attack on the parser)
+MAX_JOB_BYTES = 4 * 1024 * 1024
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that reports duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            ) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictYamlLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number in JSON")
+
+
+def parse_document(text: str | bytes, problems: Problems) -> tuple[Any, str]:
+    """Parse JSON or YAML text; returns (data, "json"|"yaml"), or (None, ...) with problems."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_JOB_BYTES:
+            problems.add("file", f"is {len(text)} bytes; a job file may be at most {MAX_JOB_BYTES}")
+            return None, "yaml"
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            problems.add("file", f"is not UTF-8 text (bad byte at offset {exc.start})")
+            return None, "yaml"
+    if len(text) > MAX_JOB_BYTES:
+        problems.add(
+            "file", f"is {len(text)} characters; a job file may be at most {MAX_JOB_BYTES}"
+        )
+        return None, "yaml"
+    text = text.removeprefix("\ufeff")
+    stripped = text.lstrip()
+    if not stripped:
+        problems.add("file", "is empty")
+        return None, "yaml"
+    if stripped[0] in "{[":
+        try:
+            data = json.loads(text, object_pairs_hook=_json_object, parse_constant=_no_constant)
+        except json.JSONDecodeError as exc:
+            problems.add(f"line {exc.lineno}, column {exc.colno}", exc.msg)
+            return None, "json"
+        except _DuplicateKey as exc:
+            problems.add("file", f"duplicate key {exc.args[0]!r} in a JSON object")
+            return None, "json"
+        except ValueError as exc:
+            problems.add("file", str(exc))
+            return None, "json"
+        except RecursionError:
+            problems.add("file", "is nested too deeply")
+            return None, "json"
+        return data, "json"
+    try:
+        data = yaml.load(text, Loader=_StrictYamlLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or "invalid YAML"
+        if mark is not None:
+            problems.add(f"line {mark.line + 1}, column {mark.column + 1}", what)
+        else:
+            problems.add("file", what)
+        return None, "yaml"
+    except yaml.YAMLError as exc:
+        problems.add("file", f"invalid YAML: {exc}")
+        return None, "yaml"
+    except RecursionError:
+        problems.add("file", "is nested too deeply")
+        return None, "yaml"
+    return data, "yaml"
+
+
+def detect_format(data: dict[str, Any], syntax: str) -> str:
+    """Which of the two job formats a parsed mapping is written in."""
+    if "device_group" in data or ("timeout" in data and "timeouts" not in data):
+        return FORMAT_2014
+    if "protocols" in data or "timeouts" in data:
+        return FORMAT_YAML
+    actions = data.get("actions")
+    if isinstance(actions, list) and actions:
+        first = actions[0]
+        if isinstance(first, dict):
+            if "command" in first:
+                return FORMAT_2014
+            if len(first) == 1:
+                return FORMAT_YAML
+    return FORMAT_2014 if syntax == "json" else FORMAT_YAML
+
+
+def load_job(text: str | bytes, source: str = "<job>") -> JobPlan:
+    """Load a job file's text (JSON or YAML) into a plan, or raise JobValidationError."""
+    problems = Problems()
+    data, syntax = parse_document(text, problems)
+    plan: JobPlan | None = None
+    if not problems:
+        if not isinstance(data, dict):
+            problems.add("file", f"must hold a job: a mapping of keys (got {kind_of(data)})")
+        elif detect_format(data, syntax) == FORMAT_2014:
+            plan = load_2014(data, problems, source)
+        else:
+            plan = load_yaml_job(data, problems, source)
+    if problems or plan is None:
+        log.debug("%s: %d problem(s)", source, len(problems))
+        raise JobValidationError(problems.items, source)
+    log.debug("%s: %s job %r, %d sub-jobs", source, plan.format, plan.job_name, len(plan.subjobs))
+    return plan
+
+
+def load_job_file(path: str | os.PathLike[str]) -> JobPlan:
+    """Read and load a job file; an unreadable file is reported like an invalid one."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as handle:
+            text = handle.read(MAX_JOB_BYTES + 1)
+    except OSError as exc:
+        raise JobValidationError(
+            [f"file: cannot read it ({exc.strerror or exc})"], source
+        ) from None
+    return load_job(text, source=str(Path(source)))

@@ -1,0 +1,608 @@
+"""The normalised job model both job file formats load into, and shared helpers.
+
+A job is a group of sub-jobs (one per role x count); each sub-job carries the
+actions that apply to its role and the timeouts that apply. The model is
+plain frozen data and round-trips through JSON (``to_dict``/``from_dict``) so
+the coordinator can ship a sub-job to a dispatcher.
+
+The helpers below (``Problems``, the strict marshmallow fields, ``check_mapping``
+and the normalisers for images and test definitions) are shared by
+``schemas.job_json`` (LAVA 2014) and ``schemas.job_yaml`` (current LAVA).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import Schema, ValidationError, fields
+
+from schemas.errors import JobError
+from schemas.messages.base import flatten_errors
+
+log = logging.getLogger(__name__)
+
+FORMAT_2014 = "lava-2014-json"
+FORMAT_YAML = "lava-yaml"
+
+KINDS = ("deploy", "boot", "test", "command", "submit")
+
+#: LAVA's defaults when a job file says nothing
+DEFAULT_ACTION_TIMEOUT = 30 * 60.0
+DEFAULT_MULTINODE_TIMEOUT = 15 * 60.0
+DEFAULT_PRIORITY = 50
+PRIORITY_NAMES = {"high": 100, "medium": 50, "low": 0}
+
+#: a group larger than this is almost certainly a typo, and would be expanded in memory
+MAX_COUNT = 1000
+
+COMPRESSIONS = {"gz": "gz", "xz": "xz", "bz2": "bz2", "zst": "zst", "zstd": "zst"}
+URL_SCHEMES = ("file", "http", "https")
+DEFINITION_SOURCES = ("git", "inline", "url")
+
+_ROLE_NAME = re.compile(r"^[^\s<>=:]{1,100}$")
+
+
+class JobValidationError(JobError):
+    """A job file with one or more problems; ``problems`` lists every one."""
+
+    error_type = "job"
+
+    def __init__(self, problems: Iterable[str], source: str = "<job>") -> None:
+        self.problems: list[str] = list(problems) or ["invalid job file"]
+        self.source = source
+        count = len(self.problems)
+        head = f"{source}: invalid job file ({count} problem{'s' if count != 1 else ''})"
+        super().__init__(head + "".join(f"\n  {p}" for p in self.problems))
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    job: float | None
+    action: float
+    multinode: float
+    connection: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "action": self.action,
+            "multinode": self.multinode,
+            "connection": self.connection,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Timeouts:
+        return cls(
+            job=_opt_float(d.get("job")),
+            action=float(d["action"]),
+            multinode=float(d["multinode"]),
+            connection=_opt_float(d.get("connection")),
+        )
+
+
+@dataclass(frozen=True)
+class ActionPlan:
+    kind: str
+    name: str
+    parameters: dict[str, Any]
+    roles: tuple[str, ...]
+    timeout: float
+    index: int
+
+    def applies_to(self, role: str) -> bool:
+        return not self.roles or role in self.roles
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "parameters": self.parameters,
+            "roles": list(self.roles),
+            "timeout": self.timeout,
+            "index": self.index,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ActionPlan:
+        return cls(
+            kind=str(d["kind"]),
+            name=str(d["name"]),
+            parameters=dict(d.get("parameters") or {}),
+            roles=tuple(d.get("roles") or ()),
+            timeout=float(d["timeout"]),
+            index=int(d["index"]),
+        )
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    name: str
+    count: int
+    device_type: str | None
+    device: str | None
+    tags: tuple[str, ...]
+    is_slave: bool
+    essential: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "count": self.count,
+            "device_type": self.device_type,
+            "device": self.device,
+            "tags": list(self.tags),
+            "is_slave": self.is_slave,
+            "essential": self.essential,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RolePlan:
+        return cls(
+            name=str(d["name"]),
+            count=int(d["count"]),
+            device_type=d.get("device_type"),
+            device=d.get("device"),
+            tags=tuple(d.get("tags") or ()),
+            is_slave=bool(d.get("is_slave", False)),
+            essential=bool(d.get("essential", False)),
+        )
+
+
+@dataclass(frozen=True)
+class SubJobPlan:
+    role: str
+    index: int
+    device_type: str | None
+    device: str | None
+    tags: tuple[str, ...]
+    is_slave: bool
+    essential: bool
+    actions: tuple[ActionPlan, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "index": self.index,
+            "device_type": self.device_type,
+            "device": self.device,
+            "tags": list(self.tags),
+            "is_slave": self.is_slave,
+            "essential": self.essential,
+            "actions": [a.to_dict() for a in self.actions],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SubJobPlan:
+        return cls(
+            role=str(d["role"]),
+            index=int(d["index"]),
+            device_type=d.get("device_type"),
+            device=d.get("device"),
+            tags=tuple(d.get("tags") or ()),
+            is_slave=bool(d.get("is_slave", False)),
+            essential=bool(d.get("essential", False)),
+            actions=tuple(ActionPlan.from_dict(a) for a in d.get("actions") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    job_name: str
+    format: str
+    priority: int
+    timeouts: Timeouts
+    roles: tuple[RolePlan, ...]
+    subjobs: tuple[SubJobPlan, ...]
+    actions: tuple[ActionPlan, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole plan as JSON-safe data; ``from_dict`` gives an equal plan back."""
+        return {
+            "job_name": self.job_name,
+            "format": self.format,
+            "priority": self.priority,
+            "timeouts": self.timeouts.to_dict(),
+            "roles": [r.to_dict() for r in self.roles],
+            "subjobs": [s.to_dict() for s in self.subjobs],
+            "actions": [a.to_dict() for a in self.actions],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JobPlan:
+        return cls(
+            job_name=str(d["job_name"]),
+            format=str(d["format"]),
+            priority=int(d["priority"]),
+            timeouts=Timeouts.from_dict(d["timeouts"]),
+            roles=tuple(RolePlan.from_dict(r) for r in d.get("roles") or ()),
+            subjobs=tuple(SubJobPlan.from_dict(s) for s in d.get("subjobs") or ()),
+            actions=tuple(ActionPlan.from_dict(a) for a in d.get("actions") or ()),
+        )
+
+    def role(self, name: str) -> RolePlan:
+        for role in self.roles:
+            if role.name == name:
+                return role
+        raise KeyError(f"job {self.job_name!r} has no role {name!r}")
+
+    def subjob(self, role: str, index: int) -> SubJobPlan:
+        for sub in self.subjobs:
+            if sub.role == role and sub.index == index:
+                return sub
+        raise KeyError(f"job {self.job_name!r} has no sub-job {role}[{index}]")
+
+    def subjob_dict(self, role: str, index: int) -> dict[str, Any]:
+        """One sub-job with the job's name and timeouts: the body of a sub-job assignment."""
+        body = self.subjob(role, index).to_dict()
+        body["job_name"] = self.job_name
+        body["timeouts"] = self.timeouts.to_dict()
+        return body
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def build_plan(
+    *,
+    job_name: str,
+    fmt: str,
+    priority: int,
+    timeouts: Timeouts,
+    roles: list[RolePlan],
+    actions: list[ActionPlan],
+) -> JobPlan:
+    """Expand roles x count into sub-jobs, each with the actions of its role."""
+    subjobs = []
+    for role in roles:
+        mine = tuple(a for a in actions if a.applies_to(role.name))
+        for i in range(role.count):
+            subjobs.append(
+                SubJobPlan(
+                    role=role.name,
+                    index=i,
+                    device_type=role.device_type,
+                    device=role.device,
+                    tags=role.tags,
+                    is_slave=role.is_slave,
+                    essential=role.essential,
+                    actions=mine,
+                )
+            )
+    return JobPlan(
+        job_name=job_name,
+        format=fmt,
+        priority=priority,
+        timeouts=timeouts,
+        roles=tuple(roles),
+        subjobs=tuple(subjobs),
+        actions=tuple(actions),
+    )
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class Problems:
+    """Collects every problem of a job file as ``location: message`` lines."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, location: str, message: str) -> None:
+        self.items.append(f"{location}: {message}" if location else message)
+
+    def extend(self, lines: Iterable[str]) -> None:
+        self.items.extend(lines)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def join(location: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{location}[{key}]"
+    return f"{location}.{key}" if location else key
+
+
+def kind_of(value: Any) -> str:
+    """A user-facing name for the type of a parsed value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def known_list(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+# --------------------------------------------------------------------------- strict fields
+
+
+class _Strict(fields.Field):
+    default_error_messages = {"required": "is required", "null": "must not be null"}
+
+
+class Text(_Strict):
+    """A non-empty string (no coercion from numbers)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if not isinstance(value, str):
+            raise ValidationError(f"must be a string (got {kind_of(value)})")
+        if not value.strip():
+            raise ValidationError("must not be empty")
+        return value
+
+
+class Whole(_Strict):
+    """An integer; booleans and floats are refused."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(f"must be a whole number (got {kind_of(value)})")
+        return value
+
+
+class Flag(_Strict):
+    """A real boolean: ``true``/``false``, not ``"yes"`` or ``1``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError(f"must be true or false (got {kind_of(value)})")
+        return value
+
+
+class Seconds(_Strict):
+    """A positive, finite number of seconds."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if not is_number(value) or value <= 0:
+            raise ValidationError("must be a positive number of seconds")
+        return float(value)
+
+
+class TextList(_Strict):
+    """A list of non-empty strings."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        if not isinstance(value, list):
+            raise ValidationError(f"must be a list of strings (got {kind_of(value)})")
+        errors: dict[int, list[str]] = {}
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                errors[i] = [f"must be a non-empty string (got {kind_of(item)})"]
+        if errors:
+            raise ValidationError(errors)
+        return list(value)
+
+
+class Anything(fields.Raw):
+    """Any value: accepted and passed through (checked for JSON safety later)."""
+
+
+def is_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def check_mapping(
+    schema: Schema,
+    data: Any,
+    location: str,
+    problems: Problems,
+    *,
+    accepted: Iterable[str] = (),
+    what: str = "a mapping",
+) -> dict[str, Any] | None:
+    """Check unknown keys, then load ``data`` with ``schema`` collecting every error.
+
+    Returns the valid part of the data (even when some fields were wrong, so
+    that later cross-checks can still run), or None if ``data`` is not a mapping.
+    """
+    if not isinstance(data, dict):
+        problems.add(location, f"must be {what} (got {kind_of(data)})")
+        return None
+    known = {f.data_key or name for name, f in schema.fields.items()} | set(accepted)
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            problems.add(location, f"keys must be strings (got {key!r})")
+        elif key not in known:
+            problems.add(location, f"unknown key {key!r} (known: {known_list(known)})")
+        else:
+            clean[key] = value
+    try:
+        loaded: dict[str, Any] = schema.load(clean)
+    except ValidationError as exc:
+        problems.extend(flatten_errors(exc.messages, location))
+        valid = exc.valid_data
+        loaded = dict(valid) if isinstance(valid, dict) else {}
+    return loaded
+
+
+def roles_field(value: Any, location: str, problems: Problems) -> tuple[str, ...] | None:
+    """An action's role limit: one role name or a list of them. None if invalid."""
+    if isinstance(value, str) and value.strip():
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(dict.fromkeys(value))
+    problems.add(location, "must be a role name or a non-empty list of role names")
+    return None
+
+
+def check_roles_exist(
+    roles: tuple[str, ...], known: list[str], location: str, problems: Problems
+) -> None:
+    for name in roles:
+        if name not in known:
+            problems.add(location, f"no role named {name!r} (roles: {known_list(known) or 'none'})")
+
+
+def check_role_name(name: str, location: str, problems: Problems) -> bool:
+    if not _ROLE_NAME.match(name):
+        problems.add(
+            location,
+            f"role names are 1 to 100 characters without spaces, '<', '>', '=' or ':' "
+            f"(got {name!r})",
+        )
+        return False
+    return True
+
+
+def priority_value(value: Any, location: str, problems: Problems) -> int:
+    if value is None:
+        return DEFAULT_PRIORITY
+    if isinstance(value, str) and value.lower() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value.lower()]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
+        return value
+    problems.add(
+        location, f"must be high, medium, low or a whole number from 0 to 100 (got {value!r})"
+    )
+    return DEFAULT_PRIORITY
+
+
+# --------------------------------------------------------------------------- images
+
+
+def compression_from_url(url: str) -> str | None:
+    path = urlsplit(url).path
+    for suffix in ("gz", "xz", "bz2", "zst"):
+        if path.endswith("." + suffix):
+            return suffix
+    return None
+
+
+def check_url(url: Any, location: str, problems: Problems) -> bool:
+    if not isinstance(url, str) or not url.strip():
+        problems.add(location, f"must be a URL string (got {kind_of(url)})")
+        return False
+    scheme = urlsplit(url).scheme
+    if scheme not in URL_SCHEMES:
+        shown = f"scheme {scheme!r}" if scheme else "no scheme"
+        schemes = ", ".join(s + "://" for s in URL_SCHEMES)
+        problems.add(
+            location,
+            f"unsupported URL {url!r}: {shown} (known: {schemes})",
+        )
+        return False
+    return True
+
+
+def image_entry(
+    value: Any, location: str, problems: Problems, *, explicit: bool
+) -> dict[str, Any] | None:
+    """Normalise one image: a URL string or a mapping with ``url``.
+
+    ``explicit`` is True when the file format has a ``compression`` key (YAML);
+    an absent key then still means: infer from the URL's suffix.
+    """
+    if isinstance(value, str):
+        if not check_url(value, location, problems):
+            return None
+        return {"url": value, "compression": compression_from_url(value)}
+    if not isinstance(value, dict):
+        problems.add(location, f"must be a URL or a mapping with 'url' (got {kind_of(value)})")
+        return None
+    entry: dict[str, Any] = {}
+    ok = True
+    for key, item in value.items():
+        if not isinstance(key, str):
+            problems.add(location, f"keys must be strings (got {key!r})")
+            ok = False
+        elif key not in ("url", "compression"):
+            if key in ("md5sum", "sha256sum", "sha512sum") and (
+                not isinstance(item, str) or not re.fullmatch(r"[0-9a-fA-F]+", item)
+            ):
+                problems.add(join(location, key), "must be a hexadecimal checksum string")
+                ok = False
+            else:
+                entry[key] = item
+    if "url" not in value:
+        problems.add(join(location, "url"), "is required")
+        return None
+    if not check_url(value["url"], join(location, "url"), problems):
+        return None
+    entry["url"] = value["url"]
+    if "compression" in value:
+        comp = value["compression"]
+        if comp is None or comp is False:
+            entry["compression"] = None
+        elif isinstance(comp, str) and comp in COMPRESSIONS:
+            entry["compression"] = COMPRESSIONS[comp]
+        else:
+            problems.add(
+                join(location, "compression"),
+                f"unsupported compression {comp!r} (known: {known_list(COMPRESSIONS)})",
+            )
+            ok = False
+    else:
+        entry["compression"] = compression_from_url(value["url"])
+    return entry if ok else None
+
+
+# --------------------------------------------------------------------------- test definitions
+
+
+def definition_name(path: str) -> str:
+    """The default test name: the stem of the test definition file."""
+    stem = PurePosixPath(urlsplit(path).path or path).stem
+    return stem or "test"
+
+
+# --------------------------------------------------------------------------- JSON safety
+
+
+def jsonable(value: Any, location: str, problems: Problems, depth: int = 0) -> Any:
+    """Copy pass-through data into plain JSON types; report what cannot be."""
+    if depth > 50:
+        problems.add(location, "is nested too deeply")
+        return None
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            problems.add(location, f"must be a finite number (got {value})")
+            return None
+        return value
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, join(location, i), problems, depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            key = k if isinstance(k, str) else str(k).lower() if isinstance(k, bool) else str(k)
+            out[key] = jsonable(v, join(location, key), problems, depth + 1)
+        return out
+    problems.add(location, f"must be plain data (got {type(value).__name__})")
+    return None
