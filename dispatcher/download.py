@@ -203,7 +203,7 @@ def fetch_image(
     md5sum: str | None = None,
     sha256sum: str | None = None,
     deadline: float | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], Any] | None = None,
     name: str = "image",
 ) -> Downloaded:
     """Download ``url`` to ``dest`` decompressing on the fly and verifying checksums.

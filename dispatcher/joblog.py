@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -81,6 +82,7 @@ class JobLog:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[Record], None]] = []
         self._partial = ""
+        self._partial_since = 0.0
         self._file: IO[str] | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +153,8 @@ class JobLog:
         with self._lock:
             text = self._partial + text
             lines = text.split("\n")
+            if lines[-1] and lines[-1] != self._partial:
+                self._partial_since = time.monotonic()
             self._partial = lines.pop()
             # an endless line without newline is cut into records of max size
             while len(self._partial) > self.max_message:
@@ -159,10 +163,11 @@ class JobLog:
             for line in lines:
                 self._emit("target", line.rstrip("\r"), {})
 
-    def flush_partial(self) -> None:
-        """Emit a pending partial console line (a prompt, say) as its own record."""
+    def flush_partial(self, older_than: float = 0.0) -> None:
+        """Emit a pending partial console line (a prompt, say) as its own record,
+        if it has waited at least ``older_than`` seconds for its end."""
         with self._lock:
-            if self._partial:
+            if self._partial and time.monotonic() - self._partial_since >= older_than:
                 line, self._partial = self._partial, ""
                 self._emit("target", line.rstrip("\r"), {})
 

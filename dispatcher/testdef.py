@@ -38,7 +38,7 @@ KNOWN_TOP_KEYS = {"metadata", "install", "run", "parse", "params", "expected"}
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-Logger = Callable[[str], None]
+Logger = Callable[[str], Any]
 
 
 @dataclass

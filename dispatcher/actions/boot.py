@@ -1,0 +1,63 @@
+"""``boot-<device type>``: power the device on and bring it to a shell prompt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dispatcher.action import Action, JobContext, remaining
+from schemas.errors import JobError
+
+
+class BootAction(Action):
+    """Boot the device of this sub-job (``boot-local``, ``boot-serial``, ``boot-qemu`` ...).
+
+    The device type does the work (``Device.boot``); this action gives it the
+    time left and hands the console on as the connection.
+    """
+
+    description = "power on and wait for the shell prompt"
+
+    def __init__(
+        self, device_type: str, parameters: dict[str, Any], timeout: float | None = None
+    ) -> None:
+        super().__init__(timeout=timeout, parameters=parameters)
+        self.device_type = device_type
+        self.name = f"boot-{device_type}"
+
+    def validate(self, ctx: JobContext) -> list[str]:
+        problems = super().validate(ctx)
+        if ctx.device is None:
+            problems.append(f"{self.name}: no device to boot")
+        elif getattr(ctx.device, "device_type", self.device_type) != self.device_type:
+            problems.append(
+                f"{self.name}: the job needs a {self.device_type} device but "
+                f"{ctx.device.name} is a {ctx.device.device_type}"
+            )
+        return problems
+
+    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        left = remaining(deadline)
+        timeout = 600.0 if left is None else left
+        if hasattr(ctx.device, "set_images"):
+            ctx.device.set_images(dict(ctx.data.get("images", {})))
+        ctx.log.info(f"booting {ctx.device.name} ({self.device_type})")
+        attach = ctx.data.get("attach_console")
+        early = None
+        try:
+            # open the console before power is applied so the boot output is logged
+            early = ctx.device.connect()
+        except Exception as exc:
+            ctx.log.debug(f"console of {ctx.device.name} opens only after power on ({exc})")
+        if early is not None and attach is not None:
+            attach(early)
+        console = ctx.device.boot(timeout)
+        if console is not early and attach is not None:
+            attach(console)
+        if console is None:
+            raise JobError(f"{self.name}: device {ctx.device.name} gave no console after boot")
+        ctx.data["console"] = console
+        return console
+
+    def cleanup(self, ctx: JobContext) -> None:
+        # the finalize action powers off; nothing half-booted is left to undo here
+        return None

@@ -1,0 +1,66 @@
+"""``lava-command-run`` (2014 ``lava_command_run``) and ``submit-results``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dispatcher.action import Action, JobContext, remaining
+from dispatcher.actions.test_shell import record_result
+from schemas.errors import JobError
+
+
+class CommandRunAction(Action):
+    """Type each command at the device's shell; a non-zero exit fails the job
+    unless ``fail_ok`` is set. Each command is also a result (suite ``lava``)."""
+
+    name = "lava-command-run"
+    description = "run shell commands on the device"
+
+    def __init__(self, parameters: dict[str, Any], timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout, parameters=parameters)
+        commands = parameters.get("commands")
+        self.commands: list[Any] = list(commands) if isinstance(commands, list) else []
+        self.fail_ok = bool(parameters.get("fail_ok", False))
+
+    def validate(self, ctx: JobContext) -> list[str]:
+        problems = super().validate(ctx)
+        if not self.commands:
+            problems.append(f"{self.name}: parameters.commands must be a non-empty list")
+        for i, cmd in enumerate(self.commands):
+            if not isinstance(cmd, str) or not cmd.strip():
+                problems.append(f"{self.name}: commands[{i}] must be a non-empty string")
+        return problems
+
+    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        if connection is None:
+            raise JobError(f"{self.name}: no console: the device was not booted")
+        for i, command in enumerate(self.commands):
+            left = remaining(deadline)
+            ctx.log.input(command)
+            output, rc = connection.run(command, 600.0 if left is None else left)
+            result = "pass" if rc == 0 else "fail"
+            record_result(ctx, {"suite": "lava", "case": f"command-{i + 1}", "result": result})
+            if rc != 0 and not self.fail_ok:
+                raise JobError(
+                    f"{self.name}: command {i + 1} {command!r} exited with {rc}: {output[-300:]}"
+                )
+        return connection
+
+
+class SubmitResultsAction(Action):
+    """2014 ``submit_results``/``submit_results_on_host``: kept so old job files run.
+
+    Results already travel to ``lava.results`` as they happen and the
+    coordinator aggregates them per group; this action only says so.
+    """
+
+    name = "submit-results"
+    description = "results are published as they happen; nothing left to submit"
+
+    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        server = self.parameters.get("server")
+        ctx.log.info(
+            "results were published to lava.results as they happened"
+            + (f"; the 2014 server {server!r} is not used" if server else "")
+        )
+        return connection

@@ -1,0 +1,116 @@
+"""``deploy-image``: fetch every image of a deploy action into the sub-job's work dir."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from dispatcher.action import Action, JobContext, Pipeline, remaining
+from dispatcher.download import fetch_image, validate_image
+from schemas.errors import InfrastructureError
+
+log = logging.getLogger(__name__)
+
+
+class DownloadAction(Action):
+    """``file-download`` / ``http-download``: one image, decompressed and verified."""
+
+    description = "download one image, decompress it on the fly, verify its checksum"
+
+    def __init__(self, image_name: str, image: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.image_name = image_name
+        self.image = dict(image)
+        scheme = str(image.get("url", "")).split("://", 1)[0]
+        self.name = "file-download" if scheme == "file" else "http-download"
+
+    def validate(self, ctx: JobContext) -> list[str]:
+        return super().validate(ctx) + [
+            f"{self.name}: {p}" for p in validate_image(self.image_name, self.image)
+        ]
+
+    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        images_dir = ctx.workdir / "images"
+        comp = self.image.get("compression")
+        dest = images_dir / self.image_name
+        ctx.log.info(
+            f"{self.image_name}: fetching {self.image['url']}"
+            + (f" ({comp}-compressed)" if comp else "")
+        )
+        got = fetch_image(
+            self.image["url"],
+            dest,
+            compression=comp,
+            md5sum=self.image.get("md5sum"),
+            sha256sum=self.image.get("sha256sum"),
+            deadline=deadline,
+            progress=ctx.log.info,
+            name=self.image_name,
+        )
+        for key in ("md5sum", "sha256sum"):
+            if self.image.get(key):
+                ctx.log.info(f"{self.image_name}: {key} {getattr(got, key)} verified")
+        ctx.data.setdefault("images", {})[self.image_name] = str(got.path)
+        return connection
+
+    def cleanup(self, ctx: JobContext) -> None:
+        part = ctx.workdir / "images" / f"{self.image_name}.part"
+        part.unlink(missing_ok=True)
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["image"] = self.image_name
+        return out
+
+
+class DownloadRetryAction(Action):
+    """``download-retry``: retry a download after a lab failure (never after a job error)."""
+
+    name = "download-retry"
+    description = "retry a download when the lab (not the job) failed"
+
+    def __init__(self, image_name: str, image: dict[str, Any], *, retries: int = 3, **kw: Any):
+        super().__init__(**kw)
+        self.retries = retries
+        self.pipeline = Pipeline([DownloadAction(image_name, image)])
+
+    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        assert self.pipeline is not None
+        for attempt in range(1, self.retries + 1):
+            try:
+                return self.pipeline.run(connection, deadline, ctx)
+            except InfrastructureError as exc:
+                if attempt == self.retries:
+                    raise
+                left = remaining(deadline)
+                if left is not None and left < 1:
+                    raise
+                ctx.log.warning(
+                    f"{self.name}: attempt {attempt} of {self.retries} failed ({exc.message}); "
+                    "retrying"
+                )
+                time.sleep(min(2.0 ** (attempt - 1), 5.0))
+        return connection
+
+
+class DeployImagesAction(Action):
+    """``deploy-image``: every image named in the deploy action."""
+
+    name = "deploy-image"
+    description = "download, decompress and verify the job's images"
+
+    def __init__(self, parameters: dict[str, Any], timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout, parameters=parameters)
+        images = parameters.get("images") or {}
+        self.images: dict[str, Any] = images if isinstance(images, dict) else {}
+        self.pipeline = Pipeline(
+            [DownloadRetryAction(name, dict(img)) for name, img in sorted(self.images.items())]
+        )
+
+    def validate(self, ctx: JobContext) -> list[str]:
+        problems = super().validate(ctx)
+        images = self.parameters.get("images")
+        if not isinstance(images, dict) or not images:
+            problems.append(f"{self.name}: no images to deploy (parameters.images is empty)")
+        return problems

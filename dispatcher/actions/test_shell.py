@@ -1,0 +1,325 @@
+"""``lava-test-shell``: run the job's test definitions on the device's shell.
+
+1. Build the overlay: the ``lava-*`` helpers and this node's MultiNode
+   context (``device_agent.overlay``), each definition fetched and turned
+   into ``tests/<n>_<name>/run.sh``, and ``bin/lava-test-runner``.
+2. Put it on the device (``Device.install_overlay``: a local board uses the
+   directory as it is; serial/QEMU types copy it in their own way).
+3. Set up the shell (PATH, LAVA variables), start ``lava-test-runner``.
+4. While it runs, the bridge answers MultiNode signals and a result tracker
+   turns ``<LAVA_SIGNAL_TESTCASE ...>``, ``parse: pattern`` matches and the
+   test-run frames into results; the action waits for
+   ``<LAVA_TEST_RUNNER EXIT>``. The shell prompt coming back first, the
+   console closing or the deadline passing fail the sub-job with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from dispatcher.action import Action, ActionTimeout, JobContext, remaining
+from dispatcher.joblog import now_iso
+from dispatcher.testdef import (
+    RESULTS,
+    RUNNER_EXIT,
+    FetchedTest,
+    PatternParser,
+    fetch_test,
+    safe_name,
+    validate_spec,
+    write_run_script,
+    write_runner,
+)
+from schemas.errors import InfrastructureError, JobError
+
+log = logging.getLogger(__name__)
+
+STARTRUN = re.compile(r"<LAVA_SIGNAL_STARTRUN (\S+) (\S+)>")
+ENDRUN = re.compile(r"<LAVA_SIGNAL_ENDRUN (\S+) (\S+)>")
+TESTCASE = re.compile(r"<LAVA_SIGNAL_TESTCASE ([^>]*)>")
+_KV = re.compile(r"(\w+)=(\S+)")
+
+
+class ResultTracker:
+    """Turns console lines into results while the test runner runs.
+
+    Lines are reassembled from raw console chunks. A line holding a signal is
+    only taken when the signal is at its start (after optional spaces): the
+    shell's echo of a command that *prints* a signal holds ``echo "<LAVA_...``,
+    so it is never counted.
+    """
+
+    def __init__(
+        self,
+        tests: dict[str, FetchedTest],
+        emit: Callable[[dict[str, Any]], None],
+        say: Callable[[str], Any],
+    ) -> None:
+        self.tests = tests
+        self.emit = emit
+        self.say = say
+        self.current: str | None = None
+        self.started: list[str] = []
+        self.ended: list[str] = []
+        self.cases = 0
+        self._partial = ""
+        self._lock = threading.Lock()
+        self._parsers = {
+            run_id: PatternParser(t.definition.parse_pattern, t.definition.fixupdict)
+            for run_id, t in tests.items()
+            if t.definition.parse_pattern
+        }
+
+    def feed(self, data: bytes) -> None:
+        text = data.decode("utf-8", errors="replace")
+        with self._lock:
+            text = self._partial + text
+            lines = text.split("\n")
+            self._partial = lines.pop()[-65536:]
+            for line in lines:
+                self.line(line.rstrip("\r"))
+
+    def line(self, line: str) -> None:
+        stripped = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).strip()
+        if m := STARTRUN.match(stripped):
+            self.current = m.group(1)
+            self.started.append(m.group(1))
+            self.say(f"test run {m.group(1)} started (uuid {m.group(2)})")
+            return
+        if m := ENDRUN.match(stripped):
+            run_id = m.group(1)
+            self.ended.append(run_id)
+            self.say(f"test run {run_id} ended")
+            self._result("lava", run_id, "pass", extra={"uuid": m.group(2)})
+            self.current = None
+            return
+        if m := TESTCASE.match(stripped):
+            fields = dict(_KV.findall(m.group(1)))
+            case = fields.get("TEST_CASE_ID")
+            result = (fields.get("RESULT") or "").lower()
+            if not case or result not in RESULTS:
+                self.say(f"malformed test case signal ignored: {stripped[:200]!r}")
+                return
+            measurement: float | None = None
+            if "MEASUREMENT" in fields:
+                try:
+                    measurement = float(fields["MEASUREMENT"])
+                except ValueError:
+                    self.say(f"test case {case}: measurement {fields['MEASUREMENT']!r} ignored")
+            self._result(
+                self.current or "lava",
+                case,
+                result,
+                measurement=measurement,
+                units=fields.get("UNITS"),
+            )
+            return
+        if self.current and self.current in self._parsers:
+            parsed = self._parsers[self.current].parse(stripped)
+            if parsed is not None:
+                self._result(
+                    self.current,
+                    parsed["case"],
+                    parsed["result"],
+                    measurement=parsed.get("measurement"),
+                    units=parsed.get("units"),
+                )
+
+    def _result(
+        self,
+        suite: str,
+        case: str,
+        result: str,
+        *,
+        measurement: float | None = None,
+        units: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.cases += 1
+        self.emit(
+            {
+                "suite": suite,
+                "case": safe_name(case),
+                "result": result,
+                "measurement": measurement,
+                "units": units,
+                "extra": extra or {},
+            }
+        )
+
+    def unfinished(self) -> list[str]:
+        """Test runs that started but never printed their end signal."""
+        return [r for r in self.started if r not in self.ended]
+
+
+def result_body(ctx: JobContext, rec: dict[str, Any]) -> dict[str, Any]:
+    """A ``test-result`` message body for one tracked result."""
+    return {
+        "id": str(uuid.uuid4()),
+        "job": ctx.job_id,
+        "subjob": ctx.subjob_id,
+        "node": ctx.node,
+        "role": ctx.role,
+        "suite": rec["suite"],
+        "case": rec["case"],
+        "result": rec["result"],
+        "measurement": rec.get("measurement"),
+        "units": rec.get("units"),
+        "time": now_iso(),
+        "extra": {str(k): str(v) for k, v in (rec.get("extra") or {}).items()},
+    }
+
+
+def record_result(ctx: JobContext, rec: dict[str, Any]) -> None:
+    """Log one result (level ``results``) and hand it to the publisher."""
+    measure = ""
+    if rec.get("measurement") is not None:
+        measure = f" {rec['measurement']}{' ' + rec['units'] if rec.get('units') else ''}"
+    ctx.log.results(f"{rec['suite']}/{rec['case']}: {rec['result']}{measure}")
+    if ctx.publish_result is not None:
+        ctx.publish_result(result_body(ctx, rec))
+
+
+class LavaTestShellAction(Action):
+    name = "lava-test-shell"
+    description = "run the test definitions with the lava-* helpers on the device"
+
+    def __init__(self, parameters: dict[str, Any], timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout, parameters=parameters)
+        defs = parameters.get("definitions")
+        self.definitions: list[Any] = list(defs) if isinstance(defs, list) else []
+
+    def validate(self, ctx: JobContext) -> list[str]:
+        problems = super().validate(ctx)
+        if not self.definitions:
+            problems.append(f"{self.name}: no test definitions (parameters.definitions is empty)")
+        for i, spec in enumerate(self.definitions):
+            problems.extend(f"{self.name}: {p}" for p in validate_spec(spec, f"definitions[{i}]"))
+        return problems
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["definitions"] = [
+            d.get("name") if isinstance(d, dict) else None for d in self.definitions
+        ]
+        return out
+
+    # --- running ------------------------------------------------------------
+    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        if connection is None:
+            raise JobError(f"{self.name}: no console: the device was not booted before the test")
+        overlay = ctx.workdir / "overlay"
+        tests = self._build_overlay(ctx, overlay, deadline)
+        left = remaining(deadline)
+        target = ctx.device.install_overlay(overlay, 300.0 if left is None else left)
+        ctx.log.info(f"overlay installed on {ctx.device.name} at {target}")
+        for command in self._setup_commands(ctx, target):
+            self._run_checked(connection, command, deadline, ctx)
+
+        tracker = ResultTracker(tests, lambda rec: record_result(ctx, rec), ctx.log.info)
+        bridge = self._start_bridge(ctx, connection)
+        connection.add_listener(tracker.feed)
+        try:
+            connection.sendline(f"{target}/bin/lava-test-runner")
+            self._wait_for_runner(connection, deadline, ctx)
+        finally:
+            connection.remove_listener(tracker.feed)
+            if bridge is not None:
+                bridge.close()
+        # the runner's last line is in; let the shell settle at its prompt
+        left = remaining(deadline)
+        connection.read_until_prompt(30.0 if left is None else min(left + 0.001, 30.0))
+        missing = [run_id for run_id in tests if run_id not in tracker.started]
+        for run_id in tracker.unfinished() + missing:
+            record_result(ctx, {"suite": "lava", "case": run_id, "result": "fail"})
+        if tracker.unfinished() or missing:
+            raise JobError(
+                f"{self.name}: test run(s) {', '.join(tracker.unfinished() + missing)} "
+                "did not finish (no <LAVA_SIGNAL_ENDRUN>)"
+            )
+        ctx.log.info(f"{self.name}: {len(tests)} test run(s), {tracker.cases} result(s)")
+        return connection
+
+    def _build_overlay(
+        self, ctx: JobContext, overlay: Any, deadline: float | None
+    ) -> dict[str, FetchedTest]:
+        from device_agent import overlay as helpers_overlay
+
+        tests_dir = overlay / "tests"
+        tests_dir.mkdir(parents=True, exist_ok=True)
+        helpers_overlay.write_overlay(
+            overlay,
+            node=ctx.node,
+            role=ctx.role,
+            members=ctx.members or {ctx.node: ctx.role},
+        )
+        install_deps = bool(getattr(ctx.device, "installs_packages", False))
+        tests: dict[str, FetchedTest] = {}
+        for i, spec in enumerate(self.definitions):
+            test = fetch_test(spec, i, tests_dir, deadline=deadline, say=ctx.log.info)
+            write_run_script(test, install_deps=install_deps, say=ctx.log.info)
+            tests[test.testrun_id] = test
+        write_runner(overlay)
+        return tests
+
+    def _setup_commands(self, ctx: JobContext, target: str) -> list[str]:
+        from device_agent import overlay as helpers_overlay
+
+        return list(helpers_overlay.setup_commands(target))
+
+    def _run_checked(
+        self, console: Any, command: str, deadline: float | None, ctx: JobContext
+    ) -> None:
+        left = remaining(deadline)
+        output, rc = console.run(command, 60.0 if left is None else left)
+        if rc != 0:
+            raise InfrastructureError(
+                f"{self.name}: setting up the test shell on {ctx.device.name} failed: "
+                f"{command!r} exited with {rc}: {output[-300:]}"
+            )
+
+    def _start_bridge(self, ctx: JobContext, console: Any) -> Any:
+        if ctx.multinode is None:
+            return None
+        from device_agent.bridge import Bridge
+
+        bridge = Bridge(console, ctx.multinode, log=ctx.log)
+        bridge.start()
+        return bridge
+
+    def _wait_for_runner(self, console: Any, deadline: float | None, ctx: JobContext) -> None:
+        from device_agent.console import ConsoleClosed, ConsoleTimeout
+
+        exit_re = re.compile(re.escape(RUNNER_EXIT))
+        prompts = list(getattr(ctx.device, "prompts", []) or [])
+        patterns: list[Any] = [exit_re, *prompts]
+        while True:
+            if ctx.cancelled():
+                raise JobError(f"{self.name}: cancelled while the tests ran")
+            left = remaining(deadline)
+            step = 1.0 if left is None else min(1.0, left)
+            try:
+                index, _ = console.expect(patterns, step)
+            except ConsoleTimeout:
+                if left is not None and left <= 1.0:
+                    raise ActionTimeout(
+                        f"{self.name} timed out waiting for {RUNNER_EXIT} on "
+                        f"{ctx.device.name}; last output: {console.recent_output(300)!r}"
+                    ) from None
+                continue
+            except ConsoleClosed as exc:
+                raise JobError(
+                    f"{self.name}: the test shell on {ctx.device.name} exited before the "
+                    f"test runner finished ({exc.message})"
+                ) from None
+            if index == 0:
+                return
+            raise JobError(
+                f"{self.name}: the test shell on {ctx.device.name} returned to its prompt "
+                f"before {RUNNER_EXIT}; last output: {console.recent_output(300)!r}"
+            )

@@ -1,0 +1,147 @@
+"""One thread per sub-job that owns a broker connection and publishes for it.
+
+Job log records are batched (every ``interval`` seconds or ``max_bytes`` of
+messages, whichever comes first) into ``log-batch`` messages on ``lava.logs``
+(routing key ``<job>.<node>``); test results go out one by one on
+``lava.results``. Everything else in the sub-job (the console reader, the
+bridge, the actions) only puts items on a local queue: no kombu connection
+is ever shared between threads, and console I/O never waits on the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from broker_config import topology
+from broker_config.messaging import Broker
+from schemas.errors import LavamqError
+from schemas.messages.console import LogBatchSchema, TestResultSchema
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class SubJobPublisher:
+    """Publishes one sub-job's log batches and results from its own thread."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        job: str,
+        subjob: str,
+        node: str,
+        interval: float = 0.1,
+        max_bytes: int = 64 * 1024,
+    ) -> None:
+        self.broker_url = broker_url
+        self.job = job
+        self.subjob = subjob
+        self.node = node
+        self.interval = interval
+        self.max_bytes = max_bytes
+        self.seq = 0
+        self.published_records = 0
+        self.published_results = 0
+        self.failures = 0
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._run, name=f"publisher-{job}.{node}", daemon=True
+        )
+        self._log_key = topology.log_routing_key(job, node)
+        self._result_key = topology.result_routing_key(job, node)
+
+    def start(self) -> SubJobPublisher:
+        self._thread.start()
+        return self
+
+    # --- producers (any thread) ---
+    def log_record(self, record: dict[str, Any]) -> None:
+        self._queue.put(("log", record))
+
+    def result(self, body: dict[str, Any]) -> None:
+        self._queue.put(("result", body))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush everything (the last batch is marked ``final``) and stop."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    # --- the publishing thread ---
+    def _run(self) -> None:
+        broker = Broker(self.broker_url)
+        pending: list[dict[str, Any]] = []
+        size = 0
+        first_at = 0.0
+        try:
+            while True:
+                timeout = None
+                if pending:
+                    timeout = max(0.0, first_at + self.interval - time.monotonic())
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    self._send_logs(broker, pending, final=True)
+                    return
+                if item is not None:
+                    kind, body = item
+                    if kind == "result":
+                        self._send_result(broker, body)
+                    else:
+                        if not pending:
+                            first_at = time.monotonic()
+                        rec = {
+                            k: body[k] for k in ("time", "level", "message", "action") if k in body
+                        }
+                        pending.append(rec)
+                        size += len(rec["message"]) + 64
+                if pending and (
+                    size >= self.max_bytes or time.monotonic() - first_at >= self.interval
+                ):
+                    self._send_logs(broker, pending, final=False)
+                    pending = []
+                    size = 0
+        finally:
+            broker.close()
+
+    def _send_logs(self, broker: Broker, records: list[dict[str, Any]], *, final: bool) -> None:
+        if not records and not final:
+            return
+        body = {
+            "job": self.job,
+            "subjob": self.subjob,
+            "node": self.node,
+            "seq": self.seq,
+            "records": records,
+            "final": final,
+        }
+        try:
+            broker.publish(topology.LOGS_EXCHANGE_NAME, self._log_key, LogBatchSchema(), body)
+        except LavamqError as exc:
+            self.failures += 1
+            log.warning(
+                "log batch %d of %s.%s not published: %s", self.seq, self.job, self.node, exc
+            )
+        else:
+            self.published_records += len(records)
+        self.seq += 1
+
+    def _send_result(self, broker: Broker, body: dict[str, Any]) -> None:
+        try:
+            broker.publish(
+                topology.RESULTS_EXCHANGE_NAME, self._result_key, TestResultSchema(), body
+            )
+        except LavamqError as exc:
+            self.failures += 1
+            log.warning(
+                "result %s of %s.%s not published: %s", body.get("case"), self.job, self.node, exc
+            )
+        else:
+            self.published_results += 1

@@ -1,0 +1,212 @@
+"""Run one sub-job: build its pipeline, validate it, run it under deadlines, always finalize.
+
+The runner owns everything of one sub-job: its job log (a file in the
+sub-job's work dir, and batches on ``lava.logs``), its results (to
+``lava.results``), its MultiNode client and its device for the duration.
+It runs on its own thread; the publisher and the console reader have
+theirs. The daemon learns the outcome through ``report_state``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dispatcher.action import Action, JobContext, Pipeline
+from dispatcher.actions.boot import BootAction
+from dispatcher.actions.command import CommandRunAction, SubmitResultsAction
+from dispatcher.actions.deploy import DeployImagesAction
+from dispatcher.actions.finalize import FinalizeAction
+from dispatcher.actions.test_shell import LavaTestShellAction, record_result
+from dispatcher.joblog import JobLog
+from schemas.errors import JobError, LavamqError, classify
+
+log = logging.getLogger(__name__)
+
+#: state, error_type, message
+StateReporter = Callable[[str, str | None, str | None], None]
+MultinodeFactory = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class Outcome:
+    state: str  # complete | incomplete | canceled
+    error: LavamqError | None
+    log_path: Path
+
+
+def build_pipeline(
+    plan: dict[str, Any], device_type: str, timeouts: dict[str, Any]
+) -> tuple[Pipeline, list[str]]:
+    """The pipeline for one sub-job's plan, and the problems found while building it."""
+    default_timeout = timeouts.get("action")
+    pipeline = Pipeline()
+    problems: list[str] = []
+    for i, item in enumerate(plan.get("actions") or []):
+        kind = item.get("kind")
+        params = dict(item.get("parameters") or {})
+        timeout = item.get("timeout") or default_timeout
+        action: Action
+        if kind == "deploy":
+            action = DeployImagesAction(params, timeout)
+        elif kind == "boot":
+            action = BootAction(device_type, params, timeout)
+        elif kind == "test":
+            action = LavaTestShellAction(params, timeout)
+        elif kind == "command":
+            action = CommandRunAction(params, timeout)
+        elif kind == "submit":
+            action = SubmitResultsAction(timeout=timeout, parameters=params)
+        else:
+            problems.append(
+                f"actions[{i}] ({item.get('name')}): unknown kind {kind!r} "
+                "(known: deploy, boot, test, command, submit)"
+            )
+            continue
+        pipeline.add(action)
+    return pipeline, problems
+
+
+class SubJobRunner:
+    def __init__(
+        self,
+        assignment: dict[str, Any],
+        device: Any,
+        *,
+        workdir: str | Path,
+        report_state: StateReporter | None = None,
+        broker_url: str | None = None,
+        multinode_factory: MultinodeFactory | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        publisher_interval: float = 0.1,
+    ) -> None:
+        self.assignment = assignment
+        self.device = device
+        self.workdir = Path(workdir)
+        self.report_state = report_state or (lambda state, error_type, message: None)
+        self.broker_url = broker_url
+        self.multinode_factory = multinode_factory
+        self.cancelled = cancelled or (lambda: False)
+        self.publisher_interval = publisher_interval
+        self.pipeline: Pipeline | None = None
+
+    def run(self) -> Outcome:
+        a = self.assignment
+        job, subjob, node = str(a["job_id"]), str(a["subjob_id"]), str(a["node"])
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        joblog = JobLog(self.workdir / "job.log")
+        publisher = None
+        if self.broker_url:
+            from dispatcher.publisher import SubJobPublisher
+
+            publisher = SubJobPublisher(
+                self.broker_url,
+                job=job,
+                subjob=subjob,
+                node=node,
+                interval=self.publisher_interval,
+            ).start()
+            joblog.add_listener(publisher.log_record)
+        timeouts = dict(a.get("timeouts") or {})
+        start = time.monotonic()
+        ctx = JobContext(
+            job_id=job,
+            subjob_id=subjob,
+            node=node,
+            role=str(a.get("role", "")),
+            log=joblog,
+            workdir=self.workdir,
+            device=self.device,
+            group=a.get("group"),
+            members=dict(a.get("members") or {}),
+            job_deadline=start + float(timeouts["job"]) if timeouts.get("job") else None,
+            timeouts=timeouts,
+            publish_result=publisher.result if publisher is not None else None,
+            cancelled=self.cancelled,
+        )
+        ctx.data["attach_console"] = lambda console: self._attach_console(console, joblog)
+        joblog.event(
+            f"sub-job {subjob} of job {job} ({a.get('job_name') or 'unnamed'}): "
+            f"node {node}, role {ctx.role}, device {getattr(self.device, 'name', '?')}"
+        )
+        self.report_state("running", None, None)
+        error: LavamqError | None = None
+        pipeline, build_problems = build_pipeline(
+            dict(a.get("plan") or {}), str(a.get("device_type", "")), timeouts
+        )
+        self.pipeline = pipeline
+        finalize = FinalizeAction()
+        try:
+            problems = build_problems + pipeline.validate(ctx)
+            if problems:
+                for p in problems:
+                    joblog.error(f"validate: {p}")
+                raise JobError(
+                    f"the sub-job's pipeline does not validate ({len(problems)} problem(s)): "
+                    + "; ".join(problems)
+                )
+            joblog.info(f"pipeline validated: {len(pipeline.actions)} action(s)")
+            if self.multinode_factory is not None and ctx.group:
+                ctx.multinode = self.multinode_factory(a)
+            pipeline.run(None, None, ctx)
+        except Exception as exc:
+            error = classify(exc)
+            joblog.error(f"{error.error_type}: {error.message}")
+            with contextlib.suppress(Exception):
+                pipeline.cleanup(ctx)
+        finally:
+            try:
+                Pipeline([finalize], parent_level=str(len(pipeline.actions) + 1)).run(
+                    ctx.data.get("console"), None, ctx
+                )
+            except Exception as exc:
+                finalize.problems.append(str(exc))
+        if error is None and finalize.problems:
+            from schemas.errors import InfrastructureError
+
+            error = InfrastructureError("finalize: " + "; ".join(finalize.problems))
+        if self.cancelled() and error is not None:
+            state = "canceled"
+        else:
+            state = "complete" if error is None else "incomplete"
+        with contextlib.suppress(Exception):
+            record_result(
+                ctx, {"suite": "lava", "case": "job", "result": "pass" if error is None else "fail"}
+            )
+        joblog.event(
+            f"sub-job {subjob} {state}"
+            + (f": {error.error_type}: {error.message}" if error is not None else "")
+        )
+        joblog.close()
+        if publisher is not None:
+            publisher.close()
+        self.report_state(
+            state,
+            error.error_type if error is not None else None,
+            error.message[:10_000] if error is not None else None,
+        )
+        return Outcome(state, error, joblog.path or self.workdir / "job.log")
+
+    @staticmethod
+    def _attach_console(console: Any, joblog: JobLog) -> None:
+        if getattr(console, "_lavamq_joblog", None) is joblog:
+            return
+        console.add_listener(joblog.target_bytes)
+        if hasattr(console, "add_input_listener"):
+            console.add_input_listener(lambda text: joblog.input(text.rstrip("\r\n")))
+        with contextlib.suppress(AttributeError):
+            console._lavamq_joblog = joblog
+
+        # a prompt has no newline: flush partial lines that sit for a while
+        def flusher() -> None:
+            while not getattr(console, "closed", True):
+                time.sleep(0.2)
+                joblog.flush_partial(older_than=0.2)
+
+        threading.Thread(target=flusher, name="joblog-flush", daemon=True).start()
