@@ -1,0 +1,359 @@
+"""The MultiNode API on behalf of one node: lava-send/wait/wait-all/sync/network.
+
+A ``MultinodeClient`` consumes its node's queue ``lava.group.<group>.<node>``
+in a thread of its own (its own kombu connection) and keeps, under one
+condition variable:
+
+- every ``lava-send`` seen in the group: message id → sender → data
+  (accumulated: re-sending adds data, as in LAVA);
+- every release the barrier service published: (kind, id, generation, role);
+- the group's failure, if any.
+
+The calling thread publishes on a second connection. ``wait`` is answered
+from the local cache (only other nodes' sends count); ``wait_all`` and
+``sync`` wait for the barrier's release. Each sync of an id by this node
+has a generation (1, 2, ...) so the same id can be synced again later.
+
+On a deadline the client tells the barrier (``multinode-timeout``); the
+barrier knows who arrived, fails the group with a message naming the
+missing nodes and roles, and every client releases its waiters with it.
+This client raises ``MultinodeTimeout``; the others ``GroupFailed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from broker_config import topology
+from broker_config.messaging import Broker, Delivery, QueueConsumer, run_in_thread
+from schemas.errors import GroupFailed, InfrastructureError, JobError, MultinodeTimeout
+from schemas.messages.multinode import (
+    GROUP_QUEUE_SCHEMAS,
+    MultinodeSendSchema,
+    MultinodeSyncSchema,
+    MultinodeTimeoutSchema,
+    check_message_id,
+    check_payload,
+)
+
+log = logging.getLogger(__name__)
+
+#: the message id ``lava-network broadcast`` sends under
+NETWORK_MESSAGE_ID = "lava_network_info"
+#: the keys ``lava-network broadcast`` reports
+NETWORK_KEYS = (
+    "ipv4",
+    "netmask",
+    "broadcast",
+    "ipv6",
+    "mac",
+    "hostname",
+    "hostname-full",
+    "default-gateway",
+    "dns_1",
+    "dns_2",
+    "dns_3",
+)
+
+
+class MultinodeClient:
+    """One node's view of its MultiNode group. Close it when the node is done."""
+
+    def __init__(
+        self,
+        broker_or_url: Broker | str,
+        group: str,
+        node: str,
+        members: dict[str, str],
+        *,
+        timeout: float,
+        failure_grace: float = 5.0,
+    ) -> None:
+        topology.check_name("group", group)
+        topology.check_name("node", node)
+        if node not in members:
+            raise JobError(f"node {node!r} is not a member of group {group} ({sorted(members)})")
+        self.group = group
+        self.self_name = node
+        self.members = dict(members)
+        self.role = members[node]
+        self.timeout = timeout
+        self.failure_grace = failure_grace
+        if isinstance(broker_or_url, Broker):
+            self._broker, self._own_broker = broker_or_url, False
+        else:
+            self._broker, self._own_broker = Broker(broker_or_url), True
+        self._cond = threading.Condition()
+        self._messages: dict[str, dict[str, dict[str, str]]] = {}
+        self._releases: set[tuple[str, str, int, str]] = set()
+        self._failure: dict[str, Any] | None = None
+        self._sync_generation: dict[str, int] = {}
+        self._publish_lock = threading.Lock()
+        self._consumer = QueueConsumer(
+            self._broker.url,
+            [topology.group_queue(group, node)],
+            GROUP_QUEUE_SCHEMAS,
+            handler=self._on_message,
+            prefetch=100,
+            declare=False,
+            poll_interval=0.2,
+        )
+        self._thread = run_in_thread(self._consumer, f"multinode-{group}-{node}")
+
+    # --- identity ---
+
+    def group_members(self) -> dict[str, str]:
+        """node → role for the whole group (``lava-group``)."""
+        return dict(self.members)
+
+    def roles(self) -> list[str]:
+        """Every role in the group, sorted, once each (``lava-role list``)."""
+        return sorted(set(self.members.values()))
+
+    def nodes_with_role(self, role: str) -> list[str]:
+        """``lava-group <role>``; an unknown role gives an empty list."""
+        return sorted(n for n, r in self.members.items() if r == role)
+
+    # --- receiving (consumer thread) ---
+
+    def _on_message(self, delivery: Delivery) -> None:
+        body = delivery.body
+        if body["group"] != self.group:
+            log.warning("ignoring %s for group %s", delivery.message_type, body["group"])
+            return
+        with self._cond:
+            if delivery.message_type == "multinode-send":
+                self._record_send(body["node"], body["message_id"], body["data"])
+            elif delivery.message_type == "multinode-release":
+                self._releases.add(
+                    (body["kind"], body["message_id"], body["generation"], body["role"])
+                )
+            elif delivery.message_type == "group-failed" and self._failure is None:
+                self._failure = body
+            self._cond.notify_all()
+
+    def _record_send(self, sender: str, message_id: str, data: dict[str, str]) -> None:
+        self._messages.setdefault(message_id, {}).setdefault(sender, {}).update(data)
+
+    # --- publishing (caller's thread) ---
+
+    def _publish_group(self, schema: Any, body: dict[str, Any]) -> None:
+        with self._publish_lock:
+            self._broker.publish(topology.group_exchange_name(self.group), "", schema, body)
+
+    def _publish_barrier(self, schema: Any, body: dict[str, Any]) -> None:
+        with self._publish_lock:
+            self._broker.publish(
+                topology.BARRIER_EXCHANGE_NAME, topology.BARRIER_ROUTING_KEY, schema, body
+            )
+
+    def _check_failed(self) -> None:
+        if self._failure is not None:
+            raise GroupFailed(f"MultiNode group {self.group} failed: {self._failure['reason']}")
+
+    # --- the API ---
+
+    def send(self, message_id: str, data: dict[str, str] | None = None) -> None:
+        """``lava-send``: non-blocking; every node's queue and the barrier get it."""
+        check_message_id("lava-send", message_id)
+        payload = check_payload("lava-send", message_id, data)
+        with self._cond:
+            self._check_failed()
+        body = {
+            "group": self.group,
+            "node": self.self_name,
+            "message_id": message_id,
+            "data": payload,
+        }
+        # group first: the barrier's release (caused by the second publish)
+        # is then queued after this send in every node's FIFO queue
+        self._publish_group(MultinodeSendSchema(), body)
+        self._publish_barrier(MultinodeSendSchema(), body)
+        with self._cond:
+            self._record_send(self.self_name, message_id, payload)
+
+    def wait(self, message_id: str, timeout: float | None = None) -> dict[str, dict[str, str]]:
+        """``lava-wait``: until some OTHER node has sent ``message_id``; sender → data."""
+        check_message_id("lava-wait", message_id)
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        with self._cond:
+            while True:
+                self._check_failed()
+                others = self._data_from(message_id, lambda n: n != self.self_name)
+                if others:
+                    return others
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        self._timed_out("lava-wait", message_id, limit, 0, "")
+        # the barrier saw a send after all: it is in our queue too
+        with self._cond:
+            return self._data_from(message_id, lambda n: n != self.self_name)
+
+    def wait_all(
+        self, message_id: str, role: str | None = None, timeout: float | None = None
+    ) -> dict[str, dict[str, str]]:
+        """``lava-wait-all``: until every node (of ``role``) has sent; sender → data."""
+        check_message_id("lava-wait-all", message_id)
+        role = role or ""
+        if role and role not in self.members.values():
+            raise JobError(
+                f"lava-wait-all '{message_id}': no role {role!r} in group {self.group} "
+                f"(roles: {', '.join(self.roles())})"
+            )
+        limit = self.timeout if timeout is None else timeout
+        self._wait_release("lava-wait-all", ("wait-all", message_id, 0, role), limit)
+        with self._cond:
+            return self._data_from(message_id, lambda n: not role or self.members.get(n) == role)
+
+    def sync(self, message_id: str, timeout: float | None = None) -> None:
+        """``lava-sync``: a global barrier; the n-th sync of an id is its generation n."""
+        check_message_id("lava-sync", message_id)
+        with self._cond:
+            self._check_failed()
+            generation = self._sync_generation.get(message_id, 0) + 1
+            self._sync_generation[message_id] = generation
+        self._publish_barrier(
+            MultinodeSyncSchema(),
+            {
+                "group": self.group,
+                "node": self.self_name,
+                "message_id": message_id,
+                "generation": generation,
+            },
+        )
+        limit = self.timeout if timeout is None else timeout
+        self._wait_release("lava-sync", ("sync", message_id, generation, ""), limit)
+
+    # --- lava-network ---
+
+    def broadcast(self, iface_data: dict[str, str]) -> None:
+        """``lava-network broadcast``: this node's interface data to the group."""
+        self.send(NETWORK_MESSAGE_ID, {k: str(v) for k, v in iface_data.items()})
+
+    def collect(
+        self, role: str | None = None, timeout: float | None = None
+    ) -> dict[str, dict[str, str]]:
+        """``lava-network collect``: every node's (of ``role``) broadcast data."""
+        return self.wait_all(NETWORK_MESSAGE_ID, role, timeout)
+
+    # --- internals ---
+
+    def _data_from(self, message_id: str, keep: Any) -> dict[str, dict[str, str]]:
+        senders = self._messages.get(message_id, {})
+        return {n: dict(d) for n, d in sorted(senders.items()) if keep(n)}
+
+    def _wait_release(self, operation: str, key: tuple[str, str, int, str], limit: float) -> None:
+        deadline = time.monotonic() + limit
+        with self._cond:
+            while True:
+                self._check_failed()
+                if key in self._releases:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        _, message_id, generation, role = key
+        self._timed_out(operation, message_id, limit, generation, role)
+
+    def _timed_out(
+        self, operation: str, message_id: str, limit: float, generation: int, role: str
+    ) -> None:
+        """Tell the barrier; raise its verdict (or return if it says we were released)."""
+        try:
+            self._publish_barrier(
+                MultinodeTimeoutSchema(),
+                {
+                    "group": self.group,
+                    "node": self.self_name,
+                    "operation": operation,
+                    "message_id": message_id,
+                    "generation": generation,
+                    "role": role,
+                    "timeout": limit,
+                },
+            )
+        except InfrastructureError as exc:
+            log.warning("cannot report the timeout to the barrier: %s", exc)
+        kind = "sync" if operation == "lava-sync" else "wait-all"
+        deadline = time.monotonic() + self.failure_grace
+        with self._cond:
+            while True:
+                if self._failure is not None:
+                    raise MultinodeTimeout(
+                        f"MultiNode group {self.group}: {self._failure['reason']}"
+                        if self._failure.get("node") != self.self_name
+                        else self._failure["reason"]
+                    )
+                if operation != "lava-wait" and (kind, message_id, generation, role) in (
+                    self._releases
+                ):
+                    return  # released while we reported: the barrier had it complete
+                if operation == "lava-wait" and self._data_from(
+                    message_id, lambda n: n != self.self_name
+                ):
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        label = f"{operation} '{message_id}'" + (f" (role {role})" if role else "")
+        raise MultinodeTimeout(
+            f"{label}: timed out after {limit:g} s in group {self.group} "
+            "(the barrier service did not answer with the missing nodes)"
+        )
+
+    def close(self) -> None:
+        self._consumer.stop()
+        self._thread.join(10)
+        if self._own_broker:
+            self._broker.close()
+
+    def __enter__(self) -> MultinodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- lava-network query / hosts -------------------------------------------
+
+
+def network_query(collected: dict[str, dict[str, str]], node: str, key: str) -> str | None:
+    """``lava-network query <node> <key>``: one value of the collected data, or None."""
+    return collected.get(node, {}).get(key)
+
+
+def network_hosts(
+    collected: dict[str, dict[str, str]],
+    members: dict[str, str] | None = None,
+    *,
+    aliases: bool = False,
+) -> list[str]:
+    """``lava-network hosts`` / ``alias-hosts``: ``ip<TAB>hostname[<TAB>alias]`` lines.
+
+    The alias is ``<role><NN>``, numbered from 01 within each role in node order.
+    """
+    lines: list[str] = []
+    counters: dict[str, int] = {}
+    for node in sorted(collected):
+        data = collected[node]
+        ip = data.get("ipv4") or data.get("ipv6")
+        name = data.get("hostname") or node
+        if not ip:
+            continue
+        fields = [ip, name]
+        if data.get("hostname-full") and data["hostname-full"] != name:
+            fields.append(data["hostname-full"])
+        if aliases and members is not None and node in members:
+            role = members[node]
+            counters[role] = counters.get(role, 0) + 1
+            fields.append(f"{role}{counters[role]:02d}")
+        lines.append("\t".join(fields))
+    return lines

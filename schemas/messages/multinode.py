@@ -1,0 +1,144 @@
+"""Bodies of the MultiNode conversation: group exchange and ``lava.barrier``.
+
+Who sends what (see docs/multinode.md):
+
+- ``group-open`` (coordinator → barrier): the membership, before any node runs;
+- ``multinode-send`` (node → group exchange *and* barrier): ``lava-send`` data;
+- ``multinode-sync`` (node → barrier only): one ``lava-sync`` acknowledgement;
+- ``multinode-release`` (barrier → group exchange): a barrier is complete;
+- ``multinode-timeout`` (node → barrier): a wait passed its deadline;
+- ``group-failed`` (anyone → group exchange and barrier): the group is over;
+- ``group-close`` (coordinator → barrier): forget the group's counters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import fields, validate
+
+from schemas.errors import JobError
+from schemas.messages.base import MessageSchema
+
+#: LAVA rejects MultiNode messages over 0xFFFE characters; lavamq counts
+#: UTF-8 bytes of the id plus every ``key=value`` pair and allows the same
+MAX_PAYLOAD_BYTES = 0xFFFE
+
+_name = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,120}$"))
+_message_id = fields.String(required=True, validate=validate.Length(min=1, max=255))
+
+OPERATIONS = ("lava-wait", "lava-wait-all", "lava-sync")
+
+
+class GroupOpenSchema(MessageSchema):
+    message_type = "group-open"
+    group = _name
+    members = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    timeout = fields.Float(required=True)
+
+
+class GroupCloseSchema(MessageSchema):
+    message_type = "group-close"
+    group = _name
+
+
+class MultinodeSendSchema(MessageSchema):
+    message_type = "multinode-send"
+    group = _name
+    node = _name
+    message_id = _message_id
+    data = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+
+
+class MultinodeSyncSchema(MessageSchema):
+    message_type = "multinode-sync"
+    group = _name
+    node = _name
+    message_id = _message_id
+    generation = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class MultinodeReleaseSchema(MessageSchema):
+    message_type = "multinode-release"
+    group = _name
+    kind = fields.String(required=True, validate=validate.OneOf(["sync", "wait-all"]))
+    message_id = _message_id
+    generation = fields.Integer(load_default=0)
+    role = fields.String(load_default="")
+    nodes = fields.List(fields.String(), load_default=list)
+
+
+class MultinodeTimeoutSchema(MessageSchema):
+    message_type = "multinode-timeout"
+    group = _name
+    node = _name
+    operation = fields.String(required=True, validate=validate.OneOf(OPERATIONS))
+    message_id = _message_id
+    generation = fields.Integer(load_default=0)
+    role = fields.String(load_default="")
+    timeout = fields.Float(required=True)
+
+
+class GroupFailedSchema(MessageSchema):
+    message_type = "group-failed"
+    group = _name
+    reason = fields.String(required=True)
+    node = fields.String(load_default=None, allow_none=True)
+    #: "timeout" when a wait timed out (that node raises MultinodeTimeout)
+    cause = fields.String(load_default="failed", validate=validate.OneOf(["failed", "timeout"]))
+
+
+#: what each queue accepts, by AMQP ``type``
+GROUP_QUEUE_SCHEMAS: dict[str, MessageSchema] = {
+    s.message_type: s
+    for s in (MultinodeSendSchema(), MultinodeReleaseSchema(), GroupFailedSchema())
+}
+BARRIER_SCHEMAS: dict[str, MessageSchema] = {
+    s.message_type: s
+    for s in (
+        GroupOpenSchema(),
+        GroupCloseSchema(),
+        MultinodeSendSchema(),
+        MultinodeSyncSchema(),
+        MultinodeTimeoutSchema(),
+        GroupFailedSchema(),
+    )
+}
+
+
+def check_message_id(operation: str, message_id: Any) -> str:
+    """A message id is non-empty text without ``=`` or whitespace (LAVA's rule)."""
+    if not isinstance(message_id, str) or not message_id:
+        raise JobError(f"{operation}: a message id is required")
+    if "=" in message_id or any(c.isspace() for c in message_id):
+        raise JobError(f"{operation} {message_id!r}: a message id cannot contain '=' or spaces")
+    if len(message_id.encode("utf-8")) > 255:
+        raise JobError(f"{operation} {message_id[:40]!r}...: message id longer than 255 bytes")
+    return message_id
+
+
+def payload_size(message_id: str, data: dict[str, str]) -> int:
+    """Bytes counted against MAX_PAYLOAD_BYTES: the id and each ``key=value``."""
+    size = len(message_id.encode("utf-8"))
+    for key, value in data.items():
+        size += 2 + len(key.encode("utf-8")) + len(value.encode("utf-8"))
+    return size
+
+
+def check_payload(operation: str, message_id: str, data: dict[str, str] | None) -> dict[str, str]:
+    """Validate ``lava-send`` data: text keys without ``=``, text values, size limit."""
+    data = dict(data or {})
+    for key, value in data.items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise JobError(
+                f"{operation} '{message_id}': invalid key {key!r} (non-empty, without '=')"
+            )
+        if not isinstance(value, str):
+            raise JobError(f"{operation} '{message_id}': value of {key!r} must be text")
+    size = payload_size(message_id, data)
+    if size > MAX_PAYLOAD_BYTES:
+        raise JobError(
+            f"{operation} '{message_id}': payload is {size} bytes, over the limit of "
+            f"{MAX_PAYLOAD_BYTES} bytes (id plus every key=value, UTF-8)"
+        )
+    return data

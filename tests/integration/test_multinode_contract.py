@@ -1,0 +1,309 @@
+"""The MultiNode API contract, on memory:// (fast) and on the real RabbitMQ.
+
+Each test runs a barrier service (a thread of the test process: memory
+transport state is per process), creates a group, and drives one
+``MultinodeClient`` per node. Waits are on events, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu.transport import memory
+
+from broker_config.declare import declare_topology
+from broker_config.messaging import Broker
+from coordinator.barrier import BarrierService
+from coordinator.groups import create_group, end_group, fail_group
+from device_agent.multinode import (
+    MultinodeClient,
+    network_hosts,
+    network_query,
+)
+from schemas.errors import GroupFailed, JobError, MultinodeTimeout
+from schemas.messages.multinode import MAX_PAYLOAD_BYTES
+
+
+class Lab:
+    """A broker URL with the topology declared and a running barrier service."""
+
+    def __init__(self, url: str, db_url: str) -> None:
+        self.url = url
+        self.broker = Broker(url)
+        declare_topology(self.broker)
+        self.barrier = BarrierService(url, db_url)
+        self.barrier.start()
+        self.clients: list[MultinodeClient] = []
+
+    def group(
+        self, members: dict[str, str], timeout: float = 20.0
+    ) -> tuple[str, dict[str, MultinodeClient]]:
+        name = f"g{uuid.uuid4().hex[:8]}"
+        create_group(self.broker, name, members, timeout=timeout)
+        clients = {n: MultinodeClient(self.url, name, n, members, timeout=timeout) for n in members}
+        self.clients.extend(clients.values())
+        return name, clients
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.barrier.stop()
+        self.broker.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("rabbit", marks=pytest.mark.integration)])
+def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+    if request.param == "memory":
+        memory.Transport.global_state.clear()
+        memory.Channel.queues.clear()
+        url = "memory://"
+    else:
+        url = request.getfixturevalue("rabbit_url")
+    lab = Lab(url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def in_threads(*calls: Callable[[], Any]) -> list[Any]:
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(c) for c in calls]
+        return [f.result(timeout=60) for f in futures]
+
+
+THREE = {"n1": "server", "n2": "client", "n3": "client"}
+
+
+def test_identity(lab: Lab) -> None:
+    _, c = lab.group(THREE)
+    assert c["n2"].self_name == "n2"
+    assert c["n2"].role == "client"
+    assert c["n2"].group_members() == THREE
+    assert c["n2"].roles() == ["client", "server"]
+    assert c["n1"].nodes_with_role("client") == ["n2", "n3"]
+    assert c["n1"].nodes_with_role("nope") == []
+
+
+def test_message_sent_before_the_peer_waits_is_received(lab: Lab) -> None:
+    _, c = lab.group({"a": "server", "b": "client"})
+    c["a"].send("ready", {"ip": "10.0.0.1"})
+    # b waits only now: the message waited in b's queue
+    assert c["b"].wait("ready", timeout=10) == {"a": {"ip": "10.0.0.1"}}
+    # ids persist: a second wait returns at once
+    assert c["b"].wait("ready", timeout=0.5) == {"a": {"ip": "10.0.0.1"}}
+
+
+def test_wait_ignores_own_sends(lab: Lab) -> None:
+    _, c = lab.group({"a": "server", "b": "client"}, timeout=2)
+    c["a"].send("mine", {"k": "v"})
+    with pytest.raises(MultinodeTimeout) as info:
+        c["a"].wait("mine", timeout=0.5)
+    text = str(info.value)
+    assert "lava-wait 'mine'" in text
+    assert "client (b)" in text
+    # b did not send 'mine': a's timeout failed the group for everyone
+    with pytest.raises(GroupFailed):
+        c["b"].wait("other", timeout=5)
+
+
+def test_wait_returns_data_of_every_other_sender(lab: Lab) -> None:
+    _, c = lab.group(THREE)
+    c["n2"].send("hello", {"from": "n2"})
+    c["n3"].send("hello", {"from": "n3"})
+    assert c["n1"].wait("hello", timeout=10)  # at least one
+    got = _eventually(lambda: c["n1"].wait("hello", timeout=10), lambda r: len(r) == 2)
+    assert got == {"n2": {"from": "n2"}, "n3": {"from": "n3"}}
+
+
+def _eventually(fn: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if ok(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.005)
+
+
+def test_wait_all_without_role(lab: Lab) -> None:
+    _, c = lab.group(THREE)
+    results = in_threads(
+        lambda: (c["n1"].send("up", {"n": "1"}), c["n1"].wait_all("up", timeout=15))[1],
+        lambda: (c["n2"].send("up", {"n": "2"}), c["n2"].wait_all("up", timeout=15))[1],
+        lambda: (c["n3"].send("up", {"n": "3"}), c["n3"].wait_all("up", timeout=15))[1],
+    )
+    expected = {"n1": {"n": "1"}, "n2": {"n": "2"}, "n3": {"n": "3"}}
+    assert results == [expected, expected, expected]
+
+
+def test_wait_all_with_role(lab: Lab) -> None:
+    _, c = lab.group(THREE)
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def server() -> None:
+        result["server"] = c["n1"].wait_all("client-ready", "client", timeout=15)
+        done.set()
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    c["n2"].send("client-ready", {"x": "2"})
+    assert not done.wait(0.3)  # one client of two: still waiting
+    c["n3"].send("client-ready", {"x": "3"})
+    assert done.wait(10)
+    thread.join()
+    assert result["server"] == {"n2": {"x": "2"}, "n3": {"x": "3"}}
+    with pytest.raises(JobError, match="no role 'nope'"):
+        c["n1"].wait_all("client-ready", "nope")
+
+
+def test_sync_three_nodes_and_reuse_of_the_id(lab: Lab) -> None:
+    _, c = lab.group(THREE)
+    for _ in range(2):  # the same id synced twice: generations 1 and 2
+        in_threads(*(lambda n=n: c[n].sync("ready", timeout=15) for n in c))
+    # a third sync by only one node does not pass the barrier
+    with pytest.raises(MultinodeTimeout) as info:
+        c["n1"].sync("ready", timeout=0.5)
+    text = str(info.value)
+    assert text.startswith("lava-sync 'ready': timed out after 0.5 s waiting for ")
+    assert "client (n2), client (n3); 1 of 3 arrived" in text
+
+
+def test_reuse_of_a_message_id_accumulates_data(lab: Lab) -> None:
+    _, c = lab.group({"a": "server", "b": "client"})
+    c["a"].send("info", {"k1": "v1"})
+    assert c["b"].wait("info", timeout=10) == {"a": {"k1": "v1"}}
+    c["a"].send("info", {"k2": "v2"})
+    got = _eventually(lambda: c["b"].wait("info"), lambda r: len(r["a"]) == 2)
+    assert got == {"a": {"k1": "v1", "k2": "v2"}}
+
+
+def test_payloads_of_any_text(lab: Lab) -> None:
+    _, c = lab.group({"a": "server", "b": "client"})
+    data = {
+        "spaces": "a value with spaces",
+        "equals": "x=y=z",
+        "newlines": "line 1\nline 2\n",
+        "unicode": "héllo wörld ✓ 日本",
+        "ключ": "значение",
+    }
+    c["a"].send("weird", data)
+    assert c["b"].wait("weird", timeout=10) == {"a": data}
+
+
+def test_oversize_payload_rejected(lab: Lab) -> None:
+    _, c = lab.group({"a": "server", "b": "client"})
+    with pytest.raises(JobError) as info:
+        c["a"].send("big", {"blob": "x" * MAX_PAYLOAD_BYTES})
+    assert "lava-send 'big'" in str(info.value)
+    assert f"limit of {MAX_PAYLOAD_BYTES} bytes" in str(info.value)
+    with pytest.raises(JobError, match="cannot contain '='"):
+        c["a"].send("a=b")
+    with pytest.raises(JobError, match="invalid key"):
+        c["a"].send("ok", {"k=1": "v"})
+
+
+def test_timeout_names_the_missing_node(lab: Lab) -> None:
+    _, c = lab.group({"beaglexm-01": "omap3", "panda-01": "omap4", "qemu-01": "server"})
+    errors: dict[str, BaseException] = {}
+
+    def sync(node: str, timeout: float) -> None:
+        try:
+            c[node].sync("ready", timeout=timeout)
+        except (MultinodeTimeout, GroupFailed) as exc:
+            errors[node] = exc
+
+    t = [
+        threading.Thread(target=sync, args=("panda-01", 20)),
+        threading.Thread(target=sync, args=("qemu-01", 1)),
+    ]
+    for thread in t:
+        thread.start()
+    for thread in t:
+        thread.join(30)
+    assert isinstance(errors["qemu-01"], MultinodeTimeout)
+    assert str(errors["qemu-01"]) == (
+        "lava-sync 'ready': timed out after 1 s waiting for omap3 (beaglexm-01); 2 of 3 arrived"
+    )
+    # the other waiter was released at once with the same news
+    assert isinstance(errors["panda-01"], GroupFailed)
+    assert "omap3 (beaglexm-01); 2 of 3 arrived" in str(errors["panda-01"])
+    # and every later wait fails at once
+    started = time.monotonic()
+    with pytest.raises(GroupFailed):
+        c["beaglexm-01"].sync("ready", timeout=20)
+    assert time.monotonic() - started < 1
+
+
+def test_failed_group_releases_waiters_within_a_second(lab: Lab) -> None:
+    name, c = lab.group(THREE, timeout=60)
+    released: dict[str, float] = {}
+    errors: dict[str, BaseException] = {}
+    waiting = threading.Barrier(4)
+
+    def wait(node: str, call: Callable[[], Any]) -> None:
+        waiting.wait()
+        try:
+            call()
+        except GroupFailed as exc:
+            errors[node] = exc
+        released[node] = time.monotonic()
+
+    threads = [
+        threading.Thread(target=wait, args=("n1", lambda: c["n1"].sync("go"))),
+        threading.Thread(target=wait, args=("n2", lambda: c["n2"].wait("never"))),
+        threading.Thread(target=wait, args=("n3", lambda: c["n3"].wait_all("never", "server"))),
+    ]
+    for thread in threads:
+        thread.start()
+    waiting.wait()
+    failed_at = time.monotonic()
+    fail_group(lab.broker, name, "qemu-01 did not boot", node="n3")
+    for thread in threads:
+        thread.join(10)
+    assert set(errors) == {"n1", "n2", "n3"}
+    assert max(released.values()) - failed_at < 1.0
+    assert "qemu-01 did not boot" in str(errors["n2"])
+    with pytest.raises(GroupFailed):
+        c["n2"].send("late")
+
+
+def test_network_broadcast_collect_query_hosts(lab: Lab) -> None:
+    members = {"a": "server", "b": "client"}
+    _, c = lab.group(members)
+    c["a"].broadcast({"ipv4": "10.0.0.1", "hostname": "alpha"})
+    c["b"].broadcast({"ipv4": "10.0.0.2", "hostname": "beta"})
+    collected = c["a"].collect(timeout=10)
+    assert network_query(collected, "b", "ipv4") == "10.0.0.2"
+    assert network_query(collected, "b", "mac") is None
+    assert network_hosts(collected) == ["10.0.0.1\talpha", "10.0.0.2\tbeta"]
+    assert network_hosts(collected, members, aliases=True) == [
+        "10.0.0.1\talpha\tserver01",
+        "10.0.0.2\tbeta\tclient01",
+    ]
+    assert c["b"].collect("server", timeout=10) == {"a": {"ipv4": "10.0.0.1", "hostname": "alpha"}}
+
+
+def test_end_group_removes_its_topology(lab: Lab) -> None:
+    name, c = lab.group({"a": "server", "b": "client"})
+    for client in c.values():
+        client.close()
+    lab.clients.clear()
+    end_group(lab.broker, name, ["a", "b"])
+    from schemas.errors import InfrastructureError
+    from schemas.messages.multinode import MultinodeSendSchema
+
+    with pytest.raises(InfrastructureError):
+        lab.broker.publish(
+            f"lava.group.{name}",
+            "",
+            MultinodeSendSchema(),
+            {"group": name, "node": "a", "message_id": "x"},
+        )
