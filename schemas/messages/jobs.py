@@ -128,7 +128,7 @@ def decode_rpc_request(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
 class TimeoutsSchema(_Strict):
     """Seconds. ``multinode`` bounds each MultiNode call; ``connection`` each console step."""
 
-    job = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
+    job = fields.Float(load_default=None, allow_none=True)
     action = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
     multinode = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
     connection = fields.Float(load_default=None, allow_none=True)
