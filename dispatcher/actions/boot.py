@@ -40,6 +40,9 @@ class BootAction(Action):
         timeout = 600.0 if left is None else left
         if hasattr(ctx.device, "set_images"):
             ctx.device.set_images(dict(ctx.data.get("images", {})))
+        if hasattr(ctx.device, "set_group"):
+            # a VM joins its group's network (device_agent/vmnet.py)
+            ctx.device.set_group(ctx.group, ctx.node, list(ctx.members) or None)
         ctx.log.info(f"booting {ctx.device.name} ({self.device_type})")
         attach = ctx.data.get("attach_console")
         early = None
