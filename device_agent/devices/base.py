@@ -1,0 +1,209 @@
+"""What every device type offers: power, a console, booting to a shell, an overlay.
+
+A device type is one module in this package defining a subclass of
+:class:`Device` with a unique ``device_type``. The registry in
+``device_agent.devices`` finds it; nothing else needs to change.
+
+Protocols (labgrid's words): power (``power_on``/``power_off``/``power_reset``),
+console (``connect()`` → :class:`~device_agent.console.ConsoleBase`), and
+``boot()``, which brings the device to a shell prompt ready for a test.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+import subprocess
+import tarfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from device_agent.console import ConsoleBase
+from schemas.errors import ConfigurationError, InfrastructureError
+
+log = logging.getLogger(__name__)
+
+
+def remaining(deadline: float, what: str) -> float:
+    """Seconds left before ``deadline``; an InfrastructureError naming ``what`` if none."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise InfrastructureError(f"{what}: no time left before the deadline")
+    return left
+
+
+class Device(ABC):
+    """One device of a dispatcher host, built from its ``[[device]]`` entry."""
+
+    #: the name used in device dictionaries and job files
+    device_type: ClassVar[str] = ""
+    #: settings this type understands in ``[device.settings]`` (others are errors)
+    known_settings: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: Mapping[str, Any], workdir: str | Path) -> None:
+        self.config = dict(config)
+        self.name: str = self.config["name"]
+        self.tags: list[str] = list(self.config.get("tags", []))
+        self.settings: dict[str, Any] = dict(self.config.get("settings", {}))
+        self.workdir = Path(workdir)
+        self.prompts: list[str] = list(self.config.get("prompts") or self.default_prompts())
+        self.console: ConsoleBase | None = None
+        problems = self.validate_config(self.config)
+        if problems:
+            raise ConfigurationError(f"device {self.name}: " + "; ".join(problems))
+
+    # --- configuration --------------------------------------------------------
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> list[str]:
+        """Every problem with this type's settings (empty list: fine)."""
+        unknown = sorted(set(config.get("settings", {})) - cls.known_settings)
+        return [
+            f"settings.{key}: unknown setting for device type {cls.device_type}" for key in unknown
+        ]
+
+    def default_prompts(self) -> list[str]:
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "device_type": self.device_type, "tags": self.tags}
+
+    # --- power ----------------------------------------------------------------
+    @abstractmethod
+    def power_on(self) -> None: ...
+
+    @abstractmethod
+    def power_off(self) -> None:
+        """Must leave nothing running; safe to call when already off."""
+
+    def power_reset(self) -> None:
+        commands = self.config.get("reset") or []
+        if commands:
+            self.run_commands(commands, "reset")
+            return
+        self.power_off()
+        self.power_on()
+
+    def run_commands(self, commands: Sequence[str], what: str) -> None:
+        """Run the configured host commands (power on/off/reset) in order."""
+        timeout = float(self.config.get("power_timeout", 60.0))
+        for command in commands:
+            log.info("device %s: %s: %s", self.name, what, command)
+            try:
+                proc = subprocess.run(
+                    command,
+                    shell=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise InfrastructureError(
+                    f"device {self.name}: {what} command {command!r} "
+                    f"did not finish in {timeout:g} s"
+                ) from exc
+            if proc.returncode != 0:
+                raise InfrastructureError(
+                    f"device {self.name}: {what} command {command!r} exited with "
+                    f"{proc.returncode}: {(proc.stderr or proc.stdout).strip()[-300:]}"
+                )
+
+    # --- console --------------------------------------------------------------
+    @abstractmethod
+    def _open_console(self) -> ConsoleBase: ...
+
+    def connect(self) -> ConsoleBase:
+        """The device's console, opened if needed."""
+        if self.console is None or self.console.closed:
+            self.console = self._open_console()
+        return self.console
+
+    def close(self) -> None:
+        """Close the console (the device's power is left as it is)."""
+        if self.console is not None:
+            self.console.close()
+            self.console = None
+
+    def shutdown(self) -> None:
+        """Power off and close the console; used by finalize, never raises."""
+        try:
+            self.power_off()
+        except Exception:
+            log.exception("device %s: power off failed", self.name)
+        try:
+            self.close()
+        except Exception:
+            log.exception("device %s: closing the console failed", self.name)
+
+    # --- boot -----------------------------------------------------------------
+    def boot(self, timeout: float, setup: Sequence[str] = ()) -> ConsoleBase:
+        """Power cycle, log in if configured, wait for the prompt, type ``setup``.
+
+        The console is opened before power is applied so that no boot output
+        is lost. Returns the console, sitting at a prompt.
+        """
+        deadline = time.monotonic() + timeout
+        console = self.connect()
+        self.power_reset()
+        self.login(console, deadline)
+        self.wait_for_prompt(console, deadline)
+        self.run_setup(console, setup, deadline)
+        return console
+
+    def login(self, console: ConsoleBase, deadline: float) -> None:
+        for step in self.config.get("login") or []:
+            console.expect(step["expect"], remaining(deadline, f"device {self.name}: login"))
+            console.sendline(step["send"])
+
+    def wait_for_prompt(self, console: ConsoleBase, deadline: float) -> None:
+        if not self.prompts:
+            raise ConfigurationError(f"device {self.name}: no prompts configured")
+        console.read_until_prompt(remaining(deadline, f"device {self.name}: boot"), self.prompts)
+
+    def run_setup(self, console: ConsoleBase, setup: Sequence[str], deadline: float) -> None:
+        for command in setup:
+            console.sendline(command)
+            console.read_until_prompt(
+                remaining(deadline, f"device {self.name}: setup"), self.prompts
+            )
+
+    # --- overlay --------------------------------------------------------------
+    def install_overlay(self, overlay_dir: Path, timeout: float, target: str = "") -> str:
+        """Put ``overlay_dir`` on the device; return where it is as the device sees it.
+
+        The default types it through the console as a base64 tar (needs
+        ``base64`` and ``tar`` on the device: busybox has both), waiting for
+        the echo of each batch of lines so that a slow UART does not overrun.
+        """
+        target = target or f"/tmp/lavamq-overlay-{overlay_dir.name}"
+        deadline = time.monotonic() + timeout
+        console = self.connect()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(overlay_dir, arcname=".")
+        lines = base64.encodebytes(buf.getvalue()).decode("ascii").splitlines()
+        archive = f"{target}.tgz.b64"
+        console.sendline(f"cat > {archive} <<'LAVAMQ_OVERLAY_EOF'")
+        for start in range(0, len(lines), 8):
+            batch = lines[start : start + 8]
+            console.send("".join(line + "\n" for line in batch))
+            console.expect(
+                re.escape(batch[-1]), remaining(deadline, f"device {self.name}: overlay")
+            )
+        console.sendline("LAVAMQ_OVERLAY_EOF")
+        console.read_until_prompt(remaining(deadline, f"device {self.name}: overlay"), self.prompts)
+        output, rc = console.run(
+            f"mkdir -p {target} && base64 -d {archive} | tar -xzf - -C {target} && rm -f {archive}",
+            remaining(deadline, f"device {self.name}: overlay"),
+            self.prompts,
+        )
+        if rc != 0:
+            raise InfrastructureError(
+                f"device {self.name}: unpacking the overlay into {target} failed ({rc}): {output}"
+            )
+        return target

@@ -1,0 +1,410 @@
+"""Device type ``local``: a board emulated on this host.
+
+Power on starts a real shell (``/bin/sh -i`` by default) with a clean
+environment, a known prompt, and HOME and cwd in the device's own working
+directory, which acts as its root filesystem. The shell's controlling
+terminal is one pseudo-terminal (the "board side"); a second pseudo-terminal
+plays the serial line, and a relay thread copies bytes between the two
+masters. The dispatcher opens the serial line's slave path with pyserial,
+exactly as it opens ``/dev/ttyUSB0`` for a real board, so the same console
+driver serves both — and the board side keeps a normal cooked tty (echo,
+``ICRNL``...), as a real board's getty does.
+
+Where the host allows it (root, ``ip netns``, ``unshare``), the shell runs in
+its own network namespace and UTS namespace: ``eth0`` is one end of a veth
+pair whose other end is on a host bridge without an address (boards on the
+bridge reach each other, nothing else), with an address from the
+documentation range 192.0.2.0/24. ``settings.network`` chooses: ``auto``
+(the default: use it when possible, say so in the log otherwise), ``netns``
+(required), ``none``.
+
+Power off kills every process of the board's session, its descendants and
+everything left in its network namespace, then removes the namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import tty
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from device_agent.console import Console, ConsoleBase
+from device_agent.devices.base import Device
+from schemas.errors import ConfigurationError, InfrastructureError
+
+log = logging.getLogger(__name__)
+
+_bridge_lock = threading.Lock()
+
+
+def proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, session id) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return int(fields[1]), int(fields[3])
+
+
+def session_processes(session: int) -> set[int]:
+    """Every process of ``session`` and all their descendants (even those that left it)."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = proc_stat(int(entry))
+            if stat is not None:
+                table[int(entry)] = stat
+    members = {pid for pid, (_, sid) in table.items() if sid == session}
+    changed = True
+    while changed:
+        changed = False
+        for pid, (ppid, _) in table.items():
+            if ppid in members and pid not in members:
+                members.add(pid)
+                changed = True
+    return members
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=30)
+    if check and proc.returncode != 0:
+        raise InfrastructureError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def netns_supported() -> bool:
+    """Root, ``ip`` with netns support and ``unshare``: detected, not assumed."""
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
+        return False
+    try:
+        return _ip("netns", "list", check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+class LocalDevice(Device):
+    device_type = "local"
+    known_settings: ClassVar[frozenset[str]] = frozenset(
+        {"shell", "network", "ipv4", "bridge", "hostname", "env", "answer_cursor_query"}
+    )
+
+    def __init__(self, config: Mapping[str, Any], workdir: str | Path) -> None:
+        super().__init__(config, workdir)
+        self.root = self.workdir
+        self.shell: str = self.settings.get("shell", "/bin/sh")
+        self.ps1 = f"lavamq@{self.name}# "
+        self.netns: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._board_master: int | None = None
+        self._line_master: int | None = None
+        self._line_slave: int | None = None
+        self._line_path: str | None = None
+        self._relay: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None
+        self._stop = threading.Event()
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> list[str]:
+        problems = super().validate_config(config)
+        settings = config.get("settings", {})
+        if settings.get("network", "auto") not in ("auto", "netns", "none"):
+            problems.append("settings.network: must be 'auto', 'netns' or 'none'")
+        ipv4 = settings.get("ipv4")
+        if ipv4 is not None and not re.fullmatch(r"\d+\.\d+\.\d+\.\d+/\d+", str(ipv4)):
+            problems.append(f"settings.ipv4: {ipv4!r} is not an address/prefix like 192.0.2.5/24")
+        if config.get("console") not in (None, "pty"):
+            problems.append("console: a local board's console is always 'pty'")
+        return problems
+
+    def default_prompts(self) -> list[str]:
+        return [re.escape(f"lavamq@{self.name}# ")]
+
+    # --- power ----------------------------------------------------------------
+    @property
+    def powered(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _ensure_line(self) -> str:
+        """The serial line exists from the first connect until the device is dropped."""
+        if self._line_path is None:
+            master, slave = os.openpty()
+            # the line must not echo or translate: it is a wire, not a terminal
+            tty.setraw(slave)
+            self._line_master, self._line_slave = master, slave
+            self._line_path = os.ttyname(slave)
+        return self._line_path
+
+    def power_on(self) -> None:
+        if self.powered:
+            return
+        if not shutil.which(self.shell):
+            raise ConfigurationError(f"device {self.name}: shell {self.shell} not found")
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "tmp").mkdir(exist_ok=True)
+        self._ensure_line()
+        network = self.settings.get("network", "auto")
+        argv = ["setsid", "--ctty"]
+        if network != "none":
+            if netns_supported():
+                self._setup_netns()
+            elif network == "netns":
+                raise InfrastructureError(
+                    f"device {self.name}: settings.network = 'netns' but this host cannot "
+                    "create network namespaces (needs root, ip netns and unshare)"
+                )
+            else:
+                log.info(
+                    "device %s: no network namespace on this host; sharing its network", self.name
+                )
+        if self.netns:
+            hostname = str(self.settings.get("hostname", self.name))
+            argv += [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                "unshare",
+                "--uts",
+                self.shell,
+                "-c",
+                'hostname "$0" && exec "$1" -i',
+                hostname,
+                self.shell,
+            ]
+        else:
+            argv += [self.shell, "-i"]
+        env = {
+            "HOME": str(self.root),
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PS1": self.ps1,
+            "PS2": "> ",
+            "TERM": "dumb",
+            "LANG": "C.UTF-8",
+            "TMPDIR": str(self.root / "tmp"),
+            "SHELL": self.shell,
+            "USER": "root" if os.geteuid() == 0 else os.environ.get("USER", "lava"),
+        }
+        env.update({str(k): str(v) for k, v in self.settings.get("env", {}).items()})
+        board_master, board_slave = os.openpty()
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=board_slave,
+                stdout=board_slave,
+                stderr=board_slave,
+                cwd=self.root,
+                env=env,
+                close_fds=True,
+            )
+        except OSError as exc:
+            os.close(board_master)
+            self._teardown_netns()
+            raise InfrastructureError(f"device {self.name}: cannot start {argv}: {exc}") from exc
+        finally:
+            os.close(board_slave)
+        self._board_master = board_master
+        self._stop.clear()
+        self._wake = os.pipe()
+        self._relay = threading.Thread(
+            target=self._relay_loop, name=f"local-{self.name}", daemon=True
+        )
+        self._relay.start()
+        log.info(
+            "device %s: powered on (pid %d%s)",
+            self.name,
+            self.proc.pid,
+            f", netns {self.netns}" if self.netns else "",
+        )
+
+    def _relay_loop(self) -> None:
+        assert self._board_master is not None and self._line_master is not None
+        assert self._wake is not None
+        board, line, wake = self._board_master, self._line_master, self._wake[0]
+        for fd in (board, line):
+            os.set_blocking(fd, False)
+        watch = [board, line, wake]
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select(watch, [], [], 1.0)
+            except (OSError, ValueError):
+                return
+            for fd in ready:
+                if fd == wake:
+                    return
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    if fd == board:
+                        # the shell and everything on its tty are gone: the board "halted"
+                        watch = [line, wake]
+                    continue
+                if fd == line and board not in watch:
+                    continue
+                if not self._write_all(line if fd == board else board, data, wake):
+                    return
+
+    def _write_all(self, fd: int, data: bytes, wake: int) -> bool:
+        """Write everything unless told to stop; False when stopping."""
+        while data:
+            try:
+                data = data[os.write(fd, data) :]
+            except BlockingIOError:
+                ready, _, _ = select.select([wake], [fd], [], 1.0)
+                if wake in ready or self._stop.is_set():
+                    return False
+            except OSError:
+                return True
+        return True
+
+    def power_off(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            self._kill_board(proc)
+        if self._relay is not None:
+            self._stop.set()
+            if self._wake is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake[1], b"x")
+            self._relay.join(timeout=5)
+            self._relay = None
+        for fd in (self._board_master, *(self._wake or ())):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._board_master, self._wake = None, None
+        self._teardown_netns()
+
+    def _kill_board(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            victims = session_processes(proc.pid) | {proc.pid}
+            if self.netns:
+                listed = _ip("netns", "pids", self.netns, check=False).stdout.split()
+                victims |= {int(p) for p in listed if p.isdigit()}
+            alive = [pid for pid in victims if proc_stat(pid) is not None]
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.05)
+            if not alive or all(self._is_zombie_or_gone(pid) for pid in alive):
+                break
+            if time.monotonic() > deadline:
+                raise InfrastructureError(
+                    f"device {self.name}: processes {sorted(alive)} survived SIGKILL for 10 s"
+                )
+        if proc.poll() is None:
+            proc.wait(timeout=5)
+        log.info("device %s: powered off", self.name)
+
+    @staticmethod
+    def _is_zombie_or_gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                raw = fh.read().decode("ascii", "replace")
+        except OSError:
+            return True
+        return raw[raw.rfind(")") + 2 :].startswith("Z")
+
+    # --- network namespace ----------------------------------------------------
+    def _names(self) -> tuple[str, str, str]:
+        digest = f"{zlib.crc32(self.name.encode()):08x}"
+        return f"lavamq-{self.name}", f"lmqh{digest}", f"lmqp{digest}"
+
+    def address(self) -> str:
+        """This board's eth0 address (settings.ipv4, or derived from its name)."""
+        if "ipv4" in self.settings:
+            return str(self.settings["ipv4"])
+        return f"192.0.2.{2 + zlib.crc32(self.name.encode()) % 250}/24"
+
+    def _setup_netns(self) -> None:
+        netns, host_if, peer_if = self._names()
+        bridge = str(self.settings.get("bridge", "lavamq0"))
+        # a crash may have left the namespace behind: start clean
+        _ip("netns", "del", netns, check=False)
+        _ip("link", "del", host_if, check=False)
+        try:
+            _ip("netns", "add", netns)
+            self.netns = netns
+            _ip("link", "add", host_if, "type", "veth", "peer", "name", peer_if)
+            _ip("link", "set", peer_if, "netns", netns)
+            _ip("-n", netns, "link", "set", peer_if, "name", "eth0")
+            _ip("-n", netns, "addr", "add", self.address(), "dev", "eth0")
+            _ip("-n", netns, "link", "set", "lo", "up")
+            _ip("-n", netns, "link", "set", "eth0", "up")
+            with _bridge_lock:
+                if _ip("link", "show", bridge, check=False).returncode != 0:
+                    created = _ip("link", "add", bridge, "type", "bridge", check=False)
+                    if created.returncode != 0 and "exists" not in created.stderr:
+                        raise InfrastructureError(
+                            f"ip link add {bridge} type bridge failed: {created.stderr.strip()}"
+                        )
+                _ip("link", "set", bridge, "up")
+                _ip("link", "set", host_if, "master", bridge)
+                _ip("link", "set", host_if, "up")
+        except InfrastructureError as exc:
+            self._teardown_netns()
+            if self.settings.get("network", "auto") == "netns":
+                raise InfrastructureError(f"device {self.name}: network setup: {exc}") from exc
+            log.warning(
+                "device %s: no network namespace (%s); sharing the host's network", self.name, exc
+            )
+
+    def _teardown_netns(self) -> None:
+        if self.netns is None:
+            return
+        _, host_if, _ = self._names()
+        _ip("netns", "del", self.netns, check=False)
+        _ip("link", "del", host_if, check=False)
+        self.netns = None
+        bridge = str(self.settings.get("bridge", "lavamq0"))
+        with _bridge_lock:
+            ports = _ip("-o", "link", "show", "master", bridge, check=False)
+            if ports.returncode == 0 and not ports.stdout.strip():
+                _ip("link", "del", bridge, check=False)
+
+    # --- console and overlay --------------------------------------------------
+    def _open_console(self) -> ConsoleBase:
+        return Console(
+            self._ensure_line(),
+            name=self.name,
+            prompts=self.prompts,
+            answer_cursor_query=bool(self.settings.get("answer_cursor_query", False)),
+        )
+
+    def install_overlay(self, overlay_dir: Path, timeout: float, target: str = "") -> str:
+        """The board's filesystem is on this host: copy the overlay into its root."""
+        dest = Path(target) if target else self.root / "lava-overlay"
+        if dest.resolve() != overlay_dir.resolve():
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(overlay_dir, dest, symlinks=True)
+        return str(dest)
+
+    def shutdown(self) -> None:
+        """Power off, close the console and free the serial line."""
+        super().shutdown()
+        for fd in (self._line_master, self._line_slave):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._line_master = self._line_slave = None
+        self._line_path = None
