@@ -47,6 +47,9 @@ COMPRESSIONS = {"gz": "gz", "xz": "xz", "bz2": "bz2", "zst": "zst", "zstd": "zst
 URL_SCHEMES = ("file", "http", "https")
 DEFINITION_SOURCES = ("git", "inline", "url")
 
+#: the location of problems with the job file's top-level mapping itself
+TOP_LEVEL = "top level"
+
 _ROLE_NAME = re.compile(r"^[^\s<>=:]{1,100}$")
 
 
@@ -428,16 +431,17 @@ def check_mapping(
     Returns the valid part of the data (even when some fields were wrong, so
     that later cross-checks can still run), or None if ``data`` is not a mapping.
     """
+    here = location or TOP_LEVEL
     if not isinstance(data, dict):
-        problems.add(location, f"must be {what} (got {kind_of(data)})")
+        problems.add(here, f"must be {what} (got {kind_of(data)})")
         return None
     known = {f.data_key or name for name, f in schema.fields.items()} | set(accepted)
     clean: dict[str, Any] = {}
     for key, value in data.items():
         if not isinstance(key, str):
-            problems.add(location, f"keys must be strings (got {key!r})")
+            problems.add(here, f"keys must be strings (got {key!r})")
         elif key not in known:
-            problems.add(location, f"unknown key {key!r} (known: {known_list(known)})")
+            problems.add(here, f"unknown key {key!r} (known: {known_list(known)})")
         else:
             clean[key] = value
     try:
