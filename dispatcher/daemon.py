@@ -1,0 +1,326 @@
+"""The per-host daemon: ``lavamq dispatcher --config HOST.toml``.
+
+Threads (one kombu connection each, never shared):
+
+- the **consumer** (the caller of :meth:`Dispatcher.run`): one queue per
+  device (``lava.device.<device>``, prefetch 1). For each assignment it
+  records the sub-job in the :class:`~dispatcher.journal.Journal` (fsync'd),
+  hands it to the device's worker and returns — the message is acked then,
+  not when the sub-job ends (RabbitMQ's delivery-acknowledgement timeout
+  would requeue a long job). An id already in the journal is not run again.
+  ``QueueConsumer`` reconnects and re-declares after a broker restart.
+- the **control publisher**: ``host-register`` at start, ``host-heartbeat``
+  every ``heartbeat_interval`` and every ``subjob-state`` on ``lava.control``.
+- one **worker per device**: runs that device's sub-jobs one after the other
+  (:class:`~dispatcher.runner.SubJobRunner`; each sub-job has its own
+  publisher thread and console reader).
+
+SIGTERM (:meth:`Dispatcher.stop`): stop consuming, cancel running sub-jobs
+(they finalize: power off), power off every device, exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from broker_config import topology
+from broker_config.messaging import Broker, Delivery, QueueConsumer
+from dispatcher.journal import Journal
+from dispatcher.runner import SubJobRunner
+from schemas.errors import InfrastructureError, LavamqError
+from schemas.messages.base import MessageSchema
+from schemas.messages.jobs import (
+    HostHeartbeatSchema,
+    HostRegisterSchema,
+    SubJobAssignmentSchema,
+    SubJobStateSchema,
+)
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class ControlPublisher:
+    """Publishes on ``lava.control`` from its own thread; heartbeats on a timer."""
+
+    def __init__(self, broker_url: str, host: str, interval: float) -> None:
+        self.broker_url = broker_url
+        self.host = host
+        self.interval = interval
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=f"control-{host}", daemon=True)
+        self.sent = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, schema: MessageSchema, body: dict[str, Any]) -> None:
+        self._queue.put((schema, body))
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        broker = Broker(self.broker_url, max_retries=1_000_000)
+        next_beat = time.monotonic() + self.interval
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=max(0.0, next_beat - time.monotonic()))
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    return
+                if item is None:
+                    next_beat = time.monotonic() + self.interval
+                    item = (
+                        HostHeartbeatSchema(),
+                        {"kind": "host-heartbeat", "host": self.host, "time": time.time()},
+                    )
+                schema, body = item
+                try:
+                    broker.publish(
+                        topology.CONTROL_EXCHANGE_NAME, topology.CONTROL_ROUTING_KEY, schema, body
+                    )
+                    self.sent += 1
+                except LavamqError as exc:
+                    log.error("control message %s not published: %s", body.get("kind"), exc)
+        finally:
+            broker.close()
+
+
+class DeviceWorker:
+    """Runs one device's sub-jobs in order, on its own thread."""
+
+    def __init__(self, dispatcher: Dispatcher, device: Any) -> None:
+        self.dispatcher = dispatcher
+        self.device = device
+        self.jobs: queue.Queue[Any] = queue.Queue()
+        self.current: int | None = None
+        self._thread = threading.Thread(target=self._run, name=f"device-{device.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, assignment: dict[str, Any]) -> None:
+        self.jobs.put(assignment)
+
+    def close(self, timeout: float) -> None:
+        self.jobs.put(_STOP)
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            item = self.jobs.get()
+            if item is _STOP:
+                return
+            if self.dispatcher.stopping.is_set():
+                self.dispatcher.report(
+                    item, "canceled", "infrastructure", "the dispatcher stopped before it ran"
+                )
+                continue
+            self.current = int(item["subjob_id"])
+            try:
+                self.dispatcher.run_subjob(self.device, item)
+            except Exception:
+                log.exception(
+                    "sub-job %s on %s: runner failed", item["subjob_id"], self.device.name
+                )
+                self.dispatcher.report(
+                    item, "incomplete", "bug", "the sub-job runner failed; see the host's log"
+                )
+            finally:
+                self.current = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        broker_url: str | None = None,
+        workdir: str | Path | None = None,
+        heartbeat_interval: float | None = None,
+        multinode: bool = True,
+    ) -> None:
+        from device_agent.devices import create_device
+
+        host = config["host"]
+        self.host: str = host["name"]
+        self.broker_url: str = broker_url or host["broker_url"]
+        self.workdir = Path(workdir or host["workdir"])
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.heartbeat_interval = float(heartbeat_interval or host.get("heartbeat_interval", 10.0))
+        self.use_multinode = multinode
+        self.journal = Journal(self.workdir / "journal.sqlite")
+        self.devices = {
+            d["name"]: create_device(d, self.workdir / "devices" / d["name"])
+            for d in config.get("device", [])
+        }
+        self.stopping = threading.Event()
+        self.control = ControlPublisher(self.broker_url, self.host, self.heartbeat_interval)
+        self.workers = {name: DeviceWorker(self, dev) for name, dev in self.devices.items()}
+        self.consumer = QueueConsumer(
+            self.broker_url,
+            [topology.device_queue(name) for name in self.devices],
+            SubJobAssignmentSchema(),
+            handler=self._on_assignment,
+            prefetch=1,
+            poll_interval=0.2,
+        )
+
+    # --- state reporting ---------------------------------------------------
+    def report(
+        self,
+        assignment: dict[str, Any],
+        state: str,
+        error_type: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        subjob_id = int(assignment["subjob_id"])
+        self.journal.set_state(subjob_id, state, error_type=error_type, message=message)
+        log.info("sub-job %s: %s%s", subjob_id, state, f" ({message})" if message else "")
+        self.control.put(
+            SubJobStateSchema(),
+            {
+                "kind": "subjob-state",
+                "subjob_id": subjob_id,
+                "job_id": int(assignment["job_id"]),
+                "host": self.host,
+                "state": state,
+                "error_type": error_type,
+                "message": message,
+                "time": time.time(),
+            },
+        )
+
+    # --- consuming -----------------------------------------------------------
+    def _on_assignment(self, delivery: Delivery) -> None:
+        a = delivery.body
+        device = a["device"]
+        subjob_id = int(a["subjob_id"])
+        if device not in self.workers:
+            # routed here by mistake: the broker must not redeliver it forever
+            raise InfrastructureError(f"host {self.host} has no device {device!r}")
+        if not self.journal.accept(a):
+            previous = self.journal.get(subjob_id) or {}
+            log.warning(
+                "sub-job %s was already accepted (state %s): not running it again",
+                subjob_id,
+                previous.get("state"),
+            )
+            if previous.get("state") in ("complete", "incomplete", "canceled"):
+                self.report(
+                    a, previous["state"], previous.get("error_type"), previous.get("message")
+                )
+            return
+        if self.stopping.is_set():
+            self.report(a, "canceled", "infrastructure", f"dispatcher {self.host} is stopping")
+            return
+        if a.get("join_deadline") and time.time() > float(a["join_deadline"]):
+            self.report(
+                a, "canceled", "infrastructure", "the assignment arrived after the join deadline"
+            )
+            return
+        self.report(a, "accepted")
+        self.workers[device].submit(a)
+
+    def run_subjob(self, device: Any, a: dict[str, Any]) -> None:
+        workdir = self.workdir / "jobs" / f"{a['job_id']}.{a['node']}.{a['subjob_id']}"
+        factory: Callable[[dict[str, Any]], Any] | None = None
+        if self.use_multinode:
+            factory = self._multinode_client
+        runner = SubJobRunner(
+            a,
+            device,
+            workdir=workdir,
+            report_state=lambda state, et, msg: self.report(a, state, et, msg),
+            broker_url=self.broker_url,
+            multinode_factory=factory,
+            cancelled=self.stopping.is_set,
+        )
+        runner.run()
+
+    def _multinode_client(self, a: dict[str, Any]) -> Any:
+        from device_agent.multinode import MultinodeClient
+
+        return MultinodeClient(
+            self.broker_url,
+            a["group"],
+            a["node"],
+            dict(a["members"]),
+            timeout=float(a["timeouts"]["multinode"]),
+        )
+
+    # --- life cycle ----------------------------------------------------------
+    def recover(self) -> None:
+        """Report sub-jobs a previous run of this dispatcher left unfinished; never rerun them."""
+        for entry in self.journal.unfinished():
+            a = entry["assignment"]
+            self.report(
+                a,
+                "incomplete",
+                "infrastructure",
+                f"dispatcher {self.host} restarted while sub-job {entry['subjob_id']} was "
+                f"{entry['state']}; it is not run again",
+            )
+
+    def register(self) -> None:
+        self.control.put(
+            HostRegisterSchema(),
+            {
+                "kind": "host-register",
+                "host": self.host,
+                "devices": [
+                    {"name": d.name, "device_type": d.device_type, "tags": list(d.tags)}
+                    for d in self.devices.values()
+                ],
+                "time": time.time(),
+            },
+        )
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until :meth:`stop`; ``on_ready`` once the device queues are consumed."""
+        for device in self.devices.values():
+            with contextlib.suppress(Exception):
+                device.power_off()
+        self.control.start()
+        self.recover()
+        self.register()
+        for worker in self.workers.values():
+            worker.start()
+        try:
+            self.consumer.run(on_ready=on_ready)
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (safe from a signal handler)."""
+        self.stopping.set()
+        self.consumer.stop()
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for worker in self.workers.values():
+            worker.close(max(0.1, deadline - time.monotonic()))
+        for device in self.devices.values():
+            try:
+                device.shutdown()
+            except Exception:
+                log.exception("device %s: shutdown failed", device.name)
+        self.control.close()
+        self.journal.close()
