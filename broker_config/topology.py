@@ -62,6 +62,9 @@ RESULTS_EXCHANGE_NAME = "lava.results"
 RESULTS_QUEUE_NAME = "lava.results"
 
 LOGS_EXCHANGE_NAME = "lava.logs"
+#: durable queue of every job log batch, consumed by the log store
+#: (dispatcher/logstore.py); declared by dispatchers and the store
+LOGS_STORE_QUEUE_NAME = "lava.logs.store"
 EVENTS_EXCHANGE_NAME = "lava.events"
 
 DEAD_EXCHANGE_NAME = "lava.dead"
@@ -188,6 +191,17 @@ def results_queue() -> Queue:
     return Queue(
         RESULTS_QUEUE_NAME,
         exchange=results_exchange(),
+        routing_key="#",
+        durable=True,
+        queue_arguments=dict(DEAD_LETTER_ARGUMENTS),
+    )
+
+
+def logs_store_queue() -> Queue:
+    """Every ``log-batch`` (bound with ``#``) for the log store; live readers bind their own."""
+    return Queue(
+        LOGS_STORE_QUEUE_NAME,
+        exchange=logs_exchange(),
         routing_key="#",
         durable=True,
         queue_arguments=dict(DEAD_LETTER_ARGUMENTS),
