@@ -71,6 +71,13 @@ class ControlPublisher:
 
     def _run(self) -> None:
         broker = Broker(self.broker_url, max_retries=1_000_000)
+        # idempotent: where this host's user may configure them, make sure the
+        # queues it publishes towards exist (control, results, the log store)
+        for q in (topology.control_queue(), topology.results_queue(), topology.logs_store_queue()):
+            try:
+                broker.declare(q)
+            except LavamqError as exc:
+                log.warning("cannot declare %s (%s); relying on `lavamq broker setup`", q.name, exc)
         next_beat = time.monotonic() + self.interval
         try:
             while True:

@@ -1,0 +1,136 @@
+"""``lavamq logs JOB [--follow]`` and ``lavamq log-store``.
+
+``lavamq log-store --dir DIR`` keeps every job log batch from ``lava.logs``
+(see dispatcher/logstore.py). ``lavamq logs JOB`` prints what the store has;
+with ``--follow`` it first binds a temporary queue to ``<job>.#`` on
+``lava.logs``, then prints the stored past, then the live batches, dropping
+the ones already printed (by node, sub-job and sequence number).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from typing import Any
+
+import click
+
+COMMANDS: list[click.Command] = []
+
+DEFAULT_DIR = "lavamq-logs"
+
+
+def _dir(value: str | None) -> str:
+    return value or os.environ.get("LAVAMQ_LOG_DIR") or DEFAULT_DIR
+
+
+def _print(node: str, rec: dict[str, Any], as_json: bool) -> None:
+    from dispatcher.joblog import format_record
+
+    if as_json:
+        click.echo(json.dumps({"node": node, **rec}, ensure_ascii=False))
+    else:
+        click.echo(format_record(rec, node=node))
+
+
+@click.command("logs")
+@click.argument("job")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new records as they arrive.")
+@click.option(
+    "--until-final",
+    is_flag=True,
+    help="With --follow: stop once every node that has logged sent its last batch.",
+)
+@click.option("--dir", "log_dir", default=None, help="Log store directory (env LAVAMQ_LOG_DIR).")
+@click.option("--broker", "broker_url", default=None, help="Broker URL (env LAVAMQ_BROKER_URL).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+def logs_command(
+    job: str,
+    follow: bool,
+    until_final: bool,
+    log_dir: str | None,
+    broker_url: str | None,
+    as_json: bool,
+) -> None:
+    """Print the job log of JOB (every node), optionally following it live."""
+    from broker_config import topology
+    from dispatcher.logstore import stored_batches
+
+    topology.check_name("job", job)
+    seen: set[tuple[str, str, int]] = set()
+    finals: set[str] = set()
+    nodes: set[str] = set()
+
+    def show(batch: dict[str, Any]) -> None:
+        key = (str(batch["node"]), str(batch["subjob"]), int(batch["seq"]))
+        if key in seen:
+            return
+        seen.add(key)
+        nodes.add(key[0])
+        if batch.get("final"):
+            finals.add(key[0])
+        for rec in batch.get("records", []):
+            _print(key[0], rec, as_json)
+
+    if not follow:
+        for batch in stored_batches(_dir(log_dir), job):
+            show(batch)
+        return
+
+    from kombu import Queue
+
+    from broker_config.messaging import Delivery, QueueConsumer
+    from lavamq.config import load_settings
+    from schemas.messages.console import LogBatchSchema
+
+    url = load_settings(broker_url=broker_url).broker_url
+    queue = Queue(
+        f"{topology.LOGS_EXCHANGE_NAME}.follow.{uuid.uuid4().hex[:12]}",
+        exchange=topology.logs_exchange(),
+        routing_key=f"{job}.#",
+        durable=False,
+        exclusive=True,
+        auto_delete=True,
+    )
+    consumer: QueueConsumer
+
+    def on_batch(delivery: Delivery) -> None:
+        show(delivery.body)
+        if until_final and nodes and finals >= nodes:
+            consumer.stop()
+
+    def on_ready() -> None:
+        # bound before reading the past: nothing falls between the two
+        for batch in stored_batches(_dir(log_dir), job):
+            show(batch)
+        if until_final and nodes and finals >= nodes:
+            consumer.stop()
+
+    consumer = QueueConsumer(
+        url, [queue], LogBatchSchema(), handler=on_batch, prefetch=100, poll_interval=0.2
+    )
+    signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+    try:
+        consumer.run(on_ready=on_ready)
+    except KeyboardInterrupt:
+        consumer.stop()
+
+
+@click.command("log-store")
+@click.option("--dir", "log_dir", default=None, help="Where to keep logs (env LAVAMQ_LOG_DIR).")
+@click.option("--broker", "broker_url", default=None, help="Broker URL (env LAVAMQ_BROKER_URL).")
+def log_store_command(log_dir: str | None, broker_url: str | None) -> None:
+    """Keep every job log batch published on lava.logs under --dir."""
+    from dispatcher.logstore import LogStore
+    from lavamq.config import load_settings
+
+    store = LogStore(load_settings(broker_url=broker_url).broker_url, _dir(log_dir))
+    signal.signal(signal.SIGTERM, lambda *_: store.consumer.stop())
+    signal.signal(signal.SIGINT, lambda *_: store.consumer.stop())
+    store.run(on_ready=lambda: click.echo("lavamq log-store ready"))
+    click.echo("lavamq log-store stopped")
+
+
+COMMANDS.extend([logs_command, log_store_command])
