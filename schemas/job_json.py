@@ -34,6 +34,7 @@ from schemas.jobmodel import (
     image_entry,
     join,
     jsonable,
+    kind_of,
     known_list,
     priority_value,
     roles_field,
@@ -220,8 +221,7 @@ def load_2014(data: dict[str, Any], problems: Problems, source: str) -> JobPlan 
         return None
     priority = priority_value(data.get("priority"), "priority", problems)
     default_timeout = top.get("timeout", 1.0)
-    roles = _device_group(data.get("device_group"), problems)
-    role_names = [r.name for r in roles]
+    roles, role_names = _device_group(data.get("device_group"), problems)
     actions = _actions(data.get("actions"), role_names, default_timeout, problems)
     if problems:
         return None
@@ -245,14 +245,21 @@ def _name_from_source(source: str) -> str:
     return stem.strip("<>") or "job"
 
 
-def _device_group(value: Any, problems: Problems) -> list[RolePlan]:
+def _device_group(value: Any, problems: Problems) -> tuple[list[RolePlan], list[str]]:
+    """The valid roles, and every role name declared (so that an action naming a
+    role whose entry has a problem is not reported a second time)."""
     if not isinstance(value, list):
         if value is not None:
-            problems.add("device_group", f"must be a list of roles (got {type(value).__name__})")
-        return []
+            problems.add("device_group", f"must be a list of roles (got {kind_of(value)})")
+        return [], []
     if not value:
         problems.add("device_group", "must list at least one role")
-        return []
+        return [], []
+    declared = list(
+        dict.fromkeys(
+            e["role"] for e in value if isinstance(e, dict) and isinstance(e.get("role"), str)
+        )
+    )
     roles: list[RolePlan] = []
     seen: set[str] = set()
     for i, entry in enumerate(value):
@@ -301,7 +308,7 @@ def _device_group(value: Any, problems: Problems) -> list[RolePlan]:
     total = sum(r.count for r in roles)
     if total > MAX_COUNT:
         problems.add("device_group", f"the group has {total} devices; at most {MAX_COUNT}")
-    return roles
+    return roles, declared
 
 
 def _actions(
@@ -309,7 +316,7 @@ def _actions(
 ) -> list[ActionPlan]:
     if not isinstance(value, list):
         if value is not None:
-            problems.add("actions", f"must be a list of actions (got {type(value).__name__})")
+            problems.add("actions", f"must be a list of actions (got {kind_of(value)})")
         return []
     if not value:
         problems.add("actions", "must list at least one action")

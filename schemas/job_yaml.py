@@ -210,7 +210,7 @@ def load_yaml_job(data: dict[str, Any], problems: Problems, source: str) -> JobP
         return None
     priority = priority_value(data.get("priority"), "priority", problems)
     timeouts, action_timeouts = _timeouts(data.get("timeouts"), problems)
-    roles, multinode = _protocols(data.get("protocols"), problems)
+    roles, role_names, multinode = _protocols(data.get("protocols"), problems)
     if multinode is not None:
         timeouts = Timeouts(
             job=timeouts.job,
@@ -218,7 +218,6 @@ def load_yaml_job(data: dict[str, Any], problems: Problems, source: str) -> JobP
             multinode=multinode,
             connection=timeouts.connection,
         )
-    role_names = [r.name for r in roles]
     actions = _actions(data.get("actions"), role_names, timeouts, action_timeouts, problems)
     if problems:
         return None
@@ -267,31 +266,35 @@ def _timeouts(value: Any, problems: Problems) -> tuple[Timeouts, dict[str, float
     ), per_kind
 
 
-def _protocols(value: Any, problems: Problems) -> tuple[list[RolePlan], float | None]:
+def _protocols(value: Any, problems: Problems) -> tuple[list[RolePlan], list[str], float | None]:
     if value is None:
         problems.add(
             "protocols",
             "is required: lavamq runs MultiNode jobs (add 'lava-multinode: roles: ...')",
         )
-        return [], None
+        return [], [], None
     if not isinstance(value, dict):
         problems.add("protocols", f"must be a mapping (got {kind_of(value)})")
-        return [], None
+        return [], [], None
     known = ("lava-multinode", "lava-lxc", "lava-vland", "lava-xnbd")
     for key in value:
         if key not in known:
             problems.add("protocols", f"unknown protocol {key!r} (known: {known_list(known)})")
     if "lava-multinode" not in value:
         problems.add("protocols.lava-multinode", "is required: lavamq runs MultiNode jobs")
-        return [], None
+        return [], [], None
     loc = "protocols.lava-multinode"
     block = check_mapping(MultinodeSchema(), value["lava-multinode"], loc, problems)
     if block is None:
-        return [], None
+        return [], [], None
     multinode = None
     if "timeout" in block:
         multinode = timeout_seconds(block["timeout"], join(loc, "timeout"), problems)
-    return _roles(block.get("roles"), join(loc, "roles"), problems), multinode
+    roles_value = block.get("roles")
+    declared = (
+        [k for k in roles_value if isinstance(k, str)] if isinstance(roles_value, dict) else []
+    )
+    return _roles(roles_value, join(loc, "roles"), problems), declared, multinode
 
 
 def _roles(value: Any, loc: str, problems: Problems) -> list[RolePlan]:

@@ -466,6 +466,8 @@ def roles_field(value: Any, location: str, problems: Problems) -> tuple[str, ...
 def check_roles_exist(
     roles: tuple[str, ...], known: list[str], location: str, problems: Problems
 ) -> None:
+    if not known:
+        return  # the missing roles are reported where they should be declared
     for name in roles:
         if name not in known:
             problems.add(location, f"no role named {name!r} (roles: {known_list(known) or 'none'})")
