@@ -23,7 +23,11 @@ class DownloadAction(Action):
         self.image_name = image_name
         self.image = dict(image)
         scheme = str(image.get("url", "")).split("://", 1)[0]
-        self.name = "file-download" if scheme == "file" else "http-download"
+        self.name = {
+            "file": "file-download",
+            "http": "http-download",
+            "https": "http-download",
+        }.get(scheme, "download")
 
     def validate(self, ctx: JobContext) -> list[str]:
         return super().validate(ctx) + [
