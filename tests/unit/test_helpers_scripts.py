@@ -1,0 +1,247 @@
+"""The lava-* helpers, run in real shells: dash, bash and busybox (with only its applets)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from device_agent.overlay import (
+    MultinodeContext,
+    overlay_environment,
+    setup_commands,
+    write_overlay,
+)
+from schemas.errors import JobError
+
+SHELLS = ["dash", "bash", "busybox"]
+
+CONTEXT = MultinodeContext(
+    "node-b", "client", {"node-a": "server", "node-b": "client", "node-c": "client"}
+)
+
+
+@pytest.fixture(scope="module")
+def busybox_path(tmp_path_factory: pytest.TempPathFactory) -> str | None:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        return None
+    bb_dir = tmp_path_factory.mktemp("busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True).stdout.split()
+    for applet in applets:
+        (bb_dir / applet).symlink_to(busybox)
+    return str(bb_dir)
+
+
+class Dut:
+    """An overlay and a way to run its helpers under one shell."""
+
+    def __init__(self, root: Path, shell: str, busybox_path: str | None) -> None:
+        if shell == "busybox" and busybox_path is None:
+            pytest.skip("busybox is not installed")
+        if shell != "busybox" and shutil.which(shell) is None:
+            pytest.skip(f"{shell} is not installed")
+        self.root = root
+        self.bin = write_overlay(root / "overlay", CONTEXT)
+        self.env = overlay_environment(str(root / "overlay"), cache_dir=str(root / "tmp"))
+        if shell == "busybox":
+            assert busybox_path is not None
+            self.env["PATH"] = f"{self.bin}:{busybox_path}"
+            self.argv = [f"{busybox_path}/sh"]
+        else:
+            self.env["PATH"] = f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin"
+            self.argv = [shell]
+
+    def run(self, helper: str, *args: str, stdin: str = "", **env: str) -> tuple[int, str, str]:
+        proc = subprocess.run(
+            [*self.argv, str(self.bin / helper), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**self.env, **env},
+            cwd=self.root,
+            timeout=20,
+        )
+        return proc.returncode, proc.stdout, proc.stderr
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.env["LAVA_MULTI_NODE_CACHE"])
+
+
+@pytest.fixture(params=SHELLS)
+def dut(request: pytest.FixtureRequest, tmp_path: Path, busybox_path: str | None) -> Dut:
+    return Dut(tmp_path, request.param, busybox_path)
+
+
+def test_self_role_group(dut: Dut) -> None:
+    assert dut.run("lava-self") == (0, "node-b\n", "")
+    assert dut.run("lava-role") == (0, "client", "")
+    assert dut.run("lava-role", "list") == (0, "server\nclient\n", "")
+    assert dut.run("lava-group") == (0, "node-a\tserver\nnode-b\tclient\nnode-c\tclient\n", "")
+    assert dut.run("lava-group", "client") == (0, "node-b\nnode-c\n", "")
+    assert dut.run("lava-group", "nobody") == (1, "", "")
+
+
+def test_send_prints_the_signal_keeping_only_key_values(dut: Dut) -> None:
+    assert dut.run("lava-send", "ready") == (0, "<LAVA_MULTI_NODE> <LAVA_SEND ready>\n", "")
+    rc, out, _ = dut.run("lava-send", "ready", "ip=192.0.2.5", "junk", "msg=hello world", "=x")
+    assert (rc, out) == (0, "<LAVA_MULTI_NODE> <LAVA_SEND ready ip=192.0.2.5 msg=hello world>\n")
+    rc, out, err = dut.run("lava-send", "bad=id", "a=b")
+    assert (rc, out) == (1, "")
+    assert "must not contain '='" in err
+    rc, out, err = dut.run("lava-send", "id", "a=b>c")
+    assert (rc, out) == (1, "")
+    assert "cannot contain '>'" in err
+
+
+def test_debug_lines_when_asked(dut: Dut) -> None:
+    rc, out, err = dut.run("lava-send", "x", LAVA_MULTI_NODE_DEBUG="1")
+    assert rc == 0 and out == "<LAVA_MULTI_NODE> <LAVA_SEND x>\n"
+    assert "<LAVA_SEND_DEBUG" in err
+
+
+def test_wait_reads_until_its_reply_and_writes_the_cache(dut: Dut) -> None:
+    stdin = (
+        "some noise\n"
+        "<LAVA_SYNC_COMPLETE>\n"
+        "<LAVA_WAIT_COMPLETE node-a:ip=192.0.2.5 node-a:msg=hello world node-c:k=v=w>\r\n"
+        "after\n"
+    )
+    rc, out, _ = dut.run("lava-wait", "ready", stdin=stdin)
+    assert (rc, out) == (0, "<LAVA_MULTI_NODE> <LAVA_WAIT ready>\n")
+    assert dut.cache.read_text() == ("node-a:ip=192.0.2.5\nnode-a:msg=hello world\nnode-c:k=v=w\n")
+    # scripts read values with cut -d = -f 2
+    assert (
+        subprocess.run(
+            ["cut", "-d", "=", "-f", "2"],
+            input="node-a:ip=192.0.2.5\n",
+            capture_output=True,
+            text=True,
+        ).stdout
+        == "192.0.2.5\n"
+    )
+
+
+def test_wait_without_data_leaves_no_cache(dut: Dut) -> None:
+    dut.cache.parent.mkdir(parents=True, exist_ok=True)
+    dut.cache.write_text("old\n")
+    assert dut.run("lava-wait", "go", stdin="<LAVA_WAIT_COMPLETE>\n")[0] == 0
+    assert not dut.cache.exists()
+
+
+def test_nack_and_end_of_input_exit_1(dut: Dut) -> None:
+    rc, _, err = dut.run("lava-wait", "go", stdin="<LAVA_WAIT_COMPLETE nack>\n")
+    assert rc == 1 and "Error: no-response go" in err
+    rc, _, err = dut.run("lava-sync", "go", stdin="<LAVA_SYNC_COMPLETE nack>\n")
+    assert rc == 1
+    rc, _, err = dut.run("lava-wait-all", "go", stdin="")
+    assert rc == 1 and "no reply" in err
+
+
+def test_wait_all_and_sync_signals(dut: Dut) -> None:
+    rc, out, _ = dut.run(
+        "lava-wait-all", "done", "client", stdin="<LAVA_WAIT_ALL_COMPLETE node-b:r=1 node-c:r=2>\n"
+    )
+    assert (rc, out) == (0, "<LAVA_MULTI_NODE> <LAVA_WAIT_ALL done client>\n")
+    assert dut.cache.read_text() == "node-b:r=1\nnode-c:r=2\n"
+    rc, out, _ = dut.run(
+        "lava-sync", "start", stdin="<LAVA_WAIT_COMPLETE x:y=z>\n<LAVA_SYNC_COMPLETE>\n"
+    )
+    assert (rc, out) == (0, "<LAVA_MULTI_NODE> <LAVA_SYNC start>\n")
+    assert dut.run("lava-sync")[0] == 1
+
+
+def test_long_reply_survives(dut: Dut) -> None:
+    items = " ".join(f"node-a:k{i}={'v' * 50}" for i in range(200))
+    assert dut.run("lava-wait", "big", stdin=f"<LAVA_WAIT_COMPLETE {items}>\n")[0] == 0
+    assert len(dut.cache.read_text().splitlines()) == 200
+
+
+def test_test_case_signals(dut: Dut) -> None:
+    assert dut.run("lava-test-case", "boot", "--result", "pass") == (
+        0,
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=boot RESULT=pass>\n",
+        "",
+    )
+    rc, out, _ = dut.run(
+        "lava-test-case", "speed", "--result", "pass", "--measurement", "12.5", "--units", "MB/s"
+    )
+    assert (
+        out == "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=speed RESULT=pass MEASUREMENT=12.5 UNITS=MB/s>\n"
+    )
+    rc, out, _ = dut.run("lava-test-case", "t", "--shell", "echo", "inside;", "false")
+    assert (rc, out) == (
+        0,
+        "<LAVA_SIGNAL_STARTTC t>\ninside\n<LAVA_SIGNAL_ENDTC t>\n"
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=t RESULT=fail>\n",
+    )
+    assert dut.run("lava-test-case", "t", "--result", "maybe")[0] == 1
+    assert dut.run("lava-test-case", "t")[0] == 1
+    assert (dut.root / "overlay/results/results/speed/measurement").read_text() == "12.5\n"
+
+
+NETWORK_CACHE = (
+    "node-a:ipv4=192.0.2.10\nnode-a:hostname=alpha\nnode-a:netmask=255.255.255.0\n"
+    "node-b:ipv4=192.0.2.11\nnode-b:hostname=beta\n"
+    "node-c:ipv4=192.0.2.12\n"
+)
+
+
+def test_network_query_hosts_and_alias_hosts(dut: Dut) -> None:
+    rc, _, err = dut.run("lava-network", "query", "node-a", "ipv4")
+    assert rc == 1 and "collect" in err
+    cache = Path(dut.env["LAVA_MULTI_NODE_NETWORK_CACHE"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(NETWORK_CACHE)
+    assert dut.run("lava-network", "query", "node-a", "netmask") == (0, "255.255.255.0\n", "")
+    assert dut.run("lava-network", "query", "node-c", "hostname")[0] == 1
+    hosts = dut.root / "hosts"
+    assert dut.run("lava-network", "hosts", str(hosts))[0] == 0
+    assert hosts.read_text() == "192.0.2.10\talpha\n192.0.2.11\tbeta\n192.0.2.12\tnode-c\n"
+    aliased = dut.root / "hosts2"
+    assert dut.run("lava-network", "alias-hosts", str(aliased))[0] == 0
+    assert aliased.read_text() == (
+        "192.0.2.10\talpha\tserver01\n192.0.2.11\tbeta\tclient01\n192.0.2.12\tnode-c\tclient02\n"
+    )
+
+
+def test_network_collect_and_broadcast(dut: Dut) -> None:
+    rc, out, _ = dut.run(
+        "lava-network",
+        "collect",
+        "eth0",
+        stdin="<LAVA_WAIT_ALL_COMPLETE node-a:ipv4=192.0.2.10 node-a:hostname=alpha>\n",
+    )
+    assert (rc, out) == (0, "<LAVA_MULTI_NODE> <LAVA_WAIT_ALL network_info>\n")
+    assert dut.run("lava-network", "query", "node-a", "ipv4") == (0, "192.0.2.10\n", "")
+    rc, out, _ = dut.run("lava-network", "broadcast", "lo")
+    assert rc == 0
+    assert out.startswith(
+        "<LAVA_MULTI_NODE> <LAVA_SEND network_info ipv4=127.0.0.1 netmask=255.0.0.0"
+    )
+    assert "hostname=" in out and "mac=" not in out  # lo has no ethernet address
+    assert dut.run("lava-echo-ipv4", "lo") == (0, "127.0.0.1\n", "")
+
+
+def test_context_is_checked_and_setup_commands_quote() -> None:
+    with pytest.raises(JobError, match="bad node name 'a b'"):
+        MultinodeContext("a b", "r", {"a b": "r"}).check()
+    with pytest.raises(JobError, match="not in its group"):
+        MultinodeContext("a", "r", {"a": "s"}).check()
+    lines = setup_commands({"LAVA_TEST_BIN": "/x y/bin", "K": "it's"})
+    assert lines == [
+        "export LAVA_TEST_BIN='/x y/bin'",
+        "export K='it'\"'\"'s'",
+        "export PATH='/x y/bin':\"$PATH\"",
+    ]
+    out = subprocess.run(
+        ["sh", "-c", "; ".join([*lines, 'printf "%s|%s" "$K" "${PATH%%:*}"'])],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    ).stdout
+    assert out == "it's|/x y/bin"
