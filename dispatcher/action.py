@@ -147,18 +147,19 @@ class Action:
 class Pipeline:
     """An ordered list of actions, run one after the other under deadlines."""
 
-    def __init__(self, actions: list[Action] | None = None, *, parent_level: str = "") -> None:
+    def __init__(
+        self, actions: list[Action] | None = None, *, parent_level: str = "", start: int = 1
+    ) -> None:
         self.actions: list[Action] = []
         self.parent_level = parent_level
+        #: number of the first action (finalize continues the main pipeline's numbering)
+        self.start = start
         for action in actions or []:
             self.add(action)
 
     def add(self, action: Action) -> Action:
-        action.level = (
-            f"{self.parent_level}.{len(self.actions) + 1}"
-            if self.parent_level
-            else str(len(self.actions) + 1)
-        )
+        number = len(self.actions) + self.start
+        action.level = f"{self.parent_level}.{number}" if self.parent_level else str(number)
         if action.pipeline is not None:
             action.pipeline.relevel(action.level)
         self.actions.append(action)

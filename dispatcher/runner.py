@@ -162,7 +162,7 @@ class SubJobRunner:
                 pipeline.cleanup(ctx)
         finally:
             try:
-                Pipeline([finalize], parent_level=str(len(pipeline.actions) + 1)).run(
+                Pipeline([finalize], start=len(pipeline.actions) + 1).run(
                     ctx.data.get("console"), None, ctx
                 )
             except Exception as exc:

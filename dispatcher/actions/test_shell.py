@@ -254,9 +254,9 @@ class LavaTestShellAction(Action):
         tests_dir.mkdir(parents=True, exist_ok=True)
         helpers_overlay.write_overlay(
             overlay,
-            node=ctx.node,
-            role=ctx.role,
-            members=ctx.members or {ctx.node: ctx.role},
+            helpers_overlay.MultinodeContext(
+                ctx.node, ctx.role, dict(ctx.members or {ctx.node: ctx.role})
+            ),
         )
         install_deps = bool(getattr(ctx.device, "installs_packages", False))
         tests: dict[str, FetchedTest] = {}
@@ -270,7 +270,21 @@ class LavaTestShellAction(Action):
     def _setup_commands(self, ctx: JobContext, target: str) -> list[str]:
         from device_agent import overlay as helpers_overlay
 
-        return list(helpers_overlay.setup_commands(target))
+        cache_dir = getattr(ctx.device, "tmp_dir", None)
+        root = getattr(ctx.device, "root", None)
+        if cache_dir is None and root is not None:
+            # a local board's /tmp is its own directory on this host
+            cache_dir = str(root / "tmp")
+        env = helpers_overlay.overlay_environment(
+            target,
+            cache_dir=cache_dir,
+            extra={
+                "LAVA_OVERLAY": target,
+                "LAVA_JOB_ID": ctx.job_id,
+                "LAVA_SUBJOB_ID": ctx.subjob_id,
+            },
+        )
+        return list(helpers_overlay.setup_commands(env))
 
     def _run_checked(
         self, console: Any, command: str, deadline: float | None, ctx: JobContext
