@@ -186,6 +186,9 @@ class GroupOutcome:
     #: every sub-job has ended: delete the group's topology
     ended: bool = False
     job_state: str | None = None
+    #: the group's nodes (device names) and whether its broker topology was created
+    nodes: list[str] = field(default_factory=list)
+    created: bool = False
 
 
 @dataclass
@@ -647,7 +650,7 @@ class Store:
                         s, now, "job", "running", f"job {job.id}: every node joined",
                         job_id=job.id,
                     )  # fmt: skip
-            return GroupOutcome(job.id, group.name, job_state=job.state)
+            return GroupOutcome(job.id, group.name, job_state=job.state, created=True)
 
     def _end_subjob(
         self,
@@ -685,7 +688,13 @@ class Store:
         group = s.scalar(select(Group).where(Group.job_id == job_id))
         assert job is not None and group is not None
         subs = s.scalars(select(SubJob).where(SubJob.job_id == job_id)).all()
-        outcome = GroupOutcome(job_id, group.name, job_state=job.state)
+        outcome = GroupOutcome(
+            job_id,
+            group.name,
+            job_state=job.state,
+            nodes=sorted(x.device for x in subs if x.device),
+            created=group.started_at is not None,
+        )
         if not all(x.state in FINAL_SUBJOB_STATES for x in subs):
             return outcome
         if group.state != "ended":
@@ -735,7 +744,13 @@ class Store:
             job.waiting_reason = None
             self._event(s, now, "job", "canceled", f"job {job_id} canceled: {cause}", job_id=job_id)
             subs = s.scalars(select(SubJob).where(SubJob.job_id == job_id)).all()
-            outcome = GroupOutcome(job_id, group.name, job_state="canceled")
+            outcome = GroupOutcome(
+                job_id,
+                group.name,
+                job_state="canceled",
+                nodes=sorted(x.device for x in subs if x.device),
+                created=group.started_at is not None,
+            )
             for sub in subs:
                 if sub.state in ("queued", "assigned"):
                     outcome = self._end_subjob(s, sub, "canceled", error_type, cause, now)

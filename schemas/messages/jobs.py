@@ -48,7 +48,7 @@ class SubmitRequestSchema(MessageSchema):
 
     message_type = "submit"
     method = fields.String(required=True, validate=validate.Equal("submit"))
-    definition = fields.String(required=True, validate=validate.Length(min=1, max=1_000_000))
+    definition = fields.String(required=True, validate=validate.Length(min=1, max=4 * 1024 * 1024))
     source = fields.String(load_default="<submitted>", validate=validate.Length(max=1000))
     submitter = fields.String(load_default="anonymous", validate=validate.Length(max=200))
 

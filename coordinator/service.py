@@ -1,0 +1,372 @@
+"""The coordinator service: ``lavamq coordinator``.
+
+One thread, one consumer of two queues:
+
+* ``lava.rpc`` — CLI requests (submit, jobs, job-show, cancel, devices),
+  answered on ``lava.reply`` with the request's ``correlation_id``;
+* ``lava.control`` — dispatchers' ``host-register``, ``host-heartbeat`` and
+  ``subjob-state``.
+
+Between deliveries (and at least every ``schedule_interval`` seconds) it runs
+a scheduling pass, fails groups whose nodes did not all join before the join
+deadline, and takes silent hosts offline. For every group that starts it
+calls ``create_group`` and then publishes one ``subjob-assignment`` per node
+to ``lava.device`` (routing key = device). Every committed state change is
+published on ``lava.events``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from broker_config import topology
+from broker_config.messaging import Broker, Delivery, QueueConsumer
+from coordinator import groups
+from coordinator.scheduler import (
+    DEFAULT_STARVATION_SECONDS,
+    SubJobRequest,
+    check_fits,
+    schedule,
+)
+from coordinator.store import GroupOutcome, StartedGroup, Store
+from schemas.errors import InfrastructureError, LavamqError, classify
+from schemas.job import JobValidationError, load_job
+from schemas.jobmodel import JobPlan
+from schemas.messages.base import MessageSchema
+from schemas.messages.jobs import (
+    CONTROL_MESSAGES,
+    RPC_REQUESTS,
+    EventSchema,
+    RpcReplySchema,
+    SubJobAssignmentSchema,
+)
+
+log = logging.getLogger(__name__)
+
+READY_LINE = "lavamq coordinator ready"
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    broker_url: str
+    db_url: str
+    #: seconds for every node of a started group to be accepted by its dispatcher (LAVA: 90)
+    join_timeout: float = 90.0
+    #: seconds without a heartbeat before a host's devices go offline
+    heartbeat_timeout: float = 30.0
+    #: seconds between scheduling passes when nothing happens
+    schedule_interval: float = 1.0
+    #: seconds a group waits before it may hold back later groups (see docs/scheduler.md)
+    starvation_seconds: float = DEFAULT_STARVATION_SECONDS
+
+
+class CoordinatorService:
+    """Run with :meth:`run` (blocks); :meth:`stop` from a signal handler or another thread."""
+
+    def __init__(
+        self, settings: CoordinatorSettings, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store: Store | None = None
+        self.broker: Broker | None = None
+        self.consumer: QueueConsumer | None = None
+        self._dirty = True
+        self._last_pass = 0.0
+        self._last_checks = 0.0
+
+    # --- life cycle -------------------------------------------------------
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        s = self.settings
+        self.store = Store(s.db_url)
+        self.broker = Broker(s.broker_url)
+        try:
+            self.broker.declare(*topology.static_exchanges(), *topology.static_queues())
+            schemas: dict[str, MessageSchema] = {
+                name: cls() for name, cls in {**RPC_REQUESTS, **CONTROL_MESSAGES}.items()
+            }
+            self.consumer = QueueConsumer(
+                s.broker_url,
+                [topology.rpc_queue(), topology.control_queue()],
+                schemas,
+                handler=self._handle,
+                idle_callback=self._tick,
+                poll_interval=min(0.25, s.schedule_interval),
+                prefetch=20,
+            )
+            self.consumer.run(on_ready=on_ready)
+        finally:
+            self.broker.close()
+            self.store.close()
+
+    def stop(self) -> None:
+        if self.consumer is not None:
+            self.consumer.stop()
+
+    # --- deliveries -------------------------------------------------------
+
+    def _handle(self, delivery: Delivery) -> None:
+        if delivery.message_type in RPC_REQUESTS:
+            self._rpc(delivery)
+        elif delivery.message_type == "host-register":
+            body = delivery.body
+            assert self.broker is not None and self.store is not None
+            # the coordinator declares device queues so an assignment is never unroutable,
+            # even before the dispatcher consumes
+            for dev in body["devices"]:
+                self.broker.declare(topology.device_queue(dev["name"]))
+            self.store.register_host(body["host"], body["devices"], self.clock())
+            self._dirty = True
+        elif delivery.message_type == "host-heartbeat":
+            assert self.store is not None
+            if not self.store.heartbeat(delivery.body["host"], self.clock()):
+                log.warning("heartbeat from unregistered host %s ignored", delivery.body["host"])
+        elif delivery.message_type == "subjob-state":
+            body = delivery.body
+            assert self.store is not None
+            outcome = self.store.subjob_state(
+                body["subjob_id"],
+                body["state"],
+                self.clock(),
+                error_type=body.get("error_type"),
+                message=body.get("message"),
+            )
+            if outcome is not None:
+                self._apply(outcome)
+            self._dirty = True
+        self._publish_events()
+
+    def _rpc(self, delivery: Delivery) -> None:
+        method = delivery.message_type
+        reply: dict[str, Any]
+        try:
+            result = getattr(self, "_rpc_" + method.replace("-", "_"))(delivery.body)
+            reply = {"ok": True, "method": method, "result": result}
+        except Exception as exc:
+            err = classify(exc)
+            if err.error_type == "bug":
+                log.exception("rpc %s failed", method)
+            problems = list(getattr(exc, "problems", []) or [])
+            reply = {
+                "ok": False,
+                "method": method,
+                "error": {
+                    "error_type": err.error_type,
+                    "message": err.message,
+                    "problems": problems,
+                },
+            }
+        reply_to = delivery.properties.get("reply_to")
+        correlation_id = delivery.properties.get("correlation_id")
+        if not reply_to:
+            log.warning("rpc %s without reply_to: answer dropped", method)
+            return
+        assert self.broker is not None
+        try:
+            self.broker.publish(
+                topology.REPLY_EXCHANGE_NAME,
+                reply_to,
+                RpcReplySchema(),
+                reply,
+                correlation_id=correlation_id,
+            )
+        except InfrastructureError as exc:
+            # the client gave up (its reply queue is gone); the request itself was handled
+            log.warning("rpc %s: cannot reply to %s: %s", method, reply_to, exc)
+
+    def _rpc_submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.store is not None
+        source = body["source"]
+        plan: JobPlan = load_job(body["definition"], source)
+        requests = [
+            SubJobRequest(i, s.device_type or "", frozenset(s.tags), s.device)
+            for i, s in enumerate(plan.subjobs)
+        ]
+        problems = check_fits(self.store.lab_devices(), requests)
+        if problems:
+            raise JobValidationError(
+                [f"lab: the lab cannot run this job: {p}" for p in problems], source
+            )
+        receipt = self.store.submit(
+            plan.to_dict(), body["definition"], source, body["submitter"], self.clock()
+        )
+        self._dirty = True
+        return {
+            "job_id": receipt.job_id,
+            "group": receipt.group,
+            "job_name": plan.job_name,
+            "subjobs": [
+                {"id": sid, "role": s.role, "index": s.index}
+                for sid, s in zip(receipt.subjob_ids, plan.subjobs, strict=True)
+            ],
+        }
+
+    def _rpc_jobs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.store is not None
+        return self.store.jobs(body.get("states") or (), body["limit"])
+
+    def _rpc_job_show(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.store is not None
+        job = self.store.job(body["job_id"])
+        job["events"] = self.store.events(job_id=body["job_id"], limit=100)
+        return job
+
+    def _rpc_cancel(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.store is not None
+        outcome = self.store.cancel(body["job_id"], body["reason"], self.clock())
+        self._apply(outcome)
+        self._dirty = True
+        return self.store.job(body["job_id"])
+
+    def _rpc_devices(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.store is not None
+        return self.store.devices()
+
+    # --- periodic work ----------------------------------------------------
+
+    def _tick(self) -> None:
+        now = self.clock()
+        s = self.settings
+        try:
+            if now - self._last_checks >= min(1.0, s.schedule_interval):
+                self._last_checks = now
+                self._check_deadlines(now)
+            if self._dirty or now - self._last_pass >= s.schedule_interval:
+                self._dirty = False
+                self._last_pass = now
+                self.run_pass(now)
+        except LavamqError as exc:
+            log.error("coordinator pass failed: %s", exc)
+        self._publish_events()
+
+    def _check_deadlines(self, now: float) -> None:
+        assert self.store is not None
+        for host in self.store.silent_hosts(now, self.settings.heartbeat_timeout):
+            cause = f"stopped heartbeating (no heartbeat for {self.settings.heartbeat_timeout:g} s)"
+            for outcome in self.store.host_lost(host, now, cause):
+                self._apply(outcome)
+            self._dirty = True
+        for job_id, late in self.store.expired_joins(now):
+            cause = (
+                f"sub-jobs not accepted by their dispatchers within the join deadline "
+                f"({self.settings.join_timeout:g} s): " + ", ".join(late)
+            )
+            outcome = self.store.cancel(job_id, cause, now, error_type="infrastructure")
+            self._apply(outcome)
+            self._dirty = True
+
+    def run_pass(self, now: float) -> list[StartedGroup]:
+        """One scheduling pass: start what fits, record why the rest waits."""
+        assert self.store is not None
+        queue = self.store.queued_groups()
+        if not queue:
+            return []
+        result = schedule(
+            self.store.lab_devices(),
+            queue,
+            now,
+            starvation_seconds=self.settings.starvation_seconds,
+        )
+        started = self.store.start_groups(result.allocations, now, self.settings.join_timeout)
+        self.store.set_waiting_reasons(result.waiting_reasons)
+        for group in started:
+            self._launch(group, now)
+        return started
+
+    def _launch(self, group: StartedGroup, now: float) -> None:
+        assert self.broker is not None and self.store is not None
+        plan = JobPlan.from_dict(group.plan)
+        timeouts = plan.timeouts.to_dict()
+        try:
+            groups.create_group(
+                self.broker, group.group, group.members, timeout=plan.timeouts.multinode
+            )
+            for sub in group.subjobs:
+                self.broker.publish(
+                    topology.DEVICE_EXCHANGE_NAME,
+                    topology.device_routing_key(sub.device),
+                    SubJobAssignmentSchema(),
+                    {
+                        "job_id": group.job_id,
+                        "subjob_id": sub.subjob_id,
+                        "group": group.group,
+                        "job_name": group.job_name,
+                        "node": sub.device,
+                        "role": sub.role,
+                        "device": sub.device,
+                        "device_type": sub.device_type,
+                        "members": group.members,
+                        "plan": plan.subjob_dict(sub.role, sub.role_index),
+                        "timeouts": timeouts,
+                        "is_slave": sub.is_slave,
+                        "essential": sub.essential,
+                        "join_deadline": group.join_deadline,
+                    },
+                )
+        except LavamqError as exc:
+            log.error("job %s: cannot start group %s: %s", group.job_id, group.group, exc)
+            outcome = self.store.cancel(
+                group.job_id,
+                f"could not start the group on the broker: {exc.message}",
+                now,
+                error_type="infrastructure",
+            )
+            self._apply(outcome)
+
+    # --- broker side of state changes ---------------------------------------
+
+    def _apply(self, outcome: GroupOutcome) -> None:
+        assert self.broker is not None
+        if not outcome.created:
+            return
+        if outcome.fail_reason:
+            try:
+                groups.fail_group(
+                    self.broker, outcome.group, outcome.fail_reason, node=outcome.fail_node
+                )
+            except LavamqError as exc:
+                log.warning("group %s: cannot publish its failure: %s", outcome.group, exc)
+        if outcome.ended:
+            try:
+                groups.end_group(self.broker, outcome.group, outcome.nodes)
+            except LavamqError as exc:
+                log.warning("group %s: cannot clean up: %s", outcome.group, exc)
+
+    def _publish_events(self) -> None:
+        if self.store is None or self.broker is None:
+            return
+        for event in self.store.drain_events():
+            subject = {
+                "job": event["job_id"],
+                "subjob": event["subjob_id"],
+                "device": event["device"],
+                "host": event["host"],
+            }[event["kind"]]
+            try:
+                key = topology.event_routing_key(event["kind"], str(subject))
+                self.broker.publish(topology.EVENTS_EXCHANGE_NAME, key, EventSchema(), event)
+            except LavamqError as exc:
+                # nobody listening on lava.events is normal; the store keeps every event
+                log.debug("event not published: %s", exc)
+
+
+def run_coordinator(
+    settings: CoordinatorSettings, *, on_ready: Callable[[], None] | None = None
+) -> CoordinatorService:
+    """Build and run a coordinator until it is stopped; returns it (for tests)."""
+    service = CoordinatorService(settings)
+    service.run(on_ready=on_ready)
+    return service
+
+
+__all__ = [
+    "READY_LINE",
+    "CoordinatorService",
+    "CoordinatorSettings",
+    "run_coordinator",
+]

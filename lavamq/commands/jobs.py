@@ -1,0 +1,183 @@
+"""``lavamq submit``, ``jobs``, ``job show``, ``cancel``, ``devices``: talk to the coordinator."""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coordinator.rpc import DEFAULT_TIMEOUT, CoordinatorClient
+from lavamq.config import load_settings
+from schemas.errors import LavamqError
+from schemas.job import MAX_JOB_BYTES
+
+broker_option = click.option(
+    "--broker", "broker_url", help="Broker URL (default: $LAVAMQ_BROKER_URL)."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+timeout_option = click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the coordinator's answer.",
+)
+
+
+def _call(
+    broker_url: str | None, timeout: float, as_json: bool, fun: Callable[[CoordinatorClient], Any]
+) -> Any:
+    settings = load_settings(broker_url)
+    try:
+        with CoordinatorClient(settings.broker_url, timeout=timeout) as client:
+            return fun(client)
+    except LavamqError as exc:
+        if not as_json:
+            raise
+        problems = list(getattr(exc, "problems", []) or [])
+        error = {"error_type": exc.error_type, "message": exc.message, "problems": problems}
+        click.echo(json.dumps({"ok": False, "error": error}, indent=2))
+        sys.exit(1)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.command("submit")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@broker_option
+@timeout_option
+@json_option
+def submit(file: Path, broker_url: str | None, timeout: float, as_json: bool) -> None:
+    """Submit a job file (LAVA 2014 JSON or LAVA YAML) to the coordinator."""
+    try:
+        raw = file.read_bytes()[: MAX_JOB_BYTES + 1]
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read {file}: {exc}") from None
+    result = _call(
+        broker_url,
+        timeout,
+        as_json,
+        lambda c: c.submit(text, source=str(file), submitter=getpass.getuser()),
+    )
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"job {result['job_id']} submitted: {result['job_name']} (group {result['group']})")
+    for sub in result["subjobs"]:
+        click.echo(f"  sub-job {sub['id']}: {sub['role']} #{sub['index']}")
+
+
+@click.command("jobs")
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
+@click.option("--limit", type=int, default=50, show_default=True)
+@broker_option
+@timeout_option
+@json_option
+def jobs(
+    states: tuple[str, ...], limit: int, broker_url: str | None, timeout: float, as_json: bool
+) -> None:
+    """List the newest jobs."""
+    result = _call(broker_url, timeout, as_json, lambda c: c.jobs(list(states), limit))
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"{'ID':>6}  {'STATE':<11} {'PRIO':>4}  {'SUBMITTED':<19}  NAME / WHY")
+    for j in result:
+        why = j.get("waiting_reason") or j.get("failure_cause") or ""
+        line = f"{j['id']:>6}  {j['state']:<11} {j['priority']:>4}  {_when(j['submit_time'])}"
+        click.echo(f"{line}  {j['name']}" + (f"  ({why})" if why else ""))
+
+
+@click.group("job")
+def job() -> None:
+    """Look at one job."""
+
+
+@job.command("show")
+@click.argument("job_id", type=int)
+@broker_option
+@timeout_option
+@json_option
+def job_show(job_id: int, broker_url: str | None, timeout: float, as_json: bool) -> None:
+    """Show a job: state, why it waits or failed, its sub-jobs and devices, its events."""
+    j = _call(broker_url, timeout, as_json, lambda c: c.job(job_id))
+    if as_json:
+        _print_json(j)
+        return
+    click.echo(f"job {j['id']}: {j['name']}")
+    click.echo(f"  state:     {j['state']}  (group {j['group']}: {j['group_state']})")
+    click.echo(f"  priority:  {j['priority']}")
+    click.echo(f"  submitted: {_when(j['submit_time'])} by {j['submitter']} from {j['source']}")
+    if j.get("waiting_reason"):
+        click.echo(f"  {j['waiting_reason']}")
+    if j.get("failure_cause"):
+        click.echo(f"  cause:     ({j.get('failure_type')}) {j['failure_cause']}")
+    click.echo("  sub-jobs:")
+    for s in j["subjobs"]:
+        wants = s["device_type"] or "-"
+        if s["tags"]:
+            wants += f" [{', '.join(s['tags'])}]"
+        line = f"    {s['id']:>6} {s['role']} #{s['index']}  {wants}  on {s['device'] or '-'}"
+        line += f"  {s['state']}"
+        if s.get("message"):
+            line += f": {s['message']}"
+        click.echo(line)
+    if j.get("events"):
+        click.echo("  events:")
+        for e in j["events"]:
+            click.echo(f"    {_when(e['time'])}  {e['text']}")
+
+
+@click.command("cancel")
+@click.argument("job_id", type=int)
+@click.option("--reason", default="canceled by user", show_default=True)
+@broker_option
+@timeout_option
+@json_option
+def cancel(job_id: int, reason: str, broker_url: str | None, timeout: float, as_json: bool) -> None:
+    """Cancel a job (queued, scheduled or running)."""
+    j = _call(broker_url, timeout, as_json, lambda c: c.cancel(job_id, reason))
+    if as_json:
+        _print_json(j)
+        return
+    click.echo(
+        f"job {j['id']}: {j['state']}"
+        + (f" ({j['failure_cause']})" if j.get("failure_cause") else "")
+    )
+
+
+@click.command("devices")
+@broker_option
+@timeout_option
+@json_option
+def devices(broker_url: str | None, timeout: float, as_json: bool) -> None:
+    """List devices with type, tags, host, state, health and current job."""
+    result = _call(broker_url, timeout, as_json, lambda c: c.devices())
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"{'NAME':<20} {'TYPE':<14} {'STATE':<9} {'HEALTH':<7} {'JOB':>6}  HOST  TAGS")
+    for d in result:
+        job_id = d["current_job"] if d["current_job"] is not None else "-"
+        click.echo(
+            f"{d['name']:<20} {d['device_type']:<14} {d['state']:<9} {d['health']:<7} "
+            f"{job_id:>6}  {d['host'] or '-'}  {', '.join(d['tags'])}"
+        )
+
+
+COMMANDS = [submit, jobs, job, cancel, devices]
