@@ -13,8 +13,13 @@ Publishing (``Broker.publish``):
 - on ``memory://`` (no confirms, no returns) the same check is made by looking
   up the exchange's bindings before publishing, so tests behave alike;
 - never to the default exchange;
+- every message has a ``message_id`` (one per ``publish`` call, kept across
+  retries) and, on RabbitMQ, the ``user_id`` of the connection's broker user,
+  which RabbitMQ validates (see ``broker_config/identity.py``);
 - a lost connection is re-opened (``max_retries``) and everything this
-  ``Broker`` declared is declared again before the publish is retried.
+  ``Broker`` declared is declared again before the publish is retried. A
+  publish whose confirm was lost may thus arrive twice, with the same
+  ``message_id``: consumers drop the second copy.
 
 Consuming (``QueueConsumer``): each delivery is decoded with the schema named
 by its AMQP ``type`` and handed to a handler; the message is acked after the
@@ -24,7 +29,11 @@ header and then acked: RabbitMQ's own dead-lettering (reject without requeue,
 via the queues' ``x-dead-letter-exchange``) cannot add a header, and the reason
 is what an admin needs. Handlers raising ``InfrastructureError`` get the
 message requeued (up to ``max_requeues`` times, then dead-lettered); any other
-exception is a bug: dead-lettered with the traceback summary. Deliveries are
+exception is a bug: dead-lettered with the traceback summary. A delivery
+whose ``message_id`` this consumer already handled (a redelivery after a lost
+connection, a publish retried after a lost confirm) is acked and dropped; an
+``authorize`` callback, given, decides who may send what (``Unauthorized`` →
+dead-lettered with the reason). Deliveries are
 queued by the kombu callback and handled outside ``drain_events``, so a handler
 may publish on the same connection without being re-entered.
 
@@ -40,6 +49,8 @@ import logging
 import threading
 import time
 import traceback
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +59,7 @@ from kombu import Connection, Consumer, Exchange, Queue
 from kombu.message import Message
 
 from broker_config import topology
+from broker_config.identity import Unauthorized, user_of_url
 from schemas.errors import InfrastructureError, LavamqError
 from schemas.messages.base import InvalidMessage, MessageSchema, decode, encode
 
@@ -86,6 +98,8 @@ class Broker:
     ) -> None:
         self.url = url
         self.is_amqp = is_amqp_url(url)
+        #: stamped as ``user_id`` on every publish (RabbitMQ checks it)
+        self.user_id = user_of_url(url)
         self.max_retries = max_retries
         self.confirm_timeout = confirm_timeout
         self.connection = connection_for(url, connect_timeout=connect_timeout)
@@ -245,6 +259,7 @@ class Broker:
         correlation_id: str | None = None,
         reply_to: str | None = None,
         expiration: float | None = None,
+        message_id: str | None = None,
     ) -> None:
         """Validate ``body`` with ``schema`` and publish it persistently, confirmed.
 
@@ -261,6 +276,7 @@ class Broker:
             correlation_id=correlation_id,
             reply_to=reply_to,
             expiration=expiration,
+            message_id=message_id,
         )
 
     def publish_raw(
@@ -275,11 +291,23 @@ class Broker:
         correlation_id: str | None = None,
         reply_to: str | None = None,
         expiration: float | None = None,
+        message_id: str | None = None,
     ) -> None:
-        """Publish bytes as they are (used for dead-lettering); prefer ``publish``."""
+        """Publish bytes as they are (used for dead-lettering); prefer ``publish``.
+
+        ``message_id``: give a stable one when the same decision may be
+        published again (an outbox after a crash) so receivers drop the copy.
+        """
         name = exchange.name if isinstance(exchange, Exchange) else exchange
         assert name, "lavamq never publishes to the default exchange"
-        properties: dict[str, Any] = {"delivery_mode": 2}
+        # one id for every retry of this publish: a copy that got through
+        # before the connection died is recognised as the same message
+        properties: dict[str, Any] = {
+            "delivery_mode": 2,
+            "message_id": message_id or uuid.uuid4().hex,
+        }
+        if self.is_amqp and self.user_id:
+            properties["user_id"] = self.user_id
         if message_type:
             properties["type"] = message_type
         if correlation_id:
@@ -382,6 +410,8 @@ class QueueConsumer:
         idle_callback: Callable[[], None] | None = None,
         poll_interval: float = 0.5,
         max_retries: int | None = None,
+        authorize: Callable[[Delivery], None] | None = None,
+        remember: int = 100_000,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
@@ -403,6 +433,12 @@ class QueueConsumer:
         self.connection: Connection | None = None
         self.publisher: Broker | None = None
         self.dead_lettered = 0
+        #: raises ``Unauthorized`` for a delivery its sender may not send
+        self.authorize = authorize
+        #: message ids handled (acked) lately, oldest first: redeliveries are dropped
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._remember = remember
+        self.duplicates = 0
 
     # --- control ---
 
@@ -505,7 +541,31 @@ class QueueConsumer:
             return self.schemas
         return self.schemas.get(message_type)
 
+    @staticmethod
+    def _seen_key(message: Message) -> tuple[str, str, str] | None:
+        message_id = (message.properties or {}).get("message_id")
+        if not message_id:
+            return None
+        info = message.delivery_info or {}
+        return (str(info.get("exchange", "")), str(info.get("routing_key", "")), str(message_id))
+
+    def _remember_handled(self, message: Message) -> None:
+        key = self._seen_key(message)
+        if key is None:
+            return
+        self._seen[key] = None
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+
     def _decode(self, message: Message) -> Delivery | None:
+        key = self._seen_key(message)
+        if key is not None and key in self._seen:
+            # handled before: a redelivery or a publish retried after a lost confirm
+            self.duplicates += 1
+            log.debug("dropping duplicate message %s", key[2])
+            message.ack()
+            return None
         message_type = str((message.properties or {}).get("type") or "")
         schema = self._schema_for(message_type)
         if schema is None:
@@ -516,7 +576,14 @@ class QueueConsumer:
         except InvalidMessage as exc:
             self.dead_letter(message, f"invalid message: {exc.message}")
             return None
-        return Delivery(message_type, body, message)
+        delivery = Delivery(message_type, body, message)
+        if self.authorize is not None:
+            try:
+                self.authorize(delivery)
+            except Unauthorized as exc:
+                self.dead_letter(message, f"unauthorized: {exc.message}")
+                return None
+        return delivery
 
     def _handle(self, messages: list[Message]) -> None:
         deliveries = [d for d in (self._decode(m) for m in messages) if d is not None]
@@ -557,6 +624,7 @@ class QueueConsumer:
         for d in deliveries:
             self._requeues.pop(self._message_key(d.message), None)
             d.message.ack()
+            self._remember_handled(d.message)
 
     @staticmethod
     def _message_key(message: Message) -> str:
@@ -570,6 +638,9 @@ class QueueConsumer:
         headers[topology.REJECT_REASON_HEADER] = reason[:4000]
         headers[topology.ORIGINAL_EXCHANGE_HEADER] = str(info.get("exchange", ""))
         headers[topology.ORIGINAL_ROUTING_KEY_HEADER] = str(info.get("routing_key", ""))
+        sender = (message.properties or {}).get("user_id")
+        if sender:
+            headers["x-lavamq-original-user-id"] = str(sender)
         log.warning(
             "dead-lettering a message from exchange %r key %r: %s",
             info.get("exchange"),
@@ -586,6 +657,7 @@ class QueueConsumer:
                 message_type=str((message.properties or {}).get("type") or ""),
                 content_type=message.content_type or "application/octet-stream",
                 headers=headers,
+                message_id=str((message.properties or {}).get("message_id") or "") or None,
             )
         except InfrastructureError as exc:
             # no lava.dead (e.g. an undeclared embedded topology): fall back to
@@ -594,6 +666,7 @@ class QueueConsumer:
             message.reject(requeue=False)
         else:
             message.ack()
+        self._remember_handled(message)
         self.dead_lettered += 1
 
 
