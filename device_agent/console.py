@@ -200,14 +200,15 @@ class ConsoleBase:
                 f"console {self.name}: cannot send, connection closed ({self._closed_reason})"
             )
         data = text.encode(self.encoding) if isinstance(text, str) else text
-        with self._write_lock:
-            self._write(data)
         shown = text if isinstance(text, str) else text.decode(self.encoding, "replace")
+        # listeners hear it before the device can echo it back
         for listener in self._input_listeners:
             try:
                 listener(shown)
             except Exception:
                 log.exception("console %s: input listener %r failed", self.name, listener)
+        with self._write_lock:
+            self._write(data)
 
     def sendline(self, text: str = "", line_ending: str = "\n") -> None:
         self.send(text + line_ending)
