@@ -157,7 +157,9 @@ class ResultsAggregator:
             job = s.get(Job, job_id)
             if job is None:
                 raise JobError(f"no job {job_id}")
-            subs = list(s.scalars(select(SubJob).where(SubJob.job_id == job_id).order_by(SubJob.id)))
+            subs = list(
+                s.scalars(select(SubJob).where(SubJob.job_id == job_id).order_by(SubJob.id))
+            )
             rows = list(
                 s.scalars(
                     select(Result)
