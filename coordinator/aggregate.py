@@ -167,7 +167,7 @@ class ResultsAggregator:
                     .order_by(Result.id)
                 )
             )
-            job_info = {
+            job_info: dict[str, Any] = {
                 "id": job.id,
                 "name": job.job_name,
                 "state": job.state,
