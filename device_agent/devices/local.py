@@ -99,7 +99,7 @@ def netns_supported() -> bool:
 class LocalDevice(Device):
     device_type = "local"
     known_settings: ClassVar[frozenset[str]] = frozenset(
-        {"shell", "network", "ipv4", "bridge", "hostname", "env", "answer_cursor_query"}
+        {"shell", "network", "ipv4", "bridge", "hostname", "env", "answer_cursor_query", "emulates"}
     )
 
     def __init__(self, config: Mapping[str, Any], workdir: str | Path) -> None:
@@ -116,6 +116,11 @@ class LocalDevice(Device):
         self._relay: threading.Thread | None = None
         self._wake: tuple[int, int] | None = None
         self._stop = threading.Event()
+        # settings.emulates: a local board standing in for another device type
+        # (the embedded lab of `lavamq run`, examples): it registers, is scheduled
+        # and boots as that type
+        if self.settings.get("emulates"):
+            self.device_type = str(self.settings["emulates"])  # type: ignore[misc]
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> list[str]:
@@ -126,6 +131,9 @@ class LocalDevice(Device):
         ipv4 = settings.get("ipv4")
         if ipv4 is not None and not re.fullmatch(r"\d+\.\d+\.\d+\.\d+/\d+", str(ipv4)):
             problems.append(f"settings.ipv4: {ipv4!r} is not an address/prefix like 192.0.2.5/24")
+        emulates = settings.get("emulates")
+        if emulates is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", str(emulates)):
+            problems.append(f"settings.emulates: {emulates!r} is not a device type name")
         if config.get("console") not in (None, "pty"):
             problems.append("console: a local board's console is always 'pty'")
         return problems
