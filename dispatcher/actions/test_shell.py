@@ -48,10 +48,9 @@ _KV = re.compile(r"(\w+)=(\S+)")
 class ResultTracker:
     """Turns console lines into results while the test runner runs.
 
-    Lines are reassembled from raw console chunks. A line holding a signal is
-    only taken when the signal is at its start (after optional spaces): the
-    shell's echo of a command that *prints* a signal holds ``echo "<LAVA_...``,
-    so it is never counted.
+    Lines are reassembled from raw console chunks. A signal is taken wherever
+    it starts on its line, unless ``echo`` comes before it there: the shell's
+    echo of a typed command that *prints* a signal is never counted.
     """
 
     def __init__(
@@ -86,6 +85,13 @@ class ResultTracker:
 
     def line(self, line: str) -> None:
         stripped = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).strip()
+        # a signal may follow other text on its line (the tty's echo of a reply the
+        # dispatcher typed, say), but a shell command that prints one is not a signal
+        signal_at = stripped.find("<LAVA_SIGNAL_")
+        if signal_at > 0:
+            if "echo" in stripped[:signal_at]:
+                return
+            stripped = stripped[signal_at:]
         if m := STARTRUN.match(stripped):
             self.current = m.group(1)
             self.started.append(m.group(1))
@@ -222,11 +228,12 @@ class LavaTestShellAction(Action):
             self._run_checked(connection, command, deadline, ctx)
 
         tracker = ResultTracker(tests, lambda rec: record_result(ctx, rec), ctx.log.info)
-        bridge = self._start_bridge(ctx, connection)
+        failures: list[Exception] = []
+        bridge = self._start_bridge(ctx, connection, tracker, failures)
         connection.add_listener(tracker.feed)
         try:
             connection.sendline(f"{target}/bin/lava-test-runner")
-            self._wait_for_runner(connection, deadline, ctx)
+            self._wait_for_runner(connection, deadline, ctx, failures)
         finally:
             connection.remove_listener(tracker.feed)
             if bridge is not None:
@@ -297,16 +304,36 @@ class LavaTestShellAction(Action):
                 f"{command!r} exited with {rc}: {output[-300:]}"
             )
 
-    def _start_bridge(self, ctx: JobContext, console: Any) -> Any:
+    def _start_bridge(
+        self, ctx: JobContext, console: Any, tracker: ResultTracker, failures: list[Exception]
+    ) -> Any:
+        """The bridge answers MultiNode signals; test-case results stay with the tracker
+        (it also applies ``parse: pattern``), except the ``lava-sync`` results only the
+        bridge knows of."""
         if ctx.multinode is None:
             return None
         from device_agent.bridge import Bridge
 
-        bridge = Bridge(console, ctx.multinode, log=ctx.log)
+        def on_result(rec: dict[str, Any]) -> None:
+            case = str(rec.get("case") or "")
+            if rec.get("kind") == "testcase" and case.startswith("multinode-lava_sync-"):
+                suite = rec.get("suite") or tracker.current or "lava"
+                record_result(ctx, {"suite": suite, "case": case, "result": rec["result"]})
+
+        bridge = Bridge(
+            console,
+            ctx.multinode,
+            log=ctx.log,
+            timeout=ctx.timeouts.get("multinode"),
+            on_result=on_result,
+            on_failure=failures.append,
+        )
         bridge.start()
         return bridge
 
-    def _wait_for_runner(self, console: Any, deadline: float | None, ctx: JobContext) -> None:
+    def _wait_for_runner(
+        self, console: Any, deadline: float | None, ctx: JobContext, failures: list[Exception]
+    ) -> None:
         from device_agent.console import ConsoleClosed, ConsoleTimeout
 
         exit_re = re.compile(re.escape(RUNNER_EXIT))
@@ -315,6 +342,9 @@ class LavaTestShellAction(Action):
         while True:
             if ctx.cancelled():
                 raise JobError(f"{self.name}: cancelled while the tests ran")
+            if failures:
+                # the group failed (or a MultiNode call timed out): stop at once
+                raise failures[0]
             left = remaining(deadline)
             step = 1.0 if left is None else min(1.0, left)
             try:
