@@ -28,6 +28,7 @@ from schemas.messages.jobs import (
     DevicesRequestSchema,
     JobShowRequestSchema,
     JobsRequestSchema,
+    ResultsRequestSchema,
     RpcReplySchema,
     SubmitRequestSchema,
 )
@@ -157,6 +158,13 @@ class CoordinatorClient:
     def cancel(self, job_id: int, reason: str = "canceled by user") -> dict[str, Any]:
         result: dict[str, Any] = self.call(
             CancelRequestSchema(), {"method": "cancel", "job_id": job_id, "reason": reason}
+        )
+        return result
+
+    def results(self, job_id: int) -> dict[str, Any]:
+        """The job's result bundle (coordinator/aggregate.py), as it is now."""
+        result: dict[str, Any] = self.call(
+            ResultsRequestSchema(), {"method": "results", "job_id": job_id}
         )
         return result
 

@@ -1,11 +1,14 @@
 """The coordinator service: ``lavamq coordinator``.
 
-One thread, one consumer of two queues:
+One thread, one consumer of three queues:
 
 * ``lava.rpc`` — CLI requests (submit, jobs, job-show, cancel, devices),
   answered on ``lava.reply`` with the request's ``correlation_id``;
 * ``lava.control`` — dispatchers' ``host-register``, ``host-heartbeat`` and
-  ``subjob-state``.
+  ``subjob-state``;
+* ``lava.results`` — test results, stored once each by
+  ``coordinator.aggregate.ResultsAggregator`` (the ``results`` RPC returns
+  the job's aggregated bundle).
 
 Between deliveries (and at least every ``schedule_interval`` seconds) it runs
 a scheduling pass, fails groups whose nodes did not all join before the join
@@ -26,6 +29,7 @@ from typing import Any
 from broker_config import topology
 from broker_config.messaging import Broker, Delivery, QueueConsumer
 from coordinator import groups
+from coordinator.aggregate import ResultsAggregator
 from coordinator.scheduler import (
     DEFAULT_STARVATION_SECONDS,
     SubJobRequest,
@@ -37,6 +41,7 @@ from schemas.errors import InfrastructureError, LavamqError, classify
 from schemas.job import JobValidationError, load_job
 from schemas.jobmodel import JobPlan
 from schemas.messages.base import MessageSchema
+from schemas.messages.console import TestResultSchema
 from schemas.messages.jobs import (
     CONTROL_MESSAGES,
     RPC_REQUESTS,
@@ -75,6 +80,7 @@ class CoordinatorService:
         self.store: Store | None = None
         self.broker: Broker | None = None
         self.consumer: QueueConsumer | None = None
+        self.aggregator: ResultsAggregator | None = None
         self._dirty = True
         self._last_pass = 0.0
         self._last_checks = 0.0
@@ -90,9 +96,12 @@ class CoordinatorService:
             schemas: dict[str, MessageSchema] = {
                 name: cls() for name, cls in {**RPC_REQUESTS, **CONTROL_MESSAGES}.items()
             }
+            # test results (lava.results) are stored by the aggregator, once per message id
+            self.aggregator = ResultsAggregator(self.store, clock=self.clock)
+            schemas["test-result"] = TestResultSchema()
             self.consumer = QueueConsumer(
                 s.broker_url,
-                [topology.rpc_queue(), topology.control_queue()],
+                [topology.rpc_queue(), topology.control_queue(), topology.results_queue()],
                 schemas,
                 handler=self._handle,
                 idle_callback=self._tick,
@@ -126,6 +135,9 @@ class CoordinatorService:
             assert self.store is not None
             if not self.store.heartbeat(delivery.body["host"], self.clock()):
                 log.warning("heartbeat from unregistered host %s ignored", delivery.body["host"])
+        elif delivery.message_type == "test-result":
+            assert self.aggregator is not None
+            self.aggregator.record(delivery.body, self.clock())
         elif delivery.message_type == "subjob-state":
             body = delivery.body
             assert self.store is not None
@@ -222,6 +234,10 @@ class CoordinatorService:
         self._apply(outcome)
         self._dirty = True
         return self.store.job(body["job_id"])
+
+    def _rpc_results(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.aggregator is not None
+        return self.aggregator.bundle(body["job_id"], self.clock())
 
     def _rpc_devices(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         assert self.store is not None

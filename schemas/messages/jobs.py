@@ -80,12 +80,21 @@ class DevicesRequestSchema(MessageSchema):
     method = fields.String(required=True, validate=validate.Equal("devices"))
 
 
+class ResultsRequestSchema(MessageSchema):
+    """``lavamq results`` / ``lavamq wait``: a job's aggregated result bundle."""
+
+    message_type = "results"
+    method = fields.String(required=True, validate=validate.Equal("results"))
+    job_id = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
 RPC_REQUESTS: dict[str, type[MessageSchema]] = {
     "submit": SubmitRequestSchema,
     "jobs": JobsRequestSchema,
     "job-show": JobShowRequestSchema,
     "cancel": CancelRequestSchema,
     "devices": DevicesRequestSchema,
+    "results": ResultsRequestSchema,
 }
 
 
@@ -266,6 +275,7 @@ __all__ = [
     "InvalidMessage",
     "JobShowRequestSchema",
     "JobsRequestSchema",
+    "ResultsRequestSchema",
     "RpcReplySchema",
     "RpcRequestSchema",
     "SubJobAssignmentSchema",
