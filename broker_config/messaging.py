@@ -623,8 +623,10 @@ class QueueConsumer:
             return
         for d in deliveries:
             self._requeues.pop(self._message_key(d.message), None)
-            d.message.ack()
+            # remembered before the ack: if the connection dies before the
+            # ack reaches the broker, the redelivery is recognised and dropped
             self._remember_handled(d.message)
+            d.message.ack()
 
     @staticmethod
     def _message_key(message: Message) -> str:
@@ -648,6 +650,7 @@ class QueueConsumer:
             reason,
         )
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        self._remember_handled(message)
         try:
             assert self.publisher is not None
             self.publisher.publish_raw(
@@ -666,7 +669,6 @@ class QueueConsumer:
             message.reject(requeue=False)
         else:
             message.ack()
-        self._remember_handled(message)
         self.dead_lettered += 1
 
 

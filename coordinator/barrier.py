@@ -112,6 +112,7 @@ class BarrierService:
             poll_interval=0.2,
         )
         self._thread: threading.Thread | None = None
+        self._outbox_added = False
         self.batches = 0
 
     # --- running ---
@@ -184,7 +185,9 @@ class BarrierService:
                     self._timeout(session, body)
             self._flush_arrivals(session, arrivals, touched)
         self.batches += 1
-        self._flush_outbox()
+        if self._outbox_added:  # skip the outbox query for batches that decided nothing
+            self._outbox_added = False
+            self._flush_outbox()
 
     def _group(self, session: Session, name: str) -> _Group | None:
         group = self._groups.get(name)
@@ -291,6 +294,7 @@ class BarrierService:
             "role": role,
             "nodes": nodes,
         }
+        self._outbox_added = True
         session.add(
             BarrierOutbox(
                 group_name=group,
@@ -368,6 +372,7 @@ class BarrierService:
                 f"{len(expected) - len(missing)} of {len(expected)} arrived"
             )
         row.failed_reason = reason
+        self._outbox_added = True
         session.add(
             BarrierOutbox(
                 group_name=name,
