@@ -1,0 +1,82 @@
+"""``lavamq run JOB``: run a MultiNode job end to end in an embedded lab."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+def write_exports(bundle: dict[str, object], as_json: bool, junit: Path | None) -> None:
+    """``--json`` on stdout, ``--junit FILE``: shared by run, results and wait."""
+    from coordinator.results import bundle_junit
+
+    if junit is not None:
+        junit.write_bytes(bundle_junit(bundle))
+    if as_json:
+        click.echo(json.dumps(bundle, indent=2, sort_keys=True))
+
+
+@click.command("run")
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--keep", is_flag=True, help="Keep the workspace (store, job logs, boards).")
+@click.option(
+    "--device-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A host TOML (device dictionary) to use instead of local boards made for the job.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result bundle as JSON.")
+@click.option(
+    "--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML here."
+)
+@click.option(
+    "--network",
+    type=click.Choice(["none", "auto", "netns"]),
+    default="none",
+    show_default=True,
+    help="Local boards' network: the host's (none) or a namespace each (auto/netns, root).",
+)
+@click.option("--timeout", type=float, help="Give up after this many seconds.")
+def run(
+    job_file: Path,
+    keep: bool,
+    device_config: Path | None,
+    as_json: bool,
+    junit: Path | None,
+    network: str,
+    timeout: float | None,
+) -> None:
+    """Run JOB_FILE in one process: coordinator, barrier and a dispatcher with local boards.
+
+    Shows live progress (with --json: on stderr), then the result table. The
+    exit code is 0 only when every node completed and every test passed.
+    """
+    from coordinator.results import bundle_table
+    from lavamq.embedded import run_job
+
+    def emit(line: str) -> None:
+        click.echo(line, err=as_json)
+
+    outcome = run_job(
+        job_file,
+        keep=keep,
+        device_config=device_config,
+        emit=emit,
+        network=network,
+        timeout=timeout,
+    )
+    bundle = outcome.bundle
+    click.echo("", err=as_json)
+    click.echo(bundle_table(bundle), nl=False, err=as_json)
+    if keep:
+        click.echo(f"workspace kept: {outcome.workspace}", err=as_json)
+    write_exports(bundle, as_json, junit)
+    sys.exit(0 if bundle["job"]["passed"] else 1)
+
+
+COMMANDS = [run]

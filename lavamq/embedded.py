@@ -1,0 +1,373 @@
+"""The all-in-one lab behind ``lavamq run``: every service in threads of one process.
+
+:class:`EmbeddedLab` runs the barrier service, the coordinator (with its
+result aggregator) and one dispatcher on kombu's ``memory://`` transport with
+a short polling interval, and the store in SQLite in a workspace directory.
+They are the same classes a real lab runs as separate processes; only the
+URLs differ. The dispatcher owns one ``local`` board per sub-job of the job,
+created on the fly: a board for a device type lavamq does not know (``panda``,
+``beaglexm`` ...) is a local board that *emulates* that type (it registers,
+is scheduled and boots under that name, see ``settings.emulates`` in
+device_agent/devices/local.py). ``--device-config`` replaces the boards by a
+real host configuration (schemas/device.py).
+
+``memory://`` is global to a process: one embedded lab runs at a time, and
+starting one empties the in-memory broker first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker_config import topology
+from broker_config.messaging import Broker, is_amqp_url
+from coordinator.barrier import BarrierService
+from coordinator.rpc import CoordinatorClient
+from coordinator.service import CoordinatorService, CoordinatorSettings
+from schemas.errors import InfrastructureError, LavamqError, MultinodeTimeout
+from schemas.jobmodel import JobPlan
+
+log = logging.getLogger(__name__)
+
+MEMORY_URL = "memory://"
+HOST_NAME = "embedded"
+#: device types that are real implementations used as they are
+NATIVE_TYPES = ("local",)
+
+
+def reset_memory_broker() -> None:
+    """Forget every queue, exchange and binding of the process-wide ``memory://`` broker."""
+    from kombu.transport import memory
+
+    memory.Channel.queues.clear()
+    memory.Transport.global_state.clear()
+
+
+def _safe(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")
+    return cleaned or "board"
+
+
+def boards_for_plan(plan: JobPlan, *, network: str = "none") -> list[dict[str, Any]]:
+    """One local board per sub-job: ``<device type>-NN`` with the sub-job's tags.
+
+    A sub-job that names its device (``device`` in a 2014 ``device_group``)
+    gets a board of that name. Boards see the lab's Python on their PATH so
+    that test definitions may use ``python3`` wherever lavamq runs.
+    """
+    counters: dict[str, int] = {}
+    taken: set[str] = set()
+    boards: list[dict[str, Any]] = []
+    path = os.pathsep.join(
+        dict.fromkeys(
+            [
+                os.path.dirname(sys.executable),
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+        )
+    )
+    for sub in plan.subjobs:
+        device_type = sub.device_type or "local"
+        if sub.device:
+            name = _safe(sub.device)
+        else:
+            while True:
+                counters[device_type] = counters.get(device_type, 0) + 1
+                name = f"{_safe(device_type)}-{counters[device_type]:02d}"
+                if name not in taken:
+                    break
+        taken.add(name)
+        settings: dict[str, Any] = {"network": network, "env": {"PATH": path}}
+        if device_type not in NATIVE_TYPES:
+            settings["emulates"] = device_type
+        boards.append(
+            {
+                "name": name,
+                "device_type": "local",
+                "tags": sorted(set(sub.tags)),
+                "settings": settings,
+            }
+        )
+    return boards
+
+
+def host_config_for(
+    plan: JobPlan, workspace: Path, broker_url: str, *, network: str = "none"
+) -> dict[str, Any]:
+    """The embedded dispatcher's host configuration (the shape of schemas/device.py)."""
+    return {
+        "host": {
+            "name": HOST_NAME,
+            "broker_url": broker_url,
+            "workdir": str(workspace / "dispatcher"),
+            "heartbeat_interval": 5.0,
+        },
+        "device": boards_for_plan(plan, network=network),
+    }
+
+
+@dataclass
+class _ServiceThread:
+    name: str
+    thread: threading.Thread
+    ready: threading.Event
+    errors: list[BaseException]
+
+
+def _start_thread(
+    name: str, run: Callable[[Callable[[], None]], None], timeout: float
+) -> _ServiceThread:
+    ready = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run(ready.set)
+        except BaseException as exc:
+            errors.append(exc)
+            log.exception("embedded %s died", name)
+            ready.set()
+
+    thread = threading.Thread(target=target, name=f"embedded-{name}", daemon=True)
+    thread.start()
+    if not ready.wait(timeout) or errors:
+        cause = errors[0] if errors else f"not ready after {timeout:g} s"
+        if isinstance(cause, LavamqError):
+            raise cause
+        raise InfrastructureError(f"embedded lab: the {name} did not start: {cause}")
+    return _ServiceThread(name, thread, ready, errors)
+
+
+class EmbeddedLab:
+    """Barrier, coordinator and one dispatcher in threads; see the module docstring."""
+
+    def __init__(
+        self,
+        workspace: str | Path,
+        host_config: dict[str, Any],
+        *,
+        broker_url: str = MEMORY_URL,
+        db_url: str | None = None,
+        join_timeout: float = 60.0,
+        rpc_timeout: float = 30.0,
+    ) -> None:
+        self.workspace = Path(workspace)
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.broker_url = broker_url
+        self.db_url = db_url or f"sqlite:///{self.workspace / 'lavamq.sqlite'}"
+        self.host_config = host_config
+        self.host_config["host"]["broker_url"] = broker_url
+        self.host_config["host"].setdefault("workdir", str(self.workspace / "dispatcher"))
+        self.join_timeout = join_timeout
+        self.rpc_timeout = rpc_timeout
+        self.barrier: BarrierService | None = None
+        self.coordinator: CoordinatorService | None = None
+        self.dispatcher: Any = None
+        self._threads: list[_ServiceThread] = []
+        self._client: CoordinatorClient | None = None
+
+    # --- life cycle ---------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> EmbeddedLab:
+        from dispatcher.daemon import Dispatcher
+
+        if not is_amqp_url(self.broker_url):
+            reset_memory_broker()
+        with Broker(self.broker_url) as broker:
+            broker.declare(*topology.static_exchanges(), *topology.static_queues())
+            broker.declare(topology.logs_store_queue())
+        self.barrier = BarrierService(self.broker_url, self.db_url)
+        self.barrier.start(timeout)
+        self.coordinator = CoordinatorService(
+            CoordinatorSettings(
+                broker_url=self.broker_url,
+                db_url=self.db_url,
+                join_timeout=self.join_timeout,
+                heartbeat_timeout=3600.0,
+                schedule_interval=0.2,
+            )
+        )
+        coordinator = self.coordinator
+        self._threads.append(
+            _start_thread("coordinator", lambda ready: coordinator.run(on_ready=ready), timeout)
+        )
+        self.dispatcher = Dispatcher(self.host_config, broker_url=self.broker_url)
+        daemon = self.dispatcher
+        self._threads.append(
+            _start_thread("dispatcher", lambda ready: daemon.run(on_ready=ready), timeout)
+        )
+        expected = {str(d["name"]) for d in self.host_config.get("device", [])}
+        self._wait(
+            lambda: expected <= {d["name"] for d in self.client().devices()},
+            timeout,
+            f"the coordinator to know the boards {sorted(expected)}",
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop the dispatcher (it powers its boards off), the coordinator, the barrier."""
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        for service in reversed(self._threads):
+            service.thread.join(60)
+            if service.thread.is_alive():
+                log.warning("embedded %s did not stop within 60 s", service.name)
+        self._threads = []
+        if self.barrier is not None:
+            self.barrier.stop()
+            self.barrier = None
+
+    def __enter__(self) -> EmbeddedLab:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- using it -----------------------------------------------------------
+
+    def client(self) -> CoordinatorClient:
+        if self._client is None:
+            self._client = CoordinatorClient(self.broker_url, timeout=self.rpc_timeout)
+        return self._client
+
+    def _check_alive(self) -> None:
+        for service in self._threads:
+            if service.errors:
+                raise InfrastructureError(
+                    f"embedded lab: the {service.name} died: {service.errors[0]}"
+                )
+            if not service.thread.is_alive():
+                raise InfrastructureError(f"embedded lab: the {service.name} stopped")
+
+    def _wait(self, cond: Callable[[], Any], timeout: float | None, what: str) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            value = cond()
+            if value:
+                return value
+            if deadline is not None and time.monotonic() > deadline:
+                raise InfrastructureError(f"embedded lab: waited {timeout:g} s for {what}")
+            time.sleep(0.1)
+
+    def submit(self, definition: str, source: str) -> dict[str, Any]:
+        return self.client().submit(definition, source, os.environ.get("USER") or "lavamq-run")
+
+    def wait(self, job_id: int, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job ended and its results are in; returns the result bundle."""
+        bundle: dict[str, Any] = {}
+
+        def done() -> bool:
+            nonlocal bundle
+            bundle = self.client().results(job_id)
+            return bool(bundle["job"]["results_complete"])
+
+        try:
+            self._wait(done, timeout, f"job {job_id} to end")
+        except InfrastructureError as exc:
+            if "waited" in exc.message:
+                raise MultinodeTimeout(exc.message) from None
+            raise
+        return bundle
+
+
+@dataclass
+class RunOutcome:
+    job_id: int
+    bundle: dict[str, Any]
+    workspace: Path
+    kept: bool
+
+
+def default_timeout(plan: JobPlan) -> float | None:
+    """How long ``lavamq run`` waits for the job: its job timeout and a margin, if it has one."""
+    return None if plan.timeouts.job is None else plan.timeouts.job + 120.0
+
+
+def run_job(
+    job_path: str | Path,
+    *,
+    keep: bool = False,
+    device_config: str | Path | None = None,
+    workspace: str | Path | None = None,
+    emit: Callable[[str], None] | None = None,
+    network: str = "none",
+    timeout: float | None = None,
+) -> RunOutcome:
+    """Run one job file end to end in an embedded lab; returns its result bundle.
+
+    ``emit`` receives live progress lines. The workspace (a temporary
+    directory unless given) is removed afterwards unless ``keep``.
+    """
+    from lavamq.progress import ProgressWatcher
+    from schemas.device import load_host_config
+    from schemas.job import load_job_file
+
+    path = Path(job_path)
+    plan = load_job_file(path)
+    text = path.read_text(encoding="utf-8")
+    ws = Path(workspace) if workspace else Path(tempfile.mkdtemp(prefix="lavamq-run-"))
+    ws.mkdir(parents=True, exist_ok=True)
+    if device_config is not None:
+        config = load_host_config(device_config)
+        config["host"]["workdir"] = str(ws / "dispatcher")
+    else:
+        config = host_config_for(plan, ws, MEMORY_URL, network=network)
+    say = emit or (lambda line: None)
+    lab = EmbeddedLab(ws, config)
+    watcher: ProgressWatcher | None = None
+    try:
+        lab.start()
+        say(
+            f"embedded lab in {ws}: boards "
+            + ", ".join(
+                f"{d['name']} ({d.get('settings', {}).get('emulates') or d['device_type']})"
+                for d in config.get("device", [])
+            )
+        )
+        watcher = ProgressWatcher(lab.broker_url, None, say).start()
+        receipt = lab.submit(text, str(path))
+        job_id = int(receipt["job_id"])
+        watcher.printer.set_job(job_id)
+        say(f"job {job_id} ({receipt.get('job_name')}): {len(receipt['subjobs'])} sub-jobs")
+        bundle = lab.wait(job_id, timeout if timeout is not None else default_timeout(plan))
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        lab.stop()
+        if not keep:
+            shutil.rmtree(ws, ignore_errors=True)
+    return RunOutcome(job_id, bundle, ws, keep)
+
+
+__all__ = [
+    "EmbeddedLab",
+    "RunOutcome",
+    "boards_for_plan",
+    "host_config_for",
+    "reset_memory_broker",
+    "run_job",
+]
