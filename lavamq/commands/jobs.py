@@ -61,7 +61,13 @@ def _print_json(data: Any) -> None:
 @broker_option
 @timeout_option
 @json_option
-def submit(file: Path, broker_url: str | None, timeout: float, as_json: bool) -> None:
+@click.option(
+    "--wait",
+    "wait_",
+    is_flag=True,
+    help="Then follow the job to its end like `lavamq wait` (exit 0 iff every test passed).",
+)
+def submit(file: Path, broker_url: str | None, timeout: float, as_json: bool, wait_: bool) -> None:
     """Submit a job file (LAVA 2014 JSON or LAVA YAML) to the coordinator."""
     try:
         raw = file.read_bytes()[: MAX_JOB_BYTES + 1]
@@ -74,12 +80,27 @@ def submit(file: Path, broker_url: str | None, timeout: float, as_json: bool) ->
         as_json,
         lambda c: c.submit(text, source=str(file), submitter=getpass.getuser()),
     )
-    if as_json:
+    if as_json and not wait_:
         _print_json(result)
         return
-    click.echo(f"job {result['job_id']} submitted: {result['job_name']} (group {result['group']})")
-    for sub in result["subjobs"]:
-        click.echo(f"  sub-job {sub['id']}: {sub['role']} #{sub['index']}")
+    if not as_json:
+        click.echo(
+            f"job {result['job_id']} submitted: {result['job_name']} (group {result['group']})"
+        )
+        for sub in result["subjobs"]:
+            click.echo(f"  sub-job {sub['id']}: {sub['role']} #{sub['index']}")
+    if wait_:
+        from lavamq.commands.results import follow_job
+
+        follow_job(
+            load_settings(broker_url).broker_url,
+            int(result["job_id"]),
+            rpc_timeout=timeout,
+            wait_timeout=None,
+            as_json=as_json,
+            junit=None,
+            progress=True,
+        )
 
 
 @click.command("jobs")

@@ -1,0 +1,145 @@
+"""``lavamq results JOB`` and ``lavamq wait JOB``: a group's one aggregated result."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coordinator.rpc import DEFAULT_TIMEOUT, CoordinatorClient
+from lavamq.commands.run import write_exports
+from lavamq.config import load_settings
+from schemas.errors import MultinodeTimeout
+
+log = logging.getLogger(__name__)
+
+#: seconds between two questions to the coordinator while waiting
+POLL_INTERVAL = 0.5
+
+
+def wait_for_results(
+    client: CoordinatorClient,
+    job_id: int,
+    *,
+    timeout: float | None = None,
+    poll: float = POLL_INTERVAL,
+) -> dict[str, Any]:
+    """Ask the coordinator until the job has ended and its results are all in."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        bundle: dict[str, Any] = client.results(job_id)
+        if bundle["job"]["results_complete"]:
+            return bundle
+        if deadline is not None and time.monotonic() >= deadline:
+            raise MultinodeTimeout(
+                f"job {job_id} is still {bundle['job']['status']} after {timeout:g} s of waiting"
+            )
+        time.sleep(poll)
+
+
+def show_bundle(bundle: dict[str, Any], as_json: bool, junit: Path | None) -> None:
+    from coordinator.results import bundle_table
+
+    if not as_json:
+        click.echo(bundle_table(bundle), nl=False)
+    write_exports(bundle, as_json, junit)
+
+
+def follow_job(
+    broker_url: str,
+    job_id: int,
+    *,
+    rpc_timeout: float,
+    wait_timeout: float | None,
+    as_json: bool,
+    junit: Path | None,
+    progress: bool,
+) -> None:
+    """Follow a job to its end (live progress unless ``as_json``), print it, exit 0 iff passed."""
+    from lavamq.progress import ProgressWatcher
+
+    watcher = None
+    if progress and not as_json:
+        watcher = ProgressWatcher(broker_url, job_id, click.echo).start()
+    try:
+        with CoordinatorClient(broker_url, timeout=rpc_timeout) as client:
+            bundle = wait_for_results(client, job_id, timeout=wait_timeout)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+    if not as_json:
+        click.echo("")
+    show_bundle(bundle, as_json, junit)
+    sys.exit(0 if bundle["job"]["passed"] else 1)
+
+
+broker_option = click.option(
+    "--broker", "broker_url", help="Broker URL (default: $LAVAMQ_BROKER_URL)."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the bundle as JSON.")
+junit_option = click.option(
+    "--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML here."
+)
+rpc_timeout_option = click.option(
+    "--rpc-timeout",
+    type=float,
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for each answer of the coordinator.",
+)
+
+
+@click.command("results")
+@click.argument("job_id", type=int)
+@broker_option
+@json_option
+@junit_option
+@rpc_timeout_option
+def results(
+    job_id: int, broker_url: str | None, as_json: bool, junit: Path | None, rpc_timeout: float
+) -> None:
+    """Print a job's aggregated results: per node, test run and test case.
+
+    Works while the job runs too (the bundle then says results_complete: false).
+    """
+    settings = load_settings(broker_url)
+    with CoordinatorClient(settings.broker_url, timeout=rpc_timeout) as client:
+        bundle = client.results(job_id)
+    show_bundle(bundle, as_json, junit)
+
+
+@click.command("wait")
+@click.argument("job_id", type=int)
+@broker_option
+@json_option
+@junit_option
+@rpc_timeout_option
+@click.option("--timeout", type=float, help="Give up (exit 1) after this many seconds.")
+@click.option("--quiet", is_flag=True, help="No live progress, only the result.")
+def wait(
+    job_id: int,
+    broker_url: str | None,
+    as_json: bool,
+    junit: Path | None,
+    rpc_timeout: float,
+    timeout: float | None,
+    quiet: bool,
+) -> None:
+    """Follow a job to its end, then print its results; exit 0 only if every test passed."""
+    settings = load_settings(broker_url)
+    follow_job(
+        settings.broker_url,
+        job_id,
+        rpc_timeout=rpc_timeout,
+        wait_timeout=timeout,
+        as_json=as_json,
+        junit=junit,
+        progress=not quiet,
+    )
+
+
+COMMANDS = [results, wait]
