@@ -23,6 +23,7 @@ from dispatcher.actions.boot import BootAction
 from dispatcher.actions.command import CommandRunAction, SubmitResultsAction
 from dispatcher.actions.deploy import DeployImagesAction
 from dispatcher.actions.finalize import FinalizeAction
+from dispatcher.actions.slave_boot import SlaveBootAction
 from dispatcher.actions.test_shell import LavaTestShellAction, record_result
 from dispatcher.joblog import JobLog
 from schemas.errors import JobError, LavamqError, classify
@@ -48,13 +49,23 @@ def build_pipeline(
     default_timeout = timeouts.get("action")
     pipeline = Pipeline()
     problems: list[str] = []
+    # an is_slave node is booted by its master (dispatcher/actions/slave_boot.py),
+    # before its first test even when the job gives the slave no boot action
+    slave = bool(plan.get("is_slave"))
+    booted = False
     for i, item in enumerate(plan.get("actions") or []):
         kind = item.get("kind")
         params = dict(item.get("parameters") or {})
         timeout = item.get("timeout") or default_timeout
         action: Action
+        if slave and not booted and kind in ("test", "command"):
+            pipeline.add(SlaveBootAction(device_type, {}, default_timeout))
+            booted = True
         if kind == "deploy":
             action = DeployImagesAction(params, timeout)
+        elif kind == "boot" and slave:
+            action = SlaveBootAction(device_type, params, timeout)
+            booted = True
         elif kind == "boot":
             action = BootAction(device_type, params, timeout)
         elif kind == "test":
