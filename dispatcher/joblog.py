@@ -42,10 +42,16 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
+_KEY_HINTS = ("pass", "token", "secret", "key", "PASS", "TOKEN", "SECRET", "KEY", "Pass", "Key")
+
+
 def mask_secrets(text: str, extra: Iterable[str] = ()) -> str:
     """Hide passwords in URLs, ``password=...``-style pairs and any known secret value."""
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
-    text = _KEY_SECRET.sub(lambda m: m.group("head") + MASK, text)
+    # cheap checks first: most console lines hold neither a URL nor a key word
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    if any(hint in text for hint in _KEY_HINTS):
+        text = _KEY_SECRET.sub(lambda m: m.group("head") + MASK, text)
     for secret in extra:
         if secret:
             text = text.replace(secret, MASK)
@@ -83,6 +89,7 @@ class JobLog:
         self._listeners: list[Callable[[Record], None]] = []
         self._partial = ""
         self._partial_since = 0.0
+        self._flushed = 0.0
         self._file: IO[str] | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +125,12 @@ class JobLog:
         rec.update(extra)
         if self._file is not None:
             self._file.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            self._file.flush()
+            # console lines come in floods: flush them at most every 0.1 s;
+            # anything else (actions, errors, results) at once
+            now = time.monotonic()
+            if level != "target" or now - self._flushed >= 0.1:
+                self._file.flush()
+                self._flushed = now
         for listener in list(self._listeners):
             try:
                 listener(rec)
@@ -170,6 +182,13 @@ class JobLog:
             if self._partial and time.monotonic() - self._partial_since >= older_than:
                 line, self._partial = self._partial, ""
                 self._emit("target", line.rstrip("\r"), {})
+            if self._file is not None:
+                self._file.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
 
     def close(self) -> None:
         self.flush_partial()

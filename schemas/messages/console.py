@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate
 
 from schemas.messages.base import MessageSchema
 
@@ -19,11 +21,40 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "target", "input", "results",
 RESULTS = ("pass", "fail", "skip", "unknown")
 
 
-class LogRecordSchema(Schema):
-    time = fields.String(required=True)
-    level = fields.String(required=True, validate=validate.OneOf(LOG_LEVELS))
-    message = fields.String(required=True)
-    action = fields.String(load_default=None, allow_none=True)
+class LogRecords(fields.Field):
+    """A list of ``{time, level, message[, action]}`` records.
+
+    Checked by hand rather than with a nested schema: a batch holds up to
+    thousands of console lines and a nested marshmallow schema per record
+    would cost more than the rest of the console path together.
+    """
+
+    KEYS = frozenset({"time", "level", "message", "action"})
+
+    def _validated(self, value: Any) -> list[dict[str, Any]]:
+        if not isinstance(value, list):
+            raise ValidationError("must be a list of records")
+        for i, rec in enumerate(value):
+            if not isinstance(rec, dict):
+                raise ValidationError(f"[{i}]: must be an object")
+            unknown = rec.keys() - self.KEYS
+            if unknown:
+                raise ValidationError(f"[{i}]: unknown keys {sorted(unknown)}")
+            for key in ("time", "level", "message"):
+                if not isinstance(rec.get(key), str):
+                    raise ValidationError(f"[{i}].{key}: must be a string")
+            if rec["level"] not in LOG_LEVELS:
+                raise ValidationError(f"[{i}].level: must be one of {', '.join(LOG_LEVELS)}")
+            action = rec.get("action")
+            if action is not None and not isinstance(action, str):
+                raise ValidationError(f"[{i}].action: must be a string")
+        return value
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        return self._validated(value)
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value
 
 
 class LogBatchSchema(MessageSchema):
@@ -33,7 +64,7 @@ class LogBatchSchema(MessageSchema):
     subjob = fields.String(required=True, validate=validate.Length(min=1))
     node = fields.String(required=True, validate=validate.Length(min=1))
     seq = fields.Integer(required=True, validate=validate.Range(min=0))
-    records = fields.List(fields.Nested(LogRecordSchema), required=True)
+    records = LogRecords(required=True)
     final = fields.Boolean(load_default=False)
 
 
