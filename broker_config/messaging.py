@@ -586,7 +586,20 @@ class QueueConsumer:
         return delivery
 
     def _handle(self, messages: list[Message]) -> None:
-        deliveries = [d for d in (self._decode(m) for m in messages) if d is not None]
+        deliveries: list[Delivery] = []
+        in_batch: set[tuple[str, str, str]] = set()
+        for message in messages:
+            key = self._seen_key(message)
+            if key is not None and key in in_batch:
+                # both copies of a retried publish arrived together
+                self.duplicates += 1
+                message.ack()
+                continue
+            if key is not None:
+                in_batch.add(key)
+            delivery = self._decode(message)
+            if delivery is not None:
+                deliveries.append(delivery)
         if not deliveries:
             return
         if self.batch_handler is not None:

@@ -413,6 +413,9 @@ class BarrierService:
                             "",
                             OUTBOX_SCHEMAS[row.message_type],
                             json.loads(row.body),
+                            # stable: a row published again after a crash is
+                            # dropped by the clients as the same message
+                            message_id=f"barrier-outbox-{row.group_name}-{row.id}",
                         )
                     except InfrastructureError as exc:
                         text = str(exc)
