@@ -55,6 +55,11 @@ class TestDefinition:
     params: dict[str, str] = field(default_factory=dict)
 
 
+def _or_empty(value: Any) -> Any:
+    """``{}`` for a missing (None) section; anything else as written, to be checked."""
+    return {} if value is None else value
+
+
 def _str_list(value: Any, where: str, problems: list[str]) -> list[str]:
     if value is None:
         return []
@@ -81,7 +86,7 @@ def parse_definition(data: Any, source: str, *, name: str | None = None) -> Test
             f"unknown keys {', '.join(map(str, unknown))} "
             f"(known: {', '.join(sorted(KNOWN_TOP_KEYS))})"
         )
-    meta = data.get("metadata") or {}
+    meta = _or_empty(data.get("metadata"))
     if not isinstance(meta, dict):
         problems.append("metadata: must be a mapping")
         meta = {}
@@ -91,7 +96,7 @@ def parse_definition(data: Any, source: str, *, name: str | None = None) -> Test
         problems.append("run.steps: missing (a test definition needs run: steps: [...])")
     else:
         steps = _str_list(run.get("steps"), "run.steps", problems)
-    install = data.get("install") or {}
+    install = _or_empty(data.get("install"))
     if not isinstance(install, dict):
         problems.append("install: must be a mapping")
         install = {}
@@ -103,7 +108,7 @@ def parse_definition(data: Any, source: str, *, name: str | None = None) -> Test
             repos.append({k: str(v) for k, v in entry.items()})
         else:
             problems.append(f"install.git-repos[{i}]: must be a URL or a mapping with 'url'")
-    parse = data.get("parse") or {}
+    parse = _or_empty(data.get("parse"))
     pattern = None
     fixup: dict[str, str] = {}
     if not isinstance(parse, dict):
@@ -131,7 +136,7 @@ def parse_definition(data: Any, source: str, *, name: str | None = None) -> Test
                     problems.append(
                         f"parse.fixupdict.{k}: maps to {v!r}, not one of {', '.join(RESULTS)}"
                     )
-    params = data.get("params") or {}
+    params = _or_empty(data.get("params"))
     if not isinstance(params, dict):
         problems.append("params: must be a mapping")
         params = {}

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dispatcher.journal import Journal
+from dispatcher.testdef import (
+    PatternParser,
+    fetch_test,
+    parse_definition,
+    write_run_script,
+    write_runner,
+)
+from schemas.errors import JobError
+
+GIT_ENV = dict(
+    os.environ,
+    GIT_AUTHOR_NAME="t",
+    GIT_AUTHOR_EMAIL="t@example.org",
+    GIT_COMMITTER_NAME="t",
+    GIT_COMMITTER_EMAIL="t@example.org",
+)
+
+
+def test_every_problem_of_a_definition_is_named() -> None:
+    with pytest.raises(JobError) as info:
+        parse_definition(
+            {
+                "metadata": [],
+                "run": {"steps": "echo"},
+                "parse": {"pattern": "(", "fixupdict": {"OK": "great"}},
+                "params": {"1BAD": "x"},
+                "colour": "blue",
+            },
+            "t.yaml",
+        )
+    msg = str(info.value)
+    for part in (
+        "unknown keys colour",
+        "metadata: must be a mapping",
+        "run.steps: must be a list of strings",
+        "parse.pattern: not a valid regular",
+        "parse.fixupdict.OK: maps to 'great'",
+        "params.1BAD: not a valid shell",
+    ):
+        assert part in msg, part
+
+
+def test_pattern_parser_applies_fixupdict() -> None:
+    p = PatternParser(
+        r"(?P<test_case_id>\w+): (?P<result>\w+)(?: (?P<measurement>[\d.]+)"
+        r" (?P<units>\w+))?",
+        {"OK": "pass", "BAD": "fail"},
+    )
+    assert p.parse("boot: OK") == {"case": "boot", "result": "pass"}
+    assert p.parse("net: BAD 3.5 ms") == {
+        "case": "net",
+        "result": "fail",
+        "measurement": 3.5,
+        "units": "ms",
+    }
+    assert p.parse("x: WEIRD") is None
+    assert p.parse("nothing here") is None
+
+
+def make_repo(tmp_path: Path) -> tuple[str, str]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo, env=GIT_ENV, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    (repo / "smoke.yaml").write_text(
+        "metadata: {name: smoke}\nparams: {WHO: world}\n"
+        "install: {deps: [curl], steps: ['echo installing']}\n"
+        "run: {steps: ['echo hello $WHO', 'lava-test-case x --result pass']}\n"
+    )
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    first = git("rev-parse", "HEAD")
+    (repo / "smoke.yaml").write_text("metadata: {name: smoke}\nrun: {steps: ['echo v2']}\n")
+    git("commit", "-q", "-am", "two")
+    return repo.as_uri(), first
+
+
+def test_git_clone_at_revision_and_generated_run_script(tmp_path: Path) -> None:
+    url, first = make_repo(tmp_path)
+    said: list[str] = []
+    spec = {
+        "from": "git",
+        "repository": url,
+        "path": "smoke.yaml",
+        "name": "smoke",
+        "revision": first,
+        "parameters": {"WHO": "lab"},
+    }
+    test = fetch_test(spec, 0, tmp_path / "overlay" / "tests", say=said.append)
+    assert test.commit == first
+    write_run_script(test, install_deps=False, say=said.append)
+    assert any("skipping install deps (curl)" in s for s in said)
+    bin_dir = tmp_path / "overlay" / "bin"
+    write_runner(tmp_path / "overlay")
+    # a stand-in lava-test-case so that the script runs in a plain shell
+    (bin_dir / "lava-test-case").write_text(
+        '#!/bin/sh\necho "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=$1 RESULT=$3>"\n'
+    )
+    (bin_dir / "lava-test-case").chmod(0o755)
+    out = subprocess.run(
+        [str(bin_dir / "lava-test-runner")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+    ).stdout.splitlines()
+    assert out[0] == f"<LAVA_SIGNAL_STARTRUN 0_smoke {test.uuid}>"
+    assert "installing" in out and "hello lab" in out
+    assert "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x RESULT=pass>" in out
+    assert out[-2:] == [f"<LAVA_SIGNAL_ENDRUN 0_smoke {test.uuid}>", "<LAVA_TEST_RUNNER EXIT>"]
+
+
+def test_git_errors_are_job_errors_naming_the_repository(tmp_path: Path) -> None:
+    url, _ = make_repo(tmp_path)
+    with pytest.raises(JobError, match=r"git repository .*repo @ deadbeef: git checkout failed"):
+        fetch_test(
+            {
+                "from": "git",
+                "repository": url,
+                "path": "smoke.yaml",
+                "name": "s",
+                "revision": "deadbeef",
+            },
+            0,
+            tmp_path / "t",
+        )
+    with pytest.raises(JobError, match=r"'nope\.yaml' not found"):
+        fetch_test(
+            {"from": "git", "repository": url, "path": "nope.yaml", "name": "s"}, 1, tmp_path / "t"
+        )
+    with pytest.raises(JobError, match="git clone failed"):
+        fetch_test(
+            {
+                "from": "git",
+                "repository": (tmp_path / "missing").as_uri(),
+                "path": "x.yaml",
+                "name": "s",
+            },
+            2,
+            tmp_path / "t",
+        )
+
+
+def test_journal_accepts_a_subjob_once_and_survives_reopening(tmp_path: Path) -> None:
+    a = {"subjob_id": 5, "job_id": 1, "device": "d1"}
+    j = Journal(tmp_path / "journal.sqlite")
+    assert j.accept(a) is True
+    assert j.accept(a) is False
+    j.set_state(5, "running")
+    j.close()
+    j = Journal(tmp_path / "journal.sqlite")
+    assert j.accept(a) is False
+    assert [e["subjob_id"] for e in j.unfinished()] == [5]
+    j.set_state(5, "incomplete", error_type="infrastructure", message="restarted")
+    assert j.unfinished() == []
+    assert j.get(5)["message"] == "restarted"
