@@ -550,3 +550,57 @@ def test_sigkilled_dispatcher_does_not_run_an_accepted_subjob_twice(
         assert lab.states_of(2011).count("accepted") == 1
     finally:
         assert host.terminate() == 0, "".join(host.output)
+
+
+def test_dispatcher_survives_losing_its_broker_connections(
+    lab: Lab, rabbit_vhost: Any, rabbit_url: str, tmp_path: Path
+) -> None:
+    import services
+
+    img, sha = image(tmp_path)
+    host = DispatcherProcess(host_config(tmp_path, rabbit_url, "host-d", ["board-d1"]), "host-d")
+    host.start()
+    members = {"board-d1": "solo"}
+    quick = {
+        "from": "inline",
+        "name": "quick",
+        "path": None,
+        "revision": None,
+        "parameters": {},
+        "repository": {
+            "metadata": {"name": "quick"},
+            "run": {"steps": ["lava-test-case q --result pass"]},
+        },
+    }
+    try:
+        wait_until(lambda: "host-d" in lab.hosts, 20, "registration")
+
+        def connections() -> list[str]:
+            listed = services.mgmt(
+                "GET", f"/vhosts/{services.quote(rabbit_vhost.name)}/connections"
+            )
+            return [c["name"] for c in listed or []]
+
+        names = wait_until(connections, 20, "connections listed")
+        for name in names:  # as a broker restart would: every connection of the vhost dies
+            with contextlib.suppress(Exception):
+                services.mgmt("DELETE", f"/connections/{services.quote(name)}")
+        create_group(lab.broker, "g301", members, timeout=60.0)
+        lab.assign(
+            assignment(
+                job=301,
+                subjob=3011,
+                group="g301",
+                node="board-d1",
+                role="solo",
+                members=members,
+                image_url=img,
+                sha256=sha,
+                test=quick,
+            )
+        )
+        done = wait_until(lambda: lab.final(3011), 60, "sub-job after reconnect")
+        assert done["state"] == "complete", done
+        assert "connection lost" in "".join(host.output)
+    finally:
+        assert host.terminate() == 0, "".join(host.output)
