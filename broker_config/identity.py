@@ -115,6 +115,12 @@ def user_of_url(url: str) -> str | None:
     return urllib.parse.unquote(parts.username) if parts.username else "guest"
 
 
+def is_host_url(url: str) -> bool:
+    """True when ``url`` logs in as a confined dispatcher host user."""
+    user = user_of_url(url)
+    return user is not None and sender_of(user).role == HOST
+
+
 def check_sender(
     message_type: str,
     user_id: str | None,

@@ -505,6 +505,9 @@ class QueueConsumer:
             on_message=self._pending.append,
             prefetch_count=self.prefetch,
             no_ack=False,
+            # kombu declares every queue (and its exchange) by default: a
+            # confined user (no configure permission) must only consume
+            auto_declare=self.declare,
         )
         consumer.on_decode_error = self._on_decode_error  # type: ignore[assignment]
         with consumer:

@@ -34,6 +34,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from broker_config import topology
+from broker_config.identity import check_sender, delivery_user
 from broker_config.messaging import Broker, Delivery, QueueConsumer
 from coordinator.barrier_models import (
     BarrierArrival,
@@ -103,11 +104,14 @@ class BarrierService:
         self.engine = make_engine(db_url)
         self.sessions = session_factory(self.engine)
         self._groups: dict[str, _Group] = {}
+        #: group → node → broker user of its host, from ``group-open`` (when given)
+        self._owners: dict[str, dict[str, str]] = {}
         self.consumer = QueueConsumer(
             broker_url,
             [topology.barrier_queue()],
             BARRIER_SCHEMAS,
             batch_handler=self.handle_batch,
+            authorize=self.authorize,
             prefetch=prefetch,
             poll_interval=0.2,
         )
@@ -151,6 +155,28 @@ class BarrierService:
         self.consumer.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(join)
+
+    # --- who may send what ---
+
+    def authorize(self, delivery: Delivery) -> None:
+        """Raise ``Unauthorized`` for a sender that may not send this (see identity.py).
+
+        Runs in delivery order before the batch is handled, so the owners a
+        ``group-open`` names apply to the acknowledgements after it. Owners are
+        kept in memory: after a restart, nodes of groups opened before it are
+        checked by role (a host user) only.
+        """
+        body = delivery.body
+        node = body.get("node") if delivery.message_type != "group-failed" else None
+        check_sender(
+            delivery.message_type,
+            delivery_user(delivery.properties),
+            node=node,
+            owners=self._owners.get(str(body.get("group"))),
+            amqp=self.consumer.url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"),
+        )
+        if delivery.message_type == "group-open" and body.get("owners"):
+            self._owners[body["group"]] = dict(body["owners"])
 
     # --- the batch ---
 
@@ -212,6 +238,7 @@ class BarrierService:
             session.execute(delete(model).where(model.group_name == name))
         session.execute(delete(BarrierGroup).where(BarrierGroup.name == name))
         self._groups.pop(name, None)
+        self._owners.pop(name, None)
         log.info("group %s closed", name)
 
     def _mark_failed(self, session: Session, name: str, reason: str) -> bool:

@@ -24,8 +24,19 @@ from schemas.messages.multinode import GroupCloseSchema, GroupFailedSchema, Grou
 log = logging.getLogger(__name__)
 
 
-def create_group(broker: Broker, group: str, members: dict[str, str], *, timeout: float) -> None:
-    """Declare the group's exchange and every node's queue, then open it at the barrier."""
+def create_group(
+    broker: Broker,
+    group: str,
+    members: dict[str, str],
+    *,
+    timeout: float,
+    owners: dict[str, str] | None = None,
+) -> None:
+    """Declare the group's exchange and every node's queue, then open it at the barrier.
+
+    ``owners`` (node → broker user of its host): the barrier then accepts a
+    node's acknowledgements only from that user (broker_config/identity.py).
+    """
     topology.check_name("group", group)
     if not members:
         raise ConfigurationError(f"group {group}: a MultiNode group needs at least one node")
@@ -40,7 +51,12 @@ def create_group(broker: Broker, group: str, members: dict[str, str], *, timeout
         topology.BARRIER_EXCHANGE_NAME,
         topology.BARRIER_ROUTING_KEY,
         GroupOpenSchema(),
-        {"group": group, "members": dict(members), "timeout": float(timeout)},
+        {
+            "group": group,
+            "members": dict(members),
+            "timeout": float(timeout),
+            "owners": dict(owners or {}),
+        },
     )
     log.info("group %s created: %d nodes", group, len(members))
 

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from broker_config import topology
+from broker_config.identity import check_sender, delivery_user
 from broker_config.messaging import Broker, Delivery, QueueConsumer, run_in_thread
 from schemas.errors import GroupFailed, InfrastructureError, JobError, MultinodeTimeout
 from schemas.messages.multinode import (
@@ -71,6 +72,7 @@ class MultinodeClient:
         *,
         timeout: float,
         failure_grace: float = 5.0,
+        owners: dict[str, str] | None = None,
     ) -> None:
         topology.check_name("group", group)
         topology.check_name("node", node)
@@ -82,6 +84,9 @@ class MultinodeClient:
         self.role = members[node]
         self.timeout = timeout
         self.failure_grace = failure_grace
+        #: node → broker user of the host running it: a send is believed only
+        #: from that user (RabbitMQ validated its user_id); None: role checks only
+        self.owners = dict(owners) if owners else None
         if isinstance(broker_or_url, Broker):
             self._broker, self._own_broker = broker_or_url, False
         else:
@@ -97,6 +102,7 @@ class MultinodeClient:
             [topology.group_queue(group, node)],
             GROUP_QUEUE_SCHEMAS,
             handler=self._on_message,
+            authorize=self._authorize,
             prefetch=100,
             declare=False,
             poll_interval=0.2,
@@ -118,6 +124,21 @@ class MultinodeClient:
         return sorted(n for n, r in self.members.items() if r == role)
 
     # --- receiving (consumer thread) ---
+
+    def _authorize(self, delivery: Delivery) -> None:
+        """Only the barrier releases; a node speaks only through its own host's user."""
+        node = None
+        if delivery.message_type == "multinode-send":
+            node = delivery.body["node"]
+        elif delivery.message_type == "group-failed":
+            node = delivery.body.get("node") or ""
+        check_sender(
+            delivery.message_type,
+            delivery_user(delivery.properties),
+            node=node,
+            owners=self.owners,
+            amqp=self._broker.is_amqp,
+        )
 
     def _on_message(self, delivery: Delivery) -> None:
         body = delivery.body

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker_config import topology
-from broker_config.messaging import Broker, Delivery, QueueConsumer
+from broker_config import identity, topology
+from broker_config.messaging import Broker, Delivery, QueueConsumer, is_amqp_url
 from dispatcher.journal import Journal
 from dispatcher.runner import SubJobRunner
 from schemas.errors import InfrastructureError, LavamqError
@@ -185,8 +185,12 @@ class Dispatcher:
             [topology.device_queue(name) for name in self.devices],
             SubJobAssignmentSchema(),
             handler=self._on_assignment,
+            authorize=self._authorize,
             prefetch=1,
             poll_interval=0.2,
+            # a confined host user (lavamq broker add-host) may not declare:
+            # its device queues were declared for it
+            declare=not identity.is_host_url(self.broker_url),
         )
 
     # --- state reporting ---------------------------------------------------
@@ -215,6 +219,14 @@ class Dispatcher:
         )
 
     # --- consuming -----------------------------------------------------------
+    def _authorize(self, delivery: Delivery) -> None:
+        """Only the coordinator (or an operator) hands out sub-jobs."""
+        identity.check_sender(
+            delivery.message_type,
+            identity.delivery_user(delivery.properties),
+            amqp=is_amqp_url(self.broker_url),
+        )
+
     def _on_assignment(self, delivery: Delivery) -> None:
         a = delivery.body
         device = a["device"]

@@ -35,6 +35,8 @@ class GroupOpenSchema(MessageSchema):
     group = _name
     members = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
     timeout = fields.Float(required=True)
+    #: node → broker user of the host that runs it (who may speak for the node)
+    owners = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
 
 
 class GroupCloseSchema(MessageSchema):

@@ -1,0 +1,308 @@
+"""Least privilege with real broker users: each host confined, identities unforgeable.
+
+Users are made by ``lavamq broker add-host`` / ``add-service`` (with unique
+names: users are global on the shared broker) and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import amqp
+import pytest
+from click.testing import CliRunner
+from faults import wait_for
+
+import services
+from broker_config import identity, permissions, topology
+from broker_config.declare import ManagementAPI, declare_topology
+from broker_config.messaging import Broker
+from coordinator.barrier import BarrierService
+from coordinator.groups import create_group
+from device_agent.bridge import Bridge
+from device_agent.console import ScriptedConsole
+from device_agent.multinode import MultinodeClient
+from lavamq.cli import main
+from schemas.errors import InfrastructureError
+from schemas.messages.base import encode
+from schemas.messages.jobs import SubJobAssignmentSchema
+from schemas.messages.multinode import (
+    MultinodeReleaseSchema,
+    MultinodeSendSchema,
+    MultinodeSyncSchema,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Lab:
+    admin: str
+    vhost: services.RabbitVhost
+    host_a: str
+    host_b: str
+    dev_a: str
+    dev_b: str
+    url_a: str
+    url_b: str
+    coordinator: str
+    barrier: str
+    users: list[str]
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def lab(rabbit_vhost: services.RabbitVhost) -> Iterator[Lab]:
+    admin = rabbit_vhost.url()
+    with Broker(admin) as b:
+        declare_topology(b)
+    tag = uuid.uuid4().hex[:8]
+    host_a, host_b = f"sec-a-{tag}", f"sec-b-{tag}"
+    dev_a, dev_b = f"deva-{tag}", f"devb-{tag}"
+    password = uuid.uuid4().hex
+    users: list[str] = []
+    try:
+        for host, dev in ((host_a, dev_a), (host_b, dev_b)):
+            users.append(identity.host_user(host))
+            out = _cli(
+                "broker", "add-host", host, "--device", dev, "--password", password,
+                "--broker", admin,
+            )  # fmt: skip
+            assert f"user {identity.host_user(host)}" in out
+        coord_user = f"{identity.COORDINATOR_USER}-{tag}"
+        barrier_user = f"{identity.BARRIER_USER}-{tag}"
+        for service, user in (("coordinator", coord_user), ("barrier", barrier_user)):
+            users.append(user)
+            _cli("broker", "add-service", service, "--user", user, "--password", password,
+                 "--broker", admin)  # fmt: skip
+        yield Lab(
+            admin=admin,
+            vhost=rabbit_vhost,
+            host_a=host_a,
+            host_b=host_b,
+            dev_a=dev_a,
+            dev_b=dev_b,
+            url_a=rabbit_vhost.url(identity.host_user(host_a), password),
+            url_b=rabbit_vhost.url(identity.host_user(host_b), password),
+            coordinator=rabbit_vhost.url(coord_user, password),
+            barrier=rabbit_vhost.url(barrier_user, password),
+            users=users,
+        )
+    finally:
+        api = ManagementAPI.from_broker_url(admin)
+        for user in users:
+            permissions.remove_user(api, user)
+
+
+def _raw_channel(url: str) -> tuple[amqp.Connection, Any]:
+    parts = url.split("://", 1)[1]
+    creds, rest = parts.rsplit("@", 1)
+    user, password = (urllib.parse.unquote(p) for p in creds.split(":", 1))
+    hostport, vhost = rest.split("/", 1)
+    conn = amqp.Connection(
+        hostport,
+        userid=user,
+        password=password,
+        virtual_host=urllib.parse.unquote(vhost),
+    )
+    conn.connect()
+    return conn, conn.channel()
+
+
+def _dead_letters(admin: str, count: int, timeout: float = 15) -> list[Any]:
+    conn, channel = _raw_channel(admin)
+    got: list[Any] = []
+    try:
+
+        def more() -> bool:
+            message = channel.basic_get(topology.DEAD_QUEUE_NAME, no_ack=True)
+            if message is not None:
+                got.append(message)
+            return len(got) >= count
+
+        wait_for(more, timeout, f"{count} message(s) in lava.dead")
+    finally:
+        conn.close()
+    return got
+
+
+def _assignment(device: str) -> dict[str, Any]:
+    return {
+        "job_id": 1,
+        "subjob_id": 1,
+        "group": "g1",
+        "node": device,
+        "role": "r",
+        "device": device,
+        "device_type": "qemu",
+        "members": {device: "r"},
+        "plan": {},
+        "timeouts": {"action": 10, "multinode": 10},
+        "join_deadline": 0,
+    }
+
+
+def test_host_cannot_consume_another_hosts_device_queue(lab: Lab) -> None:
+    """Failure covered: host A reads host B's sub-jobs (and so runs or drops them)."""
+    conn, channel = _raw_channel(lab.url_a)
+    try:
+        channel.basic_consume(topology.device_queue_name(lab.dev_a), callback=lambda m: None)
+        with pytest.raises(amqp.exceptions.AccessRefused):
+            channel.basic_consume(topology.device_queue_name(lab.dev_b), callback=lambda m: None)
+    finally:
+        conn.collect()
+    # nor may it redeclare, delete or purge anything
+    conn, channel = _raw_channel(lab.url_a)
+    try:
+        with pytest.raises(amqp.exceptions.AccessRefused):
+            channel.queue_delete(topology.device_queue_name(lab.dev_a))
+    finally:
+        conn.collect()
+
+
+def test_host_cannot_publish_a_subjob_or_use_the_default_exchange(lab: Lab) -> None:
+    """Failure covered: host A hands a sub-job to host B's device, directly or by
+    publishing on the default exchange (which reaches every queue by name)."""
+    with Broker(lab.url_a) as host_a, pytest.raises(InfrastructureError, match="ACCESS_REFUSED"):
+        host_a.publish(
+            topology.DEVICE_EXCHANGE_NAME,
+            topology.device_routing_key(lab.dev_b),
+            SubJobAssignmentSchema(),
+            _assignment(lab.dev_b),
+        )
+    conn, channel = _raw_channel(lab.url_a)
+    try:
+        body = encode(SubJobAssignmentSchema(), _assignment(lab.dev_b))
+        channel.basic_publish(
+            amqp.Message(body, type="subjob-assignment"),
+            exchange="",
+            routing_key=topology.device_queue_name(lab.dev_b),
+        )
+        with pytest.raises(amqp.exceptions.AccessRefused):
+            conn.drain_events(timeout=5)
+    finally:
+        conn.collect()
+    conn, channel = _raw_channel(lab.admin)
+    try:
+        declared = channel.queue_declare(topology.device_queue_name(lab.dev_b), passive=True)
+        assert declared.message_count == 0
+    finally:
+        conn.close()
+
+
+def test_forged_user_id_is_refused_by_the_broker(lab: Lab) -> None:
+    """Failure covered: host A stamps the barrier's (or host B's) user_id on a message."""
+    for forged in (identity.BARRIER_USER, identity.host_user(lab.host_b)):
+        conn, channel = _raw_channel(lab.url_a)
+        try:
+            channel.confirm_select()
+            with pytest.raises(amqp.exceptions.PreconditionFailed, match="user_id"):
+                channel.basic_publish(
+                    amqp.Message(b"{}", type="multinode-release", user_id=forged),
+                    exchange=topology.BARRIER_EXCHANGE_NAME,
+                    routing_key=topology.BARRIER_ROUTING_KEY,
+                    confirm_timeout=5,
+                )
+                conn.drain_events(timeout=5)
+        finally:
+            conn.collect()
+
+
+def test_host_cannot_release_a_barrier_nor_speak_as_another_node(lab: Lab, tmp_path: Path) -> None:
+    """Failure covered: host A releases a sync barrier for the group, or sends
+    data / sync acknowledgements as host B's node; and a DUT's console text
+    (``node=...`` in a lava-send) makes a node speak for another."""
+    group = f"secg-{uuid.uuid4().hex[:6]}"
+    members = {lab.dev_a: "client", lab.dev_b: "server"}
+    owners = {lab.dev_a: identity.host_user(lab.host_a), lab.dev_b: identity.host_user(lab.host_b)}
+    barrier = BarrierService(lab.barrier, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
+    barrier.start()
+    with Broker(lab.coordinator) as coordinator:
+        create_group(coordinator, group, members, timeout=30, owners=owners)
+    client_a = MultinodeClient(lab.url_a, group, lab.dev_a, members, timeout=10, owners=owners)
+    client_b = MultinodeClient(lab.url_b, group, lab.dev_b, members, timeout=10, owners=owners)
+    try:
+        with Broker(lab.url_a) as host_a:
+            # a fake release on the group exchange (host A may write there to lava-send)
+            host_a.publish(
+                topology.group_exchange_name(group),
+                "",
+                MultinodeReleaseSchema(),
+                {"group": group, "kind": "sync", "message_id": "go", "generation": 1},
+            )
+            # data as if host B's node sent it
+            host_a.publish(
+                topology.group_exchange_name(group),
+                "",
+                MultinodeSendSchema(),
+                {"group": group, "node": lab.dev_b, "message_id": "ready", "data": {"x": "1"}},
+            )
+            # host B's sync acknowledgement, forged by host A at the barrier
+            host_a.publish(
+                topology.BARRIER_EXCHANGE_NAME,
+                topology.BARRIER_ROUTING_KEY,
+                MultinodeSyncSchema(),
+                {"group": group, "node": lab.dev_b, "message_id": "go", "generation": 1},
+            )
+        # fake release + fake send reach both nodes' queues (2 each), the
+        # forged sync reaches the barrier: 5 rejections, each with its reason
+        dead = _dead_letters(lab.admin, 5)
+        reasons = sorted(str(m.headers[topology.REJECT_REASON_HEADER]) for m in dead)
+        assert all(r.startswith("unauthorized: ") for r in reasons), reasons
+        assert sum("multinode-release from broker user" in r for r in reasons) == 2
+        assert sum(f"multinode-send as node '{lab.dev_b}'" in r for r in reasons) == 2
+        assert sum(f"multinode-sync as node '{lab.dev_b}'" in r for r in reasons) == 1
+        assert "ready" not in client_a._messages
+
+        # a DUT on host A names another node in its lava-send: the bridge
+        # speaks only for its own node, so the peer sees it from dev_a
+        console = ScriptedConsole("dut-a")
+        bridge = Bridge(console, client_a, timeout=10).start()
+        console.feed_output(f"<LAVA_MULTI_NODE> <LAVA_SEND hello node={lab.dev_b} group=other>\r\n")
+        assert bridge.wait_idle(10)
+        bridge.close()
+        got = client_b.wait("hello", timeout=10)
+        assert list(got) == [lab.dev_a]
+        assert got[lab.dev_a]["node"] == lab.dev_b  # just data, not identity
+
+        # the genuine sync still works: only the barrier's release counts,
+        # and it needs both real acknowledgements
+        done: list[str] = []
+        t = threading.Thread(target=lambda: (client_b.sync("go"), done.append("b")))
+        t.start()
+        client_a.sync("go")
+        t.join(15)
+        assert done == ["b"]
+    finally:
+        client_a.close()
+        client_b.close()
+        barrier.stop()
+
+
+def test_service_users_reach_only_what_they_need(lab: Lab) -> None:
+    """Failure covered: the barrier service's user consumes sub-jobs or submits
+    jobs (a stolen barrier password must not hand out the lab)."""
+    conn, channel = _raw_channel(lab.barrier)
+    try:
+        with pytest.raises(amqp.exceptions.AccessRefused):
+            channel.basic_consume(topology.device_queue_name(lab.dev_a), callback=lambda m: None)
+    finally:
+        conn.collect()
+    with Broker(lab.barrier) as b, pytest.raises(InfrastructureError, match="ACCESS_REFUSED"):
+        b.publish(
+            topology.DEVICE_EXCHANGE_NAME,
+            topology.device_routing_key(lab.dev_a),
+            SubJobAssignmentSchema(),
+            _assignment(lab.dev_a),
+        )
