@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker_config import topology
-from broker_config.messaging import Broker, Delivery, QueueConsumer
+from broker_config.identity import check_sender, delivery_user
+from broker_config.messaging import Broker, Delivery, QueueConsumer, is_amqp_url
 from coordinator import groups
 from coordinator.aggregate import ResultsAggregator
 from coordinator.scheduler import (
@@ -104,6 +105,7 @@ class CoordinatorService:
                 [topology.rpc_queue(), topology.control_queue(), topology.results_queue()],
                 schemas,
                 handler=self._handle,
+                authorize=self._authorize,
                 idle_callback=self._tick,
                 poll_interval=min(0.25, s.schedule_interval),
                 prefetch=20,
@@ -118,6 +120,16 @@ class CoordinatorService:
             self.consumer.stop()
 
     # --- deliveries -------------------------------------------------------
+
+    def _authorize(self, delivery: Delivery) -> None:
+        """A host reports only for itself; RPC (submit, cancel...) is for operators."""
+        host = delivery.body.get("host") if delivery.message_type in CONTROL_MESSAGES else None
+        check_sender(
+            delivery.message_type,
+            delivery_user(delivery.properties),
+            host=host,
+            amqp=is_amqp_url(self.settings.broker_url),
+        )
 
     def _handle(self, delivery: Delivery) -> None:
         if delivery.message_type in RPC_REQUESTS:
