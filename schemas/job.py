@@ -52,7 +52,11 @@ log = logging.getLogger(__name__)
 MAX_JOB_BYTES = 4 * 1024 * 1024
 
 
-class _StrictYamlLoader(yaml.SafeLoader):
+#: libyaml's parser when PyYAML was built with it (several times faster), else pure Python
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictYamlLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """SafeLoader that reports duplicate keys instead of keeping the last one."""
 
 
