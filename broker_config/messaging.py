@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kombu import Connection, Consumer, Exchange, Queue
+from kombu.exceptions import OperationalError
 from kombu.message import Message
 
 from broker_config import topology
@@ -129,7 +130,7 @@ class Broker:
             if self._channel is None:
                 try:
                     self.connection.ensure_connection(max_retries=self.max_retries)
-                except self.connection.connection_errors as exc:
+                except (*self.connection.connection_errors, OperationalError, OSError) as exc:
                     raise InfrastructureError(
                         f"cannot connect to the broker at {self.safe_url()}: {exc}"
                     ) from exc

@@ -69,13 +69,17 @@ class Progress:
             return self.cond.wait_for(lambda: min(self.rounds.values()) >= rnd, timeout)
 
 
-def test_broker_outage_mid_group_loses_and_duplicates_nothing(
-    rabbit_url: str, tmp_path: Path
+@pytest.mark.parametrize("fault", ["broker-outage", "barrier-sigkill"])
+def test_faults_mid_group_lose_and_duplicate_nothing(
+    rabbit_url: str, tmp_path: Path, fault: str
 ) -> None:
-    """Failure covered: the broker goes away (every connection cut, reconnects
-    refused) three times while a 4-node group sends and syncs. Every client and
-    the barrier service reconnect, re-declare and resume; of 1,200 lava-send
-    and 100 lava-sync barriers nothing is lost and nothing reaches a waiter twice.
+    """Failures covered: (broker-outage) the broker goes away — every
+    connection cut, reconnects refused — three times while a 4-node group
+    sends and syncs; (barrier-sigkill) the barrier service is SIGKILLed three
+    times at those points and restarted. Every client and the barrier service
+    reconnect, re-declare and resume; of 1,200 lava-send and 100 lava-sync
+    barriers nothing is lost, every barrier releases exactly once, and nothing
+    reaches a waiter twice.
     """
     with Broker(rabbit_url) as admin:
         declare_topology(admin)
@@ -115,7 +119,10 @@ def test_broker_outage_mid_group_loses_and_duplicates_nothing(
         cut_connections = 0
         for at in OUTAGES_AT:
             assert progress.wait_all_reach(at, 60), f"group stalled before round {at}"
-            cut_connections += proxy.outage(refuse_attempts=2)
+            if fault == "broker-outage":
+                cut_connections += proxy.outage(refuse_attempts=2)
+            else:
+                barrier.restart()
         for t in threads:
             t.join(120)
         try:
@@ -147,8 +154,16 @@ def test_broker_outage_mid_group_loses_and_duplicates_nothing(
                 c.close()
             barrier.stop()
 
-        assert proxy.cuts == len(OUTAGES_AT) and cut_connections >= len(NODES) + 1
-        assert proxy.refused >= 2 * len(OUTAGES_AT)
+        if fault == "broker-outage":
+            assert proxy.cuts == len(OUTAGES_AT) and cut_connections >= len(NODES) + 1
+            assert proxy.refused >= 2 * len(OUTAGES_AT)
+            what = (
+                f"{len(OUTAGES_AT)} broker outages via proxy "
+                f"({cut_connections} connections cut, {proxy.refused} reconnects refused)"
+            )
+        else:
+            assert barrier.kills == len(OUTAGES_AT) and barrier.starts == len(OUTAGES_AT) + 1
+            what = f"barrier service SIGKILLed and restarted {barrier.kills} times"
         assert not unexpected, f"unexpected deliveries: {sorted(unexpected)[:5]}"
         assert lost == 0
         assert duplicated == 0, [
@@ -156,9 +171,8 @@ def test_broker_outage_mid_group_loses_and_duplicates_nothing(
         ]
         record_reliability(
             {
-                "test": "broker outage mid-group",
-                "fault": f"{len(OUTAGES_AT)} broker outages via proxy "
-                f"({cut_connections} connections cut, {proxy.refused} reconnects refused)",
+                "test": f"{fault} mid-group",
+                "fault": what,
                 "faults": len(OUTAGES_AT),
                 "sent": f"{len(expected_sends)} lava-send, {ROUNDS} lava-sync barriers "
                 f"({ROUNDS * len(NODES)} sync calls)",
