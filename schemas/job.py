@@ -34,6 +34,7 @@ from schemas.jobmodel import (
 __all__ = [
     "FORMAT_2014",
     "FORMAT_YAML",
+    "MAX_JOB_BYTES",
     "ActionPlan",
     "JobPlan",
     "JobValidationError",
@@ -183,6 +184,12 @@ def load_job(text: str | bytes, source: str = "<job>") -> JobPlan:
     if not problems:
         if not isinstance(data, dict):
             problems.add("file", f"must hold a job: a mapping of keys (got {kind_of(data)})")
+        elif "run" in data and "metadata" in data and "actions" not in data:
+            problems.add(
+                "file",
+                "is a LAVA test definition (metadata, run), not a job file: "
+                "name it in a job's test definitions",
+            )
         elif detect_format(data, syntax) == FORMAT_2014:
             plan = load_2014(data, problems, source)
         else:

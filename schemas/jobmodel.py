@@ -408,6 +408,8 @@ class TextList(_Strict):
 class Anything(fields.Raw):
     """Any value: accepted and passed through (checked for JSON safety later)."""
 
+    default_error_messages = {"required": "is required", "null": "must not be null"}
+
 
 def is_number(value: Any) -> bool:
     return (

@@ -235,6 +235,7 @@ CASES_2014: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ["device_group: must be a list of roles (got a mapping)"],
     ),
     ("no-actions", _set("actions", []), ["actions: must list at least one action"]),
+    ("actions-missing", _set("actions", DELETE), ["actions: is required"]),
     (
         "is-slave-string",
         _set("device_group[0].is_slave", "yes"),
@@ -577,6 +578,14 @@ SYNTAX_CASES = [
     ("not-a-mapping", "[1, 2]", ["file: must hold a job: a mapping of keys (got a list)"]),
     ("scalar", "just words", ["file: must hold a job: a mapping of keys (got a string)"]),
     ("empty", "  \n", ["file: is empty"]),
+    (
+        "test-definition-not-job",
+        "metadata:\n  name: smoke\nrun:\n  steps: [true]\n",
+        [
+            "file: is a LAVA test definition (metadata, run), not a job file: "
+            "name it in a job's test definitions"
+        ],
+    ),
     (
         "python-tag",
         "job_name: !!python/object/apply:os.system ['true']\n",
