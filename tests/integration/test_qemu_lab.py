@@ -1,0 +1,317 @@
+"""The QEMU examples through the whole lab on the real RabbitMQ.
+
+Real processes: ``lavamq coordinator``, ``lavamq barrier`` and two
+``lavamq dispatcher`` hosts whose devices are QEMU VMs (the project's test
+image). The example job files are submitted unchanged except for two URLs:
+the images (``make test-image``) and the git repository holding the test
+definitions (a throw-away repository with this checkout's examples/).
+Results are read from ``lava.results`` (a queue of the test's own bound next
+to the coordinator's) and aggregated into the group's result bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Queue
+
+import services
+from broker_config import topology
+from coordinator.results import CaseResult, NodeOutcome, build_bundle, bundle_table
+from coordinator.rpc import CoordinatorClient
+from device_agent.devices.qemu import qemu_pids
+from schemas.messages.base import decode
+from schemas.messages.console import TestResultSchema
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = Path(os.environ.get("LAVAMQ_TEST_IMAGES", ROOT / "images"))
+EXAMPLE_IMAGES = "file:///var/lib/lavamq/images"
+EXAMPLE_REPO = "https://git.example.org/lavamq.git"
+
+
+def require_qemu_lab() -> None:
+    missing = []
+    for tool, package in (("qemu-system-x86_64", "qemu-system-x86"), ("vde_switch", "vde2")):
+        if shutil.which(tool) is None:
+            missing.append(f"{tool} (apt-get install {package})")
+    for name in ("vmlinuz", "initramfs.cpio.gz"):
+        if not (IMAGES / name).is_file():
+            missing.append(f"{IMAGES / name} (run `make test-image`)")
+    if missing:
+        services.missing_service("QEMU lab test setup: " + ", ".join(missing))
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not met within {timeout} s"
+        time.sleep(0.1)
+
+
+class Service:
+    """A ``lavamq`` sub-command as a real process; ``start`` waits for its readiness line."""
+
+    def __init__(self, ready: str, *args: str) -> None:
+        self.ready = ready
+        self.args = [sys.executable, "-c", "from lavamq.cli import main; main()", *args]
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    def start(self, timeout: float = 30.0) -> Service:
+        lines: queue.Queue[str] = queue.Queue()
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        out = self.proc.stdout
+        assert out is not None
+
+        def pump() -> None:
+            for line in out:
+                self.output.append(line)
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                assert self.proc.poll() is None, f"{self.args[3]} exited:\n" + "".join(self.output)
+                continue
+            if line.strip() == self.ready:
+                return self
+        raise AssertionError(f"no line {self.ready!r}:\n" + "".join(self.output))
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def host_config(tmp_path: Path, url: str, host: str, devices: list[str]) -> Path:
+    lines = [
+        "[host]",
+        f'name = "{host}"',
+        f'broker_url = "{url}"',
+        f'workdir = "{tmp_path / host}"',
+        "heartbeat_interval = 1.0",
+    ]
+    for name in devices:
+        lines += [
+            "",
+            "[[device]]",
+            f'name = "{name}"',
+            'device_type = "qemu"',
+            "[device.settings]",
+            f'runtime_dir = "{tmp_path / "rt" / host}"',
+            # both hosts run on this machine: one shared place for group switches
+            f'vmnet_dir = "{tmp_path / "vmnet"}"',
+        ]
+    path = tmp_path / f"{host}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def examples_repo(tmp_path: Path) -> str:
+    """A git repository holding this checkout's QEMU examples, as a job would clone it."""
+    repo = tmp_path / "examples-repo"
+    for example in ("qemu-client-server", "qemu-network"):
+        shutil.copytree(ROOT / "examples" / example, repo / "examples" / example)
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="lab",
+        GIT_AUTHOR_EMAIL="lab@example.org",
+        GIT_COMMITTER_NAME="lab",
+        GIT_COMMITTER_EMAIL="lab@example.org",
+    )
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "examples"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+    return repo.as_uri()
+
+
+def job_text(example: str, repo: str) -> str:
+    text = (ROOT / "examples" / example / "job.yaml").read_text()
+    assert EXAMPLE_IMAGES in text and EXAMPLE_REPO in text
+    return text.replace(EXAMPLE_IMAGES, IMAGES.resolve().as_uri()).replace(EXAMPLE_REPO, repo)
+
+
+class ResultTap:
+    """A queue of our own bound to ``lava.results``: a copy of every result."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.queue = Queue(
+            f"test-results-{uuid.uuid4().hex[:8]}",
+            exchange=topology.results_exchange(),
+            routing_key="#",
+            durable=False,
+        )
+        with Connection(url) as conn:
+            topology.results_exchange()(conn.default_channel).declare()
+            self.queue(conn.default_channel).declare()
+
+    def drain(self) -> list[dict[str, Any]]:
+        found = []
+        with Connection(self.url) as conn:
+            q = self.queue(conn.default_channel)
+            while (msg := q.get(no_ack=True)) is not None:
+                found.append(decode(TestResultSchema(), msg.body))
+        return found
+
+
+class QemuLab:
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
+        self.tmp_path = tmp_path
+        db = f"sqlite:///{tmp_path / 'lab.sqlite'}"
+        self.services = [
+            Service("lavamq coordinator ready", "coordinator", "--broker", url, "--db", db,
+                    "--schedule-interval", "0.2"),
+            Service("lavamq barrier ready", "barrier", "--broker", url,
+                    "--db", f"sqlite:///{tmp_path / 'barrier.sqlite'}"),
+        ]  # fmt: skip
+        for host, devices in (("host-a", ["qemu-a1", "qemu-a2"]), ("host-b", ["qemu-b1"])):
+            config = host_config(tmp_path, url, host, devices)
+            self.services.append(
+                Service(f"lavamq dispatcher {host} ready", "dispatcher", "--config", str(config))
+            )
+        for service in self.services:
+            service.start()
+        self.client = CoordinatorClient(url, timeout=20)
+        self.tap = ResultTap(url)
+        self.results: list[dict[str, Any]] = []
+        wait_until(lambda: len(self.client.devices()) == 3, 30, "three QEMU devices registered")
+        self.repo = examples_repo(tmp_path)
+
+    def submit(self, example: str) -> int:
+        reply = self.client.submit(job_text(example, self.repo), f"{example}/job.yaml", "lab-test")
+        return int(reply["job_id"])
+
+    def finished(self, job_id: int, timeout: float) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            job = self.client.job(job_id)
+            states = {s["state"] for s in job["subjobs"]}
+            if states <= {"complete", "incomplete", "canceled"}:
+                return job
+            return None
+
+        job: dict[str, Any] = wait_until(done, timeout, f"job {job_id} to finish")
+        return job
+
+    def bundle(self, job: dict[str, Any]) -> dict[str, Any]:
+        self.results += self.tap.drain()
+        mine = [r for r in self.results if str(r["job"]) == str(job["id"])]
+        nodes = [
+            NodeOutcome(
+                node=s["device"],
+                role=s["role"],
+                device=s["device"],
+                state=s["state"],
+                error_type=s["error_type"],
+                message=s["message"],
+            )
+            for s in job["subjobs"]
+        ]
+        cases = [
+            CaseResult(
+                node=r["node"],
+                test_run=r["suite"],
+                case=r["case"],
+                result=r["result"],
+                measurement=r["measurement"],
+                units=r["units"],
+            )
+            for r in mine
+        ]
+        return build_bundle({"id": job["id"], "name": job.get("name", "")}, nodes, cases)
+
+    def logs(self) -> str:
+        return "".join("".join(s.output) for s in self.services)
+
+    def close(self) -> None:
+        self.client.close()
+        for service in reversed(self.services):
+            service.stop()
+
+
+@pytest.fixture
+def qemu_lab(rabbit_url: str, tmp_path: Path) -> Iterator[QemuLab]:
+    require_qemu_lab()
+    lab = QemuLab(rabbit_url, tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.close()
+        left = qemu_pids(str(tmp_path))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"QEMU processes survived the lab: {left}"
+
+
+def cases_of(bundle: dict[str, Any], role: str) -> dict[str, str]:
+    out = {}
+    for node in bundle["nodes"]:
+        if node["role"] == role:
+            for run in node["test_runs"]:
+                for case in run["cases"]:
+                    out[case["name"]] = case["result"]
+    return out
+
+
+def test_qemu_examples_through_the_lab(qemu_lab: QemuLab) -> None:
+    # --- 2 nodes: server and client on two hosts, over their group network
+    job_id = qemu_lab.submit("qemu-client-server")
+    job = qemu_lab.finished(job_id, 240)
+    bundle = qemu_lab.bundle(job)
+    table = bundle_table(bundle)
+    assert bundle["job"]["status"] == "complete", table + qemu_lab.logs()[-5000:]
+    assert bundle["job"]["passed"], table
+    server, client = cases_of(bundle, "server"), cases_of(bundle, "client")
+    for case in ("server-has-address", "server-listening", "client-reported-pass"):
+        assert server.get(case) == "pass", (case, table)
+    for case in ("client-got-address", "client-ping-server", "client-http-get"):
+        assert client.get(case) == "pass", (case, table)
+    assert client.get("client-page-content") == "pass", table
+    assert bundle["summary"]["fail"] == 0
+
+    # --- 3 nodes: lava-network broadcast/collect/query/hosts and lava-sync
+    job_id = qemu_lab.submit("qemu-network")
+    job = qemu_lab.finished(job_id, 300)
+    bundle = qemu_lab.bundle(job)
+    table = bundle_table(bundle)
+    assert bundle["job"]["status"] == "complete", table + qemu_lab.logs()[-5000:]
+    assert len(bundle["nodes"]) == 3
+    for node in bundle["nodes"]:
+        cases = {c["name"]: c["result"] for run in node["test_runs"] for c in run["cases"]}
+        for case in (
+            "network-broadcast",
+            "network-collect",
+            "network-hosts",
+            "hosts-has-every-node",
+            "ping-every-peer",
+            "mac-of-self",
+        ):
+            assert cases.get(case) == "pass", (node["node"], case, table)
+    assert bundle["job"]["passed"], table
