@@ -602,6 +602,8 @@ class QemuDevice(Device):
         #: seconds from QEMU start to the first prompt of the last boot
         self.last_boot_seconds: float | None = None
         self._qemu_started = 0.0
+        #: the running VM was started by connect() and has not been booted yet
+        self._fresh = False
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> list[str]:
@@ -819,14 +821,25 @@ class QemuDevice(Device):
             open_timeout=10.0,
         )
 
-    def boot(self, timeout: float, setup: Sequence[str] = ()) -> ConsoleBase:
-        """Start the VM and wait for its shell prompt.
+    def connect(self) -> ConsoleBase:
+        """The VM's console; with images set and the VM off, this starts the VM.
 
-        Unlike a board, QEMU's console only exists once QEMU runs; ``wait=on``
-        holds the guest until the console is connected, so nothing is lost.
+        QEMU's console only exists once QEMU runs, and ``wait=on`` holds the
+        guest until it is connected: a caller that opens the console before
+        booting (to log every byte) gets the whole boot output, and the
+        following :meth:`boot` uses this fresh VM instead of restarting it.
         """
+        if (self.process is None or not self.process.running()) and self.images:
+            self.power_on()
+            self._fresh = True
+        return super().connect()
+
+    def boot(self, timeout: float, setup: Sequence[str] = ()) -> ConsoleBase:
+        """Start the VM (unless :meth:`connect` just did) and wait for its shell prompt."""
         deadline = time.monotonic() + timeout
-        self.power_off()
+        fresh, self._fresh = self._fresh, False
+        if not (fresh and self.process is not None and self.process.running()):
+            self.power_off()
         try:
             self.power_on()
             console = self.connect()
