@@ -173,7 +173,7 @@ def test_test_case_signals(dut: Dut) -> None:
     assert (
         out == "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=speed RESULT=pass MEASUREMENT=12.5 UNITS=MB/s>\n"
     )
-    rc, out, _ = dut.run("lava-test-case", "t", "--shell", "echo", "inside;", "false")
+    rc, out, _ = dut.run("lava-test-case", "t", "--shell", "echo inside; false")
     assert (rc, out) == (
         0,
         "<LAVA_SIGNAL_STARTTC t>\ninside\n<LAVA_SIGNAL_ENDTC t>\n"
@@ -182,6 +182,28 @@ def test_test_case_signals(dut: Dut) -> None:
     assert dut.run("lava-test-case", "t", "--result", "maybe")[0] == 1
     assert dut.run("lava-test-case", "t")[0] == 1
     assert (dut.root / "overlay/results/results/speed/measurement").read_text() == "12.5\n"
+
+
+def test_test_case_shell_keeps_each_argument(dut: Dut) -> None:
+    def result(*command: str) -> str:
+        rc, out, err = dut.run("lava-test-case", "t", "--shell", *command)
+        assert rc == 0, err
+        return out.splitlines()[-1]
+
+    passed = "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=t RESULT=pass>"
+    failed = "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=t RESULT=fail>"
+    # arguments holding spaces, quotes and shell characters reach the command as given
+    assert result("test", "a b", "=", "a b") == passed
+    assert result("test", "a b", "=", "a  b") == failed
+    assert result("test", "x;y", "=", "x;y") == passed
+    assert result("test", "$HOME", "=", "$" + "HOME") == passed
+    assert result("test", "it's", "=", "it's") == passed
+    assert result("sh", "-c", 'test "$1" = "p q"', "sh", "p q") == passed
+    rc, out, _ = dut.run("lava-test-case", "t", "--shell", "printf", "[%s]\\n", "a b", "c")
+    assert out.splitlines()[1:3] == ["[a b]", "[c]"]
+    # one argument is a shell command line: pipes work, the exit status is the last command's
+    assert result("echo hello | grep -q hello") == passed
+    assert result("echo hello | grep -q bye") == failed
 
 
 NETWORK_CACHE = (
