@@ -23,10 +23,12 @@ reported in the log and on the console (as a shell comment line, harmless
 at a prompt and skipped by a waiting helper); a blocking call also gets its
 ``nack``, so the helper exits 1 and the job goes on.
 
-Test results: ``<LAVA_SIGNAL_TESTCASE ...>``, ``<LAVA_SIGNAL_STARTRUN name
-uuid>`` and ``<LAVA_SIGNAL_ENDRUN name uuid>`` become result records handed
-to ``on_result`` (if given), as does the ``multinode-lava_sync-<id>`` result
-of each ``lava-sync``.
+Test results: the bridge hands ``on_result`` (if given) the
+``multinode-lava_sync-<id>`` pass/fail result of each ``lava-sync``, the one
+result only it knows of. It does not read ``<LAVA_SIGNAL_TESTCASE ...>`` or
+the test-run frames: ``parse_result`` below is the one parser of those
+signals, and the dispatcher's result tracker (which also knows the test
+run in progress and its ``parse:`` patterns) is the one reader that calls it.
 """
 
 from __future__ import annotations
@@ -179,7 +181,12 @@ def format_reply(
 
 
 def parse_result(line: str, suite: str | None = None) -> dict[str, Any] | None:
-    """A result record from a test-case or test-run signal, or None."""
+    """A result record from a test-case or test-run signal, or None.
+
+    ``{"kind": "testcase", suite, case, result[, measurement][, units]}`` (with
+    ``bad_measurement`` instead of ``measurement`` when it is not a number),
+    ``{"kind": "startrun"|"endrun", suite, uuid}`` or ``{"kind": "invalid", line}``.
+    """
     match = TESTCASE_RE.search(line)
     if match:
         fields: dict[str, str] = {}
@@ -200,7 +207,8 @@ def parse_result(line: str, suite: str | None = None) -> dict[str, Any] | None:
             try:
                 record["measurement"] = float(fields["MEASUREMENT"])
             except ValueError:
-                return {"kind": "invalid", "line": line.strip()}
+                # the result stands; only the measurement is unusable
+                record["bad_measurement"] = fields["MEASUREMENT"]
         if "UNITS" in fields:
             record["units"] = fields["UNITS"]
         return record
@@ -243,7 +251,6 @@ class Bridge:
         self._discarding: str | None = None
         self._typed: deque[str] = deque(maxlen=64)
         self._typed_lock = threading.Lock()
-        self._suite: str | None = None
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._idle = threading.Condition()
@@ -280,7 +287,7 @@ class Bridge:
     def note_input(self, text: str) -> None:
         """What the dispatcher types: remembered so that its echo is not taken as a signal."""
         for line in text.splitlines():
-            if MULTINODE_MARK in line or "<LAVA_SIGNAL_" in line:
+            if MULTINODE_MARK in line:
                 with self._typed_lock:
                     self._typed.append(line.strip())
 
@@ -322,15 +329,7 @@ class Bridge:
 
     def handle_line(self, line: str) -> None:
         """One complete console line (already cleaned of escapes and CRs)."""
-        has_signal = MULTINODE_MARK in line
-        has_result = "<LAVA_SIGNAL_" in line
-        if not (has_signal or has_result):
-            return
-        if self._is_echo(line):
-            return
-        if has_result:
-            self._handle_result(line)
-        if not has_signal:
+        if MULTINODE_MARK not in line or self._is_echo(line):
             return
         try:
             signal = parse_signal(line, max_chars=self.max_signal)
@@ -340,21 +339,6 @@ class Bridge:
             return
         if signal is not None:
             self._submit(lambda: self._call(signal))
-
-    def _handle_result(self, line: str) -> None:
-        record = parse_result(line, self._suite)
-        if record is None:
-            return
-        if record["kind"] == "startrun":
-            self._suite = record["suite"]
-        elif record["kind"] == "endrun":
-            self._suite = None
-        elif record["kind"] == "invalid":
-            self._say("warning", f"{self.node}: ignoring a malformed test result {_quote(line)}")
-            return
-        if self.on_result is not None:
-            callback = self.on_result
-            self._submit(lambda: callback(record))
 
     # --- worker side ----------------------------------------------------------
     def _submit(self, job: Callable[[], None]) -> None:
@@ -406,11 +390,11 @@ class Bridge:
         self.console.sendline(reply)
 
     def _sync_result(self, message_id: str, result: str) -> None:
+        # no suite: the caller knows the test run in progress (the bridge reads no frames)
         if self.on_result is not None:
             self.on_result(
                 {
                     "kind": "testcase",
-                    "suite": self._suite,
                     "case": f"multinode-lava_sync-{message_id}",
                     "result": result,
                 }

@@ -22,10 +22,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from device_agent.bridge import parse_result
 from dispatcher.action import Action, ActionTimeout, JobContext, remaining
 from dispatcher.joblog import now_iso
 from dispatcher.testdef import (
-    RESULTS,
     RUNNER_EXIT,
     FetchedTest,
     PatternParser,
@@ -39,10 +39,7 @@ from schemas.errors import InfrastructureError, JobError
 
 log = logging.getLogger(__name__)
 
-STARTRUN = re.compile(r"<LAVA_SIGNAL_STARTRUN (\S+) (\S+)>")
-ENDRUN = re.compile(r"<LAVA_SIGNAL_ENDRUN (\S+) (\S+)>")
-TESTCASE = re.compile(r"<LAVA_SIGNAL_TESTCASE ([^>]*)>")
-_KV = re.compile(r"(\w+)=(\S+)")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class ResultTracker:
@@ -50,7 +47,9 @@ class ResultTracker:
 
     Lines are reassembled from raw console chunks. A signal is taken wherever
     it starts on its line, unless ``echo`` comes before it there: the shell's
-    echo of a typed command that *prints* a signal is never counted.
+    echo of a typed command that *prints* a signal is never counted. This is
+    the one reader of result signals (parsed by ``device_agent.bridge.parse_result``);
+    the bridge only adds the ``lava-sync`` results, through ``sync_result``.
     """
 
     def __init__(
@@ -84,7 +83,7 @@ class ResultTracker:
                 self.line(line.rstrip("\r"))
 
     def line(self, line: str) -> None:
-        stripped = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).strip()
+        stripped = ANSI_ESCAPE.sub("", line).strip()
         # a signal may follow other text on its line (the tty's echo of a reply the
         # dispatcher typed, say), but a shell command that prints one is not a signal
         signal_at = stripped.find("<LAVA_SIGNAL_")
@@ -92,37 +91,33 @@ class ResultTracker:
             if "echo" in stripped[:signal_at]:
                 return
             stripped = stripped[signal_at:]
-        if m := STARTRUN.match(stripped):
-            self.current = m.group(1)
-            self.started.append(m.group(1))
-            self.say(f"test run {m.group(1)} started (uuid {m.group(2)})")
+        record = parse_result(stripped) if signal_at >= 0 else None
+        if record is not None and record["kind"] == "startrun":
+            self.current = record["suite"]
+            self.started.append(record["suite"])
+            self.say(f"test run {record['suite']} started (uuid {record['uuid']})")
             return
-        if m := ENDRUN.match(stripped):
-            run_id = m.group(1)
+        if record is not None and record["kind"] == "endrun":
+            run_id = record["suite"]
             self.ended.append(run_id)
             self.say(f"test run {run_id} ended")
-            self._result("lava", run_id, "pass", extra={"uuid": m.group(2)})
+            self._result("lava", run_id, "pass", extra={"uuid": record["uuid"]})
             self.current = None
             return
-        if m := TESTCASE.match(stripped):
-            fields = dict(_KV.findall(m.group(1)))
-            case = fields.get("TEST_CASE_ID")
-            result = (fields.get("RESULT") or "").lower()
-            if not case or result not in RESULTS:
-                self.say(f"malformed test case signal ignored: {stripped[:200]!r}")
-                return
-            measurement: float | None = None
-            if "MEASUREMENT" in fields:
-                try:
-                    measurement = float(fields["MEASUREMENT"])
-                except ValueError:
-                    self.say(f"test case {case}: measurement {fields['MEASUREMENT']!r} ignored")
+        if record is not None and record["kind"] == "invalid":
+            self.say(f"malformed test case signal ignored: {stripped[:200]!r}")
+            return
+        if record is not None:
+            if "bad_measurement" in record:
+                self.say(
+                    f"test case {record['case']}: measurement {record['bad_measurement']!r} ignored"
+                )
             self._result(
                 self.current or "lava",
-                case,
-                result,
-                measurement=measurement,
-                units=fields.get("UNITS"),
+                record["case"],
+                record["result"],
+                measurement=record.get("measurement"),
+                units=record.get("units"),
             )
             return
         if self.current and self.current in self._parsers:
@@ -157,6 +152,10 @@ class ResultTracker:
                 "extra": extra or {},
             }
         )
+
+    def sync_result(self, rec: dict[str, Any]) -> None:
+        """The bridge's ``multinode-lava_sync-<id>`` result, in the test run in progress."""
+        self._result(self.current or "lava", str(rec["case"]), str(rec["result"]))
 
     def unfinished(self) -> list[str]:
         """Test runs that started but never printed their end signal."""
@@ -229,8 +228,10 @@ class LavaTestShellAction(Action):
 
         tracker = ResultTracker(tests, lambda rec: record_result(ctx, rec), ctx.log.info)
         failures: list[Exception] = []
-        bridge = self._start_bridge(ctx, connection, tracker, failures)
+        # the tracker listens first: it has seen a run's start before the bridge acts on a
+        # lava-sync printed after it, so the sync result lands in that run
         connection.add_listener(tracker.feed)
+        bridge = self._start_bridge(ctx, connection, tracker, failures)
         try:
             connection.sendline(f"{target}/bin/lava-test-runner")
             self._wait_for_runner(connection, deadline, ctx, failures)
@@ -307,25 +308,18 @@ class LavaTestShellAction(Action):
     def _start_bridge(
         self, ctx: JobContext, console: Any, tracker: ResultTracker, failures: list[Exception]
     ) -> Any:
-        """The bridge answers MultiNode signals; test-case results stay with the tracker
-        (it also applies ``parse: pattern``), except the ``lava-sync`` results only the
-        bridge knows of."""
+        """The bridge answers MultiNode signals and hands the ``lava-sync`` results
+        (the only results it produces) to the tracker, which records every result."""
         if ctx.multinode is None:
             return None
         from device_agent.bridge import Bridge
-
-        def on_result(rec: dict[str, Any]) -> None:
-            case = str(rec.get("case") or "")
-            if rec.get("kind") == "testcase" and case.startswith("multinode-lava_sync-"):
-                suite = rec.get("suite") or tracker.current or "lava"
-                record_result(ctx, {"suite": suite, "case": case, "result": rec["result"]})
 
         bridge = Bridge(
             console,
             ctx.multinode,
             log=ctx.log,
             timeout=ctx.timeouts.get("multinode"),
-            on_result=on_result,
+            on_result=tracker.sync_result,
             on_failure=failures.append,
         )
         bridge.start()

@@ -185,22 +185,20 @@ def test_failed_calls_nack_record_and_tell_the_dispatcher(error: Exception) -> N
     bridge.close()
     assert console.sent[-1] == "<LAVA_SYNC_COMPLETE nack>"
     assert failures == [error]
-    assert results[-1] == {
-        "kind": "testcase",
-        "suite": "0_mn",
-        "case": "multinode-lava_sync-x",
-        "result": "fail",
-    }
+    assert results == [{"kind": "testcase", "case": "multinode-lava_sync-x", "result": "fail"}]
 
 
-def test_results_are_handed_over_with_their_suite() -> None:
+def test_only_sync_results_are_handed_over() -> None:
+    # test cases and test-run frames are the result tracker's to read: one reader, not two
     console, _, bridge, results = make(echo=False)
     console.feed_output(
         "<LAVA_SIGNAL_STARTRUN 0_smoke u1>\r\n"
         "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=boot RESULT=pass>\r\n"
+        "<LAVA_MULTI_NODE> <LAVA_SYNC up>\r\n"
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=bad RESULT=maybe>\r\n"
         "<LAVA_SIGNAL_ENDRUN 0_smoke u1>\r\n"
     )
     assert bridge.wait_idle(5)
     bridge.close()
-    assert [r["kind"] for r in results] == ["startrun", "testcase", "endrun"]
-    assert results[1]["suite"] == "0_smoke"
+    assert results == [{"kind": "testcase", "case": "multinode-lava_sync-up", "result": "pass"}]
+    assert bridge.errors == []

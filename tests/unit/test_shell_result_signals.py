@@ -1,0 +1,71 @@
+"""lava-test-shell's results: one reader of result signals, with the bridge's lava-sync results."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+from device_agent.console import ScriptedConsole
+from dispatcher.actions.test_shell import LavaTestShellAction, ResultTracker
+
+
+class SyncClient:
+    self_name = "node-a"
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail = fail
+
+    def sync(self, message_id: str, timeout: float | None = None) -> None:
+        if self.fail is not None:
+            raise self.fail
+
+
+def wired(client: SyncClient) -> tuple[ScriptedConsole, Any, list[dict[str, Any]]]:
+    """A console with the tracker and the bridge attached as the test shell attaches them."""
+    console = ScriptedConsole("dut")
+    results: list[dict[str, Any]] = []
+    tracker = ResultTracker({}, results.append, logging.getLogger("test").info)
+    console.add_listener(tracker.feed)
+    ctx = SimpleNamespace(multinode=client, log=logging.getLogger("test"), timeouts={})
+    action = LavaTestShellAction({"definitions": []})
+    bridge = action._start_bridge(ctx, console, tracker, [])  # type: ignore[arg-type]
+    return console, bridge, results
+
+
+def test_every_result_once_and_the_sync_result_in_its_test_run() -> None:
+    console, bridge, results = wired(SyncClient())
+    console.feed_output(
+        "<LAVA_SIGNAL_STARTRUN 0_smoke u1>\r\n"
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=boot RESULT=pass MEASUREMENT=1.5 UNITS=s>\r\n"
+        "<LAVA_MULTI_NODE> <LAVA_SYNC up>\r\n"
+    )
+    assert bridge.wait_idle(5)
+    assert console.sent == ["<LAVA_SYNC_COMPLETE>"]
+    console.feed_output(
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=speed RESULT=pass MEASUREMENT=fast>\r\n"
+        "<LAVA_SIGNAL_ENDRUN 0_smoke u1>\r\n"
+    )
+    assert bridge.wait_idle(5)
+    bridge.close()
+    assert [(r["suite"], r["case"], r["result"], r["measurement"]) for r in results] == [
+        ("0_smoke", "boot", "pass", 1.5),
+        ("0_smoke", "multinode-lava_sync-up", "pass", None),
+        # an unusable measurement drops the measurement, not the result
+        ("0_smoke", "speed", "pass", None),
+        ("lava", "0_smoke", "pass", None),
+    ]
+    assert results[0]["units"] == "s"
+
+
+def test_a_failed_sync_is_a_failed_result() -> None:
+    from schemas.errors import MultinodeTimeout
+
+    console, bridge, results = wired(SyncClient(MultinodeTimeout("lava-sync 'up': timed out")))
+    console.feed_output("<LAVA_SIGNAL_STARTRUN 1_mn u2>\n<LAVA_MULTI_NODE> <LAVA_SYNC up>\n")
+    assert bridge.wait_idle(5)
+    bridge.close()
+    assert console.sent[-1] == "<LAVA_SYNC_COMPLETE nack>"
+    assert [(r["suite"], r["case"], r["result"]) for r in results] == [
+        ("1_mn", "multinode-lava_sync-up", "fail")
+    ]
