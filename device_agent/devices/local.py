@@ -20,11 +20,17 @@ documentation range 192.0.2.0/24. ``settings.network`` chooses: ``auto``
 
 Power off kills every process of the board's session, its descendants and
 everything left in its network namespace, then removes the namespace.
+
+A dispatcher killed with SIGKILL cannot power off: ``board.pid`` in the
+device's work dir (pid, start time, namespace; like QEMU's ``-pidfile``)
+lets the next ``power_on`` (and a restarted dispatcher, through
+:meth:`LocalDevice.reap_leftover`) find and kill what the board left running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -77,6 +83,16 @@ def session_processes(session: int) -> set[int]:
                 members.add(pid)
                 changed = True
     return members
+
+
+def start_time(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot): tells a pid from its reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    return int(raw[raw.rfind(")") + 2 :].split()[19])
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -146,6 +162,64 @@ class LocalDevice(Device):
     def powered(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pidfile(self) -> Path:
+        return self.workdir / "board.pid"
+
+    def _write_pidfile(self, pid: int) -> None:
+        record = {"pid": pid, "start": start_time(pid), "netns": self.netns}
+        tmp = self.pidfile.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(self.pidfile)
+
+    def reap_leftover(self) -> list[int]:
+        """Kill a board shell (its session and descendants) left by a dispatcher that
+        died without powering off; returns the pids killed. The board this object
+        powered on is not a leftover."""
+        try:
+            record = json.loads(self.pidfile.read_text())
+            pid = int(record["pid"])
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("device %s: unreadable %s (%s); removed", self.name, self.pidfile, exc)
+            self.pidfile.unlink(missing_ok=True)
+            return []
+        if self.proc is not None and self.proc.pid == pid:
+            return []
+        started = start_time(pid)
+        if started is not None and started != record.get("start"):
+            # the pid is someone else's now; while any process of the old session
+            # lived, Linux would not have reused its id
+            victims: set[int] = set()
+        else:
+            victims = session_processes(pid) | ({pid} if started is not None else set())
+        netns = record.get("netns")
+        if netns and os.geteuid() == 0 and shutil.which("ip"):
+            listed = _ip("netns", "pids", str(netns), check=False).stdout.split()
+            victims |= {int(p) for p in listed if p.isdigit()}
+        victims.discard(os.getpid())
+        killed = []
+        for victim in sorted(victims):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+        if killed:
+            log.warning(
+                "device %s: killed %d leftover process(es) of a board shell (pid %d): %s",
+                self.name,
+                len(killed),
+                pid,
+                killed,
+            )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(self._is_zombie_or_gone(v) for v in killed):
+            time.sleep(0.01)
+        if netns and os.geteuid() == 0 and shutil.which("ip"):
+            _ip("netns", "del", str(netns), check=False)
+        self.pidfile.unlink(missing_ok=True)
+        return killed
+
     def _ensure_line(self) -> str:
         """The serial line exists from the first connect until the device is dropped."""
         if self._line_path is None:
@@ -163,6 +237,7 @@ class LocalDevice(Device):
             raise ConfigurationError(f"device {self.name}: shell {self.shell} not found")
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
+        self.reap_leftover()
         self._ensure_line()
         network = self.settings.get("network", "auto")
         argv = ["setsid", "--ctty"]
@@ -225,6 +300,7 @@ class LocalDevice(Device):
         finally:
             os.close(board_slave)
         self._board_master = board_master
+        self._write_pidfile(self.proc.pid)
         self._stop.clear()
         self._wake = os.pipe()
         self._relay = threading.Thread(
@@ -286,6 +362,7 @@ class LocalDevice(Device):
         proc, self.proc = self.proc, None
         if proc is not None:
             self._kill_board(proc)
+            self.pidfile.unlink(missing_ok=True)
         if self._relay is not None:
             self._stop.set()
             if self._wake is not None:
