@@ -311,8 +311,30 @@ class Dispatcher:
             },
         )
 
+    def reap_leftovers(self) -> list[int]:
+        """Kill what a dispatcher that died (SIGKILL) left running: local boards' shells
+        (their ``board.pid``) and, if this host has QEMU devices, their VMs (each one's
+        ``-pidfile`` in its runtime directory). Returns the pids killed."""
+        from device_agent.devices.qemu import QemuDevice, reap_leftover_vms
+
+        killed: list[int] = []
+        vms: dict[Path, set[str]] = {}
+        for device in self.devices.values():
+            if isinstance(device, QemuDevice):
+                vms.setdefault(Path(device.runtime_dir), set()).add(device.name)
+            reap = getattr(device, "reap_leftover", None)
+            if reap is not None:
+                try:
+                    killed += reap()
+                except Exception as exc:
+                    log.warning("device %s: reaping leftovers failed: %s", device.name, exc)
+        for runtime_dir, names in sorted(vms.items()):
+            killed += reap_leftover_vms(runtime_dir, names)
+        return killed
+
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until :meth:`stop`; ``on_ready`` once the device queues are consumed."""
+        self.reap_leftovers()
         for device in self.devices.values():
             with contextlib.suppress(Exception):
                 device.power_off()

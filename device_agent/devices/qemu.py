@@ -55,7 +55,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -524,11 +524,15 @@ class QemuProcess:
                     path.unlink()
 
 
-def reap_leftover_vms(runtime_dir: str | Path | None = None) -> list[int]:
+def reap_leftover_vms(
+    runtime_dir: str | Path | None = None, devices: Iterable[str] | None = None
+) -> list[int]:
     """Kill VMs left by a dispatcher that died; returns the pids killed.
 
     Each VM wrote ``-pidfile <runtime_dir>/<device>.pid``; a pid is only
     killed if its command line is a QEMU holding that very pidfile path.
+    ``devices`` limits it to those devices' pidfiles (a dispatcher starting
+    reaps its own devices, not another's sharing the directory).
     """
     root = Path(runtime_dir) if runtime_dir else runtime_root()
     killed: list[int] = []
@@ -536,7 +540,11 @@ def reap_leftover_vms(runtime_dir: str | Path | None = None) -> list[int]:
         return killed
     with _live_lock:
         ours = set(_live)
-    for pidfile in sorted(root.glob("*.pid")):
+    if devices is None:
+        pidfiles = sorted(root.glob("*.pid"))
+    else:
+        pidfiles = [root / f"{name}.pid" for name in sorted(set(devices))]
+    for pidfile in pidfiles:
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
