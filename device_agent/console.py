@@ -48,9 +48,16 @@ CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 CURSOR_QUERY = b"\x1b[6n"
 
 
+#: :data:`CONTROL_RE` as a ``str.translate`` table (about 8 times faster than the regex)
+_CONTROL_TABLE = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+
+
 def strip_escapes(text: str) -> str:
     """Remove ANSI/VT escape sequences, carriage returns and other control characters."""
-    return CONTROL_RE.sub("", ESCAPE_RE.sub("", text))
+    # most console output holds no escape at all: skip the regex scan then
+    if "\x1b" in text or "\x9b" in text:
+        text = ESCAPE_RE.sub("", text)
+    return text.translate(_CONTROL_TABLE)
 
 
 class TextCleaner:
@@ -174,13 +181,28 @@ class ConsoleBase:
         if not text:
             return
         with self._cond:
-            self._buffer += text
-            if len(self._buffer) > self.max_buffer:
-                drop = len(self._buffer) - self.max_buffer
-                self._buffer = self._buffer[drop:]
-                self._searched = max(0, self._searched - drop)
-            self._tail = (self._tail + text)[-self.tail_size :]
+            # append through a local so that CPython can grow the string in
+            # place instead of copying the whole buffer for every chunk
+            buffer, self._buffer = self._buffer, ""
+            buffer += text
+            self._buffer = buffer
+            del buffer
+            # trimming copies the buffer: do it once it is twice the limit
+            # (amortised); readers trim to the exact limit (_trim)
+            if len(self._buffer) > 2 * self.max_buffer:
+                self._trim()
+            if len(text) >= self.tail_size:
+                self._tail = text[-self.tail_size :]
+            else:
+                self._tail = (self._tail + text)[-self.tail_size :]
             self._cond.notify_all()
+
+    def _trim(self) -> None:
+        """Drop the oldest output beyond :attr:`max_buffer` (holding ``_cond``)."""
+        if len(self._buffer) > self.max_buffer:
+            drop = len(self._buffer) - self.max_buffer
+            self._buffer = self._buffer[drop:]
+            self._searched = max(0, self._searched - drop)
 
     def _mark_closed(self, reason: str) -> None:
         with self._cond:
@@ -228,6 +250,7 @@ class ConsoleBase:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
+                self._trim()
                 found = self._search(compiled)
                 if found is not None:
                     index, match = found
@@ -294,6 +317,7 @@ class ConsoleBase:
     def flush(self) -> str:
         """Discard and return the unconsumed output."""
         with self._cond:
+            self._trim()
             text, self._buffer, self._searched = self._buffer, "", 0
             return text
 
@@ -314,6 +338,9 @@ class ConsoleBase:
 
 class Console(ConsoleBase):
     """A console over any pyserial URL, with one background reader thread."""
+
+    #: most bytes handed to listeners and expect at once
+    max_chunk = 1 << 16
 
     def __init__(
         self,
@@ -374,9 +401,27 @@ class Console(ConsoleBase):
         try:
             while not self._stop.is_set():
                 waiting = port.in_waiting
-                data = port.read(min(waiting, 1 << 16) if waiting else 1)
-                if data:
-                    self._feed(bytes(data))
+                data = port.read(min(waiting, self.max_chunk) if waiting else 1)
+                if not data:
+                    continue
+                # a flood: a tty hands out at most 4 KiB per read; take what is
+                # already waiting too (up to max_chunk, never waiting for more)
+                # so that listeners and expect pay their per-chunk costs once
+                gathered = len(data)
+                chunks = [data]
+                try:
+                    while gathered < self.max_chunk:
+                        waiting = port.in_waiting
+                        if not waiting:
+                            break
+                        more = port.read(min(waiting, self.max_chunk - gathered))
+                        if not more:
+                            break
+                        chunks.append(more)
+                        gathered += len(more)
+                finally:
+                    # what was read before a failure still reaches the listeners
+                    self._feed(b"".join(chunks))
         except Exception as exc:
             if not self._stop.is_set():
                 reason = f"{type(exc).__name__}: {exc}"
