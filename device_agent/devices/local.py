@@ -41,6 +41,7 @@ import subprocess
 import threading
 import time
 import tty
+import uuid
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,6 +86,28 @@ def session_processes(session: int) -> set[int]:
     return members
 
 
+def marked_processes(marker: str) -> set[int]:
+    """Processes whose environment carries ``LAVAMQ_BOARD=<marker>``.
+
+    A process that double-forks out of the board's session (``setsid cmd &``)
+    is reparented to init and leaves the session: neither its session id nor
+    its parent link lead back to the board any more, but its environment does.
+    """
+    needle = f"\0LAVAMQ_BOARD={marker}\0".encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                environ = b"\0" + fh.read()
+        except OSError:
+            continue
+        if needle in environ:
+            found.add(int(entry))
+    return found
+
+
 def start_time(pid: int) -> int | None:
     """A process's start time (clock ticks since boot): tells a pid from its reuse."""
     try:
@@ -125,6 +148,8 @@ class LocalDevice(Device):
         self.ps1 = f"lavamq@{self.name}# "
         self.netns: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        # inherited by everything the board starts, so power off finds escapees
+        self.marker = f"{self.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
         self._board_master: int | None = None
         self._line_master: int | None = None
         self._line_slave: int | None = None
@@ -280,6 +305,7 @@ class LocalDevice(Device):
             "TMPDIR": str(self.root / "tmp"),
             "SHELL": self.shell,
             "USER": "root" if os.geteuid() == 0 else os.environ.get("USER", "lava"),
+            "LAVAMQ_BOARD": self.marker,
         }
         env.update({str(k): str(v) for k, v in self.settings.get("env", {}).items()})
         board_master, board_slave = os.openpty()
@@ -380,7 +406,7 @@ class LocalDevice(Device):
     def _kill_board(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + 10
         while True:
-            victims = session_processes(proc.pid) | {proc.pid}
+            victims = session_processes(proc.pid) | marked_processes(self.marker) | {proc.pid}
             if self.netns:
                 listed = _ip("netns", "pids", self.netns, check=False).stdout.split()
                 victims |= {int(p) for p in listed if p.isdigit()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +136,36 @@ def test_boards_in_network_namespaces_reach_each_other(tmp_path: Path) -> None:
     assert "lavamq-net-a" not in listed and "lavamq-net-b" not in listed
     # the bridge goes with its last board
     assert subprocess.run(["ip", "link", "show", "lmqtest0"], capture_output=True).returncode != 0
+
+
+def test_power_off_finds_a_process_that_double_forked_out_of_the_session(
+    board: LocalDevice,
+) -> None:
+    """``setsid cmd &`` leaves the board's session and is reparented to init."""
+    console = board.boot(timeout=15)
+    console.run("setsid sleep 304 & true", timeout=10)
+    assert board.proc is not None
+    session = board.proc.pid
+
+    def escaped() -> set[int]:
+        found = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                stat = proc_stat(int(entry.name))
+            except OSError:
+                continue
+            if cmdline == b"sleep\x00304\x00" and stat is not None and stat[1] != session:
+                found.add(int(entry.name))
+        return found
+
+    deadline = time.monotonic() + 10
+    while not escaped():
+        assert time.monotonic() < deadline, "setsid sleep never left the board's session"
+        time.sleep(0.02)
+    pids = escaped()
+    assert not pids & session_processes(session)  # out of reach of session and parent links
+    board.power_off()
+    assert live(pids) == set()
