@@ -5,12 +5,13 @@ Real processes: ``lavamq coordinator``, ``lavamq barrier`` and two
 image). The example job files are submitted unchanged except for two URLs:
 the images (``make test-image``) and the git repository holding the test
 definitions (a throw-away repository with this checkout's examples/).
-Results are read from ``lava.results`` (a queue of the test's own bound next
-to the coordinator's) and aggregated into the group's result bundle.
+Results are the coordinator's own: ``lavamq wait JOB --json --junit`` (the
+bundle it aggregated from ``lava.results``), checked as JSON and as JUnit XML.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -19,21 +20,17 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Queue
 
 import services
-from broker_config import topology
-from coordinator.results import CaseResult, NodeOutcome, build_bundle, bundle_table
+from coordinator.results import bundle_table
 from coordinator.rpc import CoordinatorClient
 from device_agent.devices.qemu import qemu_pids
-from schemas.messages.base import decode
-from schemas.messages.console import TestResultSchema
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -157,30 +154,6 @@ def job_text(example: str, repo: str) -> str:
     return text.replace(EXAMPLE_IMAGES, IMAGES.resolve().as_uri()).replace(EXAMPLE_REPO, repo)
 
 
-class ResultTap:
-    """A queue of our own bound to ``lava.results``: a copy of every result."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.queue = Queue(
-            f"test-results-{uuid.uuid4().hex[:8]}",
-            exchange=topology.results_exchange(),
-            routing_key="#",
-            durable=False,
-        )
-        with Connection(url) as conn:
-            topology.results_exchange()(conn.default_channel).declare()
-            self.queue(conn.default_channel).declare()
-
-    def drain(self) -> list[dict[str, Any]]:
-        found = []
-        with Connection(self.url) as conn:
-            q = self.queue(conn.default_channel)
-            while (msg := q.get(no_ack=True)) is not None:
-                found.append(decode(TestResultSchema(), msg.body))
-        return found
-
-
 class QemuLab:
     def __init__(self, url: str, tmp_path: Path) -> None:
         self.url = url
@@ -200,8 +173,6 @@ class QemuLab:
         for service in self.services:
             service.start()
         self.client = CoordinatorClient(url, timeout=20)
-        self.tap = ResultTap(url)
-        self.results: list[dict[str, Any]] = []
         wait_until(lambda: len(self.client.devices()) == 3, 30, "three QEMU devices registered")
         self.repo = examples_repo(tmp_path)
 
@@ -209,43 +180,26 @@ class QemuLab:
         reply = self.client.submit(job_text(example, self.repo), f"{example}/job.yaml", "lab-test")
         return int(reply["job_id"])
 
-    def finished(self, job_id: int, timeout: float) -> dict[str, Any]:
-        def done() -> dict[str, Any] | None:
-            job = self.client.job(job_id)
-            states = {s["state"] for s in job["subjobs"]}
-            if states <= {"complete", "incomplete", "canceled"}:
-                return job
-            return None
-
-        job: dict[str, Any] = wait_until(done, timeout, f"job {job_id} to finish")
-        return job
-
-    def bundle(self, job: dict[str, Any]) -> dict[str, Any]:
-        self.results += self.tap.drain()
-        mine = [r for r in self.results if str(r["job"]) == str(job["id"])]
-        nodes = [
-            NodeOutcome(
-                node=s["device"],
-                role=s["role"],
-                device=s["device"],
-                state=s["state"],
-                error_type=s["error_type"],
-                message=s["message"],
-            )
-            for s in job["subjobs"]
-        ]
-        cases = [
-            CaseResult(
-                node=r["node"],
-                test_run=r["suite"],
-                case=r["case"],
-                result=r["result"],
-                measurement=r["measurement"],
-                units=r["units"],
-            )
-            for r in mine
-        ]
-        return build_bundle({"id": job["id"], "name": job.get("name", "")}, nodes, cases)
+    def results(self, job_id: int, timeout: float) -> tuple[dict[str, Any], ET.Element]:
+        """The coordinator's result bundle once the job ended (``lavamq wait --json
+        --junit``), and its JUnit XML parsed; both checked against each other."""
+        junit = self.tmp_path / f"junit-{job_id}.xml"
+        proc = subprocess.run(
+            [sys.executable, "-c", "from lavamq.cli import main; main()", "wait", str(job_id),
+             "--broker", self.url, "--json", "--junit", str(junit), "--quiet",
+             "--timeout", str(timeout)],
+            cwd=ROOT, capture_output=True, text=True, timeout=timeout + 60,
+        )  # fmt: skip
+        assert proc.stdout, proc.stderr + self.logs()[-5000:]
+        bundle: dict[str, Any] = json.loads(proc.stdout)
+        assert bundle["job"]["results_complete"] is True, bundle["job"]
+        # exit 0 only when every test passed
+        assert (proc.returncode == 0) == bundle["job"]["passed"], proc.stderr
+        root = ET.fromstring(junit.read_bytes())
+        total = sum(bundle["summary"].values())
+        assert root.get("tests") == str(total) == str(len(root.findall("./testsuite/testcase")))
+        assert root.get("failures") == str(bundle["summary"]["fail"])
+        return bundle, root
 
     def logs(self) -> str:
         return "".join("".join(s.output) for s in self.services)
@@ -283,9 +237,9 @@ def cases_of(bundle: dict[str, Any], role: str) -> dict[str, str]:
 def test_qemu_examples_through_the_lab(qemu_lab: QemuLab) -> None:
     # --- 2 nodes: server and client on two hosts, over their group network
     job_id = qemu_lab.submit("qemu-client-server")
-    job = qemu_lab.finished(job_id, 240)
-    bundle = qemu_lab.bundle(job)
+    bundle, junit = qemu_lab.results(job_id, 240)
     table = bundle_table(bundle)
+    assert bundle["job"]["id"] == job_id
     assert bundle["job"]["status"] == "complete", table + qemu_lab.logs()[-5000:]
     assert bundle["job"]["passed"], table
     server, client = cases_of(bundle, "server"), cases_of(bundle, "client")
@@ -295,11 +249,14 @@ def test_qemu_examples_through_the_lab(qemu_lab: QemuLab) -> None:
         assert client.get(case) == "pass", (case, table)
     assert client.get("client-page-content") == "pass", table
     assert bundle["summary"]["fail"] == 0
+    # each node's sub-job result and test runs, also in the JUnit export
+    assert {n["state"] for n in bundle["nodes"]} == {"complete"}
+    suites = {s.get("name") for s in junit.findall("testsuite")}
+    assert {f"{n['node']}/lava" for n in bundle["nodes"]} <= suites
 
     # --- 3 nodes: lava-network broadcast/collect/query/hosts and lava-sync
     job_id = qemu_lab.submit("qemu-network")
-    job = qemu_lab.finished(job_id, 300)
-    bundle = qemu_lab.bundle(job)
+    bundle, junit = qemu_lab.results(job_id, 300)
     table = bundle_table(bundle)
     assert bundle["job"]["status"] == "complete", table + qemu_lab.logs()[-5000:]
     assert len(bundle["nodes"]) == 3
@@ -315,3 +272,4 @@ def test_qemu_examples_through_the_lab(qemu_lab: QemuLab) -> None:
         ):
             assert cases.get(case) == "pass", (node["node"], case, table)
     assert bundle["job"]["passed"], table
+    assert junit.get("failures") == "0"
