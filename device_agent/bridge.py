@@ -305,8 +305,15 @@ class Bridge:
         text = self._cleaner.feed(data)
         if not text:
             return
-        lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()
+        text = self._partial + text
+        if self._discarding is None and MULTINODE_MARK not in text:
+            # no line of this chunk holds a signal (handle_line would skip them
+            # all): keep only the partial last line
+            self._partial = text[text.rfind("\n") + 1 :]
+            lines: list[str] = []
+        else:
+            lines = text.split("\n")
+            self._partial = lines.pop()
         for line in lines:
             if self._discarding is not None:
                 api, self._discarding = self._discarding, None

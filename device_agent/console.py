@@ -188,7 +188,8 @@ class ConsoleBase:
             self._buffer = buffer
             del buffer
             # trimming copies the buffer: do it once it is twice the limit
-            # (amortised); readers trim to the exact limit (_trim)
+            # (amortised); flush() trims to the limit, expect() puts at most
+            # max_buffer characters in ``before``
             if len(self._buffer) > 2 * self.max_buffer:
                 self._trim()
             if len(text) >= self.tail_size:
@@ -250,11 +251,13 @@ class ConsoleBase:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                self._trim()
+                # the buffer may hold up to twice max_buffer (see _feed): search
+                # it as it is, keep only max_buffer of it in ``before``
                 found = self._search(compiled)
                 if found is not None:
                     index, match = found
-                    self.before = self._buffer[: match.start()]
+                    kept = max(0, len(self._buffer) - self.max_buffer)
+                    self.before = self._buffer[min(kept, match.start()) : match.start()]
                     self._buffer = self._buffer[match.end() :]
                     self._searched = 0
                     return index, match

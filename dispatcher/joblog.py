@@ -9,6 +9,7 @@ runaway console cannot fill the disk one line at a time.
 
 from __future__ import annotations
 
+import codecs
 import datetime as _dt
 import json
 import logging
@@ -36,6 +37,11 @@ _KEY_SECRET = re.compile(
 )
 
 Record = dict[str, Any]
+RecordListener = Callable[[Record], None]
+BatchListener = Callable[[list[Record]], None]
+
+#: JSON string encoding exactly as ``json.dumps(..., ensure_ascii=False)`` does it
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def now_iso() -> str:
@@ -58,6 +64,19 @@ def mask_secrets(text: str, extra: Iterable[str] = ()) -> str:
     return text
 
 
+def may_hold_secret(text: str, extra: Iterable[str] = ()) -> bool:
+    """False when :func:`mask_secrets` would surely leave ``text`` (and every part of it) alone.
+
+    Used on a whole chunk of console output so that its lines are masked one
+    by one only when the chunk holds a URL, a key word or a known secret.
+    """
+    return (
+        "://" in text
+        or any(hint in text for hint in _KEY_HINTS)
+        or any(secret in text for secret in extra if secret)
+    )
+
+
 def cut(text: str, limit: int = MAX_MESSAGE) -> str:
     """Cut ``text`` to ``limit`` characters, saying how much was dropped."""
     if len(text) <= limit:
@@ -68,11 +87,18 @@ def cut(text: str, limit: int = MAX_MESSAGE) -> str:
 class JobLog:
     """Thread-safe structured log of one sub-job.
 
-    Every record goes to the log file (JSON lines, flushed per record) and to
-    each listener (e.g. the batch publisher towards ``lava.logs``). Console
-    bytes arrive through :meth:`target_bytes`; they are split into lines, a
-    partial line is kept until its end arrives or :meth:`flush_partial` is
-    called (so a prompt without a newline still shows up).
+    Every record goes to the log file (JSON lines; console lines flushed at
+    most every 0.1 s, other records at once) and to each listener (e.g. the
+    batch publisher towards ``lava.logs``). Console bytes arrive through
+    :meth:`target_bytes`; they are split into lines, a partial line is kept
+    until its end arrives or :meth:`flush_partial` is called (so a prompt
+    without a newline still shows up).
+
+    Console output comes in floods, so it is handled a chunk at a time: one
+    timestamp per chunk (the time it was read), secrets looked for in the
+    whole chunk before masking line by line, one file write per chunk, and
+    batch listeners (:meth:`add_batch_listener`) get the chunk's records as
+    one list. Record listeners (:meth:`add_listener`) still get them one by one.
     """
 
     def __init__(
@@ -86,7 +112,9 @@ class JobLog:
         self.max_message = max_message
         self._secrets: list[str] = [s for s in secrets if s]
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[Record], None]] = []
+        self._listeners: list[RecordListener] = []
+        self._batch_listeners: list[BatchListener] = []
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
         self._partial_since = 0.0
         self._flushed = 0.0
@@ -100,14 +128,27 @@ class JobLog:
             with self._lock:
                 self._secrets.append(value)
 
-    def add_listener(self, listener: Callable[[Record], None]) -> None:
+    def add_listener(self, listener: RecordListener) -> None:
+        """Call ``listener(record)`` with every record, in order."""
         with self._lock:
             self._listeners.append(listener)
 
-    def remove_listener(self, listener: Callable[[Record], None]) -> None:
+    def remove_listener(self, listener: RecordListener) -> None:
         with self._lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
+
+    def add_batch_listener(self, listener: BatchListener) -> None:
+        """Call ``listener(records)`` with every record, in order, a list at a time
+        (one record for :meth:`record`, a chunk's lines for :meth:`target_bytes`).
+        The records are shared: a listener must not change them."""
+        with self._lock:
+            self._batch_listeners.append(listener)
+
+    def remove_batch_listener(self, listener: BatchListener) -> None:
+        with self._lock:
+            if listener in self._batch_listeners:
+                self._batch_listeners.remove(listener)
 
     def record(self, level: str, message: str, **extra: Any) -> Record:
         """Store one record; returns it as stored (masked and cut)."""
@@ -131,12 +172,46 @@ class JobLog:
             if level != "target" or now - self._flushed >= 0.1:
                 self._file.flush()
                 self._flushed = now
-        for listener in list(self._listeners):
-            try:
-                listener(rec)
-            except Exception:  # a broken listener must not stop the job
-                log.exception("job log listener %r failed", listener)
+        self._notify([rec])
         return rec
+
+    def _notify(self, records: list[Record]) -> None:
+        for listener in list(self._listeners):
+            for rec in records:
+                try:
+                    listener(rec)
+                except Exception:  # a broken listener must not stop the job
+                    log.exception("job log listener %r failed", listener)
+        for batch_listener in list(self._batch_listeners):
+            try:
+                batch_listener(records)
+            except Exception:
+                log.exception("job log listener %r failed", batch_listener)
+
+    def _emit_target(self, lines: list[str], text: str) -> None:
+        """Console lines (``text`` holds them all) as ``target`` records, at once."""
+        if not lines:
+            return
+        if "\r" in text:
+            lines = [line.rstrip("\r") for line in lines]
+        masked = may_hold_secret(text, self._secrets)
+        if masked:
+            lines = [mask_secrets(line, self._secrets) for line in lines]
+        limit = self.max_message
+        # (masking can make a line longer)
+        if (masked or len(text) > limit) and max(map(len, lines)) > limit:
+            lines = [cut(line, limit) for line in lines]
+        stamp = now_iso()
+        if self._file is not None:
+            # the same bytes as json.dumps(record, ensure_ascii=False) per line
+            head = f'{{"time": {_json_string(stamp)}, "level": "target", "message": '
+            self._file.write("".join([f"{head}{_json_string(line)}}}\n" for line in lines]))
+            now = time.monotonic()
+            if now - self._flushed >= 0.1:
+                self._file.flush()
+                self._flushed = now
+        if self._listeners or self._batch_listeners:
+            self._notify([{"time": stamp, "level": "target", "message": line} for line in lines])
 
     def debug(self, message: str, **extra: Any) -> Record:
         return self.record("debug", message, **extra)
@@ -161,9 +236,9 @@ class JobLog:
 
     def target_bytes(self, data: bytes) -> None:
         """Console output: one ``target`` record per complete line."""
-        text = data.decode("utf-8", errors="replace")
         with self._lock:
-            text = self._partial + text
+            # incremental: a character split between two reads stays whole
+            text = self._partial + self._decoder.decode(data)
             lines = text.split("\n")
             if lines[-1] and lines[-1] != self._partial:
                 self._partial_since = time.monotonic()
@@ -172,16 +247,18 @@ class JobLog:
             while len(self._partial) > self.max_message:
                 lines.append(self._partial[: self.max_message])
                 self._partial = self._partial[self.max_message :]
-            for line in lines:
-                self._emit("target", line.rstrip("\r"), {})
+            self._emit_target(lines, text)
 
-    def flush_partial(self, older_than: float = 0.0) -> None:
+    def flush_partial(self, older_than: float = 0.0, *, final: bool = False) -> None:
         """Emit a pending partial console line (a prompt, say) as its own record,
-        if it has waited at least ``older_than`` seconds for its end."""
+        if it has waited at least ``older_than`` seconds for its end. ``final``:
+        the console is gone, an incomplete character at the end is kept too."""
         with self._lock:
+            if final:
+                self._partial += self._decoder.decode(b"", final=True)
             if self._partial and time.monotonic() - self._partial_since >= older_than:
                 line, self._partial = self._partial, ""
-                self._emit("target", line.rstrip("\r"), {})
+                self._emit_target([line], line)
             if self._file is not None:
                 self._file.flush()
 
@@ -191,7 +268,7 @@ class JobLog:
                 self._file.flush()
 
     def close(self) -> None:
-        self.flush_partial()
+        self.flush_partial(final=True)
         with self._lock:
             if self._file is not None:
                 self._file.close()

@@ -24,6 +24,9 @@ from schemas.messages.console import LogBatchSchema, TestResultSchema
 log = logging.getLogger(__name__)
 
 _STOP = object()
+#: what a ``log-batch`` record may hold; other keys of a job log record stay local
+_RECORD_FIELDS = ("time", "level", "message", "action")
+_RECORD_KEYS = frozenset(_RECORD_FIELDS)
 
 
 class SubJobPublisher:
@@ -62,7 +65,13 @@ class SubJobPublisher:
 
     # --- producers (any thread) ---
     def log_record(self, record: dict[str, Any]) -> None:
-        self._queue.put(("log", record))
+        """A job log record listener (``JobLog.add_listener``)."""
+        self._queue.put(("logs", [record]))
+
+    def log_records(self, records: list[dict[str, Any]]) -> None:
+        """A job log batch listener (``JobLog.add_batch_listener``): one queue item
+        for a whole chunk of console lines."""
+        self._queue.put(("logs", records))
 
     def result(self, body: dict[str, Any]) -> None:
         self._queue.put(("result", body))
@@ -97,11 +106,11 @@ class SubJobPublisher:
                     else:
                         if not pending:
                             first_at = time.monotonic()
-                        rec = {
-                            k: body[k] for k in ("time", "level", "message", "action") if k in body
-                        }
-                        pending.append(rec)
-                        size += len(rec["message"]) + 64
+                        for rec in body:
+                            if not rec.keys() <= _RECORD_KEYS:
+                                rec = {k: rec[k] for k in _RECORD_FIELDS if k in rec}
+                            pending.append(rec)
+                        size += sum(len(rec["message"]) for rec in body) + 64 * len(body)
                 if pending and (
                     size >= self.max_bytes or time.monotonic() - first_at >= self.interval
                 ):

@@ -123,7 +123,7 @@ class SubJobRunner:
                 node=node,
                 interval=self.publisher_interval,
             ).start()
-            joblog.add_listener(publisher.log_record)
+            joblog.add_batch_listener(publisher.log_records)
         timeouts = dict(a.get("timeouts") or {})
         start = time.monotonic()
         ctx = JobContext(

@@ -77,6 +77,15 @@ class ResultTracker:
         text = data.decode("utf-8", errors="replace")
         with self._lock:
             text = self._partial + text
+            if (
+                "<LAVA_SIGNAL_" not in text
+                and "\x1b" not in text
+                and (self.current is None or self.current not in self._parsers)
+            ):
+                # console floods: no line of this chunk can give a result (no
+                # signal, no escape that could hide one, no parse pattern to apply)
+                self._partial = text[text.rfind("\n") + 1 :][-65536:]
+                return
             lines = text.split("\n")
             self._partial = lines.pop()[-65536:]
             for line in lines:

@@ -30,10 +30,27 @@ class LogRecords(fields.Field):
     """
 
     KEYS = frozenset({"time", "level", "message", "action"})
+    LEVELS = frozenset(LOG_LEVELS)
 
     def _validated(self, value: Any) -> list[dict[str, Any]]:
         if not isinstance(value, list):
             raise ValidationError("must be a list of records")
+        # fast pass (a batch holds thousands of records): one test per record;
+        # the first record that fails it is looked at again below for the message
+        keys, levels, str_ = self.KEYS, self.LEVELS, str
+        for rec in value:
+            if (
+                type(rec) is not dict
+                or not rec.keys() <= keys
+                or type(rec.get("time")) is not str_
+                or type(rec.get("message")) is not str_
+                or type(level := rec.get("level")) is not str_
+                or level not in levels
+                or ("action" in rec and type(rec["action"]) is not str_)
+            ):
+                break
+        else:
+            return value
         for i, rec in enumerate(value):
             if not isinstance(rec, dict):
                 raise ValidationError(f"[{i}]: must be an object")
