@@ -199,7 +199,7 @@ def test_test_case_shell_keeps_each_argument(dut: Dut) -> None:
     assert result("test", "$HOME", "=", "$" + "HOME") == passed
     assert result("test", "it's", "=", "it's") == passed
     assert result("sh", "-c", 'test "$1" = "p q"', "sh", "p q") == passed
-    rc, out, _ = dut.run("lava-test-case", "t", "--shell", "printf", "[%s]\\n", "a b", "c")
+    _rc, out, _ = dut.run("lava-test-case", "t", "--shell", "printf", "[%s]\\n", "a b", "c")
     assert out.splitlines()[1:3] == ["[a b]", "[c]"]
     # one argument is a shell command line: pipes work, the exit status is the last command's
     assert result("echo hello | grep -q hello") == passed
