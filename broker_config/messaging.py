@@ -51,10 +51,11 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from amqp import spec as amqp_spec
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.exceptions import OperationalError
 from kombu.message import Message
@@ -106,7 +107,10 @@ class Broker:
         self.connection = connection_for(url, connect_timeout=connect_timeout)
         self._channel: Any = None
         self._declared: dict[tuple[str, str], Exchange | Queue] = {}
-        self._returned: list[tuple[str, str, str]] = []
+        #: (exchange, routing key, reason, message id) of every basic.return
+        self._returned: list[tuple[str, str, str, str]] = []
+        #: publishes on the current channel in confirm mode (= last delivery tag)
+        self._confirm_seq = 0
         self._lock = threading.RLock()
 
     # --- connection -------------------------------------------------------
@@ -139,10 +143,12 @@ class Broker:
                     # memory:// channels share one class-level ``events`` dict
                     channel.events["basic_return"].add(self._on_return)
                 self._channel = channel
+                self._confirm_seq = 0
             return self._channel
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        self._returned.append((exchange, routing_key, str(exc)))
+        message_id = str((getattr(message, "properties", None) or {}).get("message_id") or "")
+        self._returned.append((exchange, routing_key, str(exc), message_id))
 
     def _reset(self) -> None:
         """Forget the channel (and a dead connection) so the next use reopens them."""
@@ -339,10 +345,11 @@ class Broker:
                     mandatory=True,
                     confirm_timeout=self.confirm_timeout,
                 )
+                self._confirm_seq += 1
             else:
                 channel.basic_publish(message, exchange=name, routing_key=routing_key)
             if self._returned:
-                _, _, reason = self._returned[-1]
+                _, _, reason, _ = self._returned[-1]
                 self._returned.clear()
                 raise InfrastructureError(
                     f"{what}: unroutable, no queue is bound for it ({reason})"
@@ -350,6 +357,96 @@ class Broker:
 
         with self._lock:
             self._retrying(what, once)
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> list[Outgoing]:
+        """Publish ``messages`` in order with ONE wait for all their confirms.
+
+        The same guarantees as ``publish`` (validated, persistent, mandatory,
+        confirmed) without a round trip per message: the broker routes the
+        messages of one channel in publish order, and this returns once every
+        one of them is confirmed. Returns the messages the broker returned as
+        unroutable (callers decide whether that is an error: ``publish``
+        raises). A lost connection republishes the whole batch with the same
+        message ids (receivers drop copies).
+        """
+        if not messages:
+            return []
+        if not self.is_amqp:
+            unroutable = []
+            for m in messages:
+                try:
+                    self.publish(
+                        m.exchange, m.routing_key, m.schema, m.body, message_id=m.message_id
+                    )
+                except InfrastructureError as exc:
+                    if "unroutable" not in str(exc):
+                        raise
+                    unroutable.append(m)
+            return unroutable
+        prepared = []
+        for m in messages:
+            assert m.exchange, "lavamq never publishes to the default exchange"
+            properties: dict[str, Any] = {
+                "delivery_mode": 2,
+                "message_id": m.message_id or uuid.uuid4().hex,
+                "type": m.schema.message_type,
+            }
+            if self.user_id:
+                properties["user_id"] = self.user_id
+            prepared.append((m, encode(m.schema, dict(m.body)), properties))
+        what = f"publish {len(messages)} messages (first to exchange {messages[0].exchange!r})"
+
+        def once() -> list[Outgoing]:
+            channel = self.channel()
+            if not channel._confirm_selected:
+                channel._confirm_selected = True
+                channel.confirm_select()
+            self._returned.clear()
+            first = self._confirm_seq + 1
+            for m, payload, properties in prepared:
+                message = channel.prepare_message(
+                    payload,
+                    content_type=JSON,
+                    content_encoding="utf-8",
+                    headers={},
+                    properties=properties,
+                )
+                channel._basic_publish(
+                    message, exchange=m.exchange, routing_key=m.routing_key, mandatory=True
+                )
+                self._confirm_seq += 1
+            self._wait_confirms(channel, first, self._confirm_seq, what)
+            returned = {message_id for _, _, _, message_id in self._returned}
+            self._returned.clear()
+            return [m for m, _, properties in prepared if properties["message_id"] in returned]
+
+        with self._lock:
+            result: list[Outgoing] = self._retrying(what, once)
+            return result
+
+    def _wait_confirms(self, channel: Any, first: int, last: int, what: str) -> None:
+        """Wait until the broker confirmed delivery tags ``first``..``last``."""
+        pending = set(range(first, last + 1))
+        nacked: list[int] = []
+
+        def on_confirm(method: Any, delivery_tag: int, multiple: bool, *_: Any) -> None:
+            tags = {t for t in pending if t <= delivery_tag} if multiple else {delivery_tag}
+            if method == amqp_spec.Basic.Nack:
+                nacked.extend(tags & pending)
+            pending.difference_update(tags)
+
+        deadline = time.monotonic() + self.confirm_timeout
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise InfrastructureError(
+                    f"{what}: {len(pending)} not confirmed after {self.confirm_timeout:g} s"
+                )
+            channel.wait(
+                [amqp_spec.Basic.Ack, amqp_spec.Basic.Nack], callback=on_confirm, timeout=remaining
+            )
+        if nacked:
+            raise InfrastructureError(f"{what}: the broker refused (nack) {len(nacked)} of them")
 
     @staticmethod
     def _check_routable_memory(channel: Any, exchange: str, routing_key: str, what: str) -> None:
@@ -361,6 +458,17 @@ class Broker:
             queues = []
         if not queues:
             raise InfrastructureError(f"{what}: unroutable, no queue is bound for it")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for ``Broker.publish_many``."""
+
+    exchange: str
+    routing_key: str
+    schema: MessageSchema
+    body: Mapping[str, Any]
+    message_id: str | None = None
 
 
 # --- consuming ------------------------------------------------------------
@@ -413,6 +521,7 @@ class QueueConsumer:
         max_retries: int | None = None,
         authorize: Callable[[Delivery], None] | None = None,
         remember: int = 100_000,
+        on_consume: Callable[[], None] | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
@@ -440,6 +549,9 @@ class QueueConsumer:
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._remember = remember
         self.duplicates = 0
+        #: called each time consuming (re)starts, before ``on_ready``: a
+        #: reconnect may follow another consumer's turn (single active consumer)
+        self.on_consume = on_consume
 
     # --- control ---
 
@@ -512,6 +624,8 @@ class QueueConsumer:
         )
         consumer.on_decode_error = self._on_decode_error  # type: ignore[assignment]
         with consumer:
+            if self.on_consume is not None:
+                self.on_consume()
             if not self._ready.is_set():
                 self._ready.set()
                 if on_ready is not None:
@@ -643,7 +757,28 @@ class QueueConsumer:
             # remembered before the ack: if the connection dies before the
             # ack reaches the broker, the redelivery is recognised and dropped
             self._remember_handled(d.message)
-            d.message.ack()
+        self._ack_all([d.message for d in deliveries])
+
+    def _ack_all(self, messages: list[Message]) -> None:
+        """Ack ``messages``; on RabbitMQ with ONE ``basic.ack(multiple=True)``.
+
+        Safe because every delivery received before them on this channel is
+        already settled: a batch holds everything received, and duplicates,
+        dead-lettered and requeued deliveries were acked/rejected before.
+        """
+        if len(messages) < 2 or not is_amqp_url(self.url):
+            for message in messages:
+                message.ack()
+            return
+        last = max(messages, key=lambda m: m.delivery_tag)
+        channels = {id(m.channel) for m in messages}
+        if len(channels) != 1:
+            for message in messages:
+                message.ack()
+            return
+        last.channel.basic_ack(last.delivery_tag, multiple=True)
+        for message in messages:
+            message._state = "ACK"
 
     @staticmethod
     def _message_key(message: Message) -> str:

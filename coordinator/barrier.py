@@ -19,6 +19,14 @@ once); a crash between commit and publish is healed at start-up, which
 publishes every outbox row not yet marked. The only duplicate possible is a
 crash after the broker confirmed a release but before it was marked: clients
 ignore a release they already have.
+
+Counting happens in memory: each group's arrivals and releases are loaded
+from the store once (at its first delivery after a (re)connect) and the
+store is the journal, written in the batch's one transaction (arrivals with
+one multi-row insert). Any error in a batch, and every (re)connect (another
+instance may have counted meanwhile), drops the in-memory state so the next
+batch reloads it from the store. The releases of a batch are published
+together with one wait for all the confirms.
 """
 
 from __future__ import annotations
@@ -27,15 +35,15 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from broker_config import topology
 from broker_config.identity import check_sender, delivery_user
-from broker_config.messaging import Broker, Delivery, QueueConsumer
+from broker_config.messaging import Broker, Delivery, Outgoing, QueueConsumer
 from coordinator.barrier_models import (
     BarrierArrival,
     BarrierGroup,
@@ -59,6 +67,17 @@ OUTBOX_SCHEMAS = {
 }
 
 
+ARRIVALS: Table = BarrierArrival.__table__  # type: ignore[assignment]
+OUTBOX: Table = BarrierOutbox.__table__  # type: ignore[assignment]
+
+#: (kind, message id, generation) of a barrier; kind "send" or "sync"
+BarrierKey = tuple[str, str, int]
+#: (kind, message id, generation, role) of a release; kind "wait-all" or "sync"
+ReleaseKey = tuple[str, str, int, str]
+#: (outbox id, group, message type, body) decided by a batch, published after its commit
+OutboxItem = tuple[int, str, str, dict[str, Any]]
+
+
 def _insert(session: Session, model: Any) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING for the store's dialect."""
     dialect = session.get_bind().dialect.name
@@ -75,11 +94,22 @@ def _insert(session: Session, model: Any) -> Any:
 
 @dataclass
 class _Group:
+    """A group's membership and its counts, as committed (or being committed)."""
+
     members: dict[str, str]
     timeout: float
+    arrived: dict[BarrierKey, set[str]] = field(default_factory=dict)
+    released: set[ReleaseKey] = field(default_factory=set)
+    _expected: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def nodes(self, role: str = "") -> list[str]:
         return sorted(n for n, r in self.members.items() if not role or r == role)
+
+    def expected(self, role: str = "") -> frozenset[str]:
+        nodes = self._expected.get(role)
+        if nodes is None:
+            nodes = self._expected[role] = frozenset(self.nodes(role))
+        return nodes
 
 
 def describe_missing(members: dict[str, str], missing: list[str]) -> str:
@@ -114,21 +144,21 @@ class BarrierService:
             authorize=self.authorize,
             prefetch=prefetch,
             poll_interval=0.2,
+            on_consume=self._on_consume,
         )
         self._thread: threading.Thread | None = None
-        self._outbox_added = False
         self.batches = 0
 
     # --- running ---
 
-    def run(self, on_ready: Callable[[], None] | None = None) -> None:
-        def ready() -> None:
-            self._flush_outbox()
-            if on_ready is not None:
-                on_ready()
+    def _on_consume(self) -> None:
+        """Each (re)connect: forget counts (the store is the truth), send the outbox."""
+        self._groups.clear()
+        self._flush_outbox()
 
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
         try:
-            self.consumer.run(on_ready=ready)
+            self.consumer.run(on_ready=on_ready)
         finally:
             self.engine.dispose()
 
@@ -182,46 +212,71 @@ class BarrierService:
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
         """Apply every delivery in one transaction, then publish what it decided."""
-        with self.sessions() as session, session.begin():
-            arrivals: list[dict[str, Any]] = []
-            touched: dict[tuple[str, str, str, int], set[str]] = {}
-            for delivery in deliveries:
-                kind, body = delivery.message_type, delivery.body
-                if kind in ("multinode-send", "multinode-sync"):
-                    send = kind == "multinode-send"
-                    row = {
-                        "group_name": body["group"],
-                        "kind": "send" if send else "sync",
-                        "message_id": body["message_id"],
-                        "generation": 0 if send else body["generation"],
-                        "node": body["node"],
-                    }
-                    arrivals.append(row)
-                    key = (row["group_name"], row["kind"], row["message_id"], row["generation"])
-                    touched.setdefault(key, set()).add(row["node"])
-                    continue
-                self._flush_arrivals(session, arrivals, touched)
-                if kind == "group-open":
-                    self._open(session, body)
-                elif kind == "group-close":
-                    self._close(session, body["group"])
-                elif kind == "group-failed":
-                    self._mark_failed(session, body["group"], body["reason"])
-                elif kind == "multinode-timeout":
-                    self._timeout(session, body)
-            self._flush_arrivals(session, arrivals, touched)
+        outbox: list[OutboxItem] = []
+        try:
+            with self.sessions() as session, session.begin():
+                journal: list[dict[str, Any]] = []
+                touched: dict[tuple[str, BarrierKey], set[str]] = {}
+                for delivery in deliveries:
+                    kind, body = delivery.message_type, delivery.body
+                    if kind == "multinode-send" or kind == "multinode-sync":
+                        send = kind == "multinode-send"
+                        row = {
+                            "group_name": body["group"],
+                            "kind": "send" if send else "sync",
+                            "message_id": body["message_id"],
+                            "generation": 0 if send else body["generation"],
+                            "node": body["node"],
+                        }
+                        journal.append(row)
+                        key = (row["kind"], row["message_id"], row["generation"])
+                        touched.setdefault((row["group_name"], key), set()).add(row["node"])
+                        continue
+                    self._flush_arrivals(session, journal, touched, outbox)
+                    if kind == "group-open":
+                        self._open(session, body)
+                    elif kind == "group-close":
+                        self._close(session, body["group"])
+                    elif kind == "group-failed":
+                        self._mark_failed(session, body["group"], body["reason"])
+                    elif kind == "multinode-timeout":
+                        self._timeout(session, body, outbox)
+                self._flush_arrivals(session, journal, touched, outbox)
+        except BaseException:
+            # the in-memory counts may hold what was rolled back: reload from the store
+            self._groups.clear()
+            raise
         self.batches += 1
-        if self._outbox_added:  # skip the outbox query for batches that decided nothing
-            self._outbox_added = False
-            self._flush_outbox()
+        if outbox:
+            self._publish(outbox)
 
     def _group(self, session: Session, name: str) -> _Group | None:
+        """The group's state, loaded from the store at its first use."""
         group = self._groups.get(name)
         if group is None:
             row = session.get(BarrierGroup, name)
             if row is None:
                 return None
             group = _Group(json.loads(row.members), row.timeout)
+            arrivals = session.execute(
+                select(
+                    BarrierArrival.kind,
+                    BarrierArrival.message_id,
+                    BarrierArrival.generation,
+                    BarrierArrival.node,
+                ).where(BarrierArrival.group_name == name)
+            )
+            for kind, message_id, generation, node in arrivals:
+                group.arrived.setdefault((kind, message_id, generation), set()).add(node)
+            releases = session.execute(
+                select(
+                    BarrierRelease.kind,
+                    BarrierRelease.message_id,
+                    BarrierRelease.generation,
+                    BarrierRelease.role,
+                ).where(BarrierRelease.group_name == name)
+            )
+            group.released.update((k, m, g, r) for k, m, g, r in releases)
             self._groups[name] = group
         return group
 
@@ -252,56 +307,72 @@ class BarrierService:
     def _flush_arrivals(
         self,
         session: Session,
-        arrivals: list[dict[str, Any]],
-        touched: dict[tuple[str, str, str, int], set[str]],
+        journal: list[dict[str, Any]],
+        touched: dict[tuple[str, BarrierKey], set[str]],
+        outbox: list[OutboxItem],
     ) -> None:
-        if not arrivals:
+        """Journal the arrivals (one statement), count them in memory, decide releases."""
+        if not journal:
             return
-        session.execute(_insert(session, BarrierArrival), arrivals)
-        for (group_name, kind, message_id, generation), senders in touched.items():
+        session.execute(_insert(session, ARRIVALS), journal)
+        for (group_name, key), senders in touched.items():
             group = self._group(session, group_name)
             if group is None:
-                log.warning("arrival for unknown group %s (%s %r)", group_name, kind, message_id)
+                log.warning("arrival for unknown group %s (%s %r)", group_name, *key[:2])
                 continue
-            arrived = set(
-                session.scalars(
-                    select(BarrierArrival.node).where(
-                        BarrierArrival.group_name == group_name,
-                        BarrierArrival.kind == kind,
-                        BarrierArrival.message_id == message_id,
-                        BarrierArrival.generation == generation,
-                    )
-                )
-            )
+            arrived = group.arrived.setdefault(key, set())
+            arrived.update(senders)
+            kind, message_id, generation = key
             if kind == "sync":
-                roles = [""]
+                releases = [("sync", "")]
             else:
-                roles = ["", *sorted({group.members.get(n, "") for n in senders} - {""})]
-            for role in roles:
-                expected = group.nodes(role)
-                if expected and arrived.issuperset(expected):
+                roles = {group.members.get(n, "") for n in senders} - {""}
+                releases = [("wait-all", role) for role in ("", *sorted(roles))]
+            for release_kind, role in releases:
+                if (release_kind, message_id, generation, role) in group.released:
+                    continue
+                expected = group.expected(role)
+                if expected and len(arrived) >= len(expected) and arrived.issuperset(expected):
                     self._release(
                         session,
+                        group,
                         group_name,
-                        "sync" if kind == "sync" else "wait-all",
+                        release_kind,
                         message_id,
                         generation,
                         role,
-                        expected,
+                        outbox,
                     )
-        arrivals.clear()
+        journal.clear()
         touched.clear()
+
+    def _add_outbox(
+        self,
+        session: Session,
+        outbox: list[OutboxItem],
+        group: str,
+        message_type: str,
+        body: dict[str, Any],
+    ) -> None:
+        result: Any = session.execute(
+            insert(OUTBOX).values(
+                group_name=group, message_type=message_type, body=json.dumps(body), published=False
+            )
+        )
+        outbox.append((int(result.inserted_primary_key[0]), group, message_type, body))
 
     def _release(
         self,
         session: Session,
+        state: _Group,
         group: str,
         kind: str,
         message_id: str,
         generation: int,
         role: str,
-        nodes: list[str],
+        outbox: list[OutboxItem],
     ) -> None:
+        state.released.add((kind, message_id, generation, role))
         result: Any = session.execute(
             _insert(session, BarrierRelease).values(
                 group_name=group,
@@ -319,36 +390,12 @@ class BarrierService:
             "message_id": message_id,
             "generation": generation,
             "role": role,
-            "nodes": nodes,
+            "nodes": state.nodes(role),
         }
-        self._outbox_added = True
-        session.add(
-            BarrierOutbox(
-                group_name=group,
-                message_type=MultinodeReleaseSchema.message_type,
-                body=json.dumps(body),
-                published=False,
-            )
-        )
+        self._add_outbox(session, outbox, group, MultinodeReleaseSchema.message_type, body)
         log.debug("release %s %s %r gen %d role %r", group, kind, message_id, generation, role)
 
-    def _released(
-        self, session: Session, group: str, kind: str, message_id: str, generation: int, role: str
-    ) -> bool:
-        return (
-            session.scalar(
-                select(BarrierRelease.id).where(
-                    BarrierRelease.group_name == group,
-                    BarrierRelease.kind == kind,
-                    BarrierRelease.message_id == message_id,
-                    BarrierRelease.generation == generation,
-                    BarrierRelease.role == role,
-                )
-            )
-            is not None
-        )
-
-    def _timeout(self, session: Session, body: dict[str, Any]) -> None:
+    def _timeout(self, session: Session, body: dict[str, Any], outbox: list[OutboxItem]) -> None:
         name = body["group"]
         group = self._group(session, name)
         row = session.get(BarrierGroup, name)
@@ -360,26 +407,17 @@ class BarrierService:
         operation, message_id, role = body["operation"], body["message_id"], body["role"]
         generation = body["generation"]
         if operation == "lava-sync":
-            if self._released(session, name, "sync", message_id, generation, ""):
+            if ("sync", message_id, generation, "") in group.released:
                 return
             kind, expected = "sync", group.nodes()
         elif operation == "lava-wait-all":
-            if self._released(session, name, "wait-all", message_id, 0, role):
+            if ("wait-all", message_id, 0, role) in group.released:
                 return
             kind, expected, generation = "send", group.nodes(role), 0
         else:
             kind, generation = "send", 0
             expected = [n for n in group.nodes() if n != body["node"]]
-        arrived = set(
-            session.scalars(
-                select(BarrierArrival.node).where(
-                    BarrierArrival.group_name == name,
-                    BarrierArrival.kind == kind,
-                    BarrierArrival.message_id == message_id,
-                    BarrierArrival.generation == generation,
-                )
-            )
-        )
+        arrived = group.arrived.get((kind, message_id, generation), set())
         missing = [n for n in expected if n not in arrived]
         if operation == "lava-wait" and len(missing) < len(expected):
             return  # someone did send: the waiter's copy is on its way
@@ -399,16 +437,12 @@ class BarrierService:
                 f"{len(expected) - len(missing)} of {len(expected)} arrived"
             )
         row.failed_reason = reason
-        self._outbox_added = True
-        session.add(
-            BarrierOutbox(
-                group_name=name,
-                message_type=GroupFailedSchema.message_type,
-                body=json.dumps(
-                    {"group": name, "reason": reason, "node": body["node"], "cause": "timeout"}
-                ),
-                published=False,
-            )
+        self._add_outbox(
+            session,
+            outbox,
+            name,
+            GroupFailedSchema.message_type,
+            {"group": name, "reason": reason, "node": body["node"], "cause": "timeout"},
         )
         log.warning("group %s failed: %s", name, reason)
 
@@ -419,6 +453,42 @@ class BarrierService:
         if publisher is None:
             raise InfrastructureError("barrier service: no broker connection to publish on")
         return publisher
+
+    def _publish(self, outbox: list[OutboxItem]) -> None:
+        """Publish a batch's decisions with one wait for every confirm, then mark them."""
+        messages = [
+            Outgoing(
+                topology.group_exchange_name(group),
+                "",
+                OUTBOX_SCHEMAS[message_type],
+                body,
+                # stable: a row published again after a crash is dropped by
+                # the clients as the same message
+                message_id=f"barrier-outbox-{group}-{row_id}",
+            )
+            for row_id, group, message_type, body in outbox
+        ]
+        try:
+            returned = self._publisher().publish_many(messages)
+        except InfrastructureError as exc:
+            # e.g. a group exchange deleted meanwhile (404 closes the channel):
+            # one by one, dropping what belongs to ended groups
+            log.info("batch publish failed (%s); publishing the outbox one by one", exc)
+            self._flush_outbox()
+            return
+        for message in returned:
+            # the group ended (its queues are gone): nobody to tell
+            log.warning(
+                "dropping %s for ended group: exchange %r, no queue bound",
+                message.schema.message_type,
+                message.exchange,
+            )
+        with self.sessions() as session, session.begin():
+            session.execute(
+                update(OUTBOX)
+                .where(OUTBOX.c.id.in_([row_id for row_id, _, _, _ in outbox]))
+                .values(published=True)
+            )
 
     def _flush_outbox(self) -> None:
         """Publish every decided message not yet marked published, oldest first."""
