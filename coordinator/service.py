@@ -16,6 +16,18 @@ deadline, and takes silent hosts offline. For every group that starts it
 calls ``create_group`` and then publishes one ``subjob-assignment`` per node
 to ``lava.device`` (routing key = device). Every committed state change is
 published on ``lava.events``.
+
+Crash safety (the store is the truth, the broker side is redone):
+
+* at start it resumes the groups it had started: a joining group's topology
+  and its not yet accepted assignments are published again (the barrier and
+  the dispatchers' journals take them once), and a group that failed but did
+  not end is failed on the broker again;
+* a redelivered ``subjob-state`` (killed before the ack) redoes the broker
+  side of that state; a redelivered ``submit`` gets the job it made, not a
+  second one; test results are stored once per message id;
+* deadlines (heartbeats, joins) are judged only once the ``lava.control``
+  backlog left while it was down has been read.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker_config import topology
-from broker_config.identity import check_sender, delivery_user
+from broker_config.identity import check_sender, delivery_user, host_user
 from broker_config.messaging import Broker, Delivery, QueueConsumer, is_amqp_url
 from coordinator import groups
 from coordinator.aggregate import ResultsAggregator
@@ -85,6 +97,8 @@ class CoordinatorService:
         self._dirty = True
         self._last_pass = 0.0
         self._last_checks = 0.0
+        #: deadlines wait until the control messages queued while it was down are read
+        self._caught_up = False
 
     # --- life cycle -------------------------------------------------------
 
@@ -94,6 +108,7 @@ class CoordinatorService:
         self.broker = Broker(s.broker_url)
         try:
             self.broker.declare(*topology.static_exchanges(), *topology.static_queues())
+            self.resume(self.clock())
             schemas: dict[str, MessageSchema] = {
                 name: cls() for name, cls in {**RPC_REQUESTS, **CONTROL_MESSAGES}.items()
             }
@@ -118,6 +133,26 @@ class CoordinatorService:
     def stop(self) -> None:
         if self.consumer is not None:
             self.consumer.stop()
+
+    def resume(self, now: float) -> None:
+        """Redo the broker side of the groups a previous run started (see the module doc)."""
+        assert self.store is not None
+        joining, failed = self.store.unfinished_groups()
+        for outcome in failed:
+            log.warning("group %s: failed before a restart; failing it again", outcome.group)
+            self._apply(outcome)
+        failed_groups = {o.group for o in failed}
+        for group in joining:
+            if group.group in failed_groups:
+                continue
+            pending = [s.device for s in group.subjobs if s.state == "assigned"]
+            log.warning(
+                "group %s (job %s) was joining: publishing again to %s",
+                group.group,
+                group.job_id,
+                ", ".join(pending) or "nobody",
+            )
+            self._launch(group, now, only_assigned=True)
 
     # --- deliveries -------------------------------------------------------
 
@@ -159,6 +194,7 @@ class CoordinatorService:
                 self.clock(),
                 error_type=body.get("error_type"),
                 message=body.get("message"),
+                replay=bool((delivery.message.delivery_info or {}).get("redelivered")),
             )
             if outcome is not None:
                 self._apply(outcome)
@@ -169,7 +205,11 @@ class CoordinatorService:
         method = delivery.message_type
         reply: dict[str, Any]
         try:
-            result = getattr(self, "_rpc_" + method.replace("-", "_"))(delivery.body)
+            if method == "submit":
+                request_id = delivery.properties.get("message_id")
+                result = self._rpc_submit(delivery.body, request_id=request_id)
+            else:
+                result = getattr(self, "_rpc_" + method.replace("-", "_"))(delivery.body)
             reply = {"ok": True, "method": method, "result": result}
         except Exception as exc:
             err = classify(exc)
@@ -203,7 +243,7 @@ class CoordinatorService:
             # the client gave up (its reply queue is gone); the request itself was handled
             log.warning("rpc %s: cannot reply to %s: %s", method, reply_to, exc)
 
-    def _rpc_submit(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _rpc_submit(self, body: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
         assert self.store is not None
         source = body["source"]
         plan: JobPlan = load_job(body["definition"], source)
@@ -217,7 +257,12 @@ class CoordinatorService:
                 [f"lab: the lab cannot run this job: {p}" for p in problems], source
             )
         receipt = self.store.submit(
-            plan.to_dict(), body["definition"], source, body["submitter"], self.clock()
+            plan.to_dict(),
+            body["definition"],
+            source,
+            body["submitter"],
+            self.clock(),
+            request_id=str(request_id) if request_id else None,
         )
         self._dirty = True
         return {
@@ -272,8 +317,27 @@ class CoordinatorService:
             log.error("coordinator pass failed: %s", exc)
         self._publish_events()
 
+    def _control_backlog(self) -> int:
+        """Messages waiting in ``lava.control`` (0 when it cannot tell)."""
+        assert self.broker is not None
+        try:
+            ok = self.broker.channel().queue_declare(
+                queue=topology.control_queue().name, passive=True
+            )
+            return int(getattr(ok, "message_count", 0) or 0)
+        except Exception as exc:
+            log.debug("cannot read the control backlog: %s", exc)
+            self.broker._reset()
+            return 0
+
     def _check_deadlines(self, now: float) -> None:
         assert self.store is not None
+        if not self._caught_up:
+            # heartbeats and acceptances sent while we were down are still queued:
+            # judging hosts and joins before reading them would fail healthy groups
+            if self._control_backlog():
+                return
+            self._caught_up = True
         for host in self.store.silent_hosts(now, self.settings.heartbeat_timeout):
             cause = f"stopped heartbeating (no heartbeat for {self.settings.heartbeat_timeout:g} s)"
             for outcome in self.store.host_lost(host, now, cause):
@@ -306,15 +370,28 @@ class CoordinatorService:
             self._launch(group, now)
         return started
 
-    def _launch(self, group: StartedGroup, now: float) -> None:
+    def _launch(self, group: StartedGroup, now: float, *, only_assigned: bool = False) -> None:
         assert self.broker is not None and self.store is not None
         plan = JobPlan.from_dict(group.plan)
         timeouts = plan.timeouts.to_dict()
+        # each node may speak only through the broker user of the host running it
+        hosts = group.hosts
+        owners = (
+            {node: host_user(host) for node, host in hosts.items()}
+            if set(hosts) == set(group.members)
+            else {}
+        )
         try:
             groups.create_group(
-                self.broker, group.group, group.members, timeout=plan.timeouts.multinode
+                self.broker,
+                group.group,
+                group.members,
+                timeout=plan.timeouts.multinode,
+                owners=owners,
             )
             for sub in group.subjobs:
+                if only_assigned and sub.state != "assigned":
+                    continue
                 self.broker.publish(
                     topology.DEVICE_EXCHANGE_NAME,
                     topology.device_routing_key(sub.device),
@@ -329,6 +406,7 @@ class CoordinatorService:
                         "device": sub.device,
                         "device_type": sub.device_type,
                         "members": group.members,
+                        "owners": owners,
                         "plan": plan.subjob_dict(sub.role, sub.role_index),
                         "timeouts": timeouts,
                         "is_slave": sub.is_slave,

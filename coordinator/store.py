@@ -143,6 +143,18 @@ class Event(Base):
     text: Mapped[str] = mapped_column(Text, default="")
 
 
+class RpcReceipt(Base):
+    """A handled RPC request that changed the lab (table from revision 0005): a
+    redelivery of the same request (coordinator killed before its ack) is answered
+    from here instead of being applied twice."""
+
+    __tablename__ = "rpc_receipts"
+    request_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    method: Mapped[str] = mapped_column(String(50))
+    job_id: Mapped[int] = mapped_column(Integer)
+    time: Mapped[float] = mapped_column(Float)
+
+
 # ------------------------------------------------------------- plain data
 
 
@@ -155,6 +167,10 @@ class StartedSubJob:
     device_type: str
     is_slave: bool
     essential: bool
+    #: the host that owns the device (its broker user owns the node)
+    host: str | None = None
+    #: the sub-job's state in the store (``assigned`` until its dispatcher accepts it)
+    state: str = "assigned"
 
 
 @dataclass
@@ -172,6 +188,11 @@ class StartedGroup:
     def members(self) -> dict[str, str]:
         """node (= device name) → role."""
         return {s.device: s.role for s in self.subjobs}
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """node (= device name) → the host that runs it (nodes whose host is known)."""
+        return {s.device: s.host for s in self.subjobs if s.host}
 
 
 @dataclass
@@ -460,10 +481,30 @@ class Store:
     # --- jobs -------------------------------------------------------------
 
     def submit(
-        self, plan: Mapping[str, Any], definition: str, source: str, submitter: str, now: float
+        self,
+        plan: Mapping[str, Any],
+        definition: str,
+        source: str,
+        submitter: str,
+        now: float,
+        *,
+        request_id: str | None = None,
     ) -> SubmitReceipt:
-        """Store a validated plan (``JobPlan.to_dict()``) as one queued group."""
+        """Store a validated plan (``JobPlan.to_dict()``) as one queued group.
+
+        ``request_id`` (the RPC message's id): a request stored before gets the
+        receipt of the job it made, not a second job.
+        """
         with self.session() as s:
+            if request_id:
+                seen = s.get(RpcReceipt, request_id)
+                if seen is not None:
+                    log.warning(
+                        "submit request %s was handled before (job %s): not stored again",
+                        request_id,
+                        seen.job_id,
+                    )
+                    return self._receipt(s, seen.job_id)
             job = Job(
                 job_name=str(plan.get("job_name") or ""),
                 submitter=submitter,
@@ -496,6 +537,8 @@ class Store:
                 s.add(row)
                 s.flush()
                 receipt.subjob_ids.append(row.id)
+            if request_id:
+                s.add(RpcReceipt(request_id=request_id, method="submit", job_id=job.id, time=now))
             self._event(
                 s, now, "job", "queued",
                 f"job {job.id} ({job.job_name}) submitted by {submitter}: "
@@ -503,6 +546,13 @@ class Store:
                 job_id=job.id,
             )  # fmt: skip
             return receipt
+
+    @staticmethod
+    def _receipt(s: Session, job_id: int) -> SubmitReceipt:
+        group = s.scalar(select(Group).where(Group.job_id == job_id))
+        assert group is not None
+        ids = s.scalars(select(SubJob.id).where(SubJob.job_id == job_id).order_by(SubJob.id))
+        return SubmitReceipt(job_id, group.name, list(ids))
 
     def queued_groups(self) -> list[GroupRequest]:
         with self.session() as s:
@@ -565,6 +615,10 @@ class Store:
                 subs = s.scalars(
                     select(SubJob).where(SubJob.job_id == job_id).order_by(SubJob.id)
                 ).all()
+                host_ids = {d.host_id for d, _ in devices.values() if d.host_id is not None}
+                host_names = {
+                    h.id: h.name for h in s.scalars(select(Host).where(Host.id.in_(host_ids)))
+                }
                 for sub in subs:
                     name = alloc[sub.id]
                     dev, dtype = devices[name]
@@ -577,7 +631,7 @@ class Store:
                     info.subjobs.append(
                         StartedSubJob(
                             sub.id, sub.role, sub.role_index, name, dtype, sub.is_slave,
-                            sub.essential,
+                            sub.essential, host_names.get(dev.host_id or -1),
                         )
                     )  # fmt: skip
                     self._event(
@@ -600,15 +654,22 @@ class Store:
         *,
         error_type: str | None = None,
         message: str | None = None,
+        replay: bool = False,
     ) -> GroupOutcome | None:
-        """Apply a dispatcher's report. Idempotent; never moves a sub-job backwards."""
+        """Apply a dispatcher's report. Idempotent; never moves a sub-job backwards.
+
+        ``replay``: the report is a redelivery (the coordinator may have died
+        after committing it and before acting on the broker); a report that
+        changes nothing then returns the group's outcome again, so its broker
+        side (failure, clean-up) is done at least once. Both are idempotent.
+        """
         with self.session() as s:
             sub = s.get(SubJob, subjob_id)
             if sub is None:
                 log.warning("state %s for unknown sub-job %s ignored", state, subjob_id)
                 return None
             if sub.state in FINAL_SUBJOB_STATES:
-                return None
+                return self._replayed_outcome(s, sub) if replay else None
             group = s.get(Group, sub.group_id)
             assert group is not None
             if state in FINAL_SUBJOB_STATES:
@@ -651,6 +712,96 @@ class Store:
                         job_id=job.id,
                     )  # fmt: skip
             return GroupOutcome(job.id, group.name, job_state=job.state, created=True)
+
+    def _replayed_outcome(self, s: Session, sub: SubJob) -> GroupOutcome:
+        """The broker side of a sub-job's end, again (nothing in the store changes)."""
+        job = s.get(Job, sub.job_id)
+        group = s.get(Group, sub.group_id)
+        assert job is not None and group is not None
+        subs = s.scalars(select(SubJob).where(SubJob.group_id == group.id)).all()
+        outcome = GroupOutcome(
+            job.id,
+            group.name,
+            job_state=job.state,
+            nodes=sorted(x.device for x in subs if x.device),
+            created=group.started_at is not None,
+            ended=group.state == "ended",
+        )
+        if sub.state == "incomplete":
+            outcome.fail_reason = (
+                f"node {sub.device} (role {sub.role}) failed: "
+                f"{sub.message or sub.error_type or 'incomplete'}"
+            )
+            outcome.fail_node = sub.device
+        return outcome
+
+    def unfinished_groups(self) -> tuple[list[StartedGroup], list[GroupOutcome]]:
+        """What a restarted coordinator must redo on the broker for groups it started.
+
+        Returns the groups still joining (with every sub-job and its state: the
+        ``assigned`` ones may never have been published) and, for groups not
+        ended that already failed (a sub-job ended badly, or the job was
+        canceled), the outcome whose failure the peers must see.
+        """
+        joining: list[StartedGroup] = []
+        failed: list[GroupOutcome] = []
+        with self.session() as s:
+            groups = s.scalars(
+                select(Group).where(Group.state.in_(("joining", "running"))).order_by(Group.id)
+            ).all()
+            for group in groups:
+                job = s.get(Job, group.job_id)
+                assert job is not None
+                subs = s.scalars(
+                    select(SubJob).where(SubJob.group_id == group.id).order_by(SubJob.id)
+                ).all()
+                nodes = sorted(x.device for x in subs if x.device)
+                bad = sorted(
+                    (x for x in subs if x.state in ("incomplete", "canceled")),
+                    key=lambda x: (x.ended_at or 0.0, x.id),
+                )
+                if job.state == "canceled" or bad:
+                    first = bad[0] if bad else None
+                    if job.state == "canceled" or first is None:
+                        reason = f"job {job.id} canceled: {job.failure_cause}"
+                    else:
+                        reason = (
+                            f"node {first.device} (role {first.role}) failed: "
+                            f"{first.message or first.error_type or first.state}"
+                        )
+                    failed.append(
+                        GroupOutcome(
+                            job.id, group.name, fail_reason=reason,
+                            fail_node=first.device if first is not None else None,
+                            job_state=job.state, nodes=nodes, created=True,
+                        )
+                    )  # fmt: skip
+                if group.state != "joining" or group.join_deadline is None:
+                    continue
+                devices = {
+                    d.name: (d, t, h)
+                    for d, t, h in s.execute(
+                        select(Device, DeviceType.name, Host.name)
+                        .join(DeviceType, Device.device_type_id == DeviceType.id)
+                        .outerjoin(Host, Device.host_id == Host.id)
+                        .where(Device.name.in_(nodes))
+                    ).all()
+                }
+                info = StartedGroup(
+                    job.id, job.job_name, group.name, job.plan, group.join_deadline, []
+                )
+                for sub in subs:
+                    if not sub.device or sub.device not in devices:
+                        continue
+                    _, dtype, host = devices[sub.device]
+                    info.subjobs.append(
+                        StartedSubJob(
+                            sub.id, sub.role, sub.role_index, sub.device, dtype, sub.is_slave,
+                            sub.essential, host, sub.state,
+                        )
+                    )  # fmt: skip
+                joining.append(info)
+        return joining, failed
 
     def _end_subjob(
         self,

@@ -9,7 +9,9 @@ Threads (one kombu connection each, never shared):
   not when the sub-job ends (RabbitMQ's delivery-acknowledgement timeout
   would requeue a long job). An id already in the journal is not run again.
   ``QueueConsumer`` reconnects and re-declares after a broker restart.
-- the **control publisher**: ``host-register`` at start, ``host-heartbeat``
+- the **control publisher**: ``host-register`` at start and again after its
+  broker connection was re-established (a coordinator that lost its state or
+  took the host offline meanwhile sees its devices again), ``host-heartbeat``
   every ``heartbeat_interval`` and every ``subjob-state`` on ``lava.control``.
 - one **worker per device**: runs that device's sub-jobs one after the other
   (:class:`~dispatcher.runner.SubJobRunner`; each sub-job has its own
@@ -51,13 +53,23 @@ _STOP = object()
 class ControlPublisher:
     """Publishes on ``lava.control`` from its own thread; heartbeats on a timer."""
 
-    def __init__(self, broker_url: str, host: str, interval: float) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        host: str,
+        interval: float,
+        *,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
         self.broker_url = broker_url
         self.host = host
         self.interval = interval
+        #: called (on this publisher's thread) after a publish on a re-established connection
+        self.on_reconnect = on_reconnect
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=f"control-{host}", daemon=True)
         self.sent = 0
+        self.reconnects = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -79,6 +91,8 @@ class ControlPublisher:
             except LavamqError as exc:
                 log.warning("cannot declare %s (%s); relying on `lavamq broker setup`", q.name, exc)
         next_beat = time.monotonic() + self.interval
+        # the Broker opens a new connection object whenever it reconnects
+        connection: Any = None
         try:
             while True:
                 try:
@@ -101,6 +115,15 @@ class ControlPublisher:
                     self.sent += 1
                 except LavamqError as exc:
                     log.error("control message %s not published: %s", body.get("kind"), exc)
+                    continue
+                if connection is not None and broker.connection is not connection:
+                    self.reconnects += 1
+                    log.warning(
+                        "control connection re-established: registering %s again", self.host
+                    )
+                    if self.on_reconnect is not None:
+                        self.on_reconnect()
+                connection = broker.connection
         finally:
             broker.close()
 
@@ -178,7 +201,9 @@ class Dispatcher:
             for d in config.get("device", [])
         }
         self.stopping = threading.Event()
-        self.control = ControlPublisher(self.broker_url, self.host, self.heartbeat_interval)
+        self.control = ControlPublisher(
+            self.broker_url, self.host, self.heartbeat_interval, on_reconnect=self.register
+        )
         self.workers = {name: DeviceWorker(self, dev) for name, dev in self.devices.items()}
         self.consumer = QueueConsumer(
             self.broker_url,
@@ -282,6 +307,8 @@ class Dispatcher:
             a["node"],
             dict(a["members"]),
             timeout=float(a["timeouts"]["multinode"]),
+            # the coordinator names each node's host user: no host speaks for another's node
+            owners=dict(a.get("owners") or {}) or None,
         )
 
     # --- life cycle ----------------------------------------------------------

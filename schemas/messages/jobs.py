@@ -148,7 +148,8 @@ class SubJobAssignmentSchema(MessageSchema):
 
     ``join_deadline`` (seconds since the epoch): a dispatcher that takes the
     assignment after it drops it and reports ``subjob-state canceled``; the
-    coordinator has already cancelled the group by then.
+    coordinator has already cancelled the group by then. ``owners`` (optional):
+    node → broker user of its host, handed to the node's ``MultinodeClient``.
     """
 
     message_type = "subjob-assignment"
@@ -161,6 +162,9 @@ class SubJobAssignmentSchema(MessageSchema):
     device = fields.String(required=True, validate=NAME)
     device_type = fields.String(required=True)
     members = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    #: node → broker user of the host running it: a node's MultiNode messages are
+    #: believed only from that user (broker_config/identity.py); empty: role checks only
+    owners = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     plan = fields.Dict(required=True)
     timeouts = fields.Nested(TimeoutsSchema, required=True)
     is_slave = fields.Boolean(load_default=False)
