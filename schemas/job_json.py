@@ -8,13 +8,13 @@ the boot that 2014's ``lava_test_shell`` did implicitly is made explicit.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from marshmallow import Schema, validate
 
 from schemas.jobmodel import (
     FORMAT_2014,
-    MAX_COUNT,
     ActionPlan,
     Anything,
     Flag,
@@ -26,18 +26,22 @@ from schemas.jobmodel import (
     TextList,
     Timeouts,
     Whole,
+    action_roles,
     build_plan,
+    check_device_choice,
+    check_group_size,
     check_mapping,
     check_role_name,
-    check_roles_exist,
+    count_field,
+    definition_entry,
     definition_name,
     image_entry,
     join,
     jsonable,
-    kind_of,
     known_list,
+    listed,
     priority_value,
-    roles_field,
+    role_plan,
 )
 
 log = logging.getLogger(__name__)
@@ -68,13 +72,7 @@ Job2014Schema = Schema.from_dict(
 DeviceGroupSchema = Schema.from_dict(
     {
         "role": Text(required=True),
-        "count": Whole(
-            load_default=1,
-            validate=[
-                validate.Range(min=1, error="must be at least {min}"),
-                validate.Range(max=MAX_COUNT, error="must be at most {max}"),
-            ],
-        ),
+        "count": count_field(),
         "device_type": Text(),
         "device": Text(),
         "tags": TextList(),
@@ -248,13 +246,7 @@ def _name_from_source(source: str) -> str:
 def _device_group(value: Any, problems: Problems) -> tuple[list[RolePlan], list[str]]:
     """The valid roles, and every role name declared (so that an action naming a
     role whose entry has a problem is not reported a second time)."""
-    if not isinstance(value, list):
-        if value is not None:
-            problems.add("device_group", f"must be a list of roles (got {kind_of(value)})")
-        return [], []
-    if not value:
-        problems.add("device_group", "must list at least one role")
-        return [], []
+    value = listed(value, "device_group", "role", problems)
     declared = list(
         dict.fromkeys(
             e["role"] for e in value if isinstance(e, dict) and isinstance(e.get("role"), str)
@@ -278,51 +270,20 @@ def _device_group(value: Any, problems: Problems) -> tuple[list[RolePlan], list[
             seen.add(name)
         else:
             ok = False
-        device_type, device = item.get("device_type"), item.get("device")
-        if isinstance(entry, dict):
-            if "device_type" in entry and "device" in entry:
-                problems.add(loc, "give 'device_type' or 'device', not both")
-                ok = False
-            elif "device_type" not in entry and "device" not in entry:
-                problems.add(
-                    loc, "needs 'device_type' (any board of a type) or 'device' (one board)"
-                )
-                ok = False
-        count = item.get("count", 1)
-        if "device" in item and "count" in item and count != 1:
-            problems.add(loc, f"'device' names one board, so 'count' must be 1 (got {count})")
+        if not check_device_choice(entry, item, loc, problems):
             ok = False
         if not ok or name is None or "count" not in item:
             continue
-        roles.append(
-            RolePlan(
-                name=name,
-                count=count,
-                device_type=device_type,
-                device=device,
-                tags=tuple(item.get("tags", ())),
-                is_slave=item.get("is_slave", False),
-                essential=False,
-            )
-        )
-    total = sum(r.count for r in roles)
-    if total > MAX_COUNT:
-        problems.add("device_group", f"the group has {total} devices; at most {MAX_COUNT}")
+        roles.append(role_plan(name, item))
+    check_group_size(roles, "device_group", problems)
     return roles, declared
 
 
 def _actions(
     value: Any, role_names: list[str], default_timeout: float, problems: Problems
 ) -> list[ActionPlan]:
-    if not isinstance(value, list):
-        if value is not None:
-            problems.add("actions", f"must be a list of actions (got {kind_of(value)})")
-        return []
-    if not value:
-        problems.add("actions", "must list at least one action")
-        return []
     out: list[ActionPlan] = []
-    for i, entry in enumerate(value):
+    for i, entry in enumerate(listed(value, "actions", "action", problems)):
         loc = f"actions[{i}]"
         item = check_mapping(Action2014Schema(), entry, loc, problems)
         if item is None or "command" not in item:
@@ -355,12 +316,7 @@ def _action(
     params = check_mapping(PARAMETER_SCHEMAS[command](), raw, loc, problems)
     if params is None:
         return None
-    roles: tuple[str, ...] = ()
-    if "role" in params:
-        limited = roles_field(params["role"], join(loc, "role"), problems)
-        if limited is not None:
-            check_roles_exist(limited, role_names, join(loc, "role"), problems)
-            roles = limited
+    roles = action_roles(params, role_names, loc, problems)
     kind = COMMAND_KINDS[command]
     timeout = params.get("timeout", default_timeout)
     rest = {k: v for k, v in raw.items() if k in params and k not in ("role", "timeout")}
@@ -430,14 +386,14 @@ def _test_shell(params: dict[str, Any], loc: str, problems: Problems) -> dict[st
         if "git-repo" in item:
             path = item.get("testdef", "lavatest.yaml")
             definitions.append(
-                {
-                    "from": "git",
-                    "repository": item["git-repo"],
-                    "path": path,
-                    "name": definition_name(path),
-                    "revision": item.get("revision"),
-                    "parameters": parameters,
-                }
+                definition_entry(
+                    source="git",
+                    repository=item["git-repo"],
+                    path=path,
+                    name=definition_name(path),
+                    revision=item.get("revision"),
+                    parameters=parameters,
+                )
             )
         else:
             definitions.append(_url_definition(item["url"], parameters, item.get("revision")))
@@ -450,14 +406,14 @@ def _test_shell(params: dict[str, Any], loc: str, problems: Problems) -> dict[st
 
 
 def _url_definition(url: str, parameters: dict[str, Any], revision: str | None) -> dict[str, Any]:
-    return {
-        "from": "url",
-        "repository": url,
-        "path": None,
-        "name": definition_name(url),
-        "revision": revision,
-        "parameters": parameters,
-    }
+    return definition_entry(
+        source="url",
+        repository=url,
+        path=None,
+        name=definition_name(url),
+        revision=revision,
+        parameters=parameters,
+    )
 
 
 def insert_implicit_boots(
@@ -501,14 +457,4 @@ def insert_implicit_boots(
             booted.update(need)
             tested.update(targets)
         out.append(action)
-    return [
-        ActionPlan(
-            kind=a.kind,
-            name=a.name,
-            parameters=a.parameters,
-            roles=a.roles,
-            timeout=a.timeout,
-            index=position,
-        )
-        for position, a in enumerate(out)
-    ]
+    return [replace(a, index=position) for position, a in enumerate(out)]

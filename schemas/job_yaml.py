@@ -18,7 +18,6 @@ from schemas.jobmodel import (
     DEFAULT_MULTINODE_TIMEOUT,
     DEFINITION_SOURCES,
     FORMAT_YAML,
-    MAX_COUNT,
     ActionPlan,
     Anything,
     Flag,
@@ -29,10 +28,14 @@ from schemas.jobmodel import (
     TextList,
     Timeouts,
     Whole,
+    action_roles,
     build_plan,
+    check_device_choice,
+    check_group_size,
     check_mapping,
     check_role_name,
-    check_roles_exist,
+    count_field,
+    definition_entry,
     definition_name,
     image_entry,
     is_number,
@@ -40,8 +43,9 @@ from schemas.jobmodel import (
     jsonable,
     kind_of,
     known_list,
+    listed,
     priority_value,
-    roles_field,
+    role_plan,
 )
 
 log = logging.getLogger(__name__)
@@ -98,13 +102,7 @@ RoleSchema = Schema.from_dict(
     {
         "device_type": Text(),
         "device": Text(),
-        "count": Whole(
-            load_default=1,
-            validate=[
-                validate.Range(min=1, error="must be at least {min}"),
-                validate.Range(max=MAX_COUNT, error="must be at most {max}"),
-            ],
-        ),
+        "count": count_field(),
         "tags": TextList(),
         "context": Anything(),
         "environment": Anything(),
@@ -317,15 +315,7 @@ def _roles(value: Any, loc: str, problems: Problems) -> list[RolePlan]:
         item = check_mapping(RoleSchema(), entry, rloc, problems)
         if item is None:
             continue
-        if "device_type" in entry and "device" in entry:
-            problems.add(rloc, "give 'device_type' or 'device', not both")
-            ok = False
-        elif "device_type" not in entry and "device" not in entry:
-            problems.add(rloc, "needs 'device_type' (any board of a type) or 'device' (one board)")
-            ok = False
-        count = item.get("count")
-        if "device" in item and count is not None and count != 1:
-            problems.add(rloc, f"'device' names one board, so 'count' must be 1 (got {count})")
+        if not check_device_choice(entry, item, rloc, problems):
             ok = False
         if "timeout" in item:
             timeout_seconds(item["timeout"], join(rloc, "timeout"), problems)
@@ -337,22 +327,10 @@ def _roles(value: Any, loc: str, problems: Problems) -> list[RolePlan]:
                 )
         if "context" in item and not isinstance(item["context"], dict):
             problems.add(join(rloc, "context"), "must be a mapping")
-        if not ok or count is None:
+        if not ok or "count" not in item:
             continue
-        roles.append(
-            RolePlan(
-                name=name,
-                count=count,
-                device_type=item.get("device_type"),
-                device=item.get("device"),
-                tags=tuple(item.get("tags", ())),
-                is_slave=item.get("is_slave", False),
-                essential=item.get("essential", False),
-            )
-        )
-    total = sum(r.count for r in roles)
-    if total > MAX_COUNT:
-        problems.add(loc, f"the group has {total} devices; at most {MAX_COUNT}")
+        roles.append(role_plan(name, item))
+    check_group_size(roles, loc, problems)
     return roles
 
 
@@ -363,15 +341,8 @@ def _actions(
     per_kind: dict[str, float],
     problems: Problems,
 ) -> list[ActionPlan]:
-    if not isinstance(value, list):
-        if value is not None:
-            problems.add("actions", f"must be a list of actions (got {kind_of(value)})")
-        return []
-    if not value:
-        problems.add("actions", "must list at least one action")
-        return []
     out: list[ActionPlan] = []
-    for i, entry in enumerate(value):
+    for i, entry in enumerate(listed(value, "actions", "action", problems)):
         loc = f"actions[{i}]"
         if not isinstance(entry, dict):
             problems.add(
@@ -413,12 +384,7 @@ def _action(
     bad_keys = [k for k in body if not isinstance(k, str)]
     for key in bad_keys:
         problems.add(loc, f"keys must be strings (got {key!r})")
-    roles: tuple[str, ...] = ()
-    if "role" in body:
-        limited = roles_field(body["role"], join(loc, "role"), problems)
-        if limited is not None:
-            check_roles_exist(limited, role_names, join(loc, "role"), problems)
-            roles = limited
+    roles = action_roles(body, role_names, loc, problems)
     timeout = per_kind.get(kind, timeouts.action)
     if "timeout" in body:
         timeout = timeout_seconds(body["timeout"], join(loc, "timeout"), problems) or timeout
@@ -562,14 +528,14 @@ def _definition(entry: Any, loc: str, problems: Problems) -> dict[str, Any] | No
         return None
     path = item.get("path")
     name = item.get("name") or definition_name(path or (repository if source == "url" else "test"))
-    out: dict[str, Any] = {
-        "from": source,
-        "repository": repository,
-        "path": path,
-        "name": name,
-        "revision": item.get("revision"),
-        "parameters": parameters,
-    }
+    out = definition_entry(
+        source=source,
+        repository=repository,
+        path=path,
+        name=name,
+        revision=item.get("revision"),
+        parameters=parameters,
+    )
     for key in ("branch", "history", "lava-signal", "skip_install"):
         if key in item:
             out[key] = item[key]

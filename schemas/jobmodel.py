@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import Schema, ValidationError, fields, validate
 
 from schemas.errors import JobError
 from schemas.messages.base import flatten_errors
@@ -499,6 +499,87 @@ def priority_value(value: Any, location: str, problems: Problems) -> int:
     return DEFAULT_PRIORITY
 
 
+# --------------------------------------------------------------------------- roles and actions
+
+
+def count_field() -> Whole:
+    """A role's ``count``: 1 if not given, from 1 to ``MAX_COUNT``."""
+    return Whole(
+        load_default=1,
+        validate=[
+            validate.Range(min=1, error="must be at least {min}"),
+            validate.Range(max=MAX_COUNT, error="must be at most {max}"),
+        ],
+    )
+
+
+def listed(value: Any, location: str, what: str, problems: Problems) -> list[Any]:
+    """The entries of a required non-empty list of ``what``s; [] if invalid or absent.
+
+    An absent list (None) is not reported here: the schema reports it as required.
+    """
+    if not isinstance(value, list):
+        if value is not None:
+            problems.add(location, f"must be a list of {what}s (got {kind_of(value)})")
+        return []
+    if not value:
+        problems.add(location, f"must list at least one {what}")
+        return []
+    return value
+
+
+def check_device_choice(
+    entry: Mapping[str, Any], item: Mapping[str, Any], location: str, problems: Problems
+) -> bool:
+    """A role gives ``device_type`` or ``device`` (one of them), and a role naming
+    one ``device`` has a count of 1. ``entry`` is the role as written, ``item``
+    the loaded part of it. False if a problem was reported."""
+    ok = True
+    if "device_type" in entry and "device" in entry:
+        problems.add(location, "give 'device_type' or 'device', not both")
+        ok = False
+    elif "device_type" not in entry and "device" not in entry:
+        problems.add(location, "needs 'device_type' (any board of a type) or 'device' (one board)")
+        ok = False
+    count = item.get("count")
+    if "device" in item and count is not None and count != 1:
+        problems.add(location, f"'device' names one board, so 'count' must be 1 (got {count})")
+        ok = False
+    return ok
+
+
+def role_plan(name: str, item: Mapping[str, Any]) -> RolePlan:
+    """The role ``name`` from its loaded, valid entry (``count`` present)."""
+    return RolePlan(
+        name=name,
+        count=item["count"],
+        device_type=item.get("device_type"),
+        device=item.get("device"),
+        tags=tuple(item.get("tags", ())),
+        is_slave=item.get("is_slave", False),
+        essential=item.get("essential", False),
+    )
+
+
+def check_group_size(roles: list[RolePlan], location: str, problems: Problems) -> None:
+    total = sum(r.count for r in roles)
+    if total > MAX_COUNT:
+        problems.add(location, f"the group has {total} devices; at most {MAX_COUNT}")
+
+
+def action_roles(
+    body: Mapping[str, Any], role_names: list[str], location: str, problems: Problems
+) -> tuple[str, ...]:
+    """The roles an action is limited to by its ``role`` key; () means every role."""
+    if "role" not in body:
+        return ()
+    limited = roles_field(body["role"], join(location, "role"), problems)
+    if limited is None:
+        return ()
+    check_roles_exist(limited, role_names, join(location, "role"), problems)
+    return limited
+
+
 # --------------------------------------------------------------------------- images
 
 
@@ -585,6 +666,26 @@ def definition_name(path: str) -> str:
     """The default test name: the stem of the test definition file."""
     stem = PurePosixPath(urlsplit(path).path or path).stem
     return stem or "test"
+
+
+def definition_entry(
+    *,
+    source: str,
+    repository: Any,
+    path: str | None,
+    name: str,
+    revision: str | None,
+    parameters: dict[str, Any],
+) -> dict[str, Any]:
+    """One normalised test definition, the shape the dispatcher runs from both formats."""
+    return {
+        "from": source,
+        "repository": repository,
+        "path": path,
+        "name": name,
+        "revision": revision,
+        "parameters": parameters,
+    }
 
 
 # --------------------------------------------------------------------------- JSON safety
