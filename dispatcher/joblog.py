@@ -70,11 +70,12 @@ def may_hold_secret(text: str, extra: Iterable[str] = ()) -> bool:
     Used on a whole chunk of console output so that its lines are masked one
     by one only when the chunk holds a URL, a key word or a known secret.
     """
-    return (
-        "://" in text
-        or any(hint in text for hint in _KEY_HINTS)
-        or any(secret in text for secret in extra if secret)
-    )
+    if "://" in text or any(secret in text for secret in extra if secret):
+        return True
+    # one lower-case copy and four scans instead of a scan per spelling of
+    # each key word: finds more than _KEY_HINTS (never less), mask_secrets decides
+    lower = text.lower()
+    return "pass" in lower or "token" in lower or "secret" in lower or "key" in lower
 
 
 def cut(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -205,7 +206,14 @@ class JobLog:
         if self._file is not None:
             # the same bytes as json.dumps(record, ensure_ascii=False) per line
             head = f'{{"time": {_json_string(stamp)}, "level": "target", "message": '
-            self._file.write("".join([f"{head}{_json_string(line)}}}\n" for line in lines]))
+            joined = "".join(lines)
+            if joined.isprintable() and '"' not in joined and "\\" not in joined:
+                # nothing to escape in any line (no quote, backslash or control
+                # character): JSON strings are the lines in quotes
+                sep = f'"}}\n{head}"'
+                self._file.write(f'{head}"{sep.join(lines)}"}}\n')
+            else:
+                self._file.write("".join([f"{head}{_json_string(line)}}}\n" for line in lines]))
             now = time.monotonic()
             if now - self._flushed >= 0.1:
                 self._file.flush()

@@ -26,13 +26,17 @@ def _dir(value: str | None) -> str:
     return value or os.environ.get("LAVAMQ_LOG_DIR") or DEFAULT_DIR
 
 
-def _print(node: str, rec: dict[str, Any], as_json: bool) -> None:
+def _print(node: str, records: list[dict[str, Any]], as_json: bool) -> None:
+    """A batch's records, one line each, in one write (click.echo flushes per call)."""
     from dispatcher.joblog import format_record
 
+    if not records:
+        return
     if as_json:
-        click.echo(json.dumps({"node": node, **rec}, ensure_ascii=False))
+        lines = [json.dumps({"node": node, **rec}, ensure_ascii=False) for rec in records]
     else:
-        click.echo(format_record(rec, node=node))
+        lines = [format_record(rec, node=node) for rec in records]
+    click.echo("\n".join(lines))
 
 
 @click.command("logs")
@@ -71,8 +75,7 @@ def logs_command(
         nodes.add(key[0])
         if batch.get("final"):
             finals.add(key[0])
-        for rec in batch.get("records", []):
-            _print(key[0], rec, as_json)
+        _print(key[0], batch.get("records", []), as_json)
 
     if not follow:
         for batch in stored_batches(_dir(log_dir), job):
