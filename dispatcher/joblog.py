@@ -48,7 +48,11 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
-_KEY_HINTS = ("pass", "token", "secret", "key", "PASS", "TOKEN", "SECRET", "KEY", "Pass", "Key")
+def _has_key_word(text: str) -> bool:
+    """Whether ``text`` may hold a key word of ``_KEY_SECRET`` in any case (a cheap
+    pre-check: the regex is case-insensitive, so is this)."""
+    lower = text.lower()
+    return "pass" in lower or "token" in lower or "secret" in lower or "key" in lower
 
 
 def mask_secrets(text: str, extra: Iterable[str] = ()) -> str:
@@ -56,7 +60,7 @@ def mask_secrets(text: str, extra: Iterable[str] = ()) -> str:
     # cheap checks first: most console lines hold neither a URL nor a key word
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
-    if any(hint in text for hint in _KEY_HINTS):
+    if _has_key_word(text):
         text = _KEY_SECRET.sub(lambda m: m.group("head") + MASK, text)
     for secret in extra:
         if secret:
@@ -70,12 +74,7 @@ def may_hold_secret(text: str, extra: Iterable[str] = ()) -> bool:
     Used on a whole chunk of console output so that its lines are masked one
     by one only when the chunk holds a URL, a key word or a known secret.
     """
-    if "://" in text or any(secret in text for secret in extra if secret):
-        return True
-    # one lower-case copy and four scans instead of a scan per spelling of
-    # each key word: finds more than _KEY_HINTS (never less), mask_secrets decides
-    lower = text.lower()
-    return "pass" in lower or "token" in lower or "secret" in lower or "key" in lower
+    return "://" in text or any(secret in text for secret in extra if secret) or _has_key_word(text)
 
 
 def cut(text: str, limit: int = MAX_MESSAGE) -> str:
