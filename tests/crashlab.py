@@ -67,6 +67,7 @@ def host_toml(
     url: str,
     devices: list[tuple[str, str]],
     heartbeat_interval: float,
+    env: Mapping[str, str] | None = None,
 ) -> Path:
     path_env = ":".join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
     lines = [
@@ -87,6 +88,7 @@ def host_toml(
             'network = "none"',
             "[device.settings.env]",
             f'PATH = "{path_env}"',
+            *(f"{key} = {json.dumps(value)}" for key, value in (env or {}).items()),
         ]
     path = tmp / f"{host}.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -108,6 +110,7 @@ class CrashLab:
         coordinator_url: str | None = None,
         barrier_url: str | None = None,
         host_urls: Mapping[str, str] | None = None,
+        device_env: Mapping[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.url = url
@@ -130,7 +133,7 @@ class CrashLab:
         self.dispatchers: dict[str, ServiceProcess] = {}
         for host, devices in self.hosts.items():
             host_url = (host_urls or {}).get(host, url)
-            cfg = host_toml(tmp, host, host_url, devices, heartbeat_interval)
+            cfg = host_toml(tmp, host, host_url, devices, heartbeat_interval, device_env)
             self.dispatchers[host] = ServiceProcess(
                 ["dispatcher", "--config", str(cfg)],
                 f"lavamq dispatcher {host} ready",
