@@ -182,50 +182,25 @@ def test_anti_starvation_old_group_blocks_later_ones_from_its_devices() -> None:
 
 def test_a_stream_of_small_groups_cannot_starve_a_big_one_forever() -> None:
     """Simulate passes: small jobs keep arriving; the big one must start."""
-    names = [f"p{i}" for i in range(4)]
-    busy: dict[str, int] = {"p0": 100, "p1": 101}  # device -> job running on it
-    ends: dict[int, float] = {100: 5.0, 101: 15.0}
-    big = group(1, [(4, "panda", ())], submitted=0.0)
-    queue = {1: big}
-    next_id = 2
-    started_big_at = None
-    for step in range(200):
-        now = float(step)
-        # one new small job per second
-        queue[next_id] = group(next_id, [(1, "panda", ())], submitted=now)
-        next_id += 1
-        for name, job in list(busy.items()):
-            if ends[job] <= now:
-                del busy[name]
-        lab = [
-            dev(n, "panda", state="running", job_id=busy[n]) if n in busy else dev(n, "panda")
-            for n in names
-        ]
-        res = schedule(lab, list(queue.values()), now, starvation_seconds=30)
-        for job, alloc in res.allocations.items():
-            del queue[job]
-            for name in alloc.values():
-                busy[name] = job
-            ends[job] = now + 3.0  # small jobs run 3 s
-            if job == 1:
-                started_big_at = now
-        if started_big_at is not None:
-            break
+    started_big_at = _when_big_group_starts(small_per_second=1, starvation_seconds=30)
     assert started_big_at is not None, "the big group starved"
     assert 30 <= started_big_at <= 40
     # without the rule it does starve in the same scenario
-    assert _big_starts_without_rule() is None
+    assert _when_big_group_starts(small_per_second=2, starvation_seconds=float("inf")) is None
 
 
-def _big_starts_without_rule() -> float | None:
+def _when_big_group_starts(small_per_second: int, starvation_seconds: float) -> float | None:
+    """Four pandas, two busy at first; a group needing all four waits while
+    ``small_per_second`` one-panda groups arrive each second and run 3 s.
+    The second at which the big group starts, or None if not in 200 s."""
     names = [f"p{i}" for i in range(4)]
-    busy: dict[str, int] = {"p0": 100, "p1": 101}
+    busy: dict[str, int] = {"p0": 100, "p1": 101}  # device -> job running on it
     ends: dict[int, float] = {100: 5.0, 101: 15.0}
     queue = {1: group(1, [(4, "panda", ())], submitted=0.0)}
     next_id = 2
     for step in range(200):
         now = float(step)
-        for _ in range(2):
+        for _ in range(small_per_second):
             queue[next_id] = group(next_id, [(1, "panda", ())], submitted=now)
             next_id += 1
         for name, job in list(busy.items()):
@@ -235,12 +210,12 @@ def _big_starts_without_rule() -> float | None:
             dev(n, "panda", state="running", job_id=busy[n]) if n in busy else dev(n, "panda")
             for n in names
         ]
-        res = schedule(lab, list(queue.values()), now, starvation_seconds=float("inf"))
+        res = schedule(lab, list(queue.values()), now, starvation_seconds=starvation_seconds)
         for job, alloc in res.allocations.items():
             del queue[job]
             for name in alloc.values():
                 busy[name] = job
-            ends[job] = now + 3.0
+            ends[job] = now + 3.0  # small jobs run 3 s
             if job == 1:
                 return now
     return None
