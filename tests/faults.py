@@ -7,8 +7,8 @@ attempts were turned away, so the outage is measured in events, not seconds.
 Other tests share the real broker, so an outage of our own clients is the
 only broker fault a test may cause.
 
-``ServiceProcess`` runs a lavamq service as a real process, waits for its
-readiness line, and can SIGKILL and restart it.
+``ServiceProcess`` (from ``lab``) runs a lavamq service as a real process,
+waits for its readiness line, and can SIGKILL and restart it.
 
 ``record_reliability`` appends one measured row (faults injected, messages
 sent, lost, duplicated) to ``$LAVAMQ_RESULTS_DIR/reliability.json`` (default
@@ -21,33 +21,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lab import ServiceProcess, wait_for
+
+__all__ = ["BrokerProxy", "ServiceProcess", "record_reliability", "wait_for"]
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(os.environ.get("LAVAMQ_RESULTS_DIR", ROOT / "build" / "results"))
-
-
-def wait_for(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
-) -> Any:
-    """Poll ``condition`` until it is true (returned) or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 class BrokerProxy:
@@ -160,96 +145,6 @@ class BrokerProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class ServiceProcess:
-    """A lavamq service as a real process: start, wait for its readiness line, kill, restart."""
-
-    def __init__(
-        self,
-        args: Sequence[str],
-        ready_line: str,
-        *,
-        env: dict[str, str] | None = None,
-        name: str = "",
-    ) -> None:
-        self.args = [sys.executable, "-c", "from lavamq.cli import main; main()", *args]
-        self.ready_line = ready_line
-        self.env = {**os.environ, **(env or {})}
-        self.name = name or args[0]
-        self.proc: subprocess.Popen[str] | None = None
-        self.output: list[str] = []
-        self._lines: queue.Queue[str] = queue.Queue()
-        self.starts = 0
-        self.kills = 0
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen(
-            self.args,
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
-        self.starts += 1
-        out = self.proc.stdout
-        assert out is not None
-        lines = self._lines = queue.Queue()
-
-        def read() -> None:
-            for line in out:
-                self.output.append(line)
-                lines.put(line)
-
-        threading.Thread(target=read, daemon=True).start()
-        self.wait_line(self.ready_line, timeout)
-
-    def wait_line(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"{self.name}: no line containing {text!r} after {timeout:g} s; "
-                    f"output:\n{''.join(self.output[-40:])}"
-                )
-            try:
-                line = self._lines.get(timeout=min(remaining, 0.5))
-            except queue.Empty:
-                if self.proc is not None and self.proc.poll() is not None and self._lines.empty():
-                    raise AssertionError(
-                        f"{self.name} exited ({self.proc.returncode}) before {text!r}:\n"
-                        + "".join(self.output[-40:])
-                    ) from None
-                continue
-            if text in line:
-                return line
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no goodbye, exactly like a crash."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.kills += 1
-
-    def restart(self, timeout: float = 30.0) -> None:
-        self.kill()
-        self.start(timeout)
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
-
-    def text(self) -> str:
-        return "".join(self.output)
 
 
 def record_reliability(row: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_devices_local_reap import alive, board_config, killed_dispatcher, wait_until
+from boards import alive, board_config, killed_dispatcher
+from lab import wait_for
 
 from dispatcher.daemon import Dispatcher
 
@@ -49,7 +50,7 @@ def test_dispatcher_start_reaps_boards_and_its_own_vms(tmp_path: Path) -> None:
         killed = dispatcher.reap_leftovers()
         assert vm.pid in killed and leftover in killed
         assert vm.wait(10) == -signal.SIGKILL
-        assert wait_until(lambda: not alive(leftover))
+        wait_for(lambda: not alive(leftover), 10, f"leftover {leftover} to be killed")
         assert other.poll() is None
         assert not (runtime / "vm-1.pid").exists()
         assert (runtime / "vm-of-another-host.pid").exists()

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_job_rules import seed_2014, seed_yaml
+from job_seeds import seed_2014, seed_yaml
 
 from schemas.job import JobPlan, JobValidationError, load_job
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from job_seeds import seed_2014, seed_yaml
 
 from schemas.job import JobValidationError, load_job
 
@@ -25,92 +26,6 @@ KNOWN_ROLE = (
     "connection, context, count, device, device_type, environment, essential, expect_role, "
     "host_role, is_slave, request, tags, timeout"
 )
-
-
-def seed_2014() -> dict[str, Any]:
-    return {
-        "timeout": 900,
-        "job_name": "simple multinode job",
-        "logging_level": "INFO",
-        "device_group": [
-            {"role": "omap4", "count": 2, "device_type": "panda", "tags": ["usb-flash"]},
-            {"role": "omap3", "count": 1, "device_type": "beaglexm", "tags": ["audio-loopback"]},
-        ],
-        "actions": [
-            {
-                "command": "deploy_linaro_image",
-                "parameters": {"image": "file:///images/panda.img.gz", "role": "omap4"},
-            },
-            {
-                "command": "deploy_linaro_image",
-                "parameters": {"image": "file:///images/beagle.img.gz", "role": "omap3"},
-            },
-            {
-                "command": "lava_test_shell",
-                "parameters": {
-                    "testdef_repos": [
-                        {
-                            "git-repo": "git://git.linaro.org/qa/test-definitions.git",
-                            "testdef": "ubuntu/smoke-tests-basic.yaml",
-                        }
-                    ],
-                    "timeout": 1800,
-                },
-            },
-            {
-                "command": "submit_results",
-                "parameters": {"server": "http://localhost/RPC2/", "stream": "/anonymous/x/"},
-            },
-        ],
-    }
-
-
-def seed_yaml() -> dict[str, Any]:
-    return {
-        "job_name": "simple multinode job",
-        "visibility": "public",
-        "timeouts": {"job": {"hours": 1}, "action": {"minutes": 15}},
-        "protocols": {
-            "lava-multinode": {
-                "roles": {
-                    "omap4": {"device_type": "panda", "count": 2, "tags": ["usb-flash"]},
-                    "omap3": {"device_type": "beaglexm", "count": 1, "tags": ["audio-loopback"]},
-                },
-                "timeout": {"minutes": 15},
-            }
-        },
-        "actions": [
-            {
-                "deploy": {
-                    "role": ["omap4"],
-                    "to": "tmpfs",
-                    "images": {"rootfs": {"url": "file:///images/panda.img.gz"}},
-                }
-            },
-            {
-                "deploy": {
-                    "role": ["omap3"],
-                    "to": "tmpfs",
-                    "images": {"rootfs": {"url": "file:///images/beagle.img.gz"}},
-                }
-            },
-            {"boot": {"role": ["omap4", "omap3"], "method": "minimal", "prompts": ["# "]}},
-            {
-                "test": {
-                    "role": ["omap4", "omap3"],
-                    "timeout": {"minutes": 30},
-                    "definitions": [
-                        {
-                            "from": "git",
-                            "repository": "git://git.linaro.org/qa/test-definitions.git",
-                            "path": "ubuntu/smoke-tests-basic.yaml",
-                            "name": "smoke-tests-basic",
-                        }
-                    ],
-                }
-            },
-        ],
-    }
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
