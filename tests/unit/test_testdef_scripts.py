@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from lab import GitRepo
 
 from dispatcher.journal import Journal
 from dispatcher.testdef import (
@@ -15,14 +16,6 @@ from dispatcher.testdef import (
     write_runner,
 )
 from schemas.errors import JobError
-
-GIT_ENV = dict(
-    os.environ,
-    GIT_AUTHOR_NAME="t",
-    GIT_AUTHOR_EMAIL="t@example.org",
-    GIT_COMMITTER_NAME="t",
-    GIT_COMMITTER_EMAIL="t@example.org",
-)
 
 
 def test_every_problem_of_a_definition_is_named() -> None:
@@ -67,26 +60,18 @@ def test_pattern_parser_applies_fixupdict() -> None:
 
 
 def make_repo(tmp_path: Path) -> tuple[str, str]:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=repo, env=GIT_ENV, check=True, capture_output=True, text=True
-        ).stdout.strip()
-
-    git("init", "-q")
-    (repo / "smoke.yaml").write_text(
-        "metadata: {name: smoke}\nparams: {WHO: world}\n"
-        "install: {deps: [curl], steps: ['echo installing']}\n"
-        "run: {steps: ['echo hello $WHO', 'lava-test-case x --result pass']}\n"
+    """A repository whose first commit has smoke.yaml; returns (url, first revision)."""
+    repo = GitRepo(tmp_path / "repo")
+    first = repo.commit(
+        "one",
+        {
+            "smoke.yaml": "metadata: {name: smoke}\nparams: {WHO: world}\n"
+            "install: {deps: [curl], steps: ['echo installing']}\n"
+            "run: {steps: ['echo hello $WHO', 'lava-test-case x --result pass']}\n"
+        },
     )
-    git("add", ".")
-    git("commit", "-q", "-m", "one")
-    first = git("rev-parse", "HEAD")
-    (repo / "smoke.yaml").write_text("metadata: {name: smoke}\nrun: {steps: ['echo v2']}\n")
-    git("commit", "-q", "-am", "two")
-    return repo.as_uri(), first
+    repo.commit("two", {"smoke.yaml": "metadata: {name: smoke}\nrun: {steps: ['echo v2']}\n"})
+    return repo.url, first
 
 
 def test_git_clone_at_revision_and_generated_run_script(tmp_path: Path) -> None:
