@@ -47,14 +47,20 @@ SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SWITCH_START_TIMEOUT = 10.0
 
 
-def default_runtime_dir() -> Path:
-    """Where switches keep their sockets, pid files and user files."""
-    env = os.environ.get("LAVAMQ_VMNET_DIR")
+def lavamq_runtime_dir(kind: str, env_var: str) -> Path:
+    """Where ``kind`` keeps its runtime files: ``$env_var`` if set, else
+    /run/lavamq/<kind> for root, else <tmp>/lavamq-<uid>/<kind>."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
     if os.geteuid() == 0:
-        return Path("/run/lavamq/vmnet")
-    return Path(tempfile.gettempdir()) / f"lavamq-{os.getuid()}" / "vmnet"
+        return Path("/run/lavamq") / kind
+    return Path(tempfile.gettempdir()) / f"lavamq-{os.getuid()}" / kind
+
+
+def default_runtime_dir() -> Path:
+    """Where switches keep their sockets, pid files and user files."""
+    return lavamq_runtime_dir("vmnet", "LAVAMQ_VMNET_DIR")
 
 
 def _dir_name(group: str) -> str:

@@ -52,7 +52,6 @@ import signal
 import socket
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,7 +61,7 @@ from typing import IO, Any, ClassVar
 
 from device_agent.console import Console, ConsoleBase
 from device_agent.devices.base import Device
-from device_agent.vmnet import GroupNetwork, VmNic
+from device_agent.vmnet import GroupNetwork, VmNic, lavamq_runtime_dir
 from schemas.errors import ConfigurationError, InfrastructureError, JobError
 
 log = logging.getLogger(__name__)
@@ -80,12 +79,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def runtime_root() -> Path:
-    env = os.environ.get("LAVAMQ_QEMU_RUNTIME_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/run/lavamq/qemu")
-    return Path(tempfile.gettempdir()) / f"lavamq-{os.getuid()}" / "qemu"
+    """Where VMs keep their runtime files (``$LAVAMQ_QEMU_RUNTIME_DIR`` to override)."""
+    return lavamq_runtime_dir("qemu", "LAVAMQ_QEMU_RUNTIME_DIR")
 
 
 # --- helpers ------------------------------------------------------------------
