@@ -8,10 +8,6 @@ waits in the quorum queue.
 
 from __future__ import annotations
 
-import queue
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +15,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Queue
+from lab import barrier_process, wait_for
 from sqlalchemy import func, select
 
 from broker_config import topology
@@ -30,63 +27,6 @@ from coordinator.groups import create_group
 from device_agent.multinode import MultinodeClient
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class BarrierProcess:
-    """``lavamq barrier`` as a subprocess; ``start`` waits for its readiness line."""
-
-    def __init__(self, broker_url: str, db_url: str) -> None:
-        self.args = [
-            sys.executable,
-            "-c",
-            "from lavamq.cli import main; main()",
-            "barrier",
-            "--broker",
-            broker_url,
-            "--db",
-            db_url,
-        ]
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: queue.Queue[str] = queue.Queue()
-
-    def start(self, timeout: float = 30) -> None:
-        self.proc = subprocess.Popen(
-            self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        out = self.proc.stdout
-        assert out is not None
-        threading.Thread(target=lambda: [self.lines.put(line) for line in out], daemon=True).start()
-        deadline = time.monotonic() + timeout
-        seen = []
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                assert self.proc.poll() is None, f"barrier exited: {seen}"
-                continue
-            seen.append(line)
-            if line.strip() == "lavamq barrier ready":
-                return
-        raise AssertionError(f"no readiness line: {seen}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
-
-
-def wait_until(cond: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.01)
 
 
 def test_sigkill_mid_barrier_releases_exactly_once(rabbit_url: str, tmp_path: Path) -> None:
@@ -105,8 +45,7 @@ def test_sigkill_mid_barrier_releases_exactly_once(rabbit_url: str, tmp_path: Pa
     observer = Queue("lava.group.g1.observer", exchange=topology.group_exchange("g1"), durable=True)
     broker.declare(observer)
     clients = {n: MultinodeClient(rabbit_url, "g1", n, members, timeout=60) for n in members}
-    service = BarrierProcess(rabbit_url, db_url)
-    service.start()
+    service = barrier_process(rabbit_url, db_url).start()
     done: dict[str, float] = {}
 
     def sync(node: str) -> None:
@@ -116,17 +55,16 @@ def test_sigkill_mid_barrier_releases_exactly_once(rabbit_url: str, tmp_path: Pa
     threads = [threading.Thread(target=sync, args=(n,)) for n in ("n1", "n2")]
     for t in threads:
         t.start()
-    wait_until(lambda: count(BarrierArrival) == 2)
+    wait_for(lambda: count(BarrierArrival) == 2, what="two arrivals counted", interval=0.01)
     service.kill()
 
     # the last acknowledgement arrives while no barrier runs: it waits in the queue
     last = threading.Thread(target=sync, args=("n3",))
     last.start()
-    wait_until(lambda: broker_queue_depth(rabbit_url) >= 1)
+    wait_for(lambda: broker_queue_depth(rabbit_url) >= 1, what="the last ack queued", interval=0.01)
     assert not done
 
-    restarted = BarrierProcess(rabbit_url, db_url)
-    restarted.start()
+    restarted = barrier_process(rabbit_url, db_url).start()
     for t in [*threads, last]:
         t.join(30)
     assert set(done) == {"n1", "n2", "n3"}
@@ -140,7 +78,7 @@ def test_sigkill_mid_barrier_releases_exactly_once(rabbit_url: str, tmp_path: Pa
             if msg.properties.get("type") == "multinode-release":
                 releases.append(msg)
     assert len(releases) == 1
-    assert restarted.terminate() == 0
+    assert restarted.stop() == 0
     for client in clients.values():
         client.close()
     broker.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from kombu import Connection
-from test_submit_seed import BEAGLE, PANDAS, SEED, CoordinatorProcess, FakeHost, wait_until
+from lab import BEAGLE, PANDAS, SEED, FakeHost, coordinator_process, wait_for
 
 from broker_config import topology
 from coordinator.rpc import CoordinatorClient
@@ -24,23 +26,40 @@ def group_messages(url: str, group: str, node: str) -> list[dict[str, object]]:
     return out
 
 
-def test_join_deadline_cancels_group_names_late_nodes_and_frees_devices(
-    rabbit_url: str, tmp_path: Path
-) -> None:
-    coord = CoordinatorProcess(
-        rabbit_url, f"sqlite:///{tmp_path / 'lab.sqlite'}", "--join-timeout", "2"
-    )
-    coord.start()
-    host = FakeHost(rabbit_url, "lab-host-1")
+@contextmanager
+def seed_job_running(
+    rabbit_url: str, tmp_path: Path, host_name: str, *coordinator_args: str
+) -> Iterator[tuple[FakeHost, CoordinatorClient, int]]:
+    """A coordinator process (with ``coordinator_args``), a fake host with the seed's
+    three boards registered, and the seed job submitted: (host, client, job id)."""
+    coord = coordinator_process(
+        rabbit_url, f"sqlite:///{tmp_path / 'lab.sqlite'}", *coordinator_args
+    ).start()
+    host = FakeHost(rabbit_url, host_name)
     client = CoordinatorClient(rabbit_url)
     try:
         host.register([*PANDAS, BEAGLE])
-        wait_until(lambda: len(client.devices()) == 3, what="devices registered")
+        wait_for(lambda: len(client.devices()) == 3, what="devices registered")
         job = client.submit(SEED.read_text(), str(SEED), "tester")["job_id"]
+        yield host, client, job
+    finally:
+        client.close()
+        host.close()
+        assert coord.stop() == 0
+
+
+def test_join_deadline_cancels_group_names_late_nodes_and_frees_devices(
+    rabbit_url: str, tmp_path: Path
+) -> None:
+    with seed_job_running(rabbit_url, tmp_path, "lab-host-1", "--join-timeout", "2") as (
+        host,
+        client,
+        job,
+    ):
         a = host.take("panda01")
         host.report(a["subjob_id"], "accepted")
         # panda02 and beagle01 never join
-        shown = wait_until(
+        shown = wait_for(
             lambda: (j := client.job(job))["state"] == "canceled" and j, what="join deadline"
         )
         assert shown["failure_type"] == "infrastructure"
@@ -56,33 +75,24 @@ def test_join_deadline_cancels_group_names_late_nodes_and_frees_devices(
         assert "join deadline" in str(failed[0]["reason"])
         # its dispatcher stops and reports: the group ends, the device is free
         host.report(a["subjob_id"], "canceled", message="group failed")
-        wait_until(lambda: {d["state"] for d in client.devices()} == {"idle"}, what="devices idle")
+        wait_for(lambda: {d["state"] for d in client.devices()} == {"idle"}, what="devices idle")
         assert client.job(job)["group_state"] == "ended"
-    finally:
-        client.close()
-        host.close()
-        assert coord.stop() == 0
 
 
 def test_silent_host_goes_offline_and_its_running_group_fails_naming_it(
     rabbit_url: str, tmp_path: Path
 ) -> None:
-    coord = CoordinatorProcess(
-        rabbit_url, f"sqlite:///{tmp_path / 'lab.sqlite'}", "--heartbeat-timeout", "2"
-    )
-    coord.start()
-    host = FakeHost(rabbit_url, "lab-host-7")
-    client = CoordinatorClient(rabbit_url)
-    try:
-        host.register([*PANDAS, BEAGLE])
-        wait_until(lambda: len(client.devices()) == 3, what="devices registered")
-        job = client.submit(SEED.read_text(), str(SEED), "tester")["job_id"]
+    with seed_job_running(rabbit_url, tmp_path, "lab-host-7", "--heartbeat-timeout", "2") as (
+        host,
+        client,
+        job,
+    ):
         taken = [host.take(d) for d in ("panda01", "panda02", "beagle01")]
         for a in taken:
             host.report(a["subjob_id"], "running")
-        wait_until(lambda: client.job(job)["state"] == "running", what="job running")
+        wait_for(lambda: client.job(job)["state"] == "running", what="job running")
         # the host falls silent
-        shown = wait_until(
+        shown = wait_for(
             lambda: (j := client.job(job))["state"] == "incomplete" and j,
             timeout=15,
             what="host declared lost",
@@ -92,8 +102,4 @@ def test_silent_host_goes_offline_and_its_running_group_fails_naming_it(
         assert {d["state"] for d in client.devices()} == {"offline"}
         # a heartbeat brings the devices back
         host.heartbeat()
-        wait_until(lambda: {d["state"] for d in client.devices()} == {"idle"}, what="back")
-    finally:
-        client.close()
-        host.close()
-        assert coord.stop() == 0
+        wait_for(lambda: {d["state"] for d in client.devices()} == {"idle"}, what="back")

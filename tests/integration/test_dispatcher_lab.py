@@ -12,18 +12,17 @@ import contextlib
 import gzip
 import hashlib
 import os
-import queue
 import signal
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from lab import LAVAMQ, ROOT, Device, GitRepo, dispatcher_process, wait_for
+from lab import host_config as lab_host_config
 
 from broker_config import topology
 from broker_config.declare import declare_topology
@@ -41,8 +40,6 @@ from schemas.messages.jobs import (
 )
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
 
 STEPS = [
     "ROLE=$(lava-role)",
@@ -67,125 +64,37 @@ TESTDEF = yaml.safe_dump(
 )
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not met within {timeout} s"
-        time.sleep(0.02)
-
-
-class DispatcherProcess:
-    """``lavamq dispatcher --config`` as a real process; waits for its readiness line."""
-
-    def __init__(self, config: Path, host: str) -> None:
-        self.config = config
-        self.host = host
-        self.proc: subprocess.Popen[str] | None = None
-        self.output: list[str] = []
-
-    def start(self, timeout: float = 30.0) -> DispatcherProcess:
-        self.output = []
-        lines: queue.Queue[str] = queue.Queue()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from lavamq.cli import main; main()",
-                "-v",
-                "dispatcher",
-                "--config",
-                str(self.config),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        out = self.proc.stdout
-        assert out is not None
-
-        def pump() -> None:
-            for line in out:
-                self.output.append(line)
-                lines.put(line)
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.1)
-            except queue.Empty:
-                assert self.proc.poll() is None, "dispatcher exited:\n" + "".join(self.output)
-                continue
-            if line.strip() == f"lavamq dispatcher {self.host} ready":
-                return self
-        raise AssertionError("no readiness line:\n" + "".join(self.output))
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
-
-
 def host_config(tmp_path: Path, rabbit_url: str, host: str, boards: list[str]) -> Path:
-    lines = [
-        "[host]",
-        f'name = "{host}"',
-        f'broker_url = "{rabbit_url}"',
-        f'workdir = "{tmp_path / host}"',
-        "heartbeat_interval = 1.0",
-    ]
-    for board in boards:
-        lines += [
-            "",
-            "[[device]]",
-            f'name = "{board}"',
-            'device_type = "local"',
-            'tags = ["shell"]',
-            "[device.settings]",
-            'network = "none"',
-        ]
-    path = tmp_path / f"{host}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """A host of local boards tagged ``shell``, without networking."""
+    devices = [Device(b, "local", ["shell"], {"network": "none"}) for b in boards]
+    return lab_host_config(tmp_path, rabbit_url, host, devices)
 
 
 def git_repo(tmp_path: Path) -> tuple[str, str]:
     """A local git repository with the test definition; returns (url, good revision)."""
-    repo = tmp_path / "tests-repo"
-    repo.mkdir()
-    env = dict(
-        os.environ,
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@example.org",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@example.org",
-    )
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True
-        ).stdout.strip()
-
-    git("init", "-q")
-    (repo / "multinode").mkdir()
-    (repo / "multinode" / "pingpong.yaml").write_text(TESTDEF)
-    git("add", ".")
-    git("commit", "-q", "-m", "pingpong")
-    good = git("rev-parse", "HEAD")
+    repo = GitRepo(tmp_path / "tests-repo")
+    good = repo.commit("pingpong", {"multinode/pingpong.yaml": TESTDEF})
     # a later commit breaks the definition: the job pins the good revision
-    (repo / "multinode" / "pingpong.yaml").write_text("run: [not, a, mapping]\n")
-    git("commit", "-q", "-am", "broken")
-    return repo.as_uri(), good
+    repo.commit("broken", {"multinode/pingpong.yaml": "run: [not, a, mapping]\n"})
+    return repo.url, good
+
+
+def inline_test(name: str, steps: list[str]) -> dict[str, Any]:
+    """A normalised inline test definition running ``steps``."""
+    return {
+        "from": "inline",
+        "name": name,
+        "path": None,
+        "revision": None,
+        "parameters": {},
+        "repository": {"metadata": {"name": name}, "run": {"steps": steps}},
+    }
+
+
+#: a test that passes at once
+QUICK = inline_test("quick", ["lava-test-case q --result pass"])
+#: a test that marks it started (in the sub-job's work dir) and runs on for two minutes
+SLOW = inline_test("slow", ["touch ../../../started", "sleep 120"])
 
 
 def image(tmp_path: Path) -> tuple[str, str]:
@@ -348,14 +257,18 @@ def lab(rabbit_url: str, tmp_path: Path) -> Iterator[Lab]:
 def test_two_hosts_run_a_multinode_group(lab: Lab, rabbit_url: str, tmp_path: Path) -> None:
     repo, revision = git_repo(tmp_path)
     img, sha = image(tmp_path)
-    host_a = DispatcherProcess(
-        host_config(tmp_path, rabbit_url, "host-a", ["board-a1", "board-a2"]), "host-a"
+    host_a = dispatcher_process(
+        host_config(tmp_path, rabbit_url, "host-a", ["board-a1", "board-a2"]),
+        "host-a",
+        verbose=True,
     )
-    host_b = DispatcherProcess(host_config(tmp_path, rabbit_url, "host-b", ["board-b1"]), "host-b")
+    host_b = dispatcher_process(
+        host_config(tmp_path, rabbit_url, "host-b", ["board-b1"]), "host-b", verbose=True
+    )
     host_a.start()
     host_b.start()
     try:
-        wait_until(lambda: {"host-a", "host-b"} <= set(lab.hosts), 20, "host registration")
+        wait_for(lambda: {"host-a", "host-b"} <= set(lab.hosts), 20, "host registration")
         members = {"board-a1": "server", "board-b1": "client"}
         create_group(lab.broker, "g101", members, timeout=60.0)
         test = {
@@ -396,7 +309,7 @@ def test_two_hosts_run_a_multinode_group(lab: Lab, rabbit_url: str, tmp_path: Pa
             )
         )
 
-        finals = wait_until(
+        finals = wait_for(
             lambda: (
                 all(lab.final(s) for s in (1011, 1012, 1021))
                 and [lab.final(s) for s in (1011, 1012, 1021)]
@@ -415,7 +328,7 @@ def test_two_hosts_run_a_multinode_group(lab: Lab, rabbit_url: str, tmp_path: Pa
         def cases(node: str) -> dict[tuple[str, str], str]:
             return {(r["suite"], r["case"]): r["result"] for r in lab.results if r["node"] == node}
 
-        wait_until(
+        wait_for(
             lambda: ("lava", "job") in cases("board-b1") and ("lava", "job") in cases("board-a1"),
             20,
             "job results",
@@ -433,7 +346,7 @@ def test_two_hosts_run_a_multinode_group(lab: Lab, rabbit_url: str, tmp_path: Pa
             return [b for b in stored_batches(tmp_path / "logs", "101") if b["node"] == node]
 
         for host, node, subjob in (("host-a", "board-a1", 1011), ("host-b", "board-b1", 1012)):
-            wait_until(lambda n=node: any(b["final"] for b in stored(n)), 20, f"{node} final")
+            wait_for(lambda n=node: any(b["final"] for b in stored(n)), 20, f"{node} final")
             batches = stored(node)
             assert [b["seq"] for b in batches] == list(range(len(batches)))
             from_store = [(r["level"], r["message"]) for b in batches for r in b["records"]]
@@ -448,9 +361,7 @@ def test_two_hosts_run_a_multinode_group(lab: Lab, rabbit_url: str, tmp_path: Pa
         # lavamq logs JOB prints the stored log
         out = subprocess.run(
             [
-                sys.executable,
-                "-c",
-                "from lavamq.cli import main; main()",
+                *LAVAMQ,
                 "logs",
                 "101",
                 "--dir",
@@ -464,7 +375,7 @@ def test_two_hosts_run_a_multinode_group(lab: Lab, rabbit_url: str, tmp_path: Pa
         assert out.returncode == 0, out.stderr
         assert "[board-b1]" in out.stdout and "I am board-b1 with role client" in out.stdout
     finally:
-        code_a, code_b = host_a.terminate(), host_b.terminate()
+        code_a, code_b = host_a.stop(60), host_b.stop(60)
     assert code_a == 0 and code_b == 0, "".join(host_a.output + host_b.output)
     assert "lavamq dispatcher host-a stopped" in "".join(host_a.output)
 
@@ -474,30 +385,8 @@ def test_sigkilled_dispatcher_does_not_run_an_accepted_subjob_twice(
 ) -> None:
     img, sha = image(tmp_path)
     config = host_config(tmp_path, rabbit_url, "host-c", ["board-c1"])
-    host = DispatcherProcess(config, "host-c").start()
+    host = dispatcher_process(config, "host-c", verbose=True).start()
     members = {"board-c1": "solo"}
-    slow = {
-        "from": "inline",
-        "name": "slow",
-        "path": None,
-        "revision": None,
-        "parameters": {},
-        "repository": {
-            "metadata": {"name": "slow"},
-            "run": {"steps": ["touch ../../../started", "sleep 120"]},
-        },
-    }
-    quick = {
-        "from": "inline",
-        "name": "quick",
-        "path": None,
-        "revision": None,
-        "parameters": {},
-        "repository": {
-            "metadata": {"name": "quick"},
-            "run": {"steps": ["lava-test-case q --result pass"]},
-        },
-    }
     create_group(lab.broker, "g201", members, timeout=60.0)
     first = assignment(
         job=201,
@@ -508,12 +397,12 @@ def test_sigkilled_dispatcher_does_not_run_an_accepted_subjob_twice(
         members=members,
         image_url=img,
         sha256=sha,
-        test=slow,
+        test=SLOW,
     )
     try:
         lab.assign(first)
-        wait_until(lambda: "running" in lab.states_of(2011), 30, "sub-job running")
-        wait_until(lambda: list(tmp_path.glob("host-c/**/started")), 30, "test step running")
+        wait_for(lambda: "running" in lab.states_of(2011), 30, "sub-job running")
+        wait_for(lambda: list(tmp_path.glob("host-c/**/started")), 30, "test step running")
         host.kill()
         # the assignment was acked when accepted: nothing is waiting to be redelivered
         with Broker(rabbit_url) as b:
@@ -523,9 +412,9 @@ def test_sigkilled_dispatcher_does_not_run_an_accepted_subjob_twice(
         assert ready == 0
         kill_leftover_boards(tmp_path / "host-c")
 
-        host = DispatcherProcess(config, "host-c").start()
+        host = dispatcher_process(config, "host-c", verbose=True).start()
         # the restarted dispatcher reports the interrupted sub-job instead of rerunning it
-        final = wait_until(lambda: lab.final(2011), 30, "interrupted sub-job reported")
+        final = wait_for(lambda: lab.final(2011), 30, "interrupted sub-job reported")
         assert final["state"] == "incomplete" and final["error_type"] == "infrastructure"
         assert "restarted" in final["message"] and "not run again" in final["message"]
         # the same sub-job delivered again (as after a lost ack) is ignored; a later one runs
@@ -541,15 +430,15 @@ def test_sigkilled_dispatcher_does_not_run_an_accepted_subjob_twice(
                 members=members,
                 image_url=img,
                 sha256=sha,
-                test=quick,
+                test=QUICK,
             )
         )
-        done = wait_until(lambda: lab.final(2021), 60, "next sub-job finished")
+        done = wait_for(lambda: lab.final(2021), 60, "next sub-job finished")
         assert done["state"] == "complete", done
         assert lab.states_of(2011).count("running") == 1
         assert lab.states_of(2011).count("accepted") == 1
     finally:
-        assert host.terminate() == 0, "".join(host.output)
+        assert host.stop(60) == 0, "".join(host.output)
 
 
 def test_dispatcher_survives_losing_its_broker_connections(
@@ -558,22 +447,13 @@ def test_dispatcher_survives_losing_its_broker_connections(
     import services
 
     img, sha = image(tmp_path)
-    host = DispatcherProcess(host_config(tmp_path, rabbit_url, "host-d", ["board-d1"]), "host-d")
+    host = dispatcher_process(
+        host_config(tmp_path, rabbit_url, "host-d", ["board-d1"]), "host-d", verbose=True
+    )
     host.start()
     members = {"board-d1": "solo"}
-    quick = {
-        "from": "inline",
-        "name": "quick",
-        "path": None,
-        "revision": None,
-        "parameters": {},
-        "repository": {
-            "metadata": {"name": "quick"},
-            "run": {"steps": ["lava-test-case q --result pass"]},
-        },
-    }
     try:
-        wait_until(lambda: "host-d" in lab.hosts, 20, "registration")
+        wait_for(lambda: "host-d" in lab.hosts, 20, "registration")
 
         def connections() -> list[str]:
             listed = services.mgmt(
@@ -581,7 +461,7 @@ def test_dispatcher_survives_losing_its_broker_connections(
             )
             return [c["name"] for c in listed or []]
 
-        names = wait_until(connections, 20, "connections listed")
+        names = wait_for(connections, 20, "connections listed")
         for name in names:  # as a broker restart would: every connection of the vhost dies
             with contextlib.suppress(Exception):
                 services.mgmt("DELETE", f"/connections/{services.quote(name)}")
@@ -596,11 +476,11 @@ def test_dispatcher_survives_losing_its_broker_connections(
                 members=members,
                 image_url=img,
                 sha256=sha,
-                test=quick,
+                test=QUICK,
             )
         )
-        done = wait_until(lambda: lab.final(3011), 60, "sub-job after reconnect")
+        done = wait_for(lambda: lab.final(3011), 60, "sub-job after reconnect")
         assert done["state"] == "complete", done
         assert "connection lost" in "".join(host.output)
     finally:
-        assert host.terminate() == 0, "".join(host.output)
+        assert host.stop(60) == 0, "".join(host.output)

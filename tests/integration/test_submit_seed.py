@@ -10,158 +10,28 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from kombu import Connection
+from lab import BEAGLE, LAVAMQ, PANDAS, ROOT, SEED, FakeHost, coordinator_process, wait_for
 
 import services
 from broker_config import topology
-from broker_config.messaging import Broker
 from coordinator.rpc import CoordinatorClient
 from lavamq.cli import main
 from schemas.errors import InfrastructureError
-from schemas.messages.base import decode
-from schemas.messages.jobs import (
-    HostHeartbeatSchema,
-    HostRegisterSchema,
-    SubJobAssignmentSchema,
-    SubJobStateSchema,
-)
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-SEED = ROOT / "examples" / "seed-simple-multinode.json"
-PANDAS = [
-    {"name": "panda01", "device_type": "panda", "tags": ["usb-flash"]},
-    {"name": "panda02", "device_type": "panda", "tags": ["usb-flash"]},
-]
-BEAGLE = {"name": "beagle01", "device_type": "beaglexm", "tags": ["audio-loopback"]}
-
-
-class CoordinatorProcess:
-    """``lavamq coordinator`` as a subprocess; ``start`` waits for its readiness line."""
-
-    def __init__(self, broker_url: str, db_url: str, *extra: str) -> None:
-        self.args = [
-            sys.executable, "-c", "from lavamq.cli import main; main()", "coordinator",
-            "--broker", broker_url, "--db", db_url, "--schedule-interval", "0.2", *extra,
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
-
-    def start(self, timeout: float = 30) -> None:
-        self.proc = subprocess.Popen(
-            self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        out = self.proc.stdout
-        assert out is not None
-        threading.Thread(target=lambda: [self.lines.put(line) for line in out], daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                assert self.proc.poll() is None, f"coordinator exited: {self.output}"
-                continue
-            self.output.append(line)
-            if line.strip() == "lavamq coordinator ready":
-                return
-        raise AssertionError(f"no readiness line: {self.output}")
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(15)
-        while not self.lines.empty():
-            self.output.append(self.lines.get())
-        return code
-
-
-class FakeHost:
-    """What a dispatcher host says on ``lava.control``, and what it takes from device queues."""
-
-    def __init__(self, url: str, name: str) -> None:
-        self.url = url
-        self.name = name
-        self.broker = Broker(url)
-
-    def register(self, devices: list[dict[str, Any]]) -> None:
-        self.broker.publish(
-            topology.CONTROL_EXCHANGE_NAME,
-            topology.CONTROL_ROUTING_KEY,
-            HostRegisterSchema(),
-            {"kind": "host-register", "host": self.name, "devices": devices, "time": time.time()},
-        )
-
-    def heartbeat(self) -> None:
-        self.broker.publish(
-            topology.CONTROL_EXCHANGE_NAME,
-            topology.CONTROL_ROUTING_KEY,
-            HostHeartbeatSchema(),
-            {"kind": "host-heartbeat", "host": self.name, "time": time.time()},
-        )
-
-    def report(self, subjob_id: int, state: str, **extra: Any) -> None:
-        self.broker.publish(
-            topology.CONTROL_EXCHANGE_NAME,
-            topology.CONTROL_ROUTING_KEY,
-            SubJobStateSchema(),
-            {"kind": "subjob-state", "subjob_id": subjob_id, "state": state,
-             "host": self.name, "time": time.time(), **extra},
-        )  # fmt: skip
-
-    def take(self, device: str, timeout: float = 20) -> dict[str, Any]:
-        """The next assignment on ``lava.device.<device>`` (acked)."""
-        deadline = time.monotonic() + timeout
-        with Connection(self.url) as conn:
-            q = topology.device_queue(device)(conn.default_channel)
-            while time.monotonic() < deadline:
-                msg = q.get(no_ack=False)
-                if msg is not None:
-                    assert msg.properties.get("type") == "subjob-assignment"
-                    body = decode(SubJobAssignmentSchema(), msg.body)
-                    msg.ack()
-                    return body
-                time.sleep(0.02)
-        raise AssertionError(f"no assignment for {device} within {timeout} s")
-
-    def queue_depth(self, device: str) -> int:
-        with Connection(self.url) as conn:
-            q = topology.device_queue(device)(conn.default_channel)
-            _, count, _ = q.queue_declare(passive=True)
-            return int(count)
-
-    def close(self) -> None:
-        self.broker.close()
-
-
-def wait_until(cond: Any, timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
-        time.sleep(0.05)
 
 
 def lavamq(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     """The real ``lavamq`` command in a subprocess (used where the process matters)."""
     env = dict(os.environ, LAVAMQ_BROKER_URL=url)
     return subprocess.run(
-        [sys.executable, "-c", "from lavamq.cli import main; main()", *args],
+        [*LAVAMQ, *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -184,14 +54,13 @@ def test_no_coordinator_is_a_clear_infrastructure_error(rabbit_url: str) -> None
 def test_seed_job_rejected_then_accepted_then_waits_and_starts(
     rabbit_url: str, rabbit_vhost: services.RabbitVhost, tmp_path: Path
 ) -> None:
-    coord = CoordinatorProcess(rabbit_url, f"sqlite:///{tmp_path / 'lab.sqlite'}")
-    coord.start()
+    coord = coordinator_process(rabbit_url, f"sqlite:///{tmp_path / 'lab.sqlite'}").start()
     host = FakeHost(rabbit_url, "lab-host-1")
     client = CoordinatorClient(rabbit_url, timeout=10)
     try:
         # --- only one panda: rejected at submission, naming the shortfall
         host.register([PANDAS[0], BEAGLE])
-        wait_until(lambda: len(client.devices()) == 2, what="two devices registered")
+        wait_for(lambda: len(client.devices()) == 2, what="two devices registered")
         proc = lavamq("submit", str(SEED), "--json", url=rabbit_url)
         assert proc.returncode == 1, proc.stderr
         err = json.loads(proc.stdout)["error"]
@@ -206,7 +75,7 @@ def test_seed_job_rejected_then_accepted_then_waits_and_starts(
 
         # --- both pandas: the seed job gets ids and starts
         host.register([*PANDAS, BEAGLE])
-        wait_until(lambda: len(client.devices()) == 3, what="three devices registered")
+        wait_for(lambda: len(client.devices()) == 3, what="three devices registered")
         proc = lavamq("submit", str(SEED), "--json", url=rabbit_url)
         assert proc.returncode == 0, proc.stderr
         first = json.loads(proc.stdout)
@@ -241,12 +110,12 @@ def test_seed_job_rejected_then_accepted_then_waits_and_starts(
         assert show["state"] == "scheduled"
         for a in assignments.values():
             host.report(a["subjob_id"], "accepted")
-        wait_until(lambda: client.job(job1)["state"] == "running", what="job 1 running")
+        wait_for(lambda: client.job(job1)["state"] == "running", what="job 1 running")
 
         # --- both pandas busy: a second seed job waits with a reason
         second = client.submit(SEED.read_text(), str(SEED), "tester")
         job2 = second["job_id"]
-        reason = wait_until(lambda: client.job(job2).get("waiting_reason"), what="a waiting reason")
+        reason = wait_for(lambda: client.job(job2).get("waiting_reason"), what="a waiting reason")
         assert reason == (
             f"waiting: needs 1 × beaglexm [audio-loopback], 1 running job {job1}; "
             f"needs 2 × panda [usb-flash], 2 running job {job1}"
@@ -266,7 +135,7 @@ def test_seed_job_rejected_then_accepted_then_waits_and_starts(
         # --- job 1 ends: its devices free, job 2 starts on them
         for a in assignments.values():
             host.report(a["subjob_id"], "complete")
-        wait_until(lambda: client.job(job1)["state"] == "complete", what="job 1 complete")
+        wait_for(lambda: client.job(job1)["state"] == "complete", what="job 1 complete")
         again = {d: host.take(d) for d in ("panda01", "panda02", "beagle01")}
         assert {a["job_id"] for a in again.values()} == {job2}
         assert client.job(job2)["state"] == "scheduled"
