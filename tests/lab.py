@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kombu import Connection
+from kombu.transport import memory
 
 import services
 from broker_config import topology
@@ -66,6 +68,22 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+# ----------------------------------------------------------------------------- transports
+
+#: fixture params: the same test on kombu's memory transport and on the real RabbitMQ
+MEMORY_AND_RABBIT = ["memory", pytest.param("rabbit", marks=pytest.mark.integration)]
+
+
+def broker_url_for(request: pytest.FixtureRequest) -> str:
+    """The broker URL of a fixture parametrised with ``MEMORY_AND_RABBIT``: a
+    cleared ``memory://``, or the test's fresh vhost on RabbitMQ."""
+    if request.param == "memory":
+        memory.Transport.global_state.clear()
+        memory.Channel.queues.clear()
+        return "memory://"
+    return str(request.getfixturevalue("rabbit_url"))
 
 
 # ----------------------------------------------------------------------------- processes

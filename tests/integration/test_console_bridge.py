@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu.transport import memory
+from lab import MEMORY_AND_RABBIT, broker_url_for
 
 from broker_config.declare import declare_topology
 from broker_config.messaging import Broker
@@ -66,14 +66,9 @@ class Node:
         return session_processes(pid) if pid > 0 else set()
 
 
-@pytest.fixture(params=["memory", pytest.param("rabbit", marks=pytest.mark.integration)])
+@pytest.fixture(params=MEMORY_AND_RABBIT)
 def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Node]]:
-    if request.param == "memory":
-        memory.Transport.global_state.clear()
-        memory.Channel.queues.clear()
-        url = "memory://"
-    else:
-        url = request.getfixturevalue("rabbit_url")
+    url = broker_url_for(request)
     broker = Broker(url)
     declare_topology(broker)
     barrier = BarrierService(url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")

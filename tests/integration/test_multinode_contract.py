@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu.transport import memory
+from lab import MEMORY_AND_RABBIT, broker_url_for
 
 from broker_config.declare import declare_topology
 from broker_config.messaging import Broker
@@ -58,14 +58,9 @@ class Lab:
         self.broker.close()
 
 
-@pytest.fixture(params=["memory", pytest.param("rabbit", marks=pytest.mark.integration)])
+@pytest.fixture(params=MEMORY_AND_RABBIT)
 def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
-    if request.param == "memory":
-        memory.Transport.global_state.clear()
-        memory.Channel.queues.clear()
-        url = "memory://"
-    else:
-        url = request.getfixturevalue("rabbit_url")
+    url = broker_url_for(request)
     lab = Lab(url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
     try:
         yield lab

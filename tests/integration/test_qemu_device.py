@@ -9,50 +9,27 @@ with a /proc scan for QEMUs holding its private runtime directory.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from lab import IMAGES, ROOT, require_qemu, wait_for
 
-import services
 from device_agent.devices import create_device
 from device_agent.devices.qemu import QemuDevice, qemu_pids, reap_leftover_vms
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = Path(os.environ.get("LAVAMQ_TEST_IMAGES", ROOT / "images"))
 KERNEL = IMAGES / "vmlinuz"
 RAMDISK = IMAGES / "initramfs.cpio.gz"
 
 
-def require_qemu() -> None:
-    missing = []
-    if shutil.which("qemu-system-x86_64") is None:
-        missing.append("qemu-system-x86_64 (apt-get install qemu-system-x86)")
-    for path in (KERNEL, RAMDISK):
-        if not path.is_file():
-            missing.append(f"{path} (run `make test-image`)")
-    if missing:
-        services.missing_service("QEMU test setup: " + ", ".join(missing))
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def runtime(tmp_path: Path):
-    require_qemu()
+    require_qemu("QEMU test", vde=False)
     rt = tmp_path / "rt"
     yield rt
     # whatever happened, nothing may be left running
@@ -212,7 +189,7 @@ def test_dispatcher_process_killed_takes_its_vm_down(
         assert qemu_pids(str(runtime)) == [vm_pid]
         child.send_signal(how)
         child.wait(10)
-        wait_until(lambda: not qemu_pids(str(runtime)), 10, f"QEMU {vm_pid} to die")
+        wait_for(lambda: not qemu_pids(str(runtime)), 10, f"QEMU {vm_pid} to die", interval=0.05)
     finally:
         if child.poll() is None:
             child.kill()
@@ -241,8 +218,10 @@ def test_restarted_dispatcher_reaps_leftover_vm(tmp_path: Path, runtime: Path) -
         start_new_session=True,
     )
     try:
-        wait_until(pidfile.exists, 10, "the leftover VM's pidfile")
-        wait_until(lambda: pidfile.read_text().strip() != "", 10, "the pid in the pidfile")
+        wait_for(pidfile.exists, 10, "the leftover VM's pidfile", interval=0.05)
+        wait_for(
+            lambda: pidfile.read_text().strip() != "", 10, "the pid in the pidfile", interval=0.05
+        )
         # a pidfile naming some other process is never acted on
         (runtime / "stranger.pid").write_text(f"{os.getpid()}\n")
         killed = reap_leftover_vms(runtime)

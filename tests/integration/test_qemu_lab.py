@@ -13,139 +13,58 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
-import sys
-import threading
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lab import (
+    IMAGES,
+    LAVAMQ,
+    ROOT,
+    Device,
+    GitRepo,
+    barrier_process,
+    coordinator_process,
+    dispatcher_process,
+    require_qemu,
+    stop_all,
+    wait_for,
+)
+from lab import host_config as lab_host_config
 
-import services
 from coordinator.results import bundle_table
 from coordinator.rpc import CoordinatorClient
 from device_agent.devices.qemu import qemu_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = Path(os.environ.get("LAVAMQ_TEST_IMAGES", ROOT / "images"))
 EXAMPLE_IMAGES = "file:///var/lib/lavamq/images"
 EXAMPLE_REPO = "https://git.example.org/lavamq.git"
 
 
-def require_qemu_lab() -> None:
-    missing = []
-    for tool, package in (("qemu-system-x86_64", "qemu-system-x86"), ("vde_switch", "vde2")):
-        if shutil.which(tool) is None:
-            missing.append(f"{tool} (apt-get install {package})")
-    for name in ("vmlinuz", "initramfs.cpio.gz"):
-        if not (IMAGES / name).is_file():
-            missing.append(f"{IMAGES / name} (run `make test-image`)")
-    if missing:
-        services.missing_service("QEMU lab test setup: " + ", ".join(missing))
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not met within {timeout} s"
-        time.sleep(0.1)
-
-
-class Service:
-    """A ``lavamq`` sub-command as a real process; ``start`` waits for its readiness line."""
-
-    def __init__(self, ready: str, *args: str) -> None:
-        self.ready = ready
-        self.args = [sys.executable, "-c", "from lavamq.cli import main; main()", *args]
-        self.proc: subprocess.Popen[str] | None = None
-        self.output: list[str] = []
-
-    def start(self, timeout: float = 30.0) -> Service:
-        lines: queue.Queue[str] = queue.Queue()
-        self.proc = subprocess.Popen(
-            self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        out = self.proc.stdout
-        assert out is not None
-
-        def pump() -> None:
-            for line in out:
-                self.output.append(line)
-                lines.put(line)
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.1)
-            except queue.Empty:
-                assert self.proc.poll() is None, f"{self.args[3]} exited:\n" + "".join(self.output)
-                continue
-            if line.strip() == self.ready:
-                return self
-        raise AssertionError(f"no line {self.ready!r}:\n" + "".join(self.output))
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def host_config(tmp_path: Path, url: str, host: str, devices: list[str]) -> Path:
-    lines = [
-        "[host]",
-        f'name = "{host}"',
-        f'broker_url = "{url}"',
-        f'workdir = "{tmp_path / host}"',
-        "heartbeat_interval = 1.0",
-    ]
-    for name in devices:
-        lines += [
-            "",
-            "[[device]]",
-            f'name = "{name}"',
-            'device_type = "qemu"',
-            "[device.settings]",
-            f'runtime_dir = "{tmp_path / "rt" / host}"',
-            # both hosts run on this machine: one shared place for group switches
-            f'vmnet_dir = "{tmp_path / "vmnet"}"',
-        ]
-    path = tmp_path / f"{host}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    settings = {
+        "runtime_dir": str(tmp_path / "rt" / host),
+        # both hosts run on this machine: one shared place for group switches
+        "vmnet_dir": str(tmp_path / "vmnet"),
+    }
+    return lab_host_config(
+        tmp_path, url, host, [Device(name, "qemu", (), settings) for name in devices]
+    )
 
 
 def examples_repo(tmp_path: Path) -> str:
     """A git repository holding this checkout's QEMU examples, as a job would clone it."""
-    repo = tmp_path / "examples-repo"
+    repo = GitRepo(tmp_path / "examples-repo")
     for example in ("qemu-client-server", "qemu-network"):
-        shutil.copytree(ROOT / "examples" / example, repo / "examples" / example)
-    env = dict(
-        os.environ,
-        GIT_AUTHOR_NAME="lab",
-        GIT_AUTHOR_EMAIL="lab@example.org",
-        GIT_COMMITTER_NAME="lab",
-        GIT_COMMITTER_EMAIL="lab@example.org",
-    )
-    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "examples"]):
-        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
-    return repo.as_uri()
+        shutil.copytree(ROOT / "examples" / example, repo.path / "examples" / example)
+    repo.commit("examples")
+    return repo.url
 
 
 def job_text(example: str, repo: str) -> str:
@@ -160,20 +79,16 @@ class QemuLab:
         self.tmp_path = tmp_path
         db = f"sqlite:///{tmp_path / 'lab.sqlite'}"
         self.services = [
-            Service("lavamq coordinator ready", "coordinator", "--broker", url, "--db", db,
-                    "--schedule-interval", "0.2"),
-            Service("lavamq barrier ready", "barrier", "--broker", url,
-                    "--db", f"sqlite:///{tmp_path / 'barrier.sqlite'}"),
-        ]  # fmt: skip
+            coordinator_process(url, db),
+            barrier_process(url, f"sqlite:///{tmp_path / 'barrier.sqlite'}"),
+        ]
         for host, devices in (("host-a", ["qemu-a1", "qemu-a2"]), ("host-b", ["qemu-b1"])):
             config = host_config(tmp_path, url, host, devices)
-            self.services.append(
-                Service(f"lavamq dispatcher {host} ready", "dispatcher", "--config", str(config))
-            )
+            self.services.append(dispatcher_process(config, host))
         for service in self.services:
             service.start()
         self.client = CoordinatorClient(url, timeout=20)
-        wait_until(lambda: len(self.client.devices()) == 3, 30, "three QEMU devices registered")
+        wait_for(lambda: len(self.client.devices()) == 3, 30, "three QEMU devices registered")
         self.repo = examples_repo(tmp_path)
 
     def submit(self, example: str) -> int:
@@ -185,7 +100,7 @@ class QemuLab:
         --junit``), and its JUnit XML parsed; both checked against each other."""
         junit = self.tmp_path / f"junit-{job_id}.xml"
         proc = subprocess.run(
-            [sys.executable, "-c", "from lavamq.cli import main; main()", "wait", str(job_id),
+            [*LAVAMQ, "wait", str(job_id),
              "--broker", self.url, "--json", "--junit", str(junit), "--quiet",
              "--timeout", str(timeout)],
             cwd=ROOT, capture_output=True, text=True, timeout=timeout + 60,
@@ -206,13 +121,12 @@ class QemuLab:
 
     def close(self) -> None:
         self.client.close()
-        for service in reversed(self.services):
-            service.stop()
+        stop_all(self.services)
 
 
 @pytest.fixture
 def qemu_lab(rabbit_url: str, tmp_path: Path) -> Iterator[QemuLab]:
-    require_qemu_lab()
+    require_qemu("QEMU lab test")
     lab = QemuLab(rabbit_url, tmp_path)
     try:
         yield lab

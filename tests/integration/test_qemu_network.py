@@ -4,33 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from lab import IMAGES, require_qemu
 
-import services
 from device_agent.devices.qemu import QemuDevice, qemu_pids
 from device_agent.vmnet import GroupNetwork, node_address, reap_stale_networks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = Path(os.environ.get("LAVAMQ_TEST_IMAGES", ROOT / "images"))
-
-
-def require_qemu_and_vde() -> None:
-    missing = []
-    for tool, package in (("qemu-system-x86_64", "qemu-system-x86"), ("vde_switch", "vde2")):
-        if shutil.which(tool) is None:
-            missing.append(f"{tool} (apt-get install {package})")
-    for name in ("vmlinuz", "initramfs.cpio.gz"):
-        if not (IMAGES / name).is_file():
-            missing.append(f"{IMAGES / name} (run `make test-image`)")
-    if missing:
-        services.missing_service("QEMU network test setup: " + ", ".join(missing))
 
 
 def switch_pids(net_dir: Path) -> list[int]:
@@ -48,7 +32,7 @@ def switch_pids(net_dir: Path) -> list[int]:
 
 
 def test_group_networks_are_isolated(tmp_path: Path) -> None:
-    require_qemu_and_vde()
+    require_qemu("QEMU network test")
     runtime = tmp_path / "rt"
     net_dir = tmp_path / "net"
     members_a = ["alpha-1", "alpha-2"]
@@ -120,7 +104,7 @@ def test_group_networks_are_isolated(tmp_path: Path) -> None:
 
 
 def test_stale_switch_of_a_dead_dispatcher_is_reaped(tmp_path: Path) -> None:
-    require_qemu_and_vde()
+    require_qemu("QEMU network test")
     net = GroupNetwork("group-z", tmp_path / "net")
     # a user whose process is gone (pid far above pid_max on Linux)
     nic = net.attach("zed", ["zed"], owner_pid=2**22 + 1)
