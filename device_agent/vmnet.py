@@ -153,7 +153,8 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _cmdline(pid: int) -> list[str]:
+def process_cmdline(pid: int) -> list[str]:
+    """The command line of process ``pid`` ([] if it is gone or unreadable)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return [p.decode(errors="replace") for p in fh.read().split(b"\0") if p]
@@ -231,7 +232,7 @@ class GroupNetwork:
         pid = _read_pid(self.pidfile)
         if pid is None or not _pid_alive(pid):
             return None
-        cmd = _cmdline(pid)
+        cmd = process_cmdline(pid)
         if not cmd or "vde_switch" not in os.path.basename(cmd[0]) or str(self.socket) not in cmd:
             return None
         return pid

@@ -61,7 +61,7 @@ from typing import IO, Any, ClassVar
 
 from device_agent.console import Console, ConsoleBase
 from device_agent.devices.base import Device
-from device_agent.vmnet import GroupNetwork, VmNic, lavamq_runtime_dir
+from device_agent.vmnet import GroupNetwork, VmNic, lavamq_runtime_dir, process_cmdline
 from schemas.errors import ConfigurationError, InfrastructureError, JobError
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,6 @@ def _pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return [p.decode(errors="replace") for p in fh.read().split(b"\0") if p]
-    except OSError:
-        return []
-
-
 def qemu_pids(marker: str | None = None) -> list[int]:
     """PIDs of running QEMU system emulators (optionally whose command line holds ``marker``).
 
@@ -147,7 +139,7 @@ def qemu_pids(marker: str | None = None) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        cmd = _cmdline(int(entry))
+        cmd = process_cmdline(int(entry))
         if not cmd or not os.path.basename(cmd[0]).startswith("qemu-system-"):
             continue
         if marker is not None and not any(marker in part for part in cmd):
@@ -544,7 +536,7 @@ def reap_leftover_vms(
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
             continue
-        cmd = _cmdline(pid)
+        cmd = process_cmdline(pid)
         if (
             pid not in ours
             and cmd
