@@ -11,11 +11,8 @@ example's test definitions must produce.
 from __future__ import annotations
 
 import json
-import queue
-import signal
 import subprocess
 import sys
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -23,13 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab import (
+    LAVAMQ,
+    ROOT,
+    Device,
+    ServiceProcess,
+    barrier_process,
+    coordinator_process,
+    dispatcher_process,
+    host_config,
+    stop_all,
+)
 
 import services
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
-LAVAMQ = [sys.executable, "-c", "from lavamq.cli import main; main()"]
 
 SYNC = "multinode-lava_sync-"
 #: example → role → the test cases (besides the ``lava`` suite) each node of that role reports
@@ -128,55 +134,6 @@ def test_example_embedded(example: str, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the lab
 
 
-class Service:
-    """One ``lavamq`` service process; started when its readiness line is printed."""
-
-    def __init__(self, args: list[str], ready: str, cwd: Path) -> None:
-        self.args = args
-        self.ready = ready
-        self.cwd = cwd
-        self.output: list[str] = []
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self, timeout: float = 60.0) -> Service:
-        lines: queue.Queue[str] = queue.Queue()
-        self.proc = subprocess.Popen(
-            [*LAVAMQ, *self.args],
-            cwd=self.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        out = self.proc.stdout
-        assert out is not None
-
-        def pump() -> None:
-            for line in out:
-                self.output.append(line)
-                lines.put(line)
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.1)
-            except queue.Empty:
-                assert self.proc.poll() is None, f"{self.args[0]} exited:\n" + "".join(self.output)
-                continue
-            if line.strip() == self.ready:
-                return self
-        raise AssertionError(f"no {self.ready!r}:\n" + "".join(self.output))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 HOSTS = {
     "lab-a": [
         ("panda-01", "panda", ["usb-flash"]),
@@ -193,30 +150,19 @@ HOSTS = {
 
 
 def host_toml(tmp: Path, host: str, url: str) -> Path:
-    lines = [
-        "[host]",
-        f'name = "{host}"',
-        f'broker_url = "{url}"',
-        f'workdir = "{tmp / host}"',
-        "heartbeat_interval = 2.0",
-    ]
+    """A host of local boards, some emulating the seed's board types."""
     path_env = ":".join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
-    for name, device_type, tags in HOSTS[host]:
-        lines += [
-            "",
-            "[[device]]",
-            f'name = "{name}"',
-            'device_type = "local"',
-            f"tags = {json.dumps(tags)}",
-            "[device.settings]",
-            'network = "none"',
-        ]
-        if device_type != "local":
-            lines.append(f'emulates = "{device_type}"')
-        lines += ["[device.settings.env]", f'PATH = "{path_env}"']
-    path = tmp / f"{host}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    devices = [
+        Device(
+            name,
+            "local",
+            tags,
+            {"network": "none", **({"emulates": device_type} if device_type != "local" else {})},
+            {"PATH": path_env},
+        )
+        for name, device_type, tags in HOSTS[host]
+    ]
+    return host_config(tmp, url, host, devices, heartbeat_interval=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -230,24 +176,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     vhost = services.RabbitVhost()
     db_url, db_name = services.new_pg_database()
     url = vhost.url()
-    procs: list[Service] = []
+    procs: list[ServiceProcess] = []
     try:
-        procs.append(
-            Service(
-                ["coordinator", "--broker", url, "--db", db_url, "--schedule-interval", "0.2"],
-                "lavamq coordinator ready",
-                tmp,
-            ).start()
-        )
-        procs.append(
-            Service(
-                ["barrier", "--broker", url, "--db", db_url], "lavamq barrier ready", tmp
-            ).start()
-        )
+        procs.append(coordinator_process(url, db_url, cwd=tmp).start(60))
+        procs.append(barrier_process(url, db_url, cwd=tmp).start(60))
         for host in HOSTS:
-            cfg = host_toml(tmp, host, url)
-            ready = f"lavamq dispatcher {host} ready"
-            procs.append(Service(["dispatcher", "--config", str(cfg)], ready, tmp).start())
+            config = host_toml(tmp, host, url)
+            procs.append(dispatcher_process(config, host, cwd=tmp).start(60))
         names = {name for boards in HOSTS.values() for name, _, _ in boards}
         deadline = time.monotonic() + 30
         while True:
@@ -261,8 +196,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             time.sleep(0.2)
         yield {"url": url, "tmp": tmp, "procs": procs}
     finally:
-        for p in reversed(procs):
-            p.stop()
+        stop_all(procs)
         vhost.delete()
         services.drop_pg_database(db_name)
 
