@@ -56,14 +56,39 @@ def test_console_is_pyserial_on_a_pty_slave(board: LocalDevice) -> None:
     assert getattr(console, "url", "").startswith("/dev/pts/")
 
 
+def running(*argv: str) -> set[int]:
+    """Pids of the processes whose command line is exactly ``argv``."""
+    want = b"".join(arg.encode() + b"\0" for arg in argv)
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == want:
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def wait_running(*commands: tuple[str, ...], timeout: float = 10) -> set[int]:
+    """Wait until each command runs (background jobs start after the prompt returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [live(running(*argv)) for argv in commands]
+        if all(found):
+            return set().union(*found)
+        assert time.monotonic() < deadline, f"not all of {commands} started: {found}"
+        time.sleep(0.02)
+
+
 def test_power_off_leaves_no_process_behind(board: LocalDevice) -> None:
     console = board.boot(timeout=15)
     # background jobs in their own process groups, and one that escapes the session
     console.run("sleep 300 & (sleep 301 | cat) & setsid sleep 302 & true", timeout=10)
     assert board.proc is not None
     pid = board.proc.pid
-    pids = live(session_processes(pid))
-    assert len(pids) >= 4
+    pids = wait_running(("sleep", "300"), ("sleep", "301"), ("cat",), ("sleep", "302"))
+    pids |= live(session_processes(pid))
     board.power_off()
     assert live(pids | session_processes(pid)) == set()
     assert proc_stat(pid) is None or live({pid}) == set()
@@ -148,18 +173,9 @@ def test_power_off_finds_a_process_that_double_forked_out_of_the_session(
     session = board.proc.pid
 
     def escaped() -> set[int]:
-        found = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                stat = proc_stat(int(entry.name))
-            except OSError:
-                continue
-            if cmdline == b"sleep\x00304\x00" and stat is not None and stat[1] != session:
-                found.add(int(entry.name))
-        return found
+        return {
+            p for p in live(running("sleep", "304")) if (proc_stat(p) or (0, session))[1] != session
+        }
 
     deadline = time.monotonic() + 10
     while not escaped():
