@@ -51,11 +51,10 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from amqp import spec as amqp_spec
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.exceptions import OperationalError
 from kombu.message import Message
@@ -109,8 +108,6 @@ class Broker:
         self._declared: dict[tuple[str, str], Exchange | Queue] = {}
         #: (exchange, routing key, reason, message id) of every basic.return
         self._returned: list[tuple[str, str, str, str]] = []
-        #: publishes on the current channel in confirm mode (= last delivery tag)
-        self._confirm_seq = 0
         self._lock = threading.RLock()
 
     # --- connection -------------------------------------------------------
@@ -143,7 +140,6 @@ class Broker:
                     # memory:// channels share one class-level ``events`` dict
                     channel.events["basic_return"].add(self._on_return)
                 self._channel = channel
-                self._confirm_seq = 0
             return self._channel
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
@@ -345,7 +341,6 @@ class Broker:
                     mandatory=True,
                     confirm_timeout=self.confirm_timeout,
                 )
-                self._confirm_seq += 1
             else:
                 channel.basic_publish(message, exchange=name, routing_key=routing_key)
             if self._returned:
@@ -358,96 +353,6 @@ class Broker:
         with self._lock:
             self._retrying(what, once)
 
-    def publish_many(self, messages: Sequence[Outgoing]) -> list[Outgoing]:
-        """Publish ``messages`` in order with ONE wait for all their confirms.
-
-        The same guarantees as ``publish`` (validated, persistent, mandatory,
-        confirmed) without a round trip per message: the broker routes the
-        messages of one channel in publish order, and this returns once every
-        one of them is confirmed. Returns the messages the broker returned as
-        unroutable (callers decide whether that is an error: ``publish``
-        raises). A lost connection republishes the whole batch with the same
-        message ids (receivers drop copies).
-        """
-        if not messages:
-            return []
-        if not self.is_amqp:
-            unroutable = []
-            for m in messages:
-                try:
-                    self.publish(
-                        m.exchange, m.routing_key, m.schema, m.body, message_id=m.message_id
-                    )
-                except InfrastructureError as exc:
-                    if "unroutable" not in str(exc):
-                        raise
-                    unroutable.append(m)
-            return unroutable
-        prepared = []
-        for m in messages:
-            assert m.exchange, "lavamq never publishes to the default exchange"
-            properties: dict[str, Any] = {
-                "delivery_mode": 2,
-                "message_id": m.message_id or uuid.uuid4().hex,
-                "type": m.schema.message_type,
-            }
-            if self.user_id:
-                properties["user_id"] = self.user_id
-            prepared.append((m, encode(m.schema, dict(m.body)), properties))
-        what = f"publish {len(messages)} messages (first to exchange {messages[0].exchange!r})"
-
-        def once() -> list[Outgoing]:
-            channel = self.channel()
-            if not channel._confirm_selected:
-                channel._confirm_selected = True
-                channel.confirm_select()
-            self._returned.clear()
-            first = self._confirm_seq + 1
-            for m, payload, properties in prepared:
-                message = channel.prepare_message(
-                    payload,
-                    content_type=JSON,
-                    content_encoding="utf-8",
-                    headers={},
-                    properties=properties,
-                )
-                channel._basic_publish(
-                    message, exchange=m.exchange, routing_key=m.routing_key, mandatory=True
-                )
-                self._confirm_seq += 1
-            self._wait_confirms(channel, first, self._confirm_seq, what)
-            returned = {message_id for _, _, _, message_id in self._returned}
-            self._returned.clear()
-            return [m for m, _, properties in prepared if properties["message_id"] in returned]
-
-        with self._lock:
-            result: list[Outgoing] = self._retrying(what, once)
-            return result
-
-    def _wait_confirms(self, channel: Any, first: int, last: int, what: str) -> None:
-        """Wait until the broker confirmed delivery tags ``first``..``last``."""
-        pending = set(range(first, last + 1))
-        nacked: list[int] = []
-
-        def on_confirm(method: Any, delivery_tag: int, multiple: bool, *_: Any) -> None:
-            tags = {t for t in pending if t <= delivery_tag} if multiple else {delivery_tag}
-            if method == amqp_spec.Basic.Nack:
-                nacked.extend(tags & pending)
-            pending.difference_update(tags)
-
-        deadline = time.monotonic() + self.confirm_timeout
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise InfrastructureError(
-                    f"{what}: {len(pending)} not confirmed after {self.confirm_timeout:g} s"
-                )
-            channel.wait(
-                [amqp_spec.Basic.Ack, amqp_spec.Basic.Nack], callback=on_confirm, timeout=remaining
-            )
-        if nacked:
-            raise InfrastructureError(f"{what}: the broker refused (nack) {len(nacked)} of them")
-
     @staticmethod
     def _check_routable_memory(channel: Any, exchange: str, routing_key: str, what: str) -> None:
         try:
@@ -458,17 +363,6 @@ class Broker:
             queues = []
         if not queues:
             raise InfrastructureError(f"{what}: unroutable, no queue is bound for it")
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One message for ``Broker.publish_many``."""
-
-    exchange: str
-    routing_key: str
-    schema: MessageSchema
-    body: Mapping[str, Any]
-    message_id: str | None = None
 
 
 # --- consuming ------------------------------------------------------------

@@ -25,8 +25,8 @@ from the store once (at its first delivery after a (re)connect) and the
 store is the journal, written in the batch's one transaction (arrivals with
 one multi-row insert). Any error in a batch, and every (re)connect (another
 instance may have counted meanwhile), drops the in-memory state so the next
-batch reloads it from the store. The releases of a batch are published
-together with one wait for all the confirms.
+batch reloads it from the store. The releases a batch decided are published
+from memory (no outbox query) and marked in one statement.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from broker_config import topology
 from broker_config.identity import check_sender, delivery_user
-from broker_config.messaging import Broker, Delivery, Outgoing, QueueConsumer
+from broker_config.messaging import Broker, Delivery, QueueConsumer
 from coordinator.barrier_models import (
     BarrierArrival,
     BarrierGroup,
@@ -455,34 +455,25 @@ class BarrierService:
         return publisher
 
     def _publish(self, outbox: list[OutboxItem]) -> None:
-        """Publish a batch's decisions with one wait for every confirm, then mark them."""
-        messages = [
-            Outgoing(
-                topology.group_exchange_name(group),
-                "",
-                OUTBOX_SCHEMAS[message_type],
-                body,
-                # stable: a row published again after a crash is dropped by
-                # the clients as the same message
-                message_id=f"barrier-outbox-{group}-{row_id}",
-            )
-            for row_id, group, message_type, body in outbox
-        ]
-        try:
-            returned = self._publisher().publish_many(messages)
-        except InfrastructureError as exc:
-            # e.g. a group exchange deleted meanwhile (404 closes the channel):
-            # one by one, dropping what belongs to ended groups
-            log.info("batch publish failed (%s); publishing the outbox one by one", exc)
-            self._flush_outbox()
-            return
-        for message in returned:
-            # the group ended (its queues are gone): nobody to tell
-            log.warning(
-                "dropping %s for ended group: exchange %r, no queue bound",
-                message.schema.message_type,
-                message.exchange,
-            )
+        """Publish a batch's decisions (known from the batch: no outbox query), then mark them."""
+        publisher = self._publisher()
+        for row_id, group, message_type, body in outbox:
+            try:
+                publisher.publish(
+                    topology.group_exchange_name(group),
+                    "",
+                    OUTBOX_SCHEMAS[message_type],
+                    body,
+                    # stable: a row published again after a crash is
+                    # dropped by the clients as the same message
+                    message_id=f"barrier-outbox-{group}-{row_id}",
+                )
+            except InfrastructureError as exc:
+                text = str(exc)
+                if "unroutable" not in text and "NOT_FOUND" not in text:
+                    raise
+                # the group ended (exchange or queues gone): nobody to tell
+                log.warning("dropping %s for ended group: %s", message_type, exc)
         with self.sessions() as session, session.begin():
             session.execute(
                 update(OUTBOX)
