@@ -207,7 +207,7 @@ def bench_light(url: str, n: int, rounds: int, timeout: float) -> list[float]:
             )
         last = time.perf_counter()
         with cond:
-            if not cond.wait_for(lambda g=gen: g in done_at, timeout):
+            if not cond.wait_for(lambda: gen in done_at, timeout):  # noqa: B023
                 raise SystemExit(f"N={n}: round {gen} not released after {timeout} s")
         latencies.append(done_at[gen] - last)
     stop.set()
