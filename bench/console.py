@@ -113,7 +113,7 @@ def bench_console(url: str, mbytes: int, workdir: Path) -> dict[str, float]:
     )
     joblog = JobLog(workdir / "job.log")
     publisher = SubJobPublisher(url, job=job, subjob="1", node=node).start()
-    joblog.add_batch_listener(publisher.log_records)
+    joblog.add_json_listener(publisher.log_json)
     console = device.boot(60.0)
     bridge = Bridge(console, _Silent(), log=joblog).start()
     console.add_listener(joblog.target_bytes)

@@ -39,6 +39,13 @@ _KEY_SECRET = re.compile(
 Record = dict[str, Any]
 RecordListener = Callable[[Record], None]
 BatchListener = Callable[[list[Record]], None]
+#: ``listener(text, count)``: ``count`` records as JSON lines (each ends with ``\n``)
+JsonListener = Callable[[str, int], None]
+
+#: the keys a record keeps when it is sent on (``log-batch`` records); the
+#: others stay in the local file
+WIRE_FIELDS = ("time", "level", "message", "action")
+_WIRE_KEYS = frozenset(WIRE_FIELDS)
 
 #: JSON string encoding exactly as ``json.dumps(..., ensure_ascii=False)`` does it
 _json_string: Callable[[str], str] = json.encoder.encode_basestring
@@ -114,6 +121,7 @@ class JobLog:
         self._lock = threading.Lock()
         self._listeners: list[RecordListener] = []
         self._batch_listeners: list[BatchListener] = []
+        self._json_listeners: list[JsonListener] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
         self._partial_since = 0.0
@@ -150,6 +158,20 @@ class JobLog:
             if listener in self._batch_listeners:
                 self._batch_listeners.remove(listener)
 
+    def add_json_listener(self, listener: JsonListener) -> None:
+        """Call ``listener(text, count)`` with every record, in order, already
+        encoded: ``text`` holds ``count`` records as JSON lines, each ending
+        with a newline and holding only :data:`WIRE_FIELDS`. Console lines are
+        the very bytes written to the file, so a publisher need not encode them
+        again."""
+        with self._lock:
+            self._json_listeners.append(listener)
+
+    def remove_json_listener(self, listener: JsonListener) -> None:
+        with self._lock:
+            if listener in self._json_listeners:
+                self._json_listeners.remove(listener)
+
     def record(self, level: str, message: str, **extra: Any) -> Record:
         """Store one record; returns it as stored (masked and cut)."""
         if level not in LEVELS:
@@ -164,16 +186,29 @@ class JobLog:
             "message": cut(mask_secrets(message, self._secrets), self.max_message),
         }
         rec.update(extra)
+        line = json.dumps(rec, ensure_ascii=False) + "\n"
         if self._file is not None:
-            self._file.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._file.write(line)
             # console lines come in floods: flush them at most every 0.1 s;
             # anything else (actions, errors, results) at once
             now = time.monotonic()
             if level != "target" or now - self._flushed >= 0.1:
                 self._file.flush()
                 self._flushed = now
+        if self._json_listeners:
+            if not rec.keys() <= _WIRE_KEYS:
+                wire = {k: rec[k] for k in WIRE_FIELDS if k in rec}
+                line = json.dumps(wire, ensure_ascii=False) + "\n"
+            self._notify_json(line, 1)
         self._notify([rec])
         return rec
+
+    def _notify_json(self, text: str, count: int) -> None:
+        for listener in list(self._json_listeners):
+            try:
+                listener(text, count)
+            except Exception:  # a broken listener must not stop the job
+                log.exception("job log listener %r failed", listener)
 
     def _notify(self, records: list[Record]) -> None:
         for listener in list(self._listeners):
@@ -202,7 +237,7 @@ class JobLog:
         if (masked or len(text) > limit) and max(map(len, lines)) > limit:
             lines = [cut(line, limit) for line in lines]
         stamp = now_iso()
-        if self._file is not None:
+        if self._file is not None or self._json_listeners:
             # the same bytes as json.dumps(record, ensure_ascii=False) per line
             head = f'{{"time": {_json_string(stamp)}, "level": "target", "message": '
             joined = "".join(lines)
@@ -210,9 +245,13 @@ class JobLog:
                 # nothing to escape in any line (no quote, backslash or control
                 # character): JSON strings are the lines in quotes
                 sep = f'"}}\n{head}"'
-                self._file.write(f'{head}"{sep.join(lines)}"}}\n')
+                encoded = f'{head}"{sep.join(lines)}"}}\n'
             else:
-                self._file.write("".join([f"{head}{_json_string(line)}}}\n" for line in lines]))
+                encoded = "".join([f"{head}{_json_string(line)}}}\n" for line in lines])
+            if self._json_listeners:
+                self._notify_json(encoded, len(lines))
+        if self._file is not None:
+            self._file.write(encoded)
             now = time.monotonic()
             if now - self._flushed >= 0.1:
                 self._file.flush()

@@ -10,6 +10,7 @@ is ever shared between threads, and console I/O never waits on the broker.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 from broker_config import topology
 from broker_config.messaging import Broker
 from schemas.errors import LavamqError
+from schemas.messages.base import encode
 from schemas.messages.console import LogBatchSchema, TestResultSchema
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,32 @@ _STOP = object()
 #: what a ``log-batch`` record may hold; other keys of a job log record stay local
 _RECORD_FIELDS = ("time", "level", "message", "action")
 _RECORD_KEYS = frozenset(_RECORD_FIELDS)
+
+
+def _encode_records(records: list[dict[str, Any]]) -> str:
+    """Records as JSON lines holding only the ``log-batch`` record keys."""
+    out = []
+    for rec in records:
+        if not rec.keys() <= _RECORD_KEYS:
+            rec = {k: rec[k] for k in _RECORD_FIELDS if k in rec}
+        out.append(json.dumps(rec, ensure_ascii=False) + "\n")
+    return "".join(out)
+
+
+def batch_payload(body: dict[str, Any], json_lines: list[str]) -> bytes:
+    """The ``log-batch`` message for ``body`` (its ``records`` empty) holding the
+    records given as JSON lines, without decoding and encoding them again.
+
+    The envelope is validated by the schema; the records are spliced in as
+    they are (one JSON object per line, no raw newline inside one), which
+    gives the same message as encoding the records in ``body``.
+    """
+    head = encode(LogBatchSchema(), body)
+    marker = b'"records": []'
+    at = head.index(marker)
+    text = "".join(json_lines)
+    inner = text[:-1].replace("\n", ", ").encode("utf-8") if text else b""
+    return b"".join((head[:at], b'"records": [', inner, b"]", head[at + len(marker) :]))
 
 
 class SubJobPublisher:
@@ -40,7 +68,7 @@ class SubJobPublisher:
         subjob: str,
         node: str,
         interval: float = 0.1,
-        max_bytes: int = 64 * 1024,
+        max_bytes: int = 256 * 1024,
     ) -> None:
         self.broker_url = broker_url
         self.job = job
@@ -73,6 +101,12 @@ class SubJobPublisher:
         for a whole chunk of console lines."""
         self._queue.put(("logs", records))
 
+    def log_json(self, text: str, count: int) -> None:
+        """A job log JSON listener (``JobLog.add_json_listener``): ``count``
+        records already encoded as JSON lines holding only the ``log-batch``
+        record keys; they are sent as they are, not encoded again."""
+        self._queue.put(("json", (text, count)))
+
     def result(self, body: dict[str, Any]) -> None:
         self._queue.put(("result", body))
 
@@ -84,7 +118,9 @@ class SubJobPublisher:
     # --- the publishing thread ---
     def _run(self) -> None:
         broker = Broker(self.broker_url)
-        pending: list[dict[str, Any]] = []
+        # the batch's records as JSON lines (each ends with a newline)
+        pending: list[str] = []
+        count = 0
         size = 0
         first_at = 0.0
         try:
@@ -97,7 +133,7 @@ class SubJobPublisher:
                 except queue.Empty:
                     item = None
                 if item is _STOP:
-                    self._send_logs(broker, pending, final=True)
+                    self._send_logs(broker, pending, count, final=True)
                     return
                 if item is not None:
                     kind, body = item
@@ -106,40 +142,47 @@ class SubJobPublisher:
                     else:
                         if not pending:
                             first_at = time.monotonic()
-                        for rec in body:
-                            if not rec.keys() <= _RECORD_KEYS:
-                                rec = {k: rec[k] for k in _RECORD_FIELDS if k in rec}
-                            pending.append(rec)
-                        size += sum(len(rec["message"]) for rec in body) + 64 * len(body)
+                        if kind == "json":
+                            text, n = body
+                        else:
+                            text, n = _encode_records(body), len(body)
+                        pending.append(text)
+                        count += n
+                        size += len(text)
                 if pending and (
                     size >= self.max_bytes or time.monotonic() - first_at >= self.interval
                 ):
-                    self._send_logs(broker, pending, final=False)
+                    self._send_logs(broker, pending, count, final=False)
                     pending = []
-                    size = 0
+                    count = size = 0
         finally:
             broker.close()
 
-    def _send_logs(self, broker: Broker, records: list[dict[str, Any]], *, final: bool) -> None:
-        if not records and not final:
+    def _send_logs(self, broker: Broker, pending: list[str], count: int, *, final: bool) -> None:
+        if not count and not final:
             return
         body = {
             "job": self.job,
             "subjob": self.subjob,
             "node": self.node,
             "seq": self.seq,
-            "records": records,
+            "records": [],
             "final": final,
         }
         try:
-            broker.publish(topology.LOGS_EXCHANGE_NAME, self._log_key, LogBatchSchema(), body)
+            broker.publish_raw(
+                topology.LOGS_EXCHANGE_NAME,
+                self._log_key,
+                batch_payload(body, pending),
+                message_type=LogBatchSchema.message_type,
+            )
         except LavamqError as exc:
             self.failures += 1
             log.warning(
                 "log batch %d of %s.%s not published: %s", self.seq, self.job, self.node, exc
             )
         else:
-            self.published_records += len(records)
+            self.published_records += count
         self.seq += 1
 
     def _send_result(self, broker: Broker, body: dict[str, Any]) -> None:

@@ -123,7 +123,7 @@ class SubJobRunner:
                 node=node,
                 interval=self.publisher_interval,
             ).start()
-            joblog.add_batch_listener(publisher.log_records)
+            joblog.add_json_listener(publisher.log_json)
         timeouts = dict(a.get("timeouts") or {})
         start = time.monotonic()
         ctx = JobContext(

@@ -11,6 +11,7 @@ import pytest
 from device_agent.bridge import Bridge
 from device_agent.console import ScriptedConsole, strip_escapes
 from dispatcher.joblog import JobLog, mask_secrets, may_hold_secret, read_records
+from dispatcher.publisher import _encode_records, batch_payload
 from schemas.messages.base import InvalidMessage, decode, encode
 from schemas.messages.console import LogBatchSchema
 
@@ -173,3 +174,38 @@ def test_log_records_round_trip_with_and_without_action() -> None:
     ]
     body = decode(LogBatchSchema(), encode(LogBatchSchema(), _batch(records)))
     assert body["records"] == records
+
+
+def test_json_listener_gets_the_file_bytes_and_only_wire_keys(tmp_path: Path) -> None:
+    jl = JobLog(tmp_path / "job.log", secrets=["hunter2"])
+    got: list[tuple[str, int]] = []
+    jl.add_json_listener(lambda text, count: got.append((text, count)))
+    jl.target_bytes(b'one\r\ntwo "quoted" \\ hunter2\nthr')
+    jl.info("deploy", action="deploy-image", local_only=3)
+    jl.close()
+    file_lines = _file_lines(tmp_path / "job.log")
+    assert [c for _, c in got] == [2, 1, 1]
+    assert got[0][0] + got[2][0] == "".join(
+        f"{line}\n" for line in [*file_lines[:2], file_lines[3]]
+    )
+    assert "hunter2" not in "".join(t for t, _ in got)
+    # the extra key stays in the file only
+    assert json.loads(file_lines[2])["local_only"] == 3
+    assert json.loads(got[1][0]) == {
+        k: v for k, v in json.loads(file_lines[2]).items() if k != "local_only"
+    }
+
+
+def test_batch_payload_splices_json_lines_into_a_valid_log_batch() -> None:
+    records: list[dict[str, Any]] = [
+        {"time": "t1", "level": "target", "message": 'a "q" \\ \x1b é\u2028'},
+        {"time": "t2", "level": "info", "message": "x", "action": "boot", "other": 1},
+    ]
+    body = {"job": "j", "subjob": "1", "node": "n", "seq": 3, "records": [], "final": True}
+    payload = batch_payload(body, [_encode_records(records[:1]), _encode_records(records[1:])])
+    got = decode(LogBatchSchema(), payload)
+    assert got["records"] == [records[0], {k: v for k, v in records[1].items() if k != "other"}]
+    assert (got["seq"], got["final"], got["node"]) == (3, True, "n")
+    assert decode(LogBatchSchema(), batch_payload(body, []))["records"] == []
+    with pytest.raises(InvalidMessage):
+        batch_payload(dict(body, seq=-1), [])
