@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate
@@ -19,6 +20,14 @@ from schemas.messages.base import MessageSchema
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "target", "input", "results", "event")
 RESULTS = ("pass", "fail", "skip", "unknown")
+
+
+_DICT = frozenset({dict})
+_STR = frozenset({str})
+_TIME = operator.itemgetter("time")
+_LEVEL = operator.itemgetter("level")
+_MESSAGE = operator.itemgetter("message")
+_ACTION = operator.methodcaller("get", "action", "")
 
 
 class LogRecords(fields.Field):
@@ -35,22 +44,21 @@ class LogRecords(fields.Field):
     def _validated(self, value: Any) -> list[dict[str, Any]]:
         if not isinstance(value, list):
             raise ValidationError("must be a list of records")
-        # fast pass (a batch holds thousands of records): one test per record;
-        # the first record that fails it is looked at again below for the message
-        keys, levels, str_ = self.KEYS, self.LEVELS, str
-        for rec in value:
+        # fast pass (a batch holds thousands of records): whole-list checks
+        # that run in C; if any fails (or raises: a missing key, an unhashable
+        # level) the records are looked at one by one below for the message
+        try:
             if (
-                type(rec) is not dict
-                or not rec.keys() <= keys
-                or type(rec.get("time")) is not str_
-                or type(rec.get("message")) is not str_
-                or type(level := rec.get("level")) is not str_
-                or level not in levels
-                or ("action" in rec and type(rec["action"]) is not str_)
+                set(map(type, value)) <= _DICT
+                and all(map(self.KEYS.issuperset, value))
+                and set(map(type, map(_TIME, value))) <= _STR
+                and set(map(type, map(_MESSAGE, value))) <= _STR
+                and set(map(_LEVEL, value)) <= self.LEVELS
+                and set(map(type, map(_ACTION, value))) <= _STR
             ):
-                break
-        else:
-            return value
+                return value
+        except (KeyError, TypeError):
+            pass
         for i, rec in enumerate(value):
             if not isinstance(rec, dict):
                 raise ValidationError(f"[{i}]: must be an object")
