@@ -135,6 +135,22 @@ def netns_supported() -> bool:
         return False
 
 
+def _read_waiting(fd: int, data: bytes, limit: int) -> bytes:
+    """``data`` and whatever else ``fd`` (non-blocking) has ready, up to ``limit`` bytes."""
+    parts = [data]
+    size = len(data)
+    while size < limit:
+        try:
+            more = os.read(fd, limit - size)
+        except OSError:  # nothing more waiting (or gone: the next select says so)
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return b"".join(parts) if len(parts) > 1 else data
+
+
 class LocalDevice(Device):
     device_type = "local"
     known_settings: ClassVar[frozenset[str]] = frozenset(
@@ -361,6 +377,10 @@ class LocalDevice(Device):
                     continue
                 except OSError:
                     data = b""
+                if data:
+                    # a tty hands out at most 4 KiB per read: take what is
+                    # already waiting (up to 64 KiB) and pass it on in one write
+                    data = _read_waiting(fd, data, 65536)
                 if not data:
                     if fd == board:
                         # the shell and everything on its tty are gone: the board "halted"
