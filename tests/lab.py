@@ -10,6 +10,7 @@ condition against a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -403,3 +404,30 @@ class FakeHost:
 
     def close(self) -> None:
         self.broker.close()
+
+
+def broker_ports(pid: int, broker_port: int = 5672) -> set[int]:
+    """Local ports of ``pid``'s established TCP connections to the broker.
+
+    The management API names a connection by its peer port: this is how a
+    test finds exactly one process's connections among everyone's in a vhost.
+    """
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                if (
+                    state == "01"
+                    and inode in inodes
+                    and int(remote.split(":")[1], 16) == broker_port
+                ):
+                    ports.add(int(local.split(":")[1], 16))
+    return ports

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from lab import LAVAMQ, ROOT, Device, GitRepo, dispatcher_process, wait_for
+from lab import LAVAMQ, ROOT, Device, GitRepo, broker_ports, dispatcher_process, wait_for
 from lab import host_config as lab_host_config
 
 from broker_config import topology
@@ -455,14 +455,21 @@ def test_dispatcher_survives_losing_its_broker_connections(
     try:
         wait_for(lambda: "host-d" in lab.hosts, 20, "registration")
 
-        def connections() -> list[str]:
+        def dispatcher_connections() -> list[str]:
+            # the management API lists a connection only after its first stats
+            # tick: wait until every connection the dispatcher holds is listed
+            assert host.proc is not None
+            ports = broker_ports(host.proc.pid)
             listed = services.mgmt(
                 "GET", f"/vhosts/{services.quote(rabbit_vhost.name)}/connections"
             )
-            return [c["name"] for c in listed or []]
+            names = {c["peer_port"]: c["name"] for c in listed or []}
+            if not ports or not ports <= names.keys():
+                return []
+            return [names[p] for p in ports]
 
-        names = wait_for(connections, 20, "connections listed")
-        for name in names:  # as a broker restart would: every connection of the vhost dies
+        names = wait_for(dispatcher_connections, 30, "the dispatcher's connections listed")
+        for name in names:  # as a broker restart would: every connection of the host dies
             with contextlib.suppress(Exception):
                 services.mgmt("DELETE", f"/connections/{services.quote(name)}")
         create_group(lab.broker, "g301", members, timeout=60.0)
