@@ -8,7 +8,15 @@ Run by hand on a host with RabbitMQ (management API on :15672)::
    the console reader, the bridge, the job log and the batch publisher into
    ``lava.logs`` on the real broker, and out to a follow reader (a temporary
    queue bound to ``<job>.#``, as ``lavamq logs --follow``). Reports MB/s
-   and record latency (record time → reader) p50/p99.
+   and record latency (record time → reader) p50/p99. Two follow readers:
+
+   - ``process`` (the default row): the real ``lavamq logs JOB --follow
+     --until-final --json`` CLI as a subprocess, its stdout piped into a
+     second bench process (``--measure-stdin``) that timestamps and counts
+     every line; the dispatcher-side process does no reading at all, as on a
+     dispatcher host where the follower runs elsewhere.
+   - ``in-process``: a ``QueueConsumer`` thread inside the bench process, so
+     it competes for the GIL with the dispatcher-side path being measured.
 2. Deploy: decompression throughput of ``dispatcher.download.fetch_image``
    against ``gzip -dc``/``xz -dc`` (writing to a file, same input).
 
@@ -27,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -47,7 +56,7 @@ from dispatcher.publisher import SubJobPublisher
 from schemas.messages.console import LogBatchSchema
 
 
-def mgmt(base: str, method: str, path: str, body: Any = None) -> None:
+def mgmt(base: str, method: str, path: str, body: Any = None) -> Any:
     req = urllib.request.Request(
         base + "/api" + path,
         data=json.dumps(body).encode() if body is not None else None,
@@ -55,7 +64,8 @@ def mgmt(base: str, method: str, path: str, body: Any = None) -> None:
     )
     req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
     req.add_header("Content-Type", "application/json")
-    urllib.request.urlopen(req, timeout=10).read()
+    data = urllib.request.urlopen(req, timeout=10).read()
+    return json.loads(data) if data else None
 
 
 def pct(values: list[float], p: float) -> float:
@@ -67,26 +77,111 @@ class _Silent:
     self_name = "bench-board"
 
 
-def bench_console(url: str, mbytes: int, workdir: Path) -> dict[str, float]:
-    job, node = "bench1", "bench-board"
-    got = {"bytes": 0, "final": False}
-    latencies: list[float] = []
+JOB, NODE = "bench1", "bench-board"
+LINE = "x" * 99  # + newline: 100 bytes per console line
+
+
+def run_board(url: str, mbytes: int, workdir: Path) -> tuple[float, float, float]:
+    """The dispatcher-side path; returns (first byte sent, console done, all published)."""
+    device = create_device(
+        {"name": NODE, "device_type": "local", "settings": {"network": "none"}}, workdir / NODE
+    )
+    joblog = JobLog(workdir / "job.log")
+    publisher = SubJobPublisher(url, job=JOB, subjob="1", node=NODE).start()
+    joblog.add_json_listener(publisher.log_json)
+    console = device.boot(60.0)
+    bridge = Bridge(console, _Silent(), log=joblog).start()
+    console.add_listener(joblog.target_bytes)
+    total = mbytes * 1_000_000
+    start = time.time()
+    # print total bytes of 100-byte lines, then a marker
+    # the marker is computed by the shell so that the command's echo cannot match it
+    console.sendline(f"yes {LINE} | head -c {total}; echo BENCH-$((40 + 2))-DONE")
+    console.expect("BENCH-42-DONE", 600)
+    console_done = time.time()
+    console.remove_listener(joblog.target_bytes)
+    bridge.close()
+    device.shutdown()
+    joblog.close()
+    publisher.close()
+    return start, console_done, time.time()
+
+
+class FollowStats:
+    """Counts and timestamps the target records a follow reader receives."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lines = 0  # records that are exactly one of the bench's lines
+        self.latencies: list[float] = []
+        self.last = 0.0
+        self._parsed: dict[str, float] = {}
+
+    def record(self, rec: dict[str, Any], now: float) -> None:
+        if rec.get("level") != "target":
+            return
+        message = rec["message"]
+        self.bytes += len(message) + 1
+        if message == LINE:
+            self.lines += 1
+            self.last = now
+        # a console chunk's lines share one record time: parse each once
+        stamp = rec["time"]
+        sent = self._parsed.get(stamp)
+        if sent is None:
+            sent = self._parsed[stamp] = dt.datetime.fromisoformat(stamp).timestamp()
+        self.latencies.append(now - sent)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "bytes": float(self.bytes),
+            "lines": float(self.lines),
+            "last": self.last,
+            "p50": pct(self.latencies, 50),
+            "p99": pct(self.latencies, 99),
+            "records": float(len(self.latencies)),
+        }
+
+
+def measure_stdin() -> int:
+    """``--measure-stdin``: read ``lavamq logs --json`` lines, print a summary."""
+    stats = FollowStats()
+    for raw in sys.stdin.buffer:
+        now = time.time()
+        stats.record(json.loads(raw), now)
+    print(json.dumps(stats.summary()))
+    return 0
+
+
+def result(mbytes: int, times: tuple[float, float, float], s: dict[str, float]) -> dict[str, float]:
+    start, console_done, _ = times
+    total = mbytes * 1_000_000
+    expected = total // (len(LINE) + 1)
+    if s["lines"] != expected:
+        raise RuntimeError(
+            f"bench follow reader: received {s['lines']:.0f} of {expected} console lines"
+        )
+    return {
+        "mbytes": s["bytes"] / 1e6,
+        "lines": s["lines"],
+        "console_mb_s": total / 1e6 / (console_done - start),
+        # first byte written → last bench line received by the reader
+        "end_to_end_mb_s": total / 1e6 / (s["last"] - start),
+        "p50_ms": s["p50"] * 1000,
+        "p99_ms": s["p99"] * 1000,
+        "records": s["records"],
+    }
+
+
+def bench_console_inprocess(url: str, mbytes: int, workdir: Path) -> dict[str, float]:
+    stats = FollowStats()
     done = threading.Event()
 
-    parsed: dict[str, float] = {}
-
     def on_batch(d: Delivery) -> None:
-        # runs in this process, so it competes with the path being measured:
-        # parse each distinct record time once (a console chunk's lines share it)
+        # runs in this process, so it competes with the path being measured
         now = time.time()
         for rec in d.body["records"]:
-            if rec["level"] == "target":
-                got["bytes"] += len(rec["message"]) + 1
-                stamp = rec["time"]
-                sent = parsed.get(stamp)
-                if sent is None:
-                    sent = parsed[stamp] = dt.datetime.fromisoformat(stamp).timestamp()
-                latencies.append(now - sent)
+            stats.record(rec, now)
         if d.body["final"]:
             done.set()
 
@@ -96,7 +191,7 @@ def bench_console(url: str, mbytes: int, workdir: Path) -> dict[str, float]:
             Queue(
                 f"lava.logs.follow.{uuid.uuid4().hex[:8]}",
                 exchange=topology.logs_exchange(),
-                routing_key=f"{job}.#",
+                routing_key=f"{JOB}.#",
                 durable=False,
                 exclusive=True,
                 auto_delete=True,
@@ -107,40 +202,69 @@ def bench_console(url: str, mbytes: int, workdir: Path) -> dict[str, float]:
         prefetch=200,
         poll_interval=0.05,
     )
-    run_in_thread(follow, "bench-follow")
-    device = create_device(
-        {"name": node, "device_type": "local", "settings": {"network": "none"}}, workdir / node
-    )
-    joblog = JobLog(workdir / "job.log")
-    publisher = SubJobPublisher(url, job=job, subjob="1", node=node).start()
-    joblog.add_json_listener(publisher.log_json)
-    console = device.boot(60.0)
-    bridge = Bridge(console, _Silent(), log=joblog).start()
-    console.add_listener(joblog.target_bytes)
-    total = mbytes * 1_000_000
-    line = "x" * 99
-    start = time.time()
-    # print total bytes of 100-byte lines, then a marker
-    # the marker is computed by the shell so that the command's echo cannot match it
-    console.sendline(f"yes {line} | head -c {total}; echo BENCH-$((40 + 2))-DONE")
-    console.expect("BENCH-42-DONE", 600)
-    console_done = time.time()
-    console.remove_listener(joblog.target_bytes)
-    bridge.close()
-    device.shutdown()
-    joblog.close()
-    publisher.close()
-    done.wait(120)
-    end = time.time()
+    thread = run_in_thread(follow, "bench-follow")  # returns once consuming
+    times = run_board(url, mbytes, workdir)
+    if not done.wait(120):
+        raise RuntimeError("bench: in-process follow reader got no final batch within 120 s")
     follow.stop()
-    return {
-        "mbytes": got["bytes"] / 1e6,
-        "console_mb_s": total / 1e6 / (console_done - start),
-        "end_to_end_mb_s": got["bytes"] / 1e6 / (end - start),
-        "p50_ms": pct(latencies, 50) * 1000,
-        "p99_ms": pct(latencies, 99) * 1000,
-        "records": float(len(latencies)),
-    }
+    thread.join(10)
+    return result(mbytes, times, stats.summary())
+
+
+def wait_bound(mgmt_base: str, vhost: str, deadline: float) -> None:
+    """Until a queue is bound to ``<JOB>.#`` on lava.logs (the follower is ready)."""
+    path = (
+        f"/exchanges/{urllib.parse.quote(vhost, safe='')}/"
+        f"{urllib.parse.quote(topology.LOGS_EXCHANGE_NAME, safe='')}/bindings/source"
+    )
+    while time.monotonic() < deadline:
+        try:
+            if any(b["routing_key"] == f"{JOB}.#" for b in mgmt(mgmt_base, "GET", path)):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:  # 404: exchange not declared yet
+                raise
+        time.sleep(0.05)
+    raise RuntimeError(f"bench: no follow queue bound to {JOB}.# in vhost {vhost} in time")
+
+
+def bench_console_process(
+    url: str, mbytes: int, workdir: Path, mgmt_base: str, vhost: str
+) -> dict[str, float]:
+    cli = subprocess.Popen(
+        [
+            "lavamq",
+            "logs",
+            JOB,
+            "--follow",
+            "--until-final",
+            "--json",
+            "--broker",
+            url,
+            "--dir",
+            str(workdir / "no-store"),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert cli.stdout is not None
+    meter = subprocess.Popen(
+        [sys.executable, __file__, "--measure-stdin"], stdin=cli.stdout, stdout=subprocess.PIPE
+    )
+    cli.stdout.close()  # the meter holds the read end
+    try:
+        wait_bound(mgmt_base, vhost, time.monotonic() + 30)
+        times = run_board(url, mbytes, workdir)
+        out, _ = meter.communicate(timeout=120)
+        if cli.wait(10) != 0 or meter.returncode != 0:
+            raise RuntimeError(
+                f"bench: lavamq logs exited {cli.returncode}, meter {meter.returncode}"
+            )
+    finally:
+        for proc in (cli, meter):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return result(mbytes, times, json.loads(out))
 
 
 def make_payload(path: Path, mbytes: int) -> None:
@@ -178,33 +302,57 @@ def bench_decompress(workdir: Path, mbytes: int) -> list[tuple[str, float, float
     return rows
 
 
+def print_row(label: str, c: dict[str, float]) -> None:
+    print(
+        f"| {label} | {c['mbytes']:.0f} | {c['lines']:.0f} | {c['console_mb_s']:.1f} | "
+        f"{c['end_to_end_mb_s']:.1f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} |"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--broker-mgmt", default="http://127.0.0.1:15672")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--mbytes", type=int, default=64)
     parser.add_argument("--image-mbytes", type=int, default=64)
+    parser.add_argument(
+        "--reader",
+        choices=("both", "process", "in-process"),
+        default="both",
+        help="which follow reader rows to measure",
+    )
+    parser.add_argument("--skip-deploy", action="store_true", help="console rows only")
+    parser.add_argument("--measure-stdin", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_stdin:
+        return measure_stdin()
+    with open("/proc/loadavg") as fh:
+        print(f"loadavg before: {fh.read().strip()}")
     vhost = f"lavamq-bench-{uuid.uuid4().hex[:8]}"
     q = urllib.parse.quote(vhost, safe="")
     mgmt(args.broker_mgmt, "PUT", f"/vhosts/{q}", {})
-    mgmt(
-        args.broker_mgmt,
-        "PUT",
-        f"/permissions/{q}/guest",
-        {"configure": ".*", "write": ".*", "read": ".*"},
-    )
+    perms = {"configure": ".*", "write": ".*", "read": ".*"}
+    mgmt(args.broker_mgmt, "PUT", f"/permissions/{q}/guest", perms)
     url = f"amqp://guest:guest@{args.host}:5672/{q}"
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            c = bench_console(url, args.mbytes, Path(tmp))
-            print("| console path | MB | console MB/s | end-to-end MB/s | p50 ms | p99 ms |")
-            print("|---|---|---|---|---|---|")
-            print(
-                f"| local board → bridge → job log → lava.logs → follow reader | "
-                f"{c['mbytes']:.0f} | {c['console_mb_s']:.1f} | {c['end_to_end_mb_s']:.1f} | "
-                f"{c['p50_ms']:.1f} | {c['p99_ms']:.1f} |"
-            )
+        print("| console path | MB | lines | console MB/s | end-to-end MB/s | p50 ms | p99 ms |")
+        print("|---|---|---|---|---|---|---|")
+        path = "local board → bridge → job log → lava.logs"
+        if args.reader in ("both", "process"):
+            with tempfile.TemporaryDirectory() as tmp:
+                c = bench_console_process(url, args.mbytes, Path(tmp), args.broker_mgmt, vhost)
+            print_row(f"{path} → `lavamq logs --follow` (own process)", c)
+        if args.reader in ("both", "in-process"):
+            mgmt(args.broker_mgmt, "DELETE", f"/vhosts/{q}")  # fresh vhost per run
+            mgmt(args.broker_mgmt, "PUT", f"/vhosts/{q}", {})
+            mgmt(args.broker_mgmt, "PUT", f"/permissions/{q}/guest", perms)
+            with tempfile.TemporaryDirectory() as tmp:
+                c = bench_console_inprocess(url, args.mbytes, Path(tmp))
+            print_row(f"{path} → follow reader in the bench process", c)
+        with open("/proc/loadavg") as fh:
+            print(f"loadavg after: {fh.read().strip()}")
+        if args.skip_deploy:
+            return 0
         with tempfile.TemporaryDirectory() as tmp:
             rows = bench_decompress(Path(tmp), args.image_mbytes)
             print()
