@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import datetime as dt
 import json
 import os
+import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -143,13 +146,83 @@ class FollowStats:
         }
 
 
+class StreamStats:
+    """The same counts as :class:`FollowStats`, taken from ``lavamq logs --json``
+    output a read at a time instead of by decoding every line (which cost the
+    meter more than the CLI it measures): bench lines are counted with
+    ``bytes.count`` of their exact JSON ending, and every target line's record
+    time is found with one regex pass; a read's lines that share a record time
+    share its latency, so every target record still gets its own latency.
+    Lines that are not bench lines (the command's echo, the prompt) are decoded.
+    """
+
+    #: the exact end of a bench line as ``lavamq logs --json`` prints it
+    BENCH_END = f'"level": "target", "message": "{LINE}"}}\n'.encode()
+    TARGET_TIME = re.compile(rb'"time": "([^"]*)", "level": "target"')
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lines = 0
+        self.targets = 0
+        self.latencies: list[float] = []
+        self.last = 0.0
+        self._parsed: dict[bytes, float] = {}
+
+    def block(self, block: bytes, now: float) -> None:
+        """Complete lines (``block`` ends with a newline) read at ``now``."""
+        bench = block.count(self.BENCH_END)
+        if bench:
+            self.lines += bench
+            self.bytes += bench * (len(LINE) + 1)
+            self.last = now
+        if bench != block.count(b"\n"):
+            for line in block.split(b"\n"):
+                if line and not (line + b"\n").endswith(self.BENCH_END):
+                    rec = json.loads(line)
+                    if rec.get("level") == "target":
+                        self.bytes += len(rec["message"]) + 1
+        for stamp, count in collections.Counter(self.TARGET_TIME.findall(block)).items():
+            sent = self._parsed.get(stamp)
+            if sent is None:
+                sent = self._parsed[stamp] = dt.datetime.fromisoformat(stamp.decode()).timestamp()
+            self.latencies.extend([now - sent] * count)
+            self.targets += count
+
+    def summary(self) -> dict[str, float]:
+        if self.targets < self.lines:
+            raise RuntimeError(
+                f"bench meter: {self.lines} bench lines but only {self.targets} target record times"
+            )
+        return {
+            "bytes": float(self.bytes),
+            "lines": float(self.lines),
+            "last": self.last,
+            "p50": pct(self.latencies, 50),
+            "p99": pct(self.latencies, 99),
+            "records": float(self.targets),
+        }
+
+
 def measure_stdin() -> int:
     """``--measure-stdin``: read ``lavamq logs --json`` lines, print a summary."""
-    stats = FollowStats()
-    for raw in sys.stdin.buffer:
+    stats = StreamStats()
+    fd = sys.stdin.fileno()
+    rest = b""
+    while True:
+        data = os.read(fd, 1 << 20)
         now = time.time()
-        stats.record(json.loads(raw), now)
-    print(json.dumps(stats.summary()))
+        if not data:
+            break
+        end = data.rfind(b"\n") + 1
+        if not end:
+            rest += data
+            continue
+        stats.block(rest + data[:end], now)
+        rest = data[end:]
+    if rest:
+        raise RuntimeError(f"bench meter: output ends in an incomplete line {rest[:80]!r}")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({**stats.summary(), "cpu": usage.ru_utime + usage.ru_stime}))
     return 0
 
 
@@ -230,9 +303,45 @@ def wait_bound(mgmt_base: str, vhost: str, deadline: float) -> None:
     raise RuntimeError(f"bench: no follow queue bound to {JOB}.# in vhost {vhost} in time")
 
 
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def broker_cpu() -> float:
+    """CPU seconds used so far by the local RabbitMQ node (beam.smp), 0 if not found."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                raw = fh.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        if raw[raw.index("(") + 1 : raw.rfind(")")].startswith("beam"):
+            fields = raw[raw.rfind(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def reap(proc: subprocess.Popen[bytes], timeout: float) -> float:
+    """Wait for ``proc`` (setting its return code); returns its CPU seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        time.sleep(0.01)
+    raise RuntimeError(f"bench: {proc.args!r} still running after {timeout} s")
+
+
 def bench_console_process(
     url: str, mbytes: int, workdir: Path, mgmt_base: str, vhost: str
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The own-process row; also returns the CPU seconds each party used."""
     cli = subprocess.Popen(
         [
             "lavamq",
@@ -255,9 +364,13 @@ def bench_console_process(
     cli.stdout.close()  # the meter holds the read end
     try:
         wait_bound(mgmt_base, vhost, time.monotonic() + 30)
+        own, broker = own_cpu(), broker_cpu()
         times = run_board(url, mbytes, workdir)
+        dispatcher_cpu = own_cpu() - own
         out, _ = meter.communicate(timeout=120)
-        if cli.wait(10) != 0 or meter.returncode != 0:
+        broker = broker_cpu() - broker
+        cli_cpu = reap(cli, 10)
+        if cli.returncode != 0 or meter.returncode != 0:
             raise RuntimeError(
                 f"bench: lavamq logs exited {cli.returncode}, meter {meter.returncode}"
             )
@@ -266,7 +379,14 @@ def bench_console_process(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return result(mbytes, times, json.loads(out))
+    summary = json.loads(out)
+    cpu = {
+        "dispatcher side": dispatcher_cpu,
+        "lavamq logs": cli_cpu,
+        "meter": summary["cpu"],
+        "RabbitMQ": broker,
+    }
+    return result(mbytes, times, summary), cpu
 
 
 def make_payload(path: Path, mbytes: int) -> None:
@@ -344,9 +464,10 @@ def main() -> int:
         )
         print("|---|---|---|---|---|---|---|---|")
         path = "local board → bridge → job log → lava.logs"
+        cpu: dict[str, float] = {}
         if args.reader in ("both", "process"):
             with tempfile.TemporaryDirectory() as tmp:
-                c = bench_console_process(url, args.mbytes, Path(tmp), args.broker_mgmt, vhost)
+                c, cpu = bench_console_process(url, args.mbytes, Path(tmp), args.broker_mgmt, vhost)
             print_row(f"{path} → `lavamq logs --follow` (own process)", c)
         if args.reader in ("both", "in-process"):
             mgmt(args.broker_mgmt, "DELETE", f"/vhosts/{q}")  # fresh vhost per run
@@ -357,6 +478,10 @@ def main() -> int:
             print_row(f"{path} → follow reader in the bench process", c)
         with open("/proc/loadavg") as fh:
             print(f"loadavg after: {fh.read().strip()}")
+        if cpu:
+            # dispatcher side: first byte → publisher closed; RabbitMQ: first
+            # byte → meter done; CLI and meter: their whole life
+            print("CPU s (own-process row): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
         if args.skip_deploy:
             return 0
         with tempfile.TemporaryDirectory() as tmp:

@@ -7,11 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from device_agent.bridge import Bridge
 from device_agent.console import ScriptedConsole, strip_escapes
-from dispatcher.joblog import JobLog, mask_secrets, may_hold_secret, read_records
+from dispatcher.joblog import JobLog, format_record, mask_secrets, may_hold_secret, read_records
+from dispatcher.logstore import write_batch
 from dispatcher.publisher import _encode_records, batch_payload
+from lavamq.cli import main
+from lavamq.commands.logs import json_lines
 from schemas.messages.base import InvalidMessage, decode, encode
 from schemas.messages.console import LogBatchSchema
 
@@ -209,3 +213,41 @@ def test_batch_payload_splices_json_lines_into_a_valid_log_batch() -> None:
     assert decode(LogBatchSchema(), batch_payload(body, []))["records"] == []
     with pytest.raises(InvalidMessage):
         batch_payload(dict(body, seq=-1), [])
+
+
+LOG_RECORDS: list[Any] = [
+    {"time": "t1", "level": "target", "message": 'a "q" \\ \x1b\t é\u2028 }, {x'},
+    {"time": "t2", "level": "info", "message": "start", "action": "deploy-image"},
+    {"time": "t3", "level": "info", "message": "none", "action": None},
+    {"level": "target", "time": "t4", "message": "other key order"},
+    {"time": "t5", "level": "target", "message": ""},
+]
+
+
+@pytest.mark.parametrize("records", [LOG_RECORDS, LOG_RECORDS[:1] * 3, LOG_RECORDS[2:3], []])
+def test_follower_json_lines_are_exactly_json_dumps_with_the_node(records: list[Any]) -> None:
+    assert json_lines('n"1', records) == [
+        json.dumps({"node": 'n"1', **rec}, ensure_ascii=False) for rec in records
+    ]
+
+
+def test_follower_json_lines_takes_any_stored_value_like_json_dumps() -> None:
+    # a store file is not validated: numbers and nested values are printed as they are
+    records: list[Any] = [{"time": 3, "level": "target", "message": ["a", {"b": 1}]}]
+    assert json_lines("n", records) == [json.dumps({"node": "n", **records[0]})]
+    with pytest.raises(TypeError):
+        json_lines("n", ["not a record"])
+
+
+def test_logs_prints_the_stored_log_plain_and_as_json(tmp_path: Path) -> None:
+    for seq, records in enumerate([LOG_RECORDS[:2], LOG_RECORDS[2:]]):
+        write_batch(tmp_path, {**_batch(records), "seq": seq, "final": seq == 1})
+    plain = CliRunner().invoke(main, ["logs", "j1", "--dir", str(tmp_path)])
+    assert plain.exit_code == 0, plain.output
+    # (split on newlines only: a message may hold U+2028, which splitlines() splits on)
+    assert plain.output.split("\n") == [*(format_record(r, node="n") for r in LOG_RECORDS), ""]
+    as_json = CliRunner().invoke(main, ["logs", "j1", "--dir", str(tmp_path), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert [json.loads(line) for line in as_json.output.split("\n")[:-1]] == [
+        {"node": "n", **r} for r in LOG_RECORDS
+    ]
