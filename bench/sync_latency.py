@@ -148,8 +148,6 @@ def bench_clients(url: str, n: int, rounds: int, timeout: float) -> list[float]:
             t.join()
         latencies.append(max(released) - max(published))
     for c in clients:
-        c._consumer.stop()
-    for c in clients:
         c.close()
     end_group(broker, group, members)
     broker.close()

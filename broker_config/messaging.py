@@ -446,6 +446,11 @@ class QueueConsumer:
         #: called each time consuming (re)starts, before ``on_ready``: a
         #: reconnect may follow another consumer's turn (single active consumer)
         self.on_consume = on_consume
+        #: queue changes asked for by other threads, applied by the consuming
+        #: thread (a kombu channel is not thread-safe): (add?, queue, done)
+        self._changes: list[tuple[bool, Queue, threading.Event]] = []
+        self._changes_lock = threading.Lock()
+        self._consuming_thread: threading.Thread | None = None
 
     # --- control ---
 
@@ -458,6 +463,48 @@ class QueueConsumer:
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
+
+    def add_queue(self, queue: Queue, timeout: float = 30.0) -> None:
+        """Start consuming ``queue`` too; returns once the broker consumes it."""
+        self._change(True, queue, timeout)
+
+    def remove_queue(self, name: str, timeout: float = 30.0) -> None:
+        """Stop consuming the queue ``name`` (deliveries already received are still handled)."""
+        self._change(False, Queue(name), timeout)
+
+    def _change(self, add: bool, queue: Queue, timeout: float) -> None:
+        done = threading.Event()
+        with self._changes_lock:
+            self._changes.append((add, queue, done))
+        if threading.current_thread() is self._consuming_thread:
+            return  # from a handler: applied when the handler returns
+        # the consuming thread applies it within one poll interval
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.05):
+            if self._stop.is_set():
+                return  # stopping: nothing is consumed any more
+            if time.monotonic() > deadline:
+                what = "consume" if add else "cancel"
+                raise InfrastructureError(
+                    f"consumer: could not {what} queue {queue.name} in {timeout} s"
+                )
+
+    def _apply_changes(self, consumer: Consumer | None, channel: Any) -> None:
+        """Apply queue changes (consuming thread only); every change updates ``queues``."""
+        with self._changes_lock:
+            changes, self._changes = self._changes, []
+        for add, queue, done in changes:
+            names = [q.name for q in self.queues]
+            if add and queue.name not in names:
+                self.queues.append(queue)
+                if consumer is not None:
+                    consumer.add_queue(queue.bind(channel))
+                    consumer.consume()
+            elif not add and queue.name in names:
+                self.queues = [q for q in self.queues if q.name != queue.name]
+                if consumer is not None:
+                    consumer.cancel_by_queue(queue.name)
+            done.set()
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Consume until ``stop()``; reconnect after a lost connection."""
@@ -502,6 +549,9 @@ class QueueConsumer:
         self.publisher = Broker(self.url)
         # the dead-letter publisher shares nothing with the consuming connection
         channel = self.connection.channel()
+        self._consuming_thread = threading.current_thread()
+        # changes asked for while (re)connecting: the queue list below includes them
+        self._apply_changes(None, channel)
         queues = [q.bind(channel) for q in self.queues]
         if self.declare:
             for q in queues:
@@ -525,6 +575,8 @@ class QueueConsumer:
                 if on_ready is not None:
                     on_ready()
             while not self._stop.is_set():
+                if self._changes:
+                    self._apply_changes(consumer, channel)
                 try:
                     self.connection.drain_events(timeout=self.poll_interval)
                 except TimeoutError:

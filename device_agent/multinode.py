@@ -1,15 +1,16 @@
 """The MultiNode API on behalf of one node: lava-send/wait/wait-all/sync/network.
 
-A ``MultinodeClient`` consumes its node's queue ``lava.group.<group>.<node>``
-in a thread of its own (its own kombu connection) and keeps, under one
-condition variable:
+A ``MultinodeClient`` receives its group's messages through the process's
+``GroupReceiver`` (``device_agent/group_receiver.py``: one connection and one
+thread per process, one queue read per group however many of its nodes run
+here) and keeps, under one condition variable:
 
 - every ``lava-send`` seen in the group: message id → sender → data
   (accumulated: re-sending adds data, as in LAVA);
 - every release the barrier service published: (kind, id, generation, role);
 - the group's failure, if any.
 
-The calling thread publishes on a second connection. ``wait`` is answered
+The calling thread publishes on a connection of its own. ``wait`` is answered
 from the local cache (only other nodes' sends count); ``wait_all`` and
 ``sync`` wait for the barrier's release. Each sync of an id by this node
 has a generation (1, 2, ...) so the same id can be synced again later.
@@ -28,11 +29,10 @@ import time
 from typing import Any
 
 from broker_config import topology
-from broker_config.identity import check_sender, delivery_user
-from broker_config.messaging import Broker, Delivery, QueueConsumer, run_in_thread
+from broker_config.messaging import Broker, Delivery
+from device_agent import group_receiver
 from schemas.errors import GroupFailed, InfrastructureError, JobError, MultinodeTimeout
 from schemas.messages.multinode import (
-    GROUP_QUEUE_SCHEMAS,
     MultinodeSendSchema,
     MultinodeSyncSchema,
     MultinodeTimeoutSchema,
@@ -97,17 +97,18 @@ class MultinodeClient:
         self._failure: dict[str, Any] | None = None
         self._sync_generation: dict[str, int] = {}
         self._publish_lock = threading.Lock()
-        self._consumer = QueueConsumer(
-            self._broker.url,
-            [topology.group_queue(group, node)],
-            GROUP_QUEUE_SCHEMAS,
-            handler=self._on_message,
-            authorize=self._authorize,
-            prefetch=100,
-            declare=False,
-            poll_interval=0.2,
-        )
-        self._thread = run_in_thread(self._consumer, f"multinode-{group}-{node}")
+        self.broker_url = self._broker.url
+        #: message ids handed to ``_on_message`` (the receiver's thread only):
+        #: a redelivery, or a new lead queue read from its start, counts once
+        self._applied: set[str] = set()
+        self.duplicates = 0
+        try:
+            self._receiver = group_receiver.attach(self)
+        except BaseException:
+            group_receiver.detach(self)
+            if self._own_broker:
+                self._broker.close()
+            raise
 
     # --- identity ---
 
@@ -123,22 +124,17 @@ class MultinodeClient:
         """``lava-group <role>``; an unknown role gives an empty list."""
         return sorted(n for n, r in self.members.items() if r == role)
 
-    # --- receiving (consumer thread) ---
+    # --- receiving (the process's receiver thread) ---
 
-    def _authorize(self, delivery: Delivery) -> None:
-        """Only the barrier releases; a node speaks only through its own host's user."""
-        node = None
-        if delivery.message_type == "multinode-send":
-            node = delivery.body["node"]
-        elif delivery.message_type == "group-failed":
-            node = delivery.body.get("node") or ""
-        check_sender(
-            delivery.message_type,
-            delivery_user(delivery.properties),
-            node=node,
-            owners=self.owners,
-            amqp=self._broker.is_amqp,
-        )
+    def _deliver(self, delivery: Delivery) -> None:
+        """A delivery of this node's group, authorized and valid; each message once."""
+        message_id = delivery.properties.get("message_id")
+        if message_id:
+            if message_id in self._applied:
+                self.duplicates += 1
+                return
+            self._applied.add(message_id)
+        self._on_message(delivery)
 
     def _on_message(self, delivery: Delivery) -> None:
         body = delivery.body
@@ -331,8 +327,7 @@ class MultinodeClient:
         )
 
     def close(self) -> None:
-        self._consumer.stop()
-        self._thread.join(10)
+        group_receiver.detach(self)
         if self._own_broker:
             self._broker.close()
 

@@ -148,7 +148,7 @@ def test_faults_mid_group_lose_and_duplicate_nothing(
                 count - 1 for c in clients.values() for count in c.seen.values() if count > 1
             )
             unexpected = {k for c in clients.values() for k in c.seen if k not in expected}
-            dropped = sum(c._consumer.duplicates for c in clients.values())
+            dropped = sum(c.duplicates for c in clients.values())
         finally:
             for c in clients.values():
                 c.close()

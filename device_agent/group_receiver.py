@@ -1,0 +1,186 @@
+"""One consumer per process for the MultiNode groups of every local node.
+
+Every node of a group has its own durable queue ``lava.group.<group>.<node>``,
+bound to the group's fan-out exchange before any node runs, so each queue
+holds the group's whole stream of sends, releases and failures. A dispatcher
+host often runs several nodes of one group; reading every one of their queues
+would make it receive, decode and acknowledge the same message once per node
+(a 64-board host read 64 copies of each ``lava-sync`` release, which was most
+of the release latency).
+
+So the process has one ``GroupReceiver`` per broker URL: one connection and
+one thread, consuming ONE queue per group — the queue of the first local node
+still attached, the group's *lead* — and handing each delivery to every local
+node of that group. The other local nodes' queues are not read: their copies
+stay until the group ends (``end_group`` deletes the queues; the expiry
+policy covers a crash). When the lead node leaves first, the next attached
+node's queue becomes the lead and is read from its start; each client drops
+by message id what it already has, so nothing is lost and nothing counts
+twice. A node whose group has no other local node reads its own queue, as
+before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from broker_config import topology
+from broker_config.identity import check_sender, delivery_user
+from broker_config.messaging import Delivery, QueueConsumer, is_amqp_url, run_in_thread
+from schemas.messages.multinode import GROUP_QUEUE_SCHEMAS
+
+if TYPE_CHECKING:
+    from device_agent.multinode import MultinodeClient
+
+log = logging.getLogger(__name__)
+
+#: how long a new group's first node may wait for its queue to be consumed
+ATTACH_TIMEOUT = 30.0
+
+
+class GroupReceiver:
+    """Consumes one queue per group for every ``MultinodeClient`` of this process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.amqp = is_amqp_url(url)
+        self._lock = threading.Lock()
+        #: group → its attached clients, in attach order (the first is the lead)
+        self._clients: dict[str, list[MultinodeClient]] = {}
+        #: group → node whose queue is consumed
+        self._lead: dict[str, str] = {}
+        self.consumer = QueueConsumer(
+            url,
+            [],
+            GROUP_QUEUE_SCHEMAS,
+            handler=self._dispatch,
+            authorize=self._authorize,
+            prefetch=100,
+            declare=False,  # the coordinator declared them; a host user may not configure
+            # short: a new group's queue is consumed within this much of attach()
+            poll_interval=0.05,
+            # a lead queue read from its start repeats what other queues gave:
+            # each client de-duplicates, the consumer must not drop them for it
+            remember=0,
+        )
+        self._thread = run_in_thread(self.consumer, "multinode-receiver")
+
+    @property
+    def attached(self) -> int:
+        with self._lock:
+            return sum(len(c) for c in self._clients.values())
+
+    def lead_node(self, group: str) -> str | None:
+        """The local node whose queue carries ``group`` (for the docs and tests)."""
+        with self._lock:
+            return self._lead.get(group)
+
+    # --- attach / detach (under the registry lock; queue changes after it) ---
+
+    def _add(self, client: MultinodeClient) -> bool:
+        """Register ``client``; True when it became its group's lead (its queue to read)."""
+        with self._lock:
+            self._clients.setdefault(client.group, []).append(client)
+            if client.group in self._lead:
+                return False
+            self._lead[client.group] = client.self_name
+            return True
+
+    def _remove(self, client: MultinodeClient) -> tuple[str | None, str | None]:
+        """Unregister ``client``; (node whose queue to stop reading, node whose to start)."""
+        with self._lock:
+            clients = self._clients.get(client.group, [])
+            if client in clients:
+                clients.remove(client)
+            if self._lead.get(client.group) != client.self_name:
+                return None, None
+            if not clients:
+                self._clients.pop(client.group, None)
+                self._lead.pop(client.group, None)
+                return client.self_name, None
+            self._lead[client.group] = clients[0].self_name
+            return client.self_name, clients[0].self_name
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        if self._thread is not threading.current_thread():
+            self._thread.join(10)
+
+    # --- receiving (the consumer thread) ---
+
+    def _owners(self, group: str) -> dict[str, str] | None:
+        with self._lock:
+            for client in self._clients.get(group, ()):
+                if client.owners is not None:
+                    return client.owners
+        return None
+
+    def _authorize(self, delivery: Delivery) -> None:
+        """Only the barrier releases; a node speaks only through its own host's user."""
+        node = None
+        if delivery.message_type == "multinode-send":
+            node = delivery.body["node"]
+        elif delivery.message_type == "group-failed":
+            node = delivery.body.get("node") or ""
+        check_sender(
+            delivery.message_type,
+            delivery_user(delivery.properties),
+            node=node,
+            owners=self._owners(str(delivery.body.get("group"))),
+            amqp=self.amqp,
+        )
+
+    def _dispatch(self, delivery: Delivery) -> None:
+        exchange = str((delivery.message.delivery_info or {}).get("exchange") or "")
+        group = delivery.body["group"]
+        if exchange and exchange != topology.group_exchange_name(group):
+            # a body naming another group than the exchange it came through
+            log.warning("ignoring %s for group %s from %s", delivery.message_type, group, exchange)
+            return
+        with self._lock:
+            clients = list(self._clients.get(group, ()))
+        if not clients:
+            log.debug("no local node of group %s left for %s", group, delivery.message_type)
+        for client in clients:
+            client._deliver(delivery)
+
+
+_receivers: dict[str, GroupReceiver] = {}
+_registry_lock = threading.Lock()
+
+
+def attach(client: MultinodeClient) -> GroupReceiver:
+    """Attach ``client`` to its process's receiver for its broker URL (started on demand)."""
+    with _registry_lock:
+        receiver = _receivers.get(client.broker_url)
+        if receiver is None:
+            receiver = _receivers[client.broker_url] = GroupReceiver(client.broker_url)
+        lead = receiver._add(client)
+    if lead:
+        queue = topology.group_queue(client.group, client.self_name)
+        receiver.consumer.add_queue(queue, ATTACH_TIMEOUT)
+        log.debug("group %s: this process reads %s", client.group, queue.name)
+    return receiver
+
+
+def detach(client: MultinodeClient) -> None:
+    """Detach ``client``; the receiver stops when its last client has left."""
+    with _registry_lock:
+        receiver = _receivers.get(client.broker_url)
+        if receiver is None:
+            return
+        old, new = receiver._remove(client)
+        empty = receiver.attached == 0
+        if empty:
+            del _receivers[client.broker_url]
+    if empty:
+        receiver.stop()
+        return
+    if new is not None:
+        # the new lead first: no moment without a queue being read
+        receiver.consumer.add_queue(topology.group_queue(client.group, new), ATTACH_TIMEOUT)
+        log.debug("group %s: %s left, this process reads %s's queue", client.group, old, new)
+    if old is not None:
+        receiver.consumer.remove_queue(topology.group_queue_name(client.group, old))
