@@ -1,0 +1,171 @@
+"""One receiver per process: one queue read per group, handed to every local node.
+
+On memory:// and on the real RabbitMQ. No barrier service is needed:
+``lava-send``/``lava-wait`` are answered from each node's cache.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from lab import MEMORY_AND_RABBIT, broker_url_for, wait_for
+
+from broker_config import topology
+from broker_config.declare import declare_topology
+from broker_config.messaging import Broker, Delivery
+from coordinator.groups import create_group, end_group
+from device_agent import group_receiver
+from device_agent.multinode import MultinodeClient
+from schemas.messages.multinode import MultinodeSendSchema
+
+MEMBERS = {"n1": "server", "n2": "client", "n3": "client"}
+
+
+class CountingClient(MultinodeClient):
+    """Counts every message that reaches this node's state."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.handled: Counter[str] = Counter()
+        super().__init__(*args, **kwargs)
+
+    def _on_message(self, delivery: Delivery) -> None:
+        self.handled[str(delivery.body.get("message_id"))] += 1
+        super()._on_message(delivery)
+
+
+class Groups:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.broker = Broker(url)
+        declare_topology(self.broker)
+        self.clients: list[MultinodeClient] = []
+        self.groups: list[str] = []
+
+    def create(self, members: dict[str, str] = MEMBERS) -> str:
+        name = f"r{uuid.uuid4().hex[:8]}"
+        create_group(self.broker, name, members, timeout=20)
+        self.groups.append(name)
+        return name
+
+    def client(self, group: str, node: str, members: dict[str, str] = MEMBERS) -> CountingClient:
+        client = CountingClient(self.url, group, node, members, timeout=20)
+        self.clients.append(client)
+        return client
+
+    def ready(self, group: str, node: str) -> int:
+        """Messages waiting in ``node``'s queue of ``group``."""
+        channel = self.broker.channel()
+        ok = channel.queue_declare(topology.group_queue_name(group, node), passive=True)
+        return int(ok.message_count)
+
+    def send_as(self, group: str, node: str, message_id: str, exchange_group: str = "") -> None:
+        """A node's ``lava-send`` published from outside this process's clients."""
+        self.broker.publish(
+            topology.group_exchange_name(exchange_group or group),
+            "",
+            MultinodeSendSchema(),
+            {"group": group, "node": node, "message_id": message_id, "data": {"k": "v"}},
+        )
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for group in self.groups:
+            end_group(self.broker, group, MEMBERS)
+        self.broker.close()
+
+
+@pytest.fixture(params=MEMORY_AND_RABBIT)
+def groups(request: pytest.FixtureRequest) -> Iterator[Groups]:
+    groups = Groups(broker_url_for(request))
+    try:
+        yield groups
+    finally:
+        groups.close()
+
+
+def test_one_queue_is_read_per_group_for_all_local_nodes(groups: Groups) -> None:
+    g = groups.create()
+    n1, n2, n3 = (groups.client(g, n) for n in MEMBERS)
+    assert n1._receiver is n2._receiver is n3._receiver
+    assert n1._receiver.lead_node(g) == "n1"
+
+    n1.send("hello", {"a": "1"})
+    assert n2.wait("hello") == {"n1": {"a": "1"}}
+    assert n3.wait("hello") == {"n1": {"a": "1"}}
+    # n1's queue is read and acknowledged; n2's and n3's keep their copy
+    wait_for(lambda: groups.ready(g, "n1") == 0, 10, "n1's queue drained")
+    assert groups.ready(g, "n2") == 1
+    assert groups.ready(g, "n3") == 1
+    assert n2.handled["hello"] == n3.handled["hello"] == 1
+
+
+def test_several_groups_share_one_receiver(groups: Groups) -> None:
+    g1, g2 = groups.create(), groups.create()
+    a = groups.client(g1, "n1")
+    b = groups.client(g2, "n2")
+    assert a._receiver is b._receiver
+    groups.send_as(g1, "n2", "to-g1")
+    groups.send_as(g2, "n1", "to-g2")
+    assert a.wait("to-g1") == {"n2": {"k": "v"}}
+    assert b.wait("to-g2") == {"n1": {"k": "v"}}
+    assert "to-g2" not in a._messages and "to-g1" not in b._messages
+
+
+def test_when_the_lead_node_leaves_the_next_queue_is_read_once(groups: Groups) -> None:
+    g = groups.create()
+    n1, n2 = groups.client(g, "n1"), groups.client(g, "n2")
+    groups.send_as(g, "n3", "before")
+    assert n2.wait("before") == {"n3": {"k": "v"}}
+
+    n1.close()
+    assert n2._receiver.lead_node(g) == "n2"
+    # n2's queue is read from its start: "before" comes again and is dropped
+    wait_for(lambda: groups.ready(g, "n2") == 0, 10, "n2's queue drained")
+    groups.send_as(g, "n3", "after")
+    assert n2.wait("after") == {"n3": {"k": "v"}}
+    assert n2.handled == Counter({"before": 1, "after": 1})
+    assert n2.duplicates >= 1
+
+
+def test_a_node_joining_after_its_group_left_reads_the_whole_history(groups: Groups) -> None:
+    g, other = groups.create(), groups.create()
+    # keeps the receiver running while group g has no local node
+    keeper = groups.client(other, "n3")
+    groups.send_as(g, "n3", "early")
+    n1 = groups.client(g, "n1")
+    assert n1.wait("early") == {"n3": {"k": "v"}}
+    n1.close()
+    assert keeper._receiver.lead_node(g) is None
+
+    n2 = groups.client(g, "n2")
+    assert n2._receiver is keeper._receiver
+    assert n2.wait("early", timeout=10) == {"n3": {"k": "v"}}
+
+
+def test_a_body_naming_another_group_than_its_exchange_is_ignored(groups: Groups) -> None:
+    g1, g2 = groups.create(), groups.create()
+    a = groups.client(g1, "n1")
+    b = groups.client(g2, "n1")
+    # published to g1's exchange, claiming to be of g2
+    groups.send_as(g2, "n2", "forged", exchange_group=g1)
+    groups.send_as(g1, "n2", "real")
+    assert a.wait("real") == {"n2": {"k": "v"}}
+    # FIFO: the forged one came first through g1's queue and was dropped
+    assert "forged" not in a._messages and "forged" not in b._messages
+
+
+def test_the_receiver_stops_with_its_last_node(groups: Groups) -> None:
+    g = groups.create()
+    n1 = groups.client(g, "n1")
+    receiver = n1._receiver
+    assert group_receiver._receivers.get(groups.url) is receiver
+    n1.close()
+    assert groups.url not in group_receiver._receivers
+    assert receiver.consumer.stopped
+    receiver._thread.join(10)
+    assert not receiver._thread.is_alive()
