@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -67,10 +68,15 @@ def _print(node: str, records: list[dict[str, Any]], as_json: bool) -> None:
     if not records:
         return
     if as_json:
-        lines = json_lines(node, records)
+        # straight to the byte stream: click.echo would look for ANSI escapes to
+        # strip in every batch when not writing to a terminal, and JSON already
+        # escapes them
+        sys.stdout.flush()  # nothing written as text may come after these lines
+        out = sys.stdout.buffer
+        out.write("\n".join([*json_lines(node, records), ""]).encode("utf-8"))
+        out.flush()
     else:
-        lines = [format_record(rec, node=node) for rec in records]
-    click.echo("\n".join(lines))
+        click.echo("\n".join([format_record(rec, node=node) for rec in records]))
 
 
 @click.command("logs")
