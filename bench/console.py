@@ -308,6 +308,11 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def broker_cpu() -> float:
     """CPU seconds used so far by the local RabbitMQ node (beam.smp), 0 if not found."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -364,9 +369,11 @@ def bench_console_process(
     cli.stdout.close()  # the meter holds the read end
     try:
         wait_bound(mgmt_base, vhost, time.monotonic() + 30)
-        own, broker = own_cpu(), broker_cpu()
+        own, board, broker = own_cpu(), children_cpu(), broker_cpu()
         times = run_board(url, mbytes, workdir)
         dispatcher_cpu = own_cpu() - own
+        # the board's shell, yes, head and pty relay (reaped by power off)
+        board_cpu = children_cpu() - board
         out, _ = meter.communicate(timeout=120)
         broker = broker_cpu() - broker
         cli_cpu = reap(cli, 10)
@@ -382,6 +389,7 @@ def bench_console_process(
     summary = json.loads(out)
     cpu = {
         "dispatcher side": dispatcher_cpu,
+        "board processes": board_cpu,
         "lavamq logs": cli_cpu,
         "meter": summary["cpu"],
         "RabbitMQ": broker,
@@ -479,8 +487,9 @@ def main() -> int:
         with open("/proc/loadavg") as fh:
             print(f"loadavg after: {fh.read().strip()}")
         if cpu:
-            # dispatcher side: first byte → publisher closed; RabbitMQ: first
-            # byte → meter done; CLI and meter: their whole life
+            # dispatcher side (this process) and board processes: first byte →
+            # publisher closed; RabbitMQ: first byte → meter done; CLI and
+            # meter: their whole life
             print("CPU s (own-process row): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
         if args.skip_deploy:
             return 0

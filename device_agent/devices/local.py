@@ -4,11 +4,12 @@ Power on starts a real shell (``/bin/sh -i`` by default) with a clean
 environment, a known prompt, and HOME and cwd in the device's own working
 directory, which acts as its root filesystem. The shell's controlling
 terminal is one pseudo-terminal (the "board side"); a second pseudo-terminal
-plays the serial line, and a relay thread copies bytes between the two
-masters. The dispatcher opens the serial line's slave path with pyserial,
-exactly as it opens ``/dev/ttyUSB0`` for a real board, so the same console
-driver serves both — and the board side keeps a normal cooked tty (echo,
-``ICRNL``...), as a real board's getty does.
+plays the serial line, and a relay process (``device_agent/pty_relay.py``)
+copies bytes between the two masters: like a real board's UART, it costs the
+dispatcher's Python process nothing. The dispatcher opens the serial line's
+slave path with pyserial, exactly as it opens ``/dev/ttyUSB0`` for a real
+board, so the same console driver serves both — and the board side keeps a
+normal cooked tty (echo, ``ICRNL``...), as a real board's getty does.
 
 Where the host allows it (root, ``ip netns``, ``unshare``), the shell runs in
 its own network namespace and UTS namespace: ``eth0`` is one end of a veth
@@ -19,12 +20,15 @@ documentation range 192.0.2.0/24. ``settings.network`` chooses: ``auto``
 (required), ``none``.
 
 Power off kills every process of the board's session, its descendants and
-everything left in its network namespace, then removes the namespace.
+everything left in its network namespace, then removes the namespace and
+stops the relay.
 
 A dispatcher killed with SIGKILL cannot power off: ``board.pid`` in the
 device's work dir (pid, start time, namespace; like QEMU's ``-pidfile``)
 lets the next ``power_on`` (and a restarted dispatcher, through
 :meth:`LocalDevice.reap_leftover`) find and kill what the board left running.
+The relay needs no such record: it exits by itself when the dispatcher is
+gone (see ``device_agent/pty_relay.py``).
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ import json
 import logging
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import tty
@@ -54,6 +58,8 @@ from schemas.errors import ConfigurationError, InfrastructureError
 log = logging.getLogger(__name__)
 
 _bridge_lock = threading.Lock()
+#: the directory holding the ``device_agent`` package (for the relay process)
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def proc_stat(pid: int) -> tuple[int, int] | None:
@@ -135,22 +141,6 @@ def netns_supported() -> bool:
         return False
 
 
-def _read_waiting(fd: int, data: bytes, limit: int) -> bytes:
-    """``data`` and whatever else ``fd`` (non-blocking) has ready, up to ``limit`` bytes."""
-    parts = [data]
-    size = len(data)
-    while size < limit:
-        try:
-            more = os.read(fd, limit - size)
-        except OSError:  # nothing more waiting (or gone: the next select says so)
-            break
-        if not more:
-            break
-        parts.append(more)
-        size += len(more)
-    return b"".join(parts) if len(parts) > 1 else data
-
-
 class LocalDevice(Device):
     device_type = "local"
     known_settings: ClassVar[frozenset[str]] = frozenset(
@@ -170,9 +160,9 @@ class LocalDevice(Device):
         self._line_master: int | None = None
         self._line_slave: int | None = None
         self._line_path: str | None = None
-        self._relay: threading.Thread | None = None
-        self._wake: tuple[int, int] | None = None
-        self._stop = threading.Event()
+        self._relay: subprocess.Popen[bytes] | None = None
+        #: write end of the relay's lifeline pipe: closing it stops the relay
+        self._lifeline: int | None = None
         # settings.emulates: a local board standing in for another device type
         # (the embedded lab of `lavamq run`, examples): it registers, is scheduled
         # and boots as that type
@@ -343,12 +333,7 @@ class LocalDevice(Device):
             os.close(board_slave)
         self._board_master = board_master
         self._write_pidfile(self.proc.pid)
-        self._stop.clear()
-        self._wake = os.pipe()
-        self._relay = threading.Thread(
-            target=self._relay_loop, name=f"local-{self.name}", daemon=True
-        )
-        self._relay.start()
+        self._start_relay()
         log.info(
             "device %s: powered on (pid %d%s)",
             self.name,
@@ -356,71 +341,58 @@ class LocalDevice(Device):
             f", netns {self.netns}" if self.netns else "",
         )
 
-    def _relay_loop(self) -> None:
+    def _start_relay(self) -> None:
+        """Start the relay process between the board's tty and the serial line."""
         assert self._board_master is not None and self._line_master is not None
-        assert self._wake is not None
-        board, line, wake = self._board_master, self._line_master, self._wake[0]
-        for fd in (board, line):
-            os.set_blocking(fd, False)
-        watch = [board, line, wake]
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select(watch, [], [], 1.0)
-            except (OSError, ValueError):
-                return
-            for fd in ready:
-                if fd == wake:
-                    return
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if data:
-                    # a tty hands out at most 4 KiB per read: take what is
-                    # already waiting (up to 64 KiB) and pass it on in one write
-                    data = _read_waiting(fd, data, 65536)
-                if not data:
-                    if fd == board:
-                        # the shell and everything on its tty are gone: the board "halted"
-                        watch = [line, wake]
-                    continue
-                if fd == line and board not in watch:
-                    continue
-                if not self._write_all(line if fd == board else board, data, wake):
-                    return
+        lifeline_read, lifeline_write = os.pipe()
+        env = dict(os.environ)
+        # the relay is found where this package is, whatever the dispatcher's cwd
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        fds = (self._board_master, self._line_master, lifeline_read)
+        try:
+            self._relay = subprocess.Popen(
+                [sys.executable, "-m", "device_agent.pty_relay", *map(str, fds)],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+            )
+        except OSError as exc:
+            os.close(lifeline_write)
+            raise InfrastructureError(
+                f"device {self.name}: cannot start the pty relay: {exc}"
+            ) from exc
+        finally:
+            os.close(lifeline_read)
+        self._lifeline = lifeline_write
 
-    def _write_all(self, fd: int, data: bytes, wake: int) -> bool:
-        """Write everything unless told to stop; False when stopping."""
-        while data:
-            try:
-                data = data[os.write(fd, data) :]
-            except BlockingIOError:
-                ready, _, _ = select.select([wake], [fd], [], 1.0)
-                if wake in ready or self._stop.is_set():
-                    return False
-            except OSError:
-                return True
-        return True
+    def _stop_relay(self) -> None:
+        relay, self._relay = self._relay, None
+        if self._lifeline is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lifeline)  # end of file on the lifeline: the relay exits
+            self._lifeline = None
+        if relay is None:
+            return
+        try:
+            relay.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.warning("device %s: pty relay %d did not stop; killing it", self.name, relay.pid)
+            relay.kill()
+            relay.wait(timeout=5)
 
     def power_off(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
             self._kill_board(proc)
             self.pidfile.unlink(missing_ok=True)
-        if self._relay is not None:
-            self._stop.set()
-            if self._wake is not None:
-                with contextlib.suppress(OSError):
-                    os.write(self._wake[1], b"x")
-            self._relay.join(timeout=5)
-            self._relay = None
-        for fd in (self._board_master, *(self._wake or ())):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._board_master, self._wake = None, None
+        self._stop_relay()
+        if self._board_master is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._board_master)
+            self._board_master = None
         self._teardown_netns()
 
     def _kill_board(self, proc: subprocess.Popen[bytes]) -> None:

@@ -94,6 +94,29 @@ def test_power_off_leaves_no_process_behind(board: LocalDevice) -> None:
     assert proc_stat(pid) is None or live({pid}) == set()
 
 
+def test_power_off_stops_the_pty_relay_process(board: LocalDevice) -> None:
+    board.boot(timeout=15)
+    relay = board._relay
+    assert relay is not None and relay.poll() is None
+    board.power_off()
+    assert relay.returncode == 0  # it stopped on its own when its lifeline closed
+    assert board._relay is None
+
+
+def test_a_console_flood_reaches_the_line_whole_and_in_order(board: LocalDevice) -> None:
+    console = board.boot(timeout=15)
+    got: list[bytes] = []
+    console.add_listener(got.append)
+    # 20 000 numbered lines (about 2 MB); the marker is made by the shell so
+    # that the command's echo cannot match it
+    console.sendline("seq -f '%099g' 20000; echo FLOOD-$((40 + 2))-DONE")
+    console.expect("FLOOD-42-DONE", timeout=60)
+    console.remove_listener(got.append)
+    lines = b"".join(got).replace(b"\r\n", b"\n").split(b"\n")
+    numbered = [line for line in lines if len(line) == 99 and line.isdigit()]
+    assert numbered == [b"%099d" % i for i in range(1, 20001)]
+
+
 def test_exit_of_the_shell_closes_nothing_but_is_seen(board: LocalDevice) -> None:
     console = board.boot(timeout=15)
     console.sendline("exit")

@@ -4,7 +4,10 @@ and killed at the next power_on."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,36 @@ def test_a_reused_pid_is_not_killed(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_the_pty_relay_exits_when_the_dispatcher_is_killed(tmp_path: Path) -> None:
+    workdir = tmp_path / "board-3"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from device_agent.devices import create_device
+        board = create_device({board_config("board-3")!r}, {str(workdir)!r})
+        board.boot(timeout=20)
+        print(board._relay.pid, flush=True)
+        sys.stdin.read()
+        """
+    )
+    dispatcher = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert dispatcher.stdout is not None
+    relay = int(dispatcher.stdout.readline())
+    assert alive(relay)
+    dispatcher.send_signal(signal.SIGKILL)
+    dispatcher.wait(10)
+    try:
+        # nobody powers the board off: the relay sees its lifeline end and exits
+        wait_for(lambda: not alive(relay), 10, f"pty relay {relay} to exit")
+    finally:
+        board = create_device(board_config("board-3"), workdir)
+        assert isinstance(board, LocalDevice)
+        board.reap_leftover()
