@@ -331,14 +331,15 @@ def broker_cpu() -> float:
     return total
 
 
-def reap(proc: subprocess.Popen[bytes], timeout: float) -> float:
-    """Wait for ``proc`` (setting its return code); returns its CPU seconds."""
+def reap(proc: subprocess.Popen[bytes], timeout: float) -> tuple[float, float]:
+    """Wait for ``proc`` (setting its return code); returns its CPU seconds and
+    its largest resident size in MB."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_utime + usage.ru_stime
+            return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
         time.sleep(0.01)
     raise RuntimeError(f"bench: {proc.args!r} still running after {timeout} s")
 
@@ -376,7 +377,7 @@ def bench_console_process(
         board_cpu = children_cpu() - board
         out, _ = meter.communicate(timeout=120)
         broker = broker_cpu() - broker
-        cli_cpu = reap(cli, 10)
+        cli_cpu, cli_rss = reap(cli, 10)
         if cli.returncode != 0 or meter.returncode != 0:
             raise RuntimeError(
                 f"bench: lavamq logs exited {cli.returncode}, meter {meter.returncode}"
@@ -394,6 +395,7 @@ def bench_console_process(
         "meter": summary["cpu"],
         "RabbitMQ": broker,
     }
+    print(f"lavamq logs: largest resident size {cli_rss:.0f} MB", file=sys.stderr)
     return result(mbytes, times, summary), cpu
 
 
