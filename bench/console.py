@@ -12,9 +12,10 @@ Run by hand on a host with RabbitMQ (management API on :15672)::
 
    - ``process`` (the default row): the real ``lavamq logs JOB --follow
      --until-final --json`` CLI as a subprocess, its stdout piped into a
-     second bench process (``--measure-stdin``) that timestamps and counts
-     every line; the dispatcher-side process does no reading at all, as on a
-     dispatcher host where the follower runs elsewhere.
+     second bench process (``--measure-stdin``) that timestamps every read
+     and counts the lines (see :class:`StreamStats`); the dispatcher-side
+     process does no reading at all, as on a dispatcher host where the
+     follower runs elsewhere. The CPU seconds of every party are printed.
    - ``in-process``: a ``QueueConsumer`` thread inside the bench process, so
      it competes for the GIL with the dispatcher-side path being measured.
 2. Deploy: decompression throughput of ``dispatcher.download.fetch_image``
