@@ -54,6 +54,7 @@ ALLOWED_SENDERS: dict[str, frozenset[str]] = {
     "multinode-send": frozenset({HOST}),
     "multinode-sync": frozenset({HOST}),
     "multinode-timeout": frozenset({HOST}),
+    "multinode-query": frozenset({HOST}),
     "multinode-release": frozenset({BARRIER}),
     "group-failed": frozenset({BARRIER, COORDINATOR, HOST}),
     "group-open": frozenset({COORDINATOR}),

@@ -263,8 +263,9 @@ class Broker:
         reply_to: str | None = None,
         expiration: float | None = None,
         message_id: str | None = None,
+        persistent: bool = True,
     ) -> None:
-        """Validate ``body`` with ``schema`` and publish it persistently, confirmed.
+        """Validate ``body`` with ``schema`` and publish it (persistently by default), confirmed.
 
         Raises InvalidMessage for a body that does not fit its schema and
         InfrastructureError when the broker cannot route or store it.
@@ -280,6 +281,7 @@ class Broker:
             reply_to=reply_to,
             expiration=expiration,
             message_id=message_id,
+            persistent=persistent,
         )
 
     def publish_raw(
@@ -295,18 +297,21 @@ class Broker:
         reply_to: str | None = None,
         expiration: float | None = None,
         message_id: str | None = None,
+        persistent: bool = True,
     ) -> None:
         """Publish bytes as they are (used for dead-lettering); prefer ``publish``.
 
         ``message_id``: give a stable one when the same decision may be
         published again (an outbox after a crash) so receivers drop the copy.
+        ``persistent=False``: the broker keeps it in memory only (a broker
+        restart loses it); still confirmed once every queue has it.
         """
         name = exchange.name if isinstance(exchange, Exchange) else exchange
         assert name, "lavamq never publishes to the default exchange"
         # one id for every retry of this publish: a copy that got through
         # before the connection died is recognised as the same message
         properties: dict[str, Any] = {
-            "delivery_mode": 2,
+            "delivery_mode": 2 if persistent else 1,
             "message_id": message_id or uuid.uuid4().hex,
         }
         if self.is_amqp and self.user_id:
@@ -583,8 +588,9 @@ class QueueConsumer:
                     if self.idle_callback is not None:
                         self.idle_callback()
                     continue
-                # take what else is already here, without blocking
-                while len(self._pending) < self.prefetch:
+                # a batch handler: take what else is already here (one store
+                # transaction for many); one-by-one handlers go on at once
+                while self.batch_handler is not None and len(self._pending) < self.prefetch:
                     try:
                         self.connection.drain_events(timeout=0.0005)
                     except TimeoutError:

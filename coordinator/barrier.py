@@ -12,7 +12,19 @@ every delivery that arrived together in ONE store transaction:
 4. ``multinode-timeout`` fails the group with a message naming the missing
    nodes and their roles; ``group-failed`` marks it failed;
 5. after the commit the outbox is published to the group exchange, marked
-   published, and only then are the AMQP deliveries acknowledged.
+   published, and only then are the AMQP deliveries acknowledged;
+6. ``multinode-query`` (a node's receiver reconnected and may have lost a
+   release) publishes the release again if it was decided, else nothing.
+
+Releases are published transient: RabbitMQ confirms them without writing
+each node queue's copy to disk (5.0 → 1.6 ms for a 64-node group here),
+and a broker restart may drop the copies still queued. The store still has
+every decision, so nothing is lost: a node whose receiver reconnects asks
+again for every release it waits for (``multinode-query``), and a node that
+times out on a barrier already released is sent the release instead of a
+failure. A release keeps one message id however often it is published
+(``release_message_id``), so a node counts it once. Sends and group failures
+stay persistent: they exist nowhere else.
 
 A crash before the commit loses nothing (the deliveries come back and count
 once); a crash between commit and publish is healed at start-up, which
@@ -31,6 +43,7 @@ from memory (no outbox query) and marked in one statement.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -74,8 +87,24 @@ OUTBOX: Table = BarrierOutbox.__table__  # type: ignore[assignment]
 BarrierKey = tuple[str, str, int]
 #: (kind, message id, generation, role) of a release; kind "wait-all" or "sync"
 ReleaseKey = tuple[str, str, int, str]
-#: (outbox id, group, message type, body) decided by a batch, published after its commit
-OutboxItem = tuple[int, str, str, dict[str, Any]]
+#: (outbox id, group, message type, body) decided by a batch, published after its
+#: commit; id None: a release published again (a query), not an outbox row
+OutboxItem = tuple[int | None, str, str, dict[str, Any]]
+
+
+def release_message_id(group: str, body: dict[str, Any]) -> str:
+    """One message id per release, however often it is published."""
+    key = f"{group}\0{body['kind']}\0{body['message_id']}\0{body['generation']}\0{body['role']}"
+    return "release-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def outbox_message_id(
+    group: str, row_id: int | None, message_type: str, body: dict[str, Any]
+) -> str:
+    """Stable ids: a message published again after a crash is dropped as the same."""
+    if message_type == MultinodeReleaseSchema.message_type:
+        return release_message_id(group, body)
+    return f"barrier-outbox-{group}-{row_id}"
 
 
 def _insert(session: Session, model: Any) -> Any:
@@ -110,6 +139,18 @@ class _Group:
         if nodes is None:
             nodes = self._expected[role] = frozenset(self.nodes(role))
         return nodes
+
+
+def _release_body(state: _Group, group: str, key: ReleaseKey) -> dict[str, Any]:
+    kind, message_id, generation, role = key
+    return {
+        "group": group,
+        "kind": kind,
+        "message_id": message_id,
+        "generation": generation,
+        "role": role,
+        "nodes": state.nodes(role),
+    }
 
 
 def describe_missing(members: dict[str, str], missing: list[str]) -> str:
@@ -241,6 +282,8 @@ class BarrierService:
                         self._mark_failed(session, body["group"], body["reason"])
                     elif kind == "multinode-timeout":
                         self._timeout(session, body, outbox)
+                    elif kind == "multinode-query":
+                        self._query(session, body, outbox)
                 self._flush_arrivals(session, journal, touched, outbox)
         except BaseException:
             # the in-memory counts may hold what was rolled back: reload from the store
@@ -384,14 +427,7 @@ class BarrierService:
         )
         if result.rowcount != 1:
             return  # released before: exactly one release per barrier
-        body = {
-            "group": group,
-            "kind": kind,
-            "message_id": message_id,
-            "generation": generation,
-            "role": role,
-            "nodes": state.nodes(role),
-        }
+        body = _release_body(state, group, (kind, message_id, generation, role))
         self._add_outbox(session, outbox, group, MultinodeReleaseSchema.message_type, body)
         log.debug("release %s %s %r gen %d role %r", group, kind, message_id, generation, role)
 
@@ -407,11 +443,11 @@ class BarrierService:
         operation, message_id, role = body["operation"], body["message_id"], body["role"]
         generation = body["generation"]
         if operation == "lava-sync":
-            if ("sync", message_id, generation, "") in group.released:
-                return
+            if self._resend(group, name, ("sync", message_id, generation, ""), outbox):
+                return  # released: the node lost it (a broker restart); it has it again
             kind, expected = "sync", group.nodes()
         elif operation == "lava-wait-all":
-            if ("wait-all", message_id, 0, role) in group.released:
+            if self._resend(group, name, ("wait-all", message_id, 0, role), outbox):
                 return
             kind, expected, generation = "send", group.nodes(role), 0
         else:
@@ -446,6 +482,23 @@ class BarrierService:
         )
         log.warning("group %s failed: %s", name, reason)
 
+    def _query(self, session: Session, body: dict[str, Any], outbox: list[OutboxItem]) -> None:
+        group = self._group(session, body["group"])
+        if group is None:
+            return
+        key = (body["kind"], body["message_id"], body["generation"], body["role"])
+        if not self._resend(group, body["group"], key, outbox):
+            log.debug("query %s %r from %s: not released yet", body["group"], key, body["node"])
+
+    def _resend(self, state: _Group, group: str, key: ReleaseKey, outbox: list[OutboxItem]) -> bool:
+        """Publish a decided release again (no outbox row: asked again if lost again)."""
+        if key not in state.released:
+            return False
+        body = _release_body(state, group, key)
+        outbox.append((None, group, MultinodeReleaseSchema.message_type, body))
+        log.info("release %s %r published again", group, key)
+        return True
+
     # --- the outbox ---
 
     def _publisher(self) -> Broker:
@@ -458,28 +511,32 @@ class BarrierService:
         """Publish a batch's decisions (known from the batch: no outbox query), then mark them."""
         publisher = self._publisher()
         for row_id, group, message_type, body in outbox:
-            try:
-                publisher.publish(
-                    topology.group_exchange_name(group),
-                    "",
-                    OUTBOX_SCHEMAS[message_type],
-                    body,
-                    # stable: a row published again after a crash is
-                    # dropped by the clients as the same message
-                    message_id=f"barrier-outbox-{group}-{row_id}",
-                )
-            except InfrastructureError as exc:
-                text = str(exc)
-                if "unroutable" not in text and "NOT_FOUND" not in text:
-                    raise
-                # the group ended (exchange or queues gone): nobody to tell
-                log.warning("dropping %s for ended group: %s", message_type, exc)
-        with self.sessions() as session, session.begin():
-            session.execute(
-                update(OUTBOX)
-                .where(OUTBOX.c.id.in_([row_id for row_id, _, _, _ in outbox]))
-                .values(published=True)
+            self._publish_one(publisher, row_id, group, message_type, body)
+        rows = [row_id for row_id, _, _, _ in outbox if row_id is not None]
+        if rows:
+            with self.sessions() as session, session.begin():
+                session.execute(update(OUTBOX).where(OUTBOX.c.id.in_(rows)).values(published=True))
+
+    @staticmethod
+    def _publish_one(
+        publisher: Broker, row_id: int | None, group: str, message_type: str, body: dict[str, Any]
+    ) -> None:
+        try:
+            publisher.publish(
+                topology.group_exchange_name(group),
+                "",
+                OUTBOX_SCHEMAS[message_type],
+                body,
+                message_id=outbox_message_id(group, row_id, message_type, body),
+                # a release lost with a broker restart is asked for again
+                persistent=message_type != MultinodeReleaseSchema.message_type,
             )
+        except InfrastructureError as exc:
+            text = str(exc)
+            if "unroutable" not in text and "NOT_FOUND" not in text:
+                raise
+            # the group ended (exchange or queues gone): nobody to tell
+            log.warning("dropping %s for ended group: %s", message_type, exc)
 
     def _flush_outbox(self) -> None:
         """Publish every decided message not yet marked published, oldest first."""
@@ -495,22 +552,9 @@ class BarrierService:
             done: list[int] = []
             try:
                 for row in rows:
-                    try:
-                        publisher.publish(
-                            topology.group_exchange_name(row.group_name),
-                            "",
-                            OUTBOX_SCHEMAS[row.message_type],
-                            json.loads(row.body),
-                            # stable: a row published again after a crash is
-                            # dropped by the clients as the same message
-                            message_id=f"barrier-outbox-{row.group_name}-{row.id}",
-                        )
-                    except InfrastructureError as exc:
-                        text = str(exc)
-                        if "unroutable" not in text and "NOT_FOUND" not in text:
-                            raise
-                        # the group ended (exchange or queues gone): nobody to tell
-                        log.warning("dropping %s for ended group: %s", row.message_type, exc)
+                    self._publish_one(
+                        publisher, row.id, row.group_name, row.message_type, json.loads(row.body)
+                    )
                     done.append(row.id)
             finally:
                 if done:

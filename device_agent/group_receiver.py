@@ -18,6 +18,10 @@ node's queue becomes the lead and is read from its start; each client drops
 by message id what it already has, so nothing is lost and nothing counts
 twice. A node whose group has no other local node reads its own queue, as
 before.
+
+Releases are transient (``coordinator/barrier.py``): after every reconnect
+the receiver asks the barrier again for each release a local node still
+waits for (``multinode-query``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING
 from broker_config import topology
 from broker_config.identity import check_sender, delivery_user
 from broker_config.messaging import Delivery, QueueConsumer, is_amqp_url, run_in_thread
+from schemas.errors import InfrastructureError
 from schemas.messages.multinode import GROUP_QUEUE_SCHEMAS
 
 if TYPE_CHECKING:
@@ -51,6 +56,8 @@ class GroupReceiver:
         self._clients: dict[str, list[MultinodeClient]] = {}
         #: group → node whose queue is consumed
         self._lead: dict[str, str] = {}
+        #: how many times consuming has (re)started; a node compares it across a wait
+        self.connects = 0
         self.consumer = QueueConsumer(
             url,
             [],
@@ -64,6 +71,7 @@ class GroupReceiver:
             # a lead queue read from its start repeats what other queues gave:
             # each client de-duplicates, the consumer must not drop them for it
             remember=0,
+            on_consume=self._on_consume,
         )
         self._thread = run_in_thread(self.consumer, "multinode-receiver")
 
@@ -109,6 +117,24 @@ class GroupReceiver:
             self._thread.join(10)
 
     # --- receiving (the consumer thread) ---
+
+    def _on_consume(self) -> None:
+        """Each (re)connect: ask again for every release a local node waits for."""
+        self.connects += 1
+        if self.connects == 1:
+            return
+        with self._lock:
+            clients = [c for group in self._clients.values() for c in group]
+        publisher = self.consumer.publisher
+        for client in clients:
+            for key in client.waiting_for():
+                log.info("group %s: asking again for release %r", client.group, key)
+                try:
+                    client.query(key, publisher)
+                except InfrastructureError as exc:
+                    # the node's timeout still ends the wait: the barrier then
+                    # sends a release it had decided instead of failing the group
+                    log.warning("group %s: cannot ask again for %r: %s", client.group, key, exc)
 
     def _owners(self, group: str) -> dict[str, str] | None:
         with self._lock:

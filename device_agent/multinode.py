@@ -33,6 +33,7 @@ from broker_config.messaging import Broker, Delivery
 from device_agent import group_receiver
 from schemas.errors import GroupFailed, InfrastructureError, JobError, MultinodeTimeout
 from schemas.messages.multinode import (
+    MultinodeQuerySchema,
     MultinodeSendSchema,
     MultinodeSyncSchema,
     MultinodeTimeoutSchema,
@@ -102,8 +103,12 @@ class MultinodeClient:
         #: a redelivery, or a new lead queue read from its start, counts once
         self._applied: set[str] = set()
         self.duplicates = 0
+        #: releases a caller waits for now: asked for again after a reconnect
+        self._waiting: set[tuple[str, str, int, str]] = set()
         try:
             self._receiver = group_receiver.attach(self)
+            #: the receiver's connection count when this node joined
+            self._joined_connects = self._receiver.connects
         except BaseException:
             group_receiver.detach(self)
             if self._own_broker:
@@ -224,7 +229,9 @@ class MultinodeClient:
                 f"(roles: {', '.join(self.roles())})"
             )
         limit = self.timeout if timeout is None else timeout
-        self._wait_release("lava-wait-all", ("wait-all", message_id, 0, role), limit)
+        # the release may predate this call: lost if the receiver reconnected since joining
+        key = ("wait-all", message_id, 0, role)
+        self._wait_release("lava-wait-all", key, limit, self._joined_connects)
         with self._cond:
             return self._data_from(message_id, lambda n: not role or self.members.get(n) == role)
 
@@ -235,6 +242,7 @@ class MultinodeClient:
             self._check_failed()
             generation = self._sync_generation.get(message_id, 0) + 1
             self._sync_generation[message_id] = generation
+        connects = self._receiver.connects
         self._publish_barrier(
             MultinodeSyncSchema(),
             {
@@ -245,7 +253,7 @@ class MultinodeClient:
             },
         )
         limit = self.timeout if timeout is None else timeout
-        self._wait_release("lava-sync", ("sync", message_id, generation, ""), limit)
+        self._wait_release("lava-sync", ("sync", message_id, generation, ""), limit, connects)
 
     # --- lava-network ---
 
@@ -265,19 +273,57 @@ class MultinodeClient:
         senders = self._messages.get(message_id, {})
         return {n: dict(d) for n, d in sorted(senders.items()) if keep(n)}
 
-    def _wait_release(self, operation: str, key: tuple[str, str, int, str], limit: float) -> None:
+    def _wait_release(
+        self, operation: str, key: tuple[str, str, int, str], limit: float, since: int
+    ) -> None:
+        """Wait for a release; ``since``: the receiver's connection count it could come after."""
         deadline = time.monotonic() + limit
         with self._cond:
-            while True:
-                self._check_failed()
-                if key in self._releases:
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        _, message_id, generation, role = key
-        self._timed_out(operation, message_id, limit, generation, role)
+            self._waiting.add(key)
+        try:
+            if self._receiver.connects != since and key not in self._releases:
+                # reconnected meanwhile: a transient release may have died with the broker
+                self.query(key)
+            with self._cond:
+                while True:
+                    self._check_failed()
+                    if key in self._releases:
+                        return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            _, message_id, generation, role = key
+            self._timed_out(operation, message_id, limit, generation, role)
+        finally:
+            with self._cond:
+                self._waiting.discard(key)
+
+    def waiting_for(self) -> list[tuple[str, str, int, str]]:
+        """Releases a caller of this node waits for now."""
+        with self._cond:
+            return sorted(self._waiting)
+
+    def query(self, key: tuple[str, str, int, str], broker: Broker | None = None) -> None:
+        """Ask the barrier to publish a decided release again (see ``MultinodeQuerySchema``)."""
+        kind, message_id, generation, role = key
+        body = {
+            "group": self.group,
+            "node": self.self_name,
+            "kind": kind,
+            "message_id": message_id,
+            "generation": generation,
+            "role": role,
+        }
+        if broker is None:
+            self._publish_barrier(MultinodeQuerySchema(), body)
+        else:
+            broker.publish(
+                topology.BARRIER_EXCHANGE_NAME,
+                topology.BARRIER_ROUTING_KEY,
+                MultinodeQuerySchema(),
+                body,
+            )
 
     def _timed_out(
         self, operation: str, message_id: str, limit: float, generation: int, role: str

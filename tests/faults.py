@@ -91,6 +91,14 @@ class BrokerProxy:
         self._down.clear()
         return cut
 
+    def down(self) -> int:
+        """Cut everything and refuse new connections until ``up()``; returns how many were cut."""
+        self._down.set()
+        return self.cut()
+
+    def up(self) -> None:
+        self._down.clear()
+
     # --- plumbing ---
 
     def _accept_loop(self) -> None:

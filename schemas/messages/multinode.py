@@ -81,6 +81,25 @@ class MultinodeTimeoutSchema(MessageSchema):
     timeout = fields.Float(required=True)
 
 
+class MultinodeQuerySchema(MessageSchema):
+    """A node asks the barrier again for a release it may have lost.
+
+    Releases are published transient (see ``coordinator/barrier.py``): a
+    broker restart drops those still queued. After its receiver reconnects,
+    a node asks for each release it still waits for; the barrier publishes
+    the release again if it was decided (same message id) and ignores the
+    question otherwise.
+    """
+
+    message_type = "multinode-query"
+    group = _name
+    node = _name
+    kind = fields.String(required=True, validate=validate.OneOf(["sync", "wait-all"]))
+    message_id = _message_id
+    generation = fields.Integer(load_default=0)
+    role = fields.String(load_default="")
+
+
 class GroupFailedSchema(MessageSchema):
     message_type = "group-failed"
     group = _name
@@ -103,6 +122,7 @@ BARRIER_SCHEMAS: dict[str, MessageSchema] = {
         MultinodeSendSchema(),
         MultinodeSyncSchema(),
         MultinodeTimeoutSchema(),
+        MultinodeQuerySchema(),
         GroupFailedSchema(),
     )
 }

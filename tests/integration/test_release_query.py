@@ -1,0 +1,174 @@
+"""Transient releases, and how a node gets back one the broker lost.
+
+The barrier publishes releases transient; a node asks again after its
+receiver reconnects (``multinode-query``), and a node that times out on a
+barrier already released is sent the release instead of a failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faults import BrokerProxy
+from lab import MEMORY_AND_RABBIT, broker_url_for, wait_for
+
+from broker_config import topology
+from broker_config.declare import declare_topology
+from broker_config.messaging import Broker
+from coordinator.barrier import BarrierService, release_message_id
+from coordinator.groups import create_group, end_group
+from device_agent.multinode import MultinodeClient
+from schemas.messages.base import decode
+from schemas.messages.multinode import (
+    MultinodeQuerySchema,
+    MultinodeReleaseSchema,
+    MultinodeSendSchema,
+    MultinodeSyncSchema,
+)
+
+PAIR = {"a": "server", "b": "client"}
+
+
+class Barrier:
+    def __init__(self, url: str, tmp: Path) -> None:
+        self.url = url
+        self.broker = Broker(url)
+        declare_topology(self.broker)
+        self.service = BarrierService(url, f"sqlite:///{tmp / 'barrier.sqlite'}")
+        self.service.start()
+        self.group = f"q{uuid.uuid4().hex[:8]}"
+        create_group(self.broker, self.group, PAIR, timeout=30)
+
+    def to_barrier(self, schema: Any, body: dict[str, Any]) -> None:
+        body = {"group": self.group, **body}
+        self.broker.publish(
+            topology.BARRIER_EXCHANGE_NAME, topology.BARRIER_ROUTING_KEY, schema, body
+        )
+
+    def take(self, node: str, timeout: float = 10.0) -> Any:
+        """The next message of ``node``'s queue (read directly: no client runs)."""
+        queue = topology.group_queue_name(self.group, node)
+
+        def get() -> Any:
+            return self.broker.channel().basic_get(queue, no_ack=True)
+
+        return wait_for(get, timeout, f"a message in {queue}")
+
+    def ready(self, node: str) -> int:
+        channel = self.broker.channel()
+        return int(
+            channel.queue_declare(topology.group_queue_name(self.group, node), passive=True)[1]
+        )
+
+    def close(self) -> None:
+        end_group(self.broker, self.group, PAIR)
+        self.service.stop()
+        self.broker.close()
+
+
+@pytest.fixture(params=MEMORY_AND_RABBIT)
+def barrier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Barrier]:
+    b = Barrier(broker_url_for(request), tmp_path)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def _release(barrier: Barrier, node: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    message = barrier.take(node)
+    assert message.properties["type"] == "multinode-release"
+    return decode(MultinodeReleaseSchema(), message.body), dict(message.properties)
+
+
+def test_a_query_gets_a_decided_release_again_under_the_same_id(barrier: Barrier) -> None:
+    sync = MultinodeSyncSchema()
+    for node in PAIR:
+        barrier.to_barrier(sync, {"node": node, "message_id": "go", "generation": 1})
+    first, props = _release(barrier, "b")
+    assert (first["kind"], first["message_id"], first["generation"]) == ("sync", "go", 1)
+    assert props["message_id"] == release_message_id(barrier.group, first)
+    if barrier.url.startswith("amqp"):
+        assert props["delivery_mode"] == 1  # transient
+
+    # not released yet: the barrier ignores the question; then one that is
+    query = MultinodeQuerySchema()
+    barrier.to_barrier(query, {"node": "b", "kind": "sync", "message_id": "go", "generation": 2})
+    barrier.to_barrier(query, {"node": "b", "kind": "sync", "message_id": "go", "generation": 1})
+    again, again_props = _release(barrier, "b")
+    assert again == first
+    assert again_props["message_id"] == props["message_id"]
+    # FIFO: nothing came for generation 2 before it, nothing after
+    assert barrier.ready("b") == 0
+
+
+def test_a_wait_all_release_is_asked_for_by_role(barrier: Barrier) -> None:
+    barrier.to_barrier(
+        MultinodeSendSchema(), {"node": "a", "message_id": "up", "data": {"ip": "10.0.0.1"}}
+    )
+    release, _ = _release(barrier, "b")
+    assert (release["kind"], release["role"]) == ("wait-all", "server")
+    barrier.to_barrier(
+        MultinodeQuerySchema(),
+        {"node": "b", "kind": "wait-all", "message_id": "up", "role": "server"},
+    )
+    assert _release(barrier, "b")[0] == release
+
+
+def test_a_timeout_on_a_released_barrier_gets_the_release_not_a_failure(
+    barrier: Barrier,
+) -> None:
+    """A node whose release was lost reports a timeout; the barrier had it released."""
+    b = MultinodeClient(barrier.url, barrier.group, "b", PAIR, timeout=30)
+    try:
+        barrier.to_barrier(MultinodeSyncSchema(), {"node": "a", "message_id": "s", "generation": 1})
+        result: list[Any] = []
+        waiter = threading.Thread(target=lambda: result.append(b.sync("s", timeout=3)))
+        # b's own release is consumed before b sees it: as if the broker lost it
+        b._receiver.consumer.remove_queue(topology.group_queue_name(barrier.group, "b"))
+        waiter.start()
+        _release(barrier, "b")
+        b._receiver.consumer.add_queue(topology.group_queue(barrier.group, "b"))
+        waiter.join(20)
+        assert not waiter.is_alive()
+        assert result == [None]  # sync returned: released, not failed
+        assert b._failure is None
+    finally:
+        b.close()
+
+
+@pytest.mark.integration
+def test_a_release_lost_with_the_broker_is_asked_for_after_reconnecting(
+    rabbit_url: str, tmp_path: Path
+) -> None:
+    """Node a's receiver is cut off; its transient release is dropped meanwhile (what
+    a broker restart does to it); after reconnecting, a asks and gets it."""
+    barrier = Barrier(rabbit_url, tmp_path)
+    with BrokerProxy() as proxy:
+        a = MultinodeClient(proxy.url(rabbit_url), barrier.group, "a", PAIR, timeout=60)
+        try:
+            result: list[Any] = []
+            waiter = threading.Thread(target=lambda: result.append(a.sync("s")))
+            waiter.start()
+            wait_for(lambda: a.waiting_for(), 10, "a waiting in lava-sync")
+            proxy.down()
+            barrier.to_barrier(
+                MultinodeSyncSchema(), {"node": "b", "message_id": "s", "generation": 1}
+            )
+            # the release reaches a's queue while a is away; drop every copy
+            wait_for(lambda: barrier.ready("a") >= 1, 10, "the release in a's queue")
+            barrier.broker.channel().queue_purge(topology.group_queue_name(barrier.group, "a"))
+            assert waiter.is_alive()
+            proxy.up()
+            waiter.join(30)
+            assert not waiter.is_alive(), "a's sync was not released after reconnecting"
+            assert result == [None]
+            assert a._receiver.connects >= 2
+        finally:
+            a.close()
+            barrier.close()
