@@ -9,9 +9,11 @@ process with an SQLite store in a temporary directory)::
 
 Two paths:
 
-- N ≤ ``--client-max`` (64): one real ``MultinodeClient`` per node, each
-  with its own connections and consumer thread, every node calling
-  ``sync()`` in its own thread;
+- N ≤ ``--client-max`` (64): one real ``MultinodeClient`` per node, every
+  node calling ``sync()`` in its own thread. All N live in this process, as
+  the nodes of one dispatcher host do: each publishes on its own connection
+  and they share the process's ``GroupReceiver`` (one connection reading
+  one node queue of the group, each delivery handed to every node);
 - larger N: the lighter path — the nodes' sync acknowledgements are
   published from one connection and all N node queues are consumed by one
   raw pika connection (one basic.consume per node queue, every release
@@ -118,23 +120,40 @@ def bench_clients(url: str, n: int, rounds: int, timeout: float) -> list[float]:
         released: list[float] = []
         lock = threading.Lock()
 
+        errors: list[BaseException] = []
+
         def node(
             c: MultinodeClient,
             start: threading.Barrier = start,
             lock: threading.Lock = lock,
             published: list[float] = published,
             released: list[float] = released,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            try:
+                one_sync(c, start, lock, published, released)
+            except BaseException as exc:
+                errors.append(exc)
+                raise
+
+        def one_sync(
+            c: MultinodeClient,
+            start: threading.Barrier,
+            lock: threading.Lock,
+            published: list[float],
+            released: list[float],
         ) -> None:
             start.wait()
             # publish by hand to timestamp the acknowledgement, then wait like sync()
             gen = c._sync_generation.get("bench", 0) + 1
             c._sync_generation["bench"] = gen
+            connects = c._receiver.connects
             c._publish_barrier(
                 MultinodeSyncSchema(),
                 {"group": group, "node": c.self_name, "message_id": "bench", "generation": gen},
             )
             t = time.perf_counter()
-            c._wait_release("lava-sync", ("sync", "bench", gen, ""), timeout)
+            c._wait_release("lava-sync", ("sync", "bench", gen, ""), timeout, connects)
             done = time.perf_counter()
             with lock:
                 published.append(t)
@@ -146,6 +165,8 @@ def bench_clients(url: str, n: int, rounds: int, timeout: float) -> list[float]:
         start.wait()
         for t in threads:
             t.join()
+        if errors:
+            raise SystemExit(f"N={n}: a node failed: {errors[0]!r}")
         latencies.append(max(released) - max(published))
     for c in clients:
         c.close()
