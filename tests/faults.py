@@ -24,10 +24,14 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import amqp
 from lab import ServiceProcess, wait_for
+
+from broker_config import topology
 
 __all__ = ["BrokerProxy", "ServiceProcess", "record_reliability", "wait_for"]
 
@@ -166,3 +170,37 @@ def record_reliability(row: dict[str, Any]) -> None:
     row = {**row, "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
     rows = [r for r in rows if r.get("test") != row.get("test")] + [row]
     path.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+
+
+def raw_channel(url: str) -> tuple[amqp.Connection, Any]:
+    """A bare py-amqp channel for ``url`` (no lavamq code between the test and the broker)."""
+    parts = url.split("://", 1)[1]
+    creds, rest = parts.rsplit("@", 1)
+    user, password = (urllib.parse.unquote(p) for p in creds.split(":", 1))
+    hostport, vhost = rest.split("/", 1)
+    conn = amqp.Connection(
+        hostport,
+        userid=user,
+        password=password,
+        virtual_host=urllib.parse.unquote(vhost),
+    )
+    conn.connect()
+    return conn, conn.channel()
+
+
+def dead_letters(admin: str, count: int, timeout: float = 15) -> list[Any]:
+    """Take ``count`` messages from ``lava.dead`` (failing after ``timeout``)."""
+    conn, channel = raw_channel(admin)
+    got: list[Any] = []
+    try:
+
+        def more() -> bool:
+            message = channel.basic_get(topology.DEAD_QUEUE_NAME, no_ack=True)
+            if message is not None:
+                got.append(message)
+            return len(got) >= count
+
+        wait_for(more, timeout, f"{count} message(s) in lava.dead")
+    finally:
+        conn.close()
+    return got

@@ -14,8 +14,7 @@ from typing import Any
 
 import amqp
 import pytest
-from faults import wait_for
-from test_security_permissions import _dead_letters, _raw_channel
+from faults import dead_letters, raw_channel, wait_for
 
 from broker_config import topology
 from broker_config.declare import declare_topology
@@ -86,7 +85,7 @@ def test_every_consumer_dead_letters_poison_and_keeps_working(
         ),
     ]
     try:
-        conn, channel = _raw_channel(rabbit_url)
+        conn, channel = raw_channel(rabbit_url)
         try:
             channel.confirm_select()
             for exchange, key, good_type in targets:
@@ -97,7 +96,7 @@ def test_every_consumer_dead_letters_poison_and_keeps_working(
                     )
         finally:
             conn.close()
-        dead = _dead_letters(rabbit_url, len(targets) * len(POISONS), timeout=30)
+        dead = dead_letters(rabbit_url, len(targets) * len(POISONS), timeout=30)
         by_exchange: dict[str, list[str]] = {}
         for message in dead:
             headers = message.headers or {}

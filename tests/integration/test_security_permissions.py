@@ -7,7 +7,6 @@ names: users are global on the shared broker) and deleted afterwards.
 from __future__ import annotations
 
 import threading
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 import amqp
 import pytest
 from click.testing import CliRunner
-from faults import wait_for
+from faults import dead_letters, raw_channel
 
 import services
 from broker_config import identity, permissions, topology
@@ -105,38 +104,6 @@ def lab(rabbit_vhost: services.RabbitVhost) -> Iterator[Lab]:
             permissions.remove_user(api, user)
 
 
-def _raw_channel(url: str) -> tuple[amqp.Connection, Any]:
-    parts = url.split("://", 1)[1]
-    creds, rest = parts.rsplit("@", 1)
-    user, password = (urllib.parse.unquote(p) for p in creds.split(":", 1))
-    hostport, vhost = rest.split("/", 1)
-    conn = amqp.Connection(
-        hostport,
-        userid=user,
-        password=password,
-        virtual_host=urllib.parse.unquote(vhost),
-    )
-    conn.connect()
-    return conn, conn.channel()
-
-
-def _dead_letters(admin: str, count: int, timeout: float = 15) -> list[Any]:
-    conn, channel = _raw_channel(admin)
-    got: list[Any] = []
-    try:
-
-        def more() -> bool:
-            message = channel.basic_get(topology.DEAD_QUEUE_NAME, no_ack=True)
-            if message is not None:
-                got.append(message)
-            return len(got) >= count
-
-        wait_for(more, timeout, f"{count} message(s) in lava.dead")
-    finally:
-        conn.close()
-    return got
-
-
 def _assignment(device: str) -> dict[str, Any]:
     return {
         "job_id": 1,
@@ -155,7 +122,7 @@ def _assignment(device: str) -> dict[str, Any]:
 
 def test_host_cannot_consume_another_hosts_device_queue(lab: Lab) -> None:
     """Failure covered: host A reads host B's sub-jobs (and so runs or drops them)."""
-    conn, channel = _raw_channel(lab.url_a)
+    conn, channel = raw_channel(lab.url_a)
     try:
         channel.basic_consume(topology.device_queue_name(lab.dev_a), callback=lambda m: None)
         with pytest.raises(amqp.exceptions.AccessRefused):
@@ -163,7 +130,7 @@ def test_host_cannot_consume_another_hosts_device_queue(lab: Lab) -> None:
     finally:
         conn.collect()
     # nor may it redeclare, delete or purge anything
-    conn, channel = _raw_channel(lab.url_a)
+    conn, channel = raw_channel(lab.url_a)
     try:
         with pytest.raises(amqp.exceptions.AccessRefused):
             channel.queue_delete(topology.device_queue_name(lab.dev_a))
@@ -181,7 +148,7 @@ def test_host_cannot_publish_a_subjob_or_use_the_default_exchange(lab: Lab) -> N
             SubJobAssignmentSchema(),
             _assignment(lab.dev_b),
         )
-    conn, channel = _raw_channel(lab.url_a)
+    conn, channel = raw_channel(lab.url_a)
     try:
         body = encode(SubJobAssignmentSchema(), _assignment(lab.dev_b))
         channel.basic_publish(
@@ -193,7 +160,7 @@ def test_host_cannot_publish_a_subjob_or_use_the_default_exchange(lab: Lab) -> N
             conn.drain_events(timeout=5)
     finally:
         conn.collect()
-    conn, channel = _raw_channel(lab.admin)
+    conn, channel = raw_channel(lab.admin)
     try:
         declared = channel.queue_declare(topology.device_queue_name(lab.dev_b), passive=True)
         assert declared.message_count == 0
@@ -204,7 +171,7 @@ def test_host_cannot_publish_a_subjob_or_use_the_default_exchange(lab: Lab) -> N
 def test_forged_user_id_is_refused_by_the_broker(lab: Lab) -> None:
     """Failure covered: host A stamps the barrier's (or host B's) user_id on a message."""
     for forged in (identity.BARRIER_USER, identity.host_user(lab.host_b)):
-        conn, channel = _raw_channel(lab.url_a)
+        conn, channel = raw_channel(lab.url_a)
         try:
             channel.confirm_select()
             with pytest.raises(amqp.exceptions.PreconditionFailed, match="user_id"):
@@ -257,7 +224,7 @@ def test_host_cannot_release_a_barrier_nor_speak_as_another_node(lab: Lab, tmp_p
             )
         # fake release + fake send reach both nodes' queues (2 each), the
         # forged sync reaches the barrier: 5 rejections, each with its reason
-        dead = _dead_letters(lab.admin, 5)
+        dead = dead_letters(lab.admin, 5)
         reasons = sorted(str(m.headers[topology.REJECT_REASON_HEADER]) for m in dead)
         assert all(r.startswith("unauthorized: ") for r in reasons), reasons
         assert sum("multinode-release from broker user" in r for r in reasons) == 2
@@ -293,7 +260,7 @@ def test_host_cannot_release_a_barrier_nor_speak_as_another_node(lab: Lab, tmp_p
 def test_service_users_reach_only_what_they_need(lab: Lab) -> None:
     """Failure covered: the barrier service's user consumes sub-jobs or submits
     jobs (a stolen barrier password must not hand out the lab)."""
-    conn, channel = _raw_channel(lab.barrier)
+    conn, channel = raw_channel(lab.barrier)
     try:
         with pytest.raises(amqp.exceptions.AccessRefused):
             channel.basic_consume(topology.device_queue_name(lab.dev_a), callback=lambda m: None)
