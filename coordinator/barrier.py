@@ -153,6 +153,10 @@ def _release_body(state: _Group, group: str, key: ReleaseKey) -> dict[str, Any]:
     }
 
 
+def _release_key(body: dict[str, Any]) -> ReleaseKey:
+    return (body["kind"], body["message_id"], body["generation"], body["role"])
+
+
 def describe_missing(members: dict[str, str], missing: list[str]) -> str:
     return ", ".join(f"{members.get(n, '?')} ({n})" for n in missing)
 
@@ -189,12 +193,18 @@ class BarrierService:
         )
         self._thread: threading.Thread | None = None
         self.batches = 0
+        #: (group, release) published again on this connection: every node
+        #: queue got that copy, so more questions about it need no answer
+        self._resent: set[tuple[str, ReleaseKey]] = set()
 
     # --- running ---
 
     def _on_consume(self) -> None:
         """Each (re)connect: forget counts (the store is the truth), send the outbox."""
         self._groups.clear()
+        # a broker restart (the only way queued releases are lost) cuts this
+        # connection too: releases sent again before it may be needed again
+        self._resent.clear()
         self._flush_outbox()
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
@@ -487,13 +497,35 @@ class BarrierService:
         if group is None:
             return
         key = (body["kind"], body["message_id"], body["generation"], body["role"])
-        if not self._resend(group, body["group"], key, outbox):
+        # after a broker restart every waiting node asks: one answer (fanned
+        # out to every node queue) serves them all
+        if not self._resend(group, body["group"], key, outbox, once=True):
             log.debug("query %s %r from %s: not released yet", body["group"], key, body["node"])
 
-    def _resend(self, state: _Group, group: str, key: ReleaseKey, outbox: list[OutboxItem]) -> bool:
-        """Publish a decided release again (no outbox row: asked again if lost again)."""
+    def _resend(
+        self,
+        state: _Group,
+        group: str,
+        key: ReleaseKey,
+        outbox: list[OutboxItem],
+        *,
+        once: bool = False,
+    ) -> bool:
+        """Publish a decided release again (no outbox row: asked again if lost again).
+
+        ``once``: not if it was already sent again on this connection, or is
+        about to be by this batch.
+        """
         if key not in state.released:
             return False
+        if once and (
+            (group, key) in self._resent
+            or any(
+                row_id is None and g == group and _release_key(body) == key
+                for row_id, g, _, body in outbox
+            )
+        ):
+            return True
         body = _release_body(state, group, key)
         outbox.append((None, group, MultinodeReleaseSchema.message_type, body))
         log.info("release %s %r published again", group, key)
@@ -512,6 +544,8 @@ class BarrierService:
         publisher = self._publisher()
         for row_id, group, message_type, body in outbox:
             self._publish_one(publisher, row_id, group, message_type, body)
+            if row_id is None:
+                self._resent.add((group, _release_key(body)))
         rows = [row_id for row_id, _, _, _ in outbox if row_id is not None]
         if rows:
             with self.sessions() as session, session.begin():

@@ -126,8 +126,12 @@ class GroupReceiver:
         with self._lock:
             clients = [c for group in self._clients.values() for c in group]
         publisher = self.consumer.publisher
+        asked: set[tuple[str, tuple[str, str, int, str]]] = set()
         for client in clients:
             for key in client.waiting_for():
+                if (client.group, key) in asked:
+                    continue  # the answer reaches every local node of the group
+                asked.add((client.group, key))
                 log.info("group %s: asking again for release %r", client.group, key)
                 try:
                     client.query(key, publisher)
