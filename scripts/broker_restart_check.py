@@ -53,7 +53,8 @@ def main() -> int:
     api = ManagementAPI.from_broker_url(url)
     quoted = urllib.parse.quote(vhost, safe="")
     api.call("PUT", f"/vhosts/{quoted}", {})
-    api.call("PUT", f"/permissions/{quoted}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    everything = {"configure": ".*", "write": ".*", "read": ".*"}
+    api.call("PUT", f"/permissions/{quoted}/guest", everything)
     tmp = tempfile.mkdtemp(prefix="lavamq-restart-")
     broker = Broker(url)
     declare_topology(broker)
