@@ -456,6 +456,8 @@ class QueueConsumer:
         self._changes: list[tuple[bool, Queue, threading.Event]] = []
         self._changes_lock = threading.Lock()
         self._consuming_thread: threading.Thread | None = None
+        #: consuming started since the last lost connection (resets the back-off)
+        self._consuming = False
 
     # --- control ---
 
@@ -527,11 +529,14 @@ class QueueConsumer:
                 )
                 if not isinstance(exc, recoverable):
                     raise
+                if self._consuming:
+                    # it was consuming: a new outage, not the same one going on
+                    failures, self._consuming = 0, False
                 failures += 1
                 if self.max_retries is not None and failures > self.max_retries:
                     raise InfrastructureError(
                         f"consumer of {[q.name for q in self.queues]}: connection lost "
-                        f"{failures} times: {exc}"
+                        f"{failures} times in a row: {exc}"
                     ) from exc
                 log.warning("consumer connection lost (%s); reconnecting", exc)
                 self._stop.wait(min(0.2 * failures, 3.0))
@@ -575,6 +580,7 @@ class QueueConsumer:
         with consumer:
             if self.on_consume is not None:
                 self.on_consume()
+            self._consuming = True
             if not self._ready.is_set():
                 self._ready.set()
                 if on_ready is not None:
