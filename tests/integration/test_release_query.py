@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from faults import BrokerProxy
 from lab import MEMORY_AND_RABBIT, broker_url_for, wait_for
+from sqlalchemy import func, select
 
 from broker_config import topology
 from broker_config.declare import declare_topology
 from broker_config.messaging import Broker
 from coordinator.barrier import BarrierService, release_message_id
+from coordinator.barrier_models import BarrierOutbox
 from coordinator.groups import create_group, end_group
 from device_agent.multinode import MultinodeClient
 from schemas.messages.base import decode
@@ -113,6 +115,57 @@ def test_a_query_gets_a_decided_release_again_under_the_same_id(barrier: Barrier
     second, _ = _release(barrier, "b")
     assert second["generation"] == 2
     assert barrier.ready("b") == 0
+
+
+def _unpublished(service: BarrierService) -> int:
+    with service.sessions() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(BarrierOutbox)
+                .where(BarrierOutbox.published.is_(False))
+            )
+            or 0
+        )
+
+
+def test_a_release_is_marked_by_the_next_batch_or_published_again_after_a_crash(
+    barrier: Barrier, tmp_path: Path
+) -> None:
+    sync = MultinodeSyncSchema()
+    for node in PAIR:
+        barrier.to_barrier(sync, {"node": node, "message_id": "go", "generation": 1})
+    first, props = _release(barrier, "a")
+    assert first["generation"] == 1
+    # published, not yet marked: no transaction of its own
+    assert _unpublished(barrier.service) == 1
+
+    # the next batch marks it in its own transaction
+    barrier.to_barrier(sync, {"node": "a", "message_id": "go", "generation": 2})
+    wait_for(lambda: _unpublished(barrier.service) == 0, 10, "the outbox row marked")
+
+    # a crash before the next batch: the mark is lost with the process, and
+    # the next instance publishes the release again under the same id
+    barrier.to_barrier(sync, {"node": "b", "message_id": "go", "generation": 2})
+    second, second_props = _release(barrier, "a")
+    assert second["generation"] == 2
+    assert _unpublished(barrier.service) == 1
+    barrier.service._unmarked.clear()
+    barrier.service.stop()
+    barrier.service = BarrierService(barrier.url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
+    barrier.service.start()
+    again, again_props = _release(barrier, "a")
+    assert again == second
+    assert again_props["message_id"] == second_props["message_id"] != props["message_id"]
+    wait_for(lambda: _unpublished(barrier.service) == 0, 10, "the republished row marked")
+
+    # a clean stop marks what it published
+    for node in PAIR:
+        barrier.to_barrier(sync, {"node": node, "message_id": "go", "generation": 3})
+    assert _release(barrier, "a")[0]["generation"] == 3
+    assert _unpublished(barrier.service) == 1
+    barrier.service.stop()
+    assert _unpublished(barrier.service) == 0
 
 
 def test_a_wait_all_release_is_asked_for_by_role(barrier: Barrier) -> None:
