@@ -9,15 +9,21 @@ would make it receive, decode and acknowledge the same message once per node
 of the release latency).
 
 So the process has one ``GroupReceiver`` per broker URL: one connection and
-one thread, consuming ONE queue per group — the queue of the first local node
-still attached, the group's *lead* — and handing each delivery to every local
-node of that group. The other local nodes' queues are not read: their copies
-stay until the group ends (``end_group`` deletes the queues; the expiry
-policy covers a crash). When the lead node leaves first, the next attached
-node's queue becomes the lead and is read from its start; each client drops
-by message id what it already has, so nothing is lost and nothing counts
-twice. A node whose group has no other local node reads its own queue, as
-before.
+one thread, consuming ONE queue per group — the queue of the group's first
+local node, its *lead* — and handing each delivery to every local node of
+that group. The other local nodes' queues are not read: their copies stay
+until the group ends (``end_group`` deletes the queues; the expiry policy
+covers a crash). The lead's queue is read until the group's LAST local node
+leaves, even after the lead node itself has left: it carries the group's
+whole stream, and only ``end_group`` deletes it. (Handing over to the next
+node's queue would mean reading that queue from its start, and relying on a
+queue nobody consumed, which the expiry policy may have deleted in a long
+job.) A node whose group has no other local node reads its own queue.
+
+A node that attaches to a group already read here starts with what the
+group's first attached client has (sends, releases, failure, the message ids
+applied), copied while no delivery is being handed out: its own queue holds
+those messages too, but it is not read.
 
 Releases are transient (``coordinator/barrier.py``): after every reconnect
 the receiver asks the barrier again for each release a local node still
@@ -52,6 +58,13 @@ class GroupReceiver:
         self.url = url
         self.amqp = is_amqp_url(url)
         self._lock = threading.Lock()
+        #: held while a delivery is handed to a group's clients, and while a new
+        #: client copies an attached one's state: it misses nothing in between
+        self._delivering = threading.Lock()
+        #: serialises attach/detach decisions with their queue changes, so a
+        #: queue added and removed by two threads is applied in decision order
+        self.changes = threading.Lock()
+        self.stopped = False
         #: group → its attached clients, in attach order (the first is the lead)
         self._clients: dict[str, list[MultinodeClient]] = {}
         #: group → node whose queue is consumed
@@ -85,33 +98,33 @@ class GroupReceiver:
         with self._lock:
             return self._lead.get(group)
 
-    # --- attach / detach (under the registry lock; queue changes after it) ---
+    # --- attach / detach (the caller holds ``changes``) ---
 
     def _add(self, client: MultinodeClient) -> bool:
         """Register ``client``; True when it became its group's lead (its queue to read)."""
-        with self._lock:
-            self._clients.setdefault(client.group, []).append(client)
+        with self._delivering, self._lock:
+            clients = self._clients.setdefault(client.group, [])
+            if clients:
+                client._adopt(clients[0])
+            clients.append(client)
             if client.group in self._lead:
                 return False
             self._lead[client.group] = client.self_name
             return True
 
-    def _remove(self, client: MultinodeClient) -> tuple[str | None, str | None]:
-        """Unregister ``client``; (node whose queue to stop reading, node whose to start)."""
+    def _remove(self, client: MultinodeClient) -> str | None:
+        """Unregister ``client``; the node whose queue to stop reading, if any."""
         with self._lock:
             clients = self._clients.get(client.group, [])
             if client in clients:
                 clients.remove(client)
-            if self._lead.get(client.group) != client.self_name:
-                return None, None
-            if not clients:
-                self._clients.pop(client.group, None)
-                self._lead.pop(client.group, None)
-                return client.self_name, None
-            self._lead[client.group] = clients[0].self_name
-            return client.self_name, clients[0].self_name
+            if clients or client.group not in self._lead:
+                return None  # the group's stream still has local readers
+            self._clients.pop(client.group, None)
+            return self._lead.pop(client.group)
 
     def stop(self) -> None:
+        self.stopped = True
         self.consumer.stop()
         if self._thread is not threading.current_thread():
             self._thread.join(10)
@@ -169,48 +182,71 @@ class GroupReceiver:
             # a body naming another group than the exchange it came through
             log.warning("ignoring %s for group %s from %s", delivery.message_type, group, exchange)
             return
-        with self._lock:
-            clients = list(self._clients.get(group, ()))
-        if not clients:
-            log.debug("no local node of group %s left for %s", group, delivery.message_type)
-        for client in clients:
-            client._deliver(delivery)
+        with self._delivering:
+            with self._lock:
+                clients = list(self._clients.get(group, ()))
+            if not clients:
+                log.debug("no local node of group %s left for %s", group, delivery.message_type)
+            for client in clients:
+                client._deliver(delivery)
 
 
 _receivers: dict[str, GroupReceiver] = {}
 _registry_lock = threading.Lock()
 
 
+def _receiver_for(url: str) -> GroupReceiver:
+    """The process's running receiver for ``url`` (a new one if none, or if it died)."""
+    with _registry_lock:
+        receiver = _receivers.get(url)
+        if receiver is not None and not receiver._thread.is_alive():
+            log.error("MultiNode receiver for %s had stopped: starting a new one", url)
+            receiver = None
+        if receiver is None:
+            receiver = _receivers[url] = GroupReceiver(url)
+        return receiver
+
+
 def attach(client: MultinodeClient) -> GroupReceiver:
     """Attach ``client`` to its process's receiver for its broker URL (started on demand)."""
-    with _registry_lock:
-        receiver = _receivers.get(client.broker_url)
-        if receiver is None:
-            receiver = _receivers[client.broker_url] = GroupReceiver(client.broker_url)
-        lead = receiver._add(client)
-    if lead:
-        queue = topology.group_queue(client.group, client.self_name)
-        receiver.consumer.add_queue(queue, ATTACH_TIMEOUT)
-        log.debug("group %s: this process reads %s", client.group, queue.name)
-    return receiver
+    while True:
+        receiver = _receiver_for(client.broker_url)
+        with receiver.changes:
+            if receiver.stopped:
+                continue  # its last client left meanwhile: take the next one
+            lead = receiver._add(client)
+            if lead:
+                queue = topology.group_queue(client.group, client.self_name)
+                # on failure the client detaches itself (MultinodeClient.__init__)
+                receiver.consumer.add_queue(queue, ATTACH_TIMEOUT)
+                log.debug("group %s: this process reads %s", client.group, queue.name)
+            return receiver
 
 
 def detach(client: MultinodeClient) -> None:
     """Detach ``client``; the receiver stops when its last client has left."""
+    receiver: GroupReceiver | None = getattr(client, "_receiver", None)
+    if receiver is None:  # attach() failed half-way
+        with _registry_lock:
+            receiver = _receivers.get(client.broker_url)
+    if receiver is None:
+        return
+    with receiver.changes:
+        _detach_locked(receiver, client)
+
+
+def _detach_locked(receiver: GroupReceiver, client: MultinodeClient) -> None:
+    lead = receiver._remove(client)
     with _registry_lock:
-        receiver = _receivers.get(client.broker_url)
-        if receiver is None:
-            return
-        old, new = receiver._remove(client)
         empty = receiver.attached == 0
-        if empty:
-            del _receivers[client.broker_url]
+        if empty and _receivers.get(receiver.url) is receiver:
+            del _receivers[receiver.url]
     if empty:
         receiver.stop()
         return
-    if new is not None:
-        # the new lead first: no moment without a queue being read
-        receiver.consumer.add_queue(topology.group_queue(client.group, new), ATTACH_TIMEOUT)
-        log.debug("group %s: %s left, this process reads %s's queue", client.group, old, new)
-    if old is not None:
-        receiver.consumer.remove_queue(topology.group_queue_name(client.group, old))
+    if lead is not None:
+        try:
+            receiver.consumer.remove_queue(topology.group_queue_name(client.group, lead))
+        except InfrastructureError as exc:
+            # applied after the reconnect all the same; the node has left anyway
+            log.warning("group %s: %s", client.group, exc)

@@ -131,6 +131,27 @@ class MultinodeClient:
 
     # --- receiving (the process's receiver thread) ---
 
+    def _adopt(self, other: MultinodeClient) -> None:
+        """Start from what ``other`` (a node of this group in this process) has seen.
+
+        Called by the receiver while no delivery is being handed out: what the
+        group's read queue delivered before this node attached is not read
+        again, and this node's own queue is not read.
+        """
+        with other._cond:
+            messages = {
+                message_id: {sender: dict(data) for sender, data in senders.items()}
+                for message_id, senders in other._messages.items()
+            }
+            releases = set(other._releases)
+            failure = other._failure
+            applied = set(other._applied)
+        with self._cond:
+            self._messages = messages
+            self._releases = releases
+            self._failure = failure
+            self._applied = applied
+
     def _deliver(self, delivery: Delivery) -> None:
         """A delivery of this node's group, authorized and valid; each message once."""
         message_id = delivery.properties.get("message_id")

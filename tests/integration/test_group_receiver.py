@@ -6,6 +6,7 @@ On memory:// and on the real RabbitMQ. No barrier service is needed:
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -17,9 +18,10 @@ from lab import MEMORY_AND_RABBIT, broker_url_for, wait_for
 from broker_config import topology
 from broker_config.declare import declare_topology
 from broker_config.messaging import Broker, Delivery
-from coordinator.groups import create_group, end_group
+from coordinator.groups import create_group, end_group, fail_group
 from device_agent import group_receiver
 from device_agent.multinode import MultinodeClient
+from schemas.errors import GroupFailed
 from schemas.messages.multinode import MultinodeSendSchema
 
 MEMBERS = {"n1": "server", "n2": "client", "n3": "client"}
@@ -116,20 +118,116 @@ def test_several_groups_share_one_receiver(groups: Groups) -> None:
     assert "to-g2" not in a._messages and "to-g1" not in b._messages
 
 
-def test_when_the_lead_node_leaves_the_next_queue_is_read_once(groups: Groups) -> None:
+def test_when_the_lead_node_leaves_its_queue_is_still_read(groups: Groups) -> None:
     g = groups.create()
     n1, n2 = groups.client(g, "n1"), groups.client(g, "n2")
     groups.send_as(g, "n3", "before")
     assert n2.wait("before") == {"n3": {"k": "v"}}
 
     n1.close()
-    assert n2._receiver.lead_node(g) == "n2"
-    # n2's queue is read from its start: "before" comes again and is dropped
-    wait_for(lambda: groups.ready(g, "n2") == 0, 10, "n2's queue drained")
+    # n1's queue carries the group's whole stream until end_group: no hand-over
+    assert n2._receiver.lead_node(g) == "n1"
     groups.send_as(g, "n3", "after")
     assert n2.wait("after") == {"n3": {"k": "v"}}
     assert n2.handled == Counter({"before": 1, "after": 1})
-    assert n2.duplicates >= 1
+    assert groups.ready(g, "n2") == 2  # n2's own copies: never read here
+    assert groups.ready(g, "n1") == 0
+
+
+def test_a_local_node_whose_queue_expired_still_receives_after_the_lead_left(
+    groups: Groups,
+) -> None:
+    """The expiry policy deletes a queue nobody consumed for 24 h: a non-lead
+    local node's, in a long job. The process never needs it."""
+    g, other = groups.create(), groups.create()
+    keeper = groups.client(other, "n1")
+    n1, n2 = groups.client(g, "n1"), groups.client(g, "n2")
+    groups.broker.delete_queue(topology.group_queue_name(g, "n2"))
+    n1.close()
+    groups.send_as(g, "n3", "later")
+    assert n2.wait("later", timeout=10) == {"n3": {"k": "v"}}
+    groups.send_as(other, "n2", "other-group")
+    assert keeper.wait("other-group", timeout=10) == {"n2": {"k": "v"}}
+
+
+def test_a_node_attaching_to_a_group_read_here_starts_with_what_it_has(groups: Groups) -> None:
+    """n2's own queue holds what was sent before it started, but it is not read:
+    it starts with what the group's attached node has."""
+    g = groups.create()
+    n1 = groups.client(g, "n1")
+    groups.send_as(g, "n3", "early")
+    assert n1.wait("early") == {"n3": {"k": "v"}}
+
+    n2 = groups.client(g, "n2")
+    assert n2._receiver is n1._receiver and n2._receiver.lead_node(g) == "n1"
+    assert n2.wait("early", timeout=2) == {"n3": {"k": "v"}}
+    # what came before is not applied twice when it arrives again
+    groups.send_as(g, "n3", "next")
+    assert n2.wait("next") == {"n3": {"k": "v"}}
+    assert n2.handled == Counter({"next": 1})
+
+
+def test_a_resent_message_id_keeps_its_newest_data_for_a_late_node(groups: Groups) -> None:
+    """n3 sends "m" before n2 starts and again after: the old copy in n2's own
+    queue must never be applied over the new one (it is not read at all)."""
+    g = groups.create()
+    n1 = groups.client(g, "n1")
+    groups.send_as(g, "n3", "m")
+    assert n1.wait("m") == {"n3": {"k": "v"}}
+    n2 = groups.client(g, "n2")
+    groups.broker.publish(
+        topology.group_exchange_name(g),
+        "",
+        MultinodeSendSchema(),
+        {"group": g, "node": "n3", "message_id": "m", "data": {"k": "new"}},
+    )
+    wait_for(lambda: n2.handled["m"] == 1, 10, "n2 got the second send")
+    n1.close()
+    groups.send_as(g, "n3", "marker")
+    assert n2.wait("marker") == {"n3": {"k": "v"}}
+    # data of a re-sent id accumulates (LAVA): the newest value of k wins
+    assert n2.wait("m") == {"n3": {"k": "new"}}
+
+
+def test_a_node_attaching_to_a_failed_group_sees_the_failure_at_once(groups: Groups) -> None:
+    g = groups.create()
+    n1 = groups.client(g, "n1")
+    fail_group(groups.broker, g, "board n3 lost power")
+    with pytest.raises(GroupFailed, match="lost power"):
+        n1.wait("anything", timeout=10)
+    n2 = groups.client(g, "n2")
+    with pytest.raises(GroupFailed, match="lost power"):
+        n2.wait("anything", timeout=10)
+
+
+def test_the_last_two_nodes_leaving_at_once_leave_no_queue_read(groups: Groups) -> None:
+    other = groups.create()
+    keeper = groups.client(other, "n1")  # keeps the receiver running
+    receiver = keeper._receiver
+    for _ in range(5):
+        g = groups.create()
+        n1, n2 = groups.client(g, "n1"), groups.client(g, "n2")
+        threads = [threading.Thread(target=c.close) for c in (n1, n2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert receiver.lead_node(g) is None
+        wait_for(lambda: not receiver.consumer._changes, 10, "queue changes applied")
+        consumed = [q.name for q in receiver.consumer.queues]
+        assert not [name for name in consumed if name.startswith(f"lava.group.{g}.")], consumed
+
+
+def test_an_attach_after_the_receiver_died_starts_a_new_one(groups: Groups) -> None:
+    g = groups.create()
+    n1 = groups.client(g, "n1")
+    dead = n1._receiver
+    dead.consumer.stop()  # as if its thread had died
+    dead._thread.join(10)
+    n2 = groups.client(g, "n2")
+    assert n2._receiver is not dead and n2._receiver._thread.is_alive()
+    groups.send_as(g, "n3", "hello")
+    assert n2.wait("hello") == {"n3": {"k": "v"}}
 
 
 def test_a_node_joining_after_its_group_left_reads_the_whole_history(groups: Groups) -> None:
