@@ -28,14 +28,19 @@ handler returns. A body that does not decode, or a type nobody expects, is
 header and then acked: RabbitMQ's own dead-lettering (reject without requeue,
 via the queues' ``x-dead-letter-exchange``) cannot add a header, and the reason
 is what an admin needs. Handlers raising ``InfrastructureError`` get the
-message requeued (up to ``max_requeues`` times, then dead-lettered); any other
-exception is a bug: dead-lettered with the traceback summary. A delivery
+message requeued (up to ``max_requeues`` times, then dead-lettered); a
+``TransientError`` (something the handler needs is briefly away, e.g. its
+database restarting) has the handler called again with the same deliveries
+after a back-off, for as long as it takes, and nothing is dead-lettered for
+it; any other exception is a bug: dead-lettered with the traceback summary. A delivery
 whose ``message_id`` this consumer already handled (a redelivery after a lost
 connection, a publish retried after a lost confirm) is acked and dropped; an
 ``authorize`` callback, given, decides who may send what (``Unauthorized`` →
 dead-lettered with the reason). Deliveries are
 queued by the kombu callback and handled outside ``drain_events``, so a handler
-may publish on the same connection without being re-entered.
+may publish on the same connection without being re-entered. A consumed queue
+that no longer exists (deleted while consumed, or given to ``add_queue``) is
+dropped from the consumer's list with a warning; the others go on.
 
 One ``Broker`` / ``QueueConsumer`` per thread: kombu connections are not
 thread-safe. ``Broker.publish`` takes a lock so that a thread handing a
@@ -67,6 +72,26 @@ from schemas.messages.base import InvalidMessage, MessageSchema, decode, encode
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+
+#: the longest wait before a handler that raised ``TransientError`` is called again
+TRANSIENT_BACKOFF_MAX = 2.0
+
+
+class TransientError(InfrastructureError):
+    """Something a handler depends on is briefly unavailable (a database
+    restarting, a lost connection): not the messages' fault. ``QueueConsumer``
+    keeps the deliveries and calls the handler again after a back-off (0.1 s,
+    doubling to ``TRANSIENT_BACKOFF_MAX``) until it succeeds or the consumer
+    stops; they are never dead-lettered for it."""
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """The broker's 404 NOT_FOUND channel error (e.g. consuming a missing queue)."""
+    return getattr(exc, "reply_code", None) == 404
+
+
+class _MissingQueue(Exception):
+    """Internal: ``add_queue`` named a queue that does not exist (already dropped)."""
 
 
 def is_amqp_url(url: str) -> bool:
@@ -394,6 +419,17 @@ Handler = Callable[[Delivery], None]
 BatchHandler = Callable[[list[Delivery]], None]
 
 
+@dataclass
+class _QueueChange:
+    """An ``add_queue`` / ``remove_queue`` asked for, applied by the consuming thread."""
+
+    add: bool
+    queue: Queue
+    done: threading.Event
+    #: set when the change could not be made (the queue does not exist)
+    error: str = ""
+
+
 class QueueConsumer:
     """Consume queues, validate every body, hand it on, ack after the handler.
 
@@ -452,8 +488,8 @@ class QueueConsumer:
         #: reconnect may follow another consumer's turn (single active consumer)
         self.on_consume = on_consume
         #: queue changes asked for by other threads, applied by the consuming
-        #: thread (a kombu channel is not thread-safe): (add?, queue, done)
-        self._changes: list[tuple[bool, Queue, threading.Event]] = []
+        #: thread (a kombu channel is not thread-safe)
+        self._changes: list[_QueueChange] = []
         self._changes_lock = threading.Lock()
         self._consuming_thread: threading.Thread | None = None
         #: consuming started since the last lost connection (resets the back-off)
@@ -472,7 +508,12 @@ class QueueConsumer:
         return self._ready.wait(timeout)
 
     def add_queue(self, queue: Queue, timeout: float = 30.0) -> None:
-        """Start consuming ``queue`` too; returns once the broker consumes it."""
+        """Start consuming ``queue`` too; returns once the broker consumes it.
+
+        Raises ``InfrastructureError`` naming the queue if it does not exist (it
+        is then not consumed: a consumer with ``declare=False`` never creates it).
+        Called from a handler, it returns at once and is applied after it.
+        """
         self._change(True, queue, timeout)
 
     def remove_queue(self, name: str, timeout: float = 30.0) -> None:
@@ -480,14 +521,14 @@ class QueueConsumer:
         self._change(False, Queue(name), timeout)
 
     def _change(self, add: bool, queue: Queue, timeout: float) -> None:
-        done = threading.Event()
+        change = _QueueChange(add, queue, threading.Event())
         with self._changes_lock:
-            self._changes.append((add, queue, done))
+            self._changes.append(change)
         if threading.current_thread() is self._consuming_thread:
             return  # from a handler: applied when the handler returns
         # the consuming thread applies it within one poll interval
         deadline = time.monotonic() + timeout
-        while not done.wait(0.05):
+        while not change.done.wait(0.05):
             if self._stop.is_set():
                 return  # stopping: nothing is consumed any more
             if time.monotonic() > deadline:
@@ -495,23 +536,68 @@ class QueueConsumer:
                 raise InfrastructureError(
                     f"consumer: could not {what} queue {queue.name} in {timeout} s"
                 )
+        if change.error:
+            raise InfrastructureError(f"consumer: {change.error}")
 
     def _apply_changes(self, consumer: Consumer | None, channel: Any) -> None:
-        """Apply queue changes (consuming thread only); every change updates ``queues``."""
+        """Apply queue changes (consuming thread only); every change updates ``queues``.
+
+        ``queues`` is what a reconnect consumes, so a change whose broker call
+        fails (a dying connection) is done all the same: its caller is told at
+        once and the reconnect applies it. An added queue that does not exist
+        is dropped and its caller told so.
+        """
         with self._changes_lock:
             changes, self._changes = self._changes, []
-        for add, queue, done in changes:
-            names = [q.name for q in self.queues]
-            if add and queue.name not in names:
-                self.queues.append(queue)
-                if consumer is not None:
-                    consumer.add_queue(queue.bind(channel))
-                    consumer.consume()
-            elif not add and queue.name in names:
-                self.queues = [q for q in self.queues if q.name != queue.name]
-                if consumer is not None:
-                    consumer.cancel_by_queue(queue.name)
-            done.set()
+        for i, change in enumerate(changes):
+            queue = change.queue
+            try:
+                names = [q.name for q in self.queues]
+                if change.add and queue.name not in names:
+                    self.queues.append(queue)
+                    if consumer is not None:
+                        consumer.add_queue(queue.bind(channel))
+                        consumer.consume()
+                elif not change.add and queue.name in names:
+                    self.queues = [q for q in self.queues if q.name != queue.name]
+                    if consumer is not None:
+                        consumer.cancel_by_queue(queue.name)
+            except Exception as exc:
+                with self._changes_lock:  # the rest: applied once consuming again
+                    self._changes[:0] = changes[i + 1 :]
+                if change.add and is_not_found(exc):
+                    self.queues = [q for q in self.queues if q.name != queue.name]
+                    change.error = f"queue {queue.name} does not exist"
+                    log.warning("consumer: not consuming queue %s: it does not exist", queue.name)
+                    raise _MissingQueue(queue.name) from exc
+                raise
+            finally:
+                change.done.set()
+
+    def _drop_missing_queues(self) -> list[str]:
+        """After a 404: stop consuming every queue of ours that no longer exists."""
+        assert self.connection is not None
+        missing: list[str] = []
+        channel: Any = None
+        try:
+            for queue in list(self.queues):
+                if channel is None:
+                    channel = self.connection.channel()
+                try:
+                    channel.queue_declare(queue=queue.name, passive=True)
+                except self.connection.channel_errors as exc:
+                    if not is_not_found(exc):
+                        raise
+                    missing.append(queue.name)
+                    channel = None  # the broker closed it
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    channel.close()
+        if missing:
+            log.warning("consumer: queues %s do not exist any more: not consuming them", missing)
+            self.queues = [q for q in self.queues if q.name not in missing]
+        return missing
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Consume until ``stop()``; reconnect after a lost connection."""
@@ -522,12 +608,18 @@ class QueueConsumer:
                 return
             except InfrastructureError:
                 raise
+            except _MissingQueue:
+                continue  # dropped already: consume the others again at once
             except Exception as exc:
+                if is_not_found(exc) and self._dropped_missing_queues():
+                    continue  # consume the others again at once
                 conn = self.connection
                 recoverable: tuple[type[BaseException], ...] = (
                     (*tuple(conn.recoverable_connection_errors), OSError) if conn else (OSError,)
                 )
-                if not isinstance(exc, recoverable):
+                # a 404 not explained by a missing queue (re-created meanwhile?
+                # the check failed?): try again like after a lost connection
+                if not isinstance(exc, recoverable) and not is_not_found(exc):
                     raise
                 if self._consuming:
                     # it was consuming: a new outage, not the same one going on
@@ -542,6 +634,14 @@ class QueueConsumer:
                 self._stop.wait(min(0.2 * failures, 3.0))
             finally:
                 self._close()
+
+    def _dropped_missing_queues(self) -> bool:
+        """Drop the missing queues (a 404); False if none is (or the check failed)."""
+        try:
+            return bool(self._drop_missing_queues())
+        except Exception as exc:
+            log.warning("consumer: could not check which queue is missing: %s", exc)
+            return False
 
     def _close(self) -> None:
         self._pending.clear()
@@ -686,7 +786,8 @@ class QueueConsumer:
 
     def _run_handler(self, deliveries: list[Delivery], call: Callable[[], None]) -> None:
         try:
-            call()
+            if not self._call_until_available(call, len(deliveries)):
+                return  # stopping: unacked, so the broker delivers them again
         except InfrastructureError as exc:
             for d in deliveries:
                 key = self._message_key(d.message)
@@ -716,6 +817,30 @@ class QueueConsumer:
             # ack reaches the broker, the redelivery is recognised and dropped
             self._remember_handled(d.message)
         self._ack_all([d.message for d in deliveries])
+
+    def _call_until_available(self, call: Callable[[], None], count: int) -> bool:
+        """``call()``; after a ``TransientError`` again, with a back-off. False: stopped.
+
+        The deliveries are kept, not requeued: no redelivery count grows (a
+        quorum queue may have a delivery limit) and their order stays.
+        """
+        attempt = 0
+        while True:
+            try:
+                call()
+                return True
+            except TransientError as exc:
+                attempt += 1
+                delay = min(0.1 * 2 ** (attempt - 1), TRANSIENT_BACKOFF_MAX)
+                log.warning(
+                    "handling %d deliveries again in %.1f s (attempt %d): %s",
+                    count,
+                    delay,
+                    attempt,
+                    exc.message,
+                )
+                if self._stop.wait(delay):
+                    return False
 
     def _ack_all(self, messages: list[Message]) -> None:
         """Ack ``messages``; on RabbitMQ with ONE ``basic.ack(multiple=True)``.

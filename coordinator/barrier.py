@@ -34,6 +34,13 @@ of messages the broker confirmed but the store had not yet marked (a crash
 before the next batch): every outbox message keeps its message id, and
 clients ignore a message they already have.
 
+A store that is away (``store_unavailable``: PostgreSQL restarting, a cut
+connection, SQLite busy) or a publish failing after the commit makes the
+batch raise ``TransientError``: the consumer keeps the deliveries and hands
+them again after a back-off, never dead-letters them. A failed publish also
+leaves the outbox to flush, which is done before the next batch and, with a
+back-off, when idle; so is a flush at (re)connect that failed.
+
 Counting happens in memory: each group's arrivals and releases are loaded
 from the store once (at its first delivery after a (re)connect) and the
 store is the journal, written in the batch's one transaction (arrivals with
@@ -54,16 +61,19 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from broker_config import topology
 from broker_config.identity import check_sender, delivery_user
-from broker_config.messaging import Broker, Delivery, QueueConsumer
+from broker_config.messaging import Broker, Delivery, QueueConsumer, TransientError
 from coordinator.barrier_models import (
     BarrierArrival,
     BarrierGroup,
@@ -172,6 +182,24 @@ def _release_key(body: dict[str, Any]) -> ReleaseKey:
     return (body["kind"], body["message_id"], body["generation"], body["role"])
 
 
+def store_unavailable(exc: BaseException) -> bool:
+    """A database error that passes: a lost or refused connection (a server
+    restarting or failing over), SQLite busy past its timeout, a full pool."""
+    if isinstance(exc, OperationalError | DisconnectionError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _transient(exc: BaseException) -> bool:
+    """The store or the broker is away for now: try again later."""
+    return isinstance(exc, InfrastructureError) or store_unavailable(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    # a DBAPIError's own text carries the statement and its parameters
+    return str(getattr(exc, "orig", None) or exc).strip()
+
+
 def describe_missing(members: dict[str, str], missing: list[str]) -> str:
     return ", ".join(f"{members.get(n, '?')} ({n})" for n in missing)
 
@@ -205,6 +233,7 @@ class BarrierService:
             prefetch=prefetch,
             poll_interval=0.2,
             on_consume=self._on_consume,
+            idle_callback=self._idle,
         )
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -213,6 +242,12 @@ class BarrierService:
         self._resent: set[tuple[str, ReleaseKey]] = set()
         #: outbox rows published, to be marked so by the next transaction
         self._unmarked: list[int] = []
+        #: a publish (or the outbox flush) failed: committed decisions may be
+        #: unpublished; flushed before the next batch and, with a back-off
+        #: (``_flush_delay``), when idle
+        self._flush_pending = False
+        self._flush_delay = 0.0
+        self._flush_at = 0.0
 
     # --- running ---
 
@@ -222,7 +257,30 @@ class BarrierService:
         # a broker restart (the only way queued releases are lost) cuts this
         # connection too: releases sent again before it may be needed again
         self._resent.clear()
-        self._flush_outbox()
+        self._try_flush()
+
+    def _idle(self) -> None:
+        if self._flush_pending and time.monotonic() >= self._flush_at:
+            self._try_flush()
+
+    def _try_flush(self) -> bool:
+        """Publish the unpublished outbox; on a store or broker error try again later."""
+        try:
+            self._flush_outbox()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            self._flush_pending = True
+            self._flush_delay = min(max(2 * self._flush_delay, 0.1), 2.0)
+            self._flush_at = time.monotonic() + self._flush_delay
+            log.warning(
+                "barrier: outbox not published (%s); trying again in %.1f s",
+                _describe(exc),
+                self._flush_delay,
+            )
+            return False
+        self._flush_pending, self._flush_delay = False, 0.0
+        return True
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         try:
@@ -230,7 +288,7 @@ class BarrierService:
         finally:
             try:
                 with self.sessions() as session, session.begin():
-                    self._mark_published(session)
+                    self._mark_published(session, self._unmarked)
             except Exception as exc:  # they are only published again at start-up
                 log.warning("barrier: could not mark published outbox rows: %s", exc)
             self.engine.dispose()
@@ -284,12 +342,20 @@ class BarrierService:
     # --- the batch ---
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
-        """Apply every delivery in one transaction, then publish what it decided."""
+        """Apply every delivery in one transaction, then publish what it decided.
+
+        A store that is away (``store_unavailable``) or a failed publish raises
+        ``TransientError``: the consumer hands the same deliveries again after
+        a back-off. What was committed stays committed and counts once; its
+        unpublished decisions are published by ``_flush_outbox`` first.
+        """
+        if self._flush_pending and not self._try_flush():
+            raise TransientError("barrier: earlier decisions are not published yet")
         outbox: list[OutboxItem] = []
-        marked: list[int] = []
+        marked, self._unmarked = self._unmarked, []
         try:
             with self.sessions() as session, session.begin():
-                marked = self._mark_published(session)
+                self._mark_published(session, marked)
                 journal: list[dict[str, Any]] = []
                 touched: dict[tuple[str, BarrierKey], set[str]] = {}
                 for delivery in deliveries:
@@ -319,14 +385,22 @@ class BarrierService:
                     elif kind == "multinode-query":
                         self._query(session, body, outbox)
                 self._flush_arrivals(session, journal, touched, outbox)
-        except BaseException:
+        except BaseException as exc:
             # the in-memory counts may hold what was rolled back: reload from the store
             self._groups.clear()
             self._unmarked[:0] = marked
+            if store_unavailable(exc):
+                raise TransientError(f"barrier store unavailable: {_describe(exc)}") from exc
             raise
         self.batches += 1
         if outbox:
-            self._publish(outbox)
+            try:
+                self._publish(outbox)
+            except InfrastructureError as exc:
+                # committed: the outbox rows wait in the store, the queries'
+                # answers are given again when the deliveries are handled again
+                self._flush_pending = True
+                raise TransientError(f"barrier: publishing failed: {exc.message}") from exc
 
     def _group(self, session: Session, name: str) -> _Group | None:
         """The group's state, loaded from the store at its first use."""
@@ -574,22 +648,24 @@ class BarrierService:
         return publisher
 
     def _publish(self, outbox: list[OutboxItem]) -> None:
-        """Publish a batch's decisions (known from the batch: no outbox query), then mark them."""
+        """Publish a batch's decisions (known from the batch: no outbox query).
+
+        Each published row is marked in the next batch's transaction, not one
+        of its own: a crash before that publishes it again, which nodes ignore.
+        """
         publisher = self._publisher()
         for row_id, group, message_type, body in outbox:
             self._publish_one(publisher, row_id, group, message_type, body)
             if row_id is None:
                 self._resent.add((group, _release_key(body)))
-        # marked in the next batch's transaction, not one of their own: a
-        # crash before that publishes them again, which nodes ignore
-        self._unmarked.extend(row_id for row_id, _, _, _ in outbox if row_id is not None)
+            else:
+                self._unmarked.append(row_id)
 
-    def _mark_published(self, session: Session) -> list[int]:
-        """Mark the rows published since the last batch (in the caller's transaction)."""
-        rows, self._unmarked = self._unmarked, []
+    @staticmethod
+    def _mark_published(session: Session, rows: list[int]) -> None:
+        """Mark ``rows`` (taken from ``_unmarked``) published, in the caller's transaction."""
         if rows:
             session.execute(update(OUTBOX).where(OUTBOX.c.id.in_(rows)).values(published=True))
-        return rows
 
     @staticmethod
     def _publish_one(
@@ -615,8 +691,13 @@ class BarrierService:
     def _flush_outbox(self) -> None:
         """Publish every decided message not yet marked published, oldest first."""
         with self.sessions() as session:
-            with session.begin():
-                self._mark_published(session)  # published on the connection before
+            marked, self._unmarked = self._unmarked, []
+            try:
+                with session.begin():
+                    self._mark_published(session, marked)  # published before
+            except BaseException:
+                self._unmarked[:0] = marked
+                raise
             rows = session.scalars(
                 select(BarrierOutbox)
                 .where(BarrierOutbox.published.is_(False))
