@@ -218,6 +218,20 @@ def test_the_last_two_nodes_leaving_at_once_leave_no_queue_read(groups: Groups) 
         assert not [name for name in consumed if name.startswith(f"lava.group.{g}.")], consumed
 
 
+def test_a_read_queue_deleted_under_the_receiver_does_not_stop_other_groups(
+    groups: Groups,
+) -> None:
+    """A queue being read is deleted (its group ended elsewhere, or expired):
+    the broker cancels that consumer; the receiver goes on with the others."""
+    g, other = groups.create(), groups.create()
+    keeper = groups.client(other, "n1")
+    groups.client(g, "n1")
+    groups.broker.delete_queue(topology.group_queue_name(g, "n1"))
+    groups.send_as(other, "n2", "still-there")
+    assert keeper.wait("still-there", timeout=10) == {"n2": {"k": "v"}}
+    assert keeper._receiver._thread.is_alive()
+
+
 def test_an_attach_after_the_receiver_died_starts_a_new_one(groups: Groups) -> None:
     g = groups.create()
     n1 = groups.client(g, "n1")
