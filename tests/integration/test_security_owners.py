@@ -9,17 +9,15 @@ those owners to its nodes' MultinodeClients.
 from __future__ import annotations
 
 import time
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import amqp
 import pytest
 from click.testing import CliRunner
 from crashlab import CrashLab
-from faults import wait_for
+from faults import dead_letters, wait_for
 
 import services
 from broker_config import identity, permissions, topology
@@ -120,31 +118,6 @@ def users(rabbit_vhost: services.RabbitVhost) -> Iterator[dict[str, Any]]:
             permissions.remove_user(api, user)
 
 
-def _dead_letters(admin: str, count: int, timeout: float) -> list[Any]:
-    parts = admin.split("://", 1)[1]
-    creds, rest = parts.rsplit("@", 1)
-    user, password = (urllib.parse.unquote(p) for p in creds.split(":", 1))
-    hostport, vhost = rest.split("/", 1)
-    conn = amqp.Connection(
-        hostport, userid=user, password=password, virtual_host=urllib.parse.unquote(vhost)
-    )
-    conn.connect()
-    got: list[Any] = []
-    try:
-        channel = conn.channel()
-
-        def more() -> bool:
-            message = channel.basic_get(topology.DEAD_QUEUE_NAME, no_ack=True)
-            if message is not None:
-                got.append(message)
-            return len(got) >= count
-
-        wait_for(more, timeout, f"{count} message(s) in lava.dead")
-    finally:
-        conn.close()
-    return got
-
-
 def test_forged_send_in_a_lab_group_is_dead_lettered_and_satisfies_no_waiter(
     users: dict[str, Any], pg_url: str, tmp_path: Path
 ) -> None:
@@ -190,7 +163,7 @@ def test_forged_send_in_a_lab_group_is_dead_lettered_and_satisfies_no_waiter(
                 {"group": group, "node": node_b, "message_id": "from-sender",
                  "data": {"value": "forged"}},
             )  # fmt: skip
-        dead = _dead_letters(users["admin"], 2, 15)
+        dead = dead_letters(users["admin"], 2, 15)
         reasons = sorted(str(m.headers[topology.REJECT_REASON_HEADER]) for m in dead)
         assert all(
             r.startswith(f"unauthorized: multinode-send as node '{node_b}' sent by broker user "
