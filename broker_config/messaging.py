@@ -85,6 +85,10 @@ class TransientError(InfrastructureError):
     stops; they are never dead-lettered for it."""
 
 
+class QueueNotFound(InfrastructureError):
+    """``add_queue`` named a queue that does not exist (it is not consumed)."""
+
+
 def is_not_found(exc: BaseException) -> bool:
     """The broker's 404 NOT_FOUND channel error (e.g. consuming a missing queue)."""
     return getattr(exc, "reply_code", None) == 404
@@ -537,7 +541,7 @@ class QueueConsumer:
                     f"consumer: could not {what} queue {queue.name} in {timeout} s"
                 )
         if change.error:
-            raise InfrastructureError(f"consumer: {change.error}")
+            raise QueueNotFound(f"consumer: {change.error}")
 
     def _apply_changes(self, consumer: Consumer | None, channel: Any) -> None:
         """Apply queue changes (consuming thread only); every change updates ``queues``.

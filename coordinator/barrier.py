@@ -67,8 +67,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, delete, insert, select, update
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from broker_config import topology
@@ -80,7 +78,7 @@ from coordinator.barrier_models import (
     BarrierOutbox,
     BarrierRelease,
 )
-from coordinator.db import make_engine, migrate, session_factory
+from coordinator.db import make_engine, migrate, session_factory, store_unavailable
 from schemas.errors import InfrastructureError
 from schemas.messages.multinode import (
     BARRIER_SCHEMAS,
@@ -180,14 +178,6 @@ def _release_body(state: _Group, group: str, key: ReleaseKey) -> dict[str, Any]:
 
 def _release_key(body: dict[str, Any]) -> ReleaseKey:
     return (body["kind"], body["message_id"], body["generation"], body["role"])
-
-
-def store_unavailable(exc: BaseException) -> bool:
-    """A database error that passes: a lost or refused connection (a server
-    restarting or failing over), SQLite busy past its timeout, a full pool."""
-    if isinstance(exc, OperationalError | DisconnectionError | PoolTimeout):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _transient(exc: BaseException) -> bool:

@@ -40,9 +40,10 @@ from typing import Any
 
 from broker_config import topology
 from broker_config.identity import check_sender, delivery_user, host_user
-from broker_config.messaging import Broker, Delivery, QueueConsumer, is_amqp_url
+from broker_config.messaging import Broker, Delivery, QueueConsumer, TransientError, is_amqp_url
 from coordinator import groups
 from coordinator.aggregate import ResultsAggregator
+from coordinator.db import store_unavailable
 from coordinator.scheduler import (
     DEFAULT_STARVATION_SECONDS,
     SubJobRequest,
@@ -167,6 +168,21 @@ class CoordinatorService:
         )
 
     def _handle(self, delivery: Delivery) -> None:
+        try:
+            self._handle_one(delivery)
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            # kept and handled again once the store answers: never dead-lettered
+            what = delivery.message_type
+            if "subjob_id" in delivery.body:
+                what += f" of sub-job {delivery.body['subjob_id']}"
+            raise TransientError(
+                f"coordinator: store unavailable while handling {what}: "
+                f"{str(getattr(exc, 'orig', None) or exc).strip()}"
+            ) from exc
+
+    def _handle_one(self, delivery: Delivery) -> None:
         if delivery.message_type in RPC_REQUESTS:
             self._rpc(delivery)
         elif delivery.message_type == "host-register":
@@ -315,7 +331,18 @@ class CoordinatorService:
                 self.run_pass(now)
         except LavamqError as exc:
             log.error("coordinator pass failed: %s", exc)
-        self._publish_events()
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            self._dirty = True  # the next tick tries again
+            log.warning("coordinator pass: store unavailable: %s", getattr(exc, "orig", exc))
+            return
+        try:
+            self._publish_events()
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            log.warning("coordinator events: store unavailable: %s", getattr(exc, "orig", exc))
 
     def _control_backlog(self) -> int:
         """Messages waiting in ``lava.control`` (0 when it cannot tell)."""

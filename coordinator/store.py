@@ -355,6 +355,10 @@ class Store:
                         device=dev.name, host=host,
                     )  # fmt: skip
                     dev.state = "offline"
+                if dev.name not in seen:
+                    # no host serves it now: a heartbeat after a host outage must
+                    # not bring it back (only announcing it again does)
+                    dev.host_id = None
 
     def heartbeat(self, host: str, now: float) -> bool:
         """Record a heartbeat; False for a host that never registered."""
@@ -674,10 +678,13 @@ class Store:
             assert group is not None
             if state in FINAL_SUBJOB_STATES:
                 outcome = self._end_subjob(s, sub, state, error_type, message, now)
-                if state == "incomplete" and not outcome.ended:
+                # a canceled node (its dispatcher stopping) fails its peers too:
+                # they would wait for it until their MultiNode timeout
+                if state in ("incomplete", "canceled") and not outcome.ended:
+                    what = "failed" if state == "incomplete" else "was canceled"
                     outcome.fail_reason = outcome.fail_reason or (
-                        f"node {sub.device} (role {sub.role}) failed: "
-                        f"{message or error_type or 'incomplete'}"
+                        f"node {sub.device} (role {sub.role}) {what}: "
+                        f"{message or error_type or state}"
                     )
                     outcome.fail_node = sub.device
                 return outcome
@@ -700,8 +707,10 @@ class Store:
                 if dev is not None and dev.current_subjob_id == sub.id:
                     dev.state = "running"
             others = s.scalars(select(SubJob).where(SubJob.group_id == group.id)).all()
+            # joined: accepted, running, or already ended (a node may finish
+            # or fail before a slow peer's dispatcher accepts)
             if group.state == "joining" and all(
-                SUBJOB_ORDER.get(o.state, 0) >= SUBJOB_ORDER["accepted"] for o in others
+                o.state not in ("queued", "assigned") for o in others
             ):
                 group.state = "running"
                 group.join_deadline = None
@@ -920,7 +929,8 @@ class Store:
                 late = s.scalars(
                     select(SubJob).where(SubJob.group_id == g.id, SubJob.state == "assigned")
                 ).all()
-                out.append((g.job_id, sorted(f"{x.device} ({x.role})" for x in late)))
+                if late:  # nobody late: the group ends with its nodes' own states
+                    out.append((g.job_id, sorted(f"{x.device} ({x.role})" for x in late)))
             return out
 
     # --- reading ----------------------------------------------------------

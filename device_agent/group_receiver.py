@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING
 
 from broker_config import topology
 from broker_config.identity import check_sender, delivery_user
-from broker_config.messaging import Delivery, QueueConsumer, is_amqp_url, run_in_thread
+from broker_config.messaging import (
+    Delivery,
+    QueueConsumer,
+    QueueNotFound,
+    is_amqp_url,
+    run_in_thread,
+)
 from schemas.errors import InfrastructureError
 from schemas.messages.multinode import GROUP_QUEUE_SCHEMAS
 
@@ -218,7 +224,16 @@ def attach(client: MultinodeClient) -> GroupReceiver:
             if lead:
                 queue = topology.group_queue(client.group, client.self_name)
                 # on failure the client detaches itself (MultinodeClient.__init__)
-                receiver.consumer.add_queue(queue, ATTACH_TIMEOUT)
+                try:
+                    receiver.consumer.add_queue(queue, ATTACH_TIMEOUT)
+                except QueueNotFound as exc:
+                    # end_group deleted it: the job was canceled or failed (or its
+                    # launch failed) while this node's assignment was still queued
+                    raise InfrastructureError(
+                        f"MultiNode group {client.group} has ended: the queue of node "
+                        f"{client.self_name} ({queue.name}) is gone, so its job was "
+                        "canceled or failed before this node started"
+                    ) from exc
                 log.debug("group %s: this process reads %s", client.group, queue.name)
             return receiver
 

@@ -21,7 +21,7 @@ from broker_config.messaging import Broker, Delivery
 from coordinator.groups import create_group, end_group, fail_group
 from device_agent import group_receiver
 from device_agent.multinode import MultinodeClient
-from schemas.errors import GroupFailed
+from schemas.errors import GroupFailed, InfrastructureError
 from schemas.messages.multinode import MultinodeSendSchema
 
 MEMBERS = {"n1": "server", "n2": "client", "n3": "client"}
@@ -230,6 +230,31 @@ def test_a_read_queue_deleted_under_the_receiver_does_not_stop_other_groups(
     groups.send_as(other, "n2", "still-there")
     assert keeper.wait("still-there", timeout=10) == {"n2": {"k": "v"}}
     assert keeper._receiver._thread.is_alive()
+
+
+@pytest.fixture
+def rabbit_groups(rabbit_url: str) -> Iterator[Groups]:
+    g = Groups(rabbit_url)
+    try:
+        yield g
+    finally:
+        g.close()
+
+
+@pytest.mark.integration
+def test_a_node_of_a_group_that_ended_stops_at_once_naming_it(rabbit_groups: Groups) -> None:
+    """A node whose assignment outlived its group (the job was canceled while
+    the assignment was queued): end_group deleted its queue; the node fails
+    before anything runs, not after a timeout. (RabbitMQ only: the memory
+    transport consumes a missing queue without complaint.)"""
+    groups = rabbit_groups
+    g = groups.create()
+    end_group(groups.broker, g, MEMBERS)
+    groups.groups.remove(g)
+    with pytest.raises(InfrastructureError, match=f"group {g} has ended") as info:
+        groups.client(g, "n1")
+    assert "canceled or failed before this node started" in str(info.value)
+    assert groups.url not in group_receiver._receivers  # nothing left running
 
 
 def test_an_attach_after_the_receiver_died_starts_a_new_one(groups: Groups) -> None:
