@@ -24,9 +24,12 @@ everything left in its network namespace, then removes the namespace and
 stops the relay.
 
 A dispatcher killed with SIGKILL cannot power off: ``board.pid`` in the
-device's work dir (pid, start time, namespace; like QEMU's ``-pidfile``)
-lets the next ``power_on`` (and a restarted dispatcher, through
-:meth:`LocalDevice.reap_leftover`) find and kill what the board left running.
+device's work dir (pid, start time, namespace and the board's
+``LAVAMQ_BOARD`` marker; like QEMU's ``-pidfile``) lets the next
+``power_on`` (and a restarted dispatcher, through
+:meth:`LocalDevice.reap_leftover`) find and kill what the board left running,
+daemons that left the board's session (``setsid cmd &``) included: they are
+found by the recorded marker, as power off finds them by the current one.
 The relay needs no such record: it exits by itself when the dispatcher is
 gone (see ``device_agent/pty_relay.py``).
 """
@@ -198,7 +201,14 @@ class LocalDevice(Device):
         return self.workdir / "board.pid"
 
     def _write_pidfile(self, pid: int) -> None:
-        record = {"pid": pid, "start": start_time(pid), "netns": self.netns}
+        record = {
+            "pid": pid,
+            "start": start_time(pid),
+            "netns": self.netns,
+            # a restarted dispatcher has a new marker: this one finds the old
+            # board's escapees (processes that left its session)
+            "marker": self.marker,
+        }
         tmp = self.pidfile.with_suffix(".tmp")
         tmp.write_text(json.dumps(record) + "\n")
         tmp.replace(self.pidfile)
@@ -206,7 +216,12 @@ class LocalDevice(Device):
     def reap_leftover(self) -> list[int]:
         """Kill a board shell (its session and descendants) left by a dispatcher that
         died without powering off; returns the pids killed. The board this object
-        powered on is not a leftover."""
+        powered on is not a leftover.
+
+        Processes that left the board's session (``setsid cmd &``) are found by
+        the ``LAVAMQ_BOARD`` marker recorded in ``board.pid``; a record written
+        before the marker was recorded is still honoured (session and namespace
+        only)."""
         try:
             record = json.loads(self.pidfile.read_text())
             pid = int(record["pid"])
@@ -225,6 +240,11 @@ class LocalDevice(Device):
             victims: set[int] = set()
         else:
             victims = session_processes(pid) | ({pid} if started is not None else set())
+        marker = record.get("marker")
+        if isinstance(marker, str) and marker and not (marker == self.marker and self.powered):
+            # a marker is unique to one power on: whatever carries it is that board's,
+            # even when its session leader's pid has been reused since
+            victims |= marked_processes(marker)
         netns = record.get("netns")
         if netns and os.geteuid() == 0 and shutil.which("ip"):
             listed = _ip("netns", "pids", str(netns), check=False).stdout.split()

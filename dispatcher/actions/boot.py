@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from dispatcher.action import Action, JobContext, remaining
+from dispatcher.action import Action, ActionTimeout, JobContext, fmt_duration, remaining
 from schemas.errors import JobError
+
+
+def timeout_detail(action: Action, allowed: float | None) -> str:
+    """The limit an action ran out of: its own timeout, and the time it really had
+    when the job's (or an enclosing action's) deadline cut that short."""
+    if action.timeout is None:
+        return f"its {fmt_duration(allowed or 0.0)} ran out"
+    text = f"its timeout {fmt_duration(action.timeout)} ran out"
+    if allowed is not None and allowed < action.timeout - 1.0:
+        text += f" (cut to {fmt_duration(allowed)} by the job's deadline)"
+    return text
 
 
 class BootAction(Action):
@@ -53,7 +65,18 @@ class BootAction(Action):
             ctx.log.debug(f"console of {ctx.device.name} opens only after power on ({exc})")
         if early is not None and attach is not None:
             attach(early)
-        console = ctx.device.boot(timeout)
+        from device_agent.console import ConsoleTimeout
+
+        try:
+            console = ctx.device.boot(timeout)
+        except ConsoleTimeout as exc:
+            if deadline is None or time.monotonic() < deadline:
+                raise  # the console stopped answering before the deadline: the lab's fault
+            # the action's own deadline ran out: the job's timeout, not the lab
+            raise ActionTimeout(
+                f"{self.name} timed out booting {ctx.device.name}: "
+                f"{timeout_detail(self, left)}; {exc.message}"
+            ) from None
         if console is not early and attach is not None:
             attach(console)
         if console is None:

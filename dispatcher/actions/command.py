@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from dispatcher.action import Action, JobContext, remaining
+from dispatcher.action import Action, ActionTimeout, JobContext, remaining
+from dispatcher.actions.boot import timeout_detail
 from dispatcher.actions.test_shell import record_result
 from schemas.errors import JobError
 
@@ -34,10 +36,24 @@ class CommandRunAction(Action):
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
         if connection is None:
             raise JobError(f"{self.name}: no console: the device was not booted")
+        from device_agent.console import ConsoleTimeout
+
+        allowed = remaining(deadline)
         for i, command in enumerate(self.commands):
             left = remaining(deadline)
             ctx.log.input(command)
-            output, rc = connection.run(command, 600.0 if left is None else left)
+            try:
+                output, rc = connection.run(command, 600.0 if left is None else left)
+            except ConsoleTimeout:
+                if deadline is None or time.monotonic() < deadline:
+                    raise  # the console stopped answering early: the lab's fault
+                # the action's own deadline ran out: the job's timeout, not the lab
+                recent = getattr(connection, "recent_output", None)
+                last = f"; last output: {recent(300)!r}" if callable(recent) else ""
+                raise ActionTimeout(
+                    f"{self.name} timed out: {timeout_detail(self, allowed)} while "
+                    f"command {i + 1} {command!r} ran{last}"
+                ) from None
             result = "pass" if rc == 0 else "fail"
             record_result(ctx, {"suite": "lava", "case": f"command-{i + 1}", "result": result})
             if rc != 0 and not self.fail_ok:
