@@ -94,6 +94,10 @@ def is_not_found(exc: BaseException) -> bool:
     return getattr(exc, "reply_code", None) == 404
 
 
+class _Stopping(Exception):
+    """Internal: ``stop()`` was called while the consumer was reconnecting."""
+
+
 class _MissingQueue(Exception):
     """Internal: ``add_queue`` named a queue that does not exist (already dropped)."""
 
@@ -612,6 +616,8 @@ class QueueConsumer:
                 return
             except InfrastructureError:
                 raise
+            except _Stopping:
+                return  # stop() while reconnecting
             except _MissingQueue:
                 continue  # dropped already: consume the others again at once
             except Exception as exc:
@@ -639,6 +645,10 @@ class QueueConsumer:
             finally:
                 self._close()
 
+    def _raise_if_stopping(self) -> None:
+        if self._stop.is_set():
+            raise _Stopping
+
     def _dropped_missing_queues(self) -> bool:
         """Drop the missing queues (a 404); False if none is (or the check failed)."""
         try:
@@ -659,7 +669,10 @@ class QueueConsumer:
 
     def _consume(self, on_ready: Callable[[], None] | None) -> None:
         self.connection = connection_for(self.url)
-        self.connection.ensure_connection(max_retries=self.max_retries)
+        # kombu's retry loop calls this about every second: stop() ends it
+        self.connection.ensure_connection(
+            max_retries=self.max_retries, callback=self._raise_if_stopping
+        )
         self.publisher = Broker(self.url)
         # the dead-letter publisher shares nothing with the consuming connection
         channel = self.connection.channel()

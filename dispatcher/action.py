@@ -98,6 +98,9 @@ class Action:
 
     name = "action"
     description = ""
+    #: runs even when the sub-job was cancelled or the job's deadline passed,
+    #: bounded by its own timeout only (finalize: the board must be powered off)
+    always_runs = False
 
     def __init__(self, *, timeout: float | None = None, parameters: dict[str, Any] | None = None):
         self.timeout = timeout
@@ -186,14 +189,15 @@ class Pipeline:
 
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
         for action in self.actions:
-            if ctx.cancelled():
+            always = action.always_runs
+            if ctx.cancelled() and not always:
                 raise JobError(f"{action.name}: the sub-job was cancelled before it started")
             start = time.monotonic()
             action_dl = action_deadline(
                 start,
                 action_timeout=action.timeout,
-                parent_deadline=deadline,
-                job_deadline=ctx.job_deadline,
+                parent_deadline=None if always else deadline,
+                job_deadline=None if always else ctx.job_deadline,
             )
             left = remaining(action_dl, start)
             limit = f"timeout {fmt_duration(left)}" if left is not None else "no timeout"

@@ -54,31 +54,40 @@ def build_pipeline(
     slave = bool(plan.get("is_slave"))
     booted = False
     for i, item in enumerate(plan.get("actions") or []):
-        kind = item.get("kind")
-        params = dict(item.get("parameters") or {})
+        try:
+            kind = item.get("kind")
+            params = dict(item.get("parameters") or {})
+        except (AttributeError, TypeError, ValueError) as exc:
+            problems.append(f"actions[{i}]: not an action mapping ({exc})")
+            continue
         timeout = item.get("timeout") or default_timeout
         action: Action
         if slave and not booted and kind in ("test", "command"):
             pipeline.add(SlaveBootAction(device_type, {}, default_timeout))
             booted = True
-        if kind == "deploy":
-            action = DeployImagesAction(params, timeout)
-        elif kind == "boot" and slave:
-            action = SlaveBootAction(device_type, params, timeout)
-            booted = True
-        elif kind == "boot":
-            action = BootAction(device_type, params, timeout)
-        elif kind == "test":
-            action = LavaTestShellAction(params, timeout)
-        elif kind == "command":
-            action = CommandRunAction(params, timeout)
-        elif kind == "submit":
-            action = SubmitResultsAction(timeout=timeout, parameters=params)
-        else:
-            problems.append(
-                f"actions[{i}] ({item.get('name')}): unknown kind {kind!r} "
-                "(known: deploy, boot, test, command, submit)"
-            )
+        try:
+            if kind == "deploy":
+                action = DeployImagesAction(params, timeout)
+            elif kind == "boot" and slave:
+                action = SlaveBootAction(device_type, params, timeout)
+                booted = True
+            elif kind == "boot":
+                action = BootAction(device_type, params, timeout)
+            elif kind == "test":
+                action = LavaTestShellAction(params, timeout)
+            elif kind == "command":
+                action = CommandRunAction(params, timeout)
+            elif kind == "submit":
+                action = SubmitResultsAction(timeout=timeout, parameters=params)
+            else:
+                problems.append(
+                    f"actions[{i}] ({item.get('name')}): unknown kind {kind!r} "
+                    "(known: deploy, boot, test, command, submit)"
+                )
+                continue
+        except (LavamqError, KeyError, TypeError, ValueError) as exc:
+            # a malformed item: reported with the others, before anything runs
+            problems.append(f"actions[{i}] ({item.get('name') or kind}): {exc}")
             continue
         pipeline.add(action)
     return pipeline, problems
@@ -148,12 +157,14 @@ class SubJobRunner:
         )
         self.report_state("running", None, None)
         error: LavamqError | None = None
-        pipeline, build_problems = build_pipeline(
-            dict(a.get("plan") or {}), str(a.get("device_type", "")), timeouts
-        )
-        self.pipeline = pipeline
+        pipeline = Pipeline()
         finalize = FinalizeAction()
         try:
+            # inside the try: a plan item that cannot be built still finalizes
+            pipeline, build_problems = build_pipeline(
+                dict(a.get("plan") or {}), str(a.get("device_type", "")), timeouts
+            )
+            self.pipeline = pipeline
             problems = build_problems + pipeline.validate(ctx)
             if problems:
                 for p in problems:

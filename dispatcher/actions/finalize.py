@@ -18,6 +18,8 @@ class FinalizeAction(Action):
 
     name = "finalize"
     description = "power off, close the console, release the MultiNode client"
+    # after a job timeout or a cancel too: a board left on is the lab's problem
+    always_runs = True
 
     def __init__(self, timeout: float | None = 60.0) -> None:
         super().__init__(timeout=timeout)
