@@ -34,7 +34,9 @@ from typing import Any
 
 from broker_config import identity, topology
 from broker_config.messaging import Broker, Delivery, QueueConsumer, is_amqp_url
-from dispatcher.journal import Journal
+from dispatcher.joblog import JobLog
+from dispatcher.journal import FINAL, Journal
+from dispatcher.publisher import dropped_note, take_dropped
 from dispatcher.runner import SubJobRunner
 from schemas.errors import InfrastructureError, LavamqError
 from schemas.messages.base import MessageSchema
@@ -74,8 +76,14 @@ class ControlPublisher:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, schema: MessageSchema, body: dict[str, Any]) -> None:
-        self._queue.put((schema, body))
+    def put(
+        self,
+        schema: MessageSchema,
+        body: dict[str, Any],
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish ``body``; ``on_sent`` (on this publisher's thread) once it is confirmed."""
+        self._queue.put((schema, body, on_sent))
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(_STOP)
@@ -106,8 +114,9 @@ class ControlPublisher:
                     item = (
                         HostHeartbeatSchema(),
                         {"kind": "host-heartbeat", "host": self.host, "time": time.time()},
+                        None,
                     )
-                schema, body = item
+                schema, body, on_sent = item
                 try:
                     broker.publish(
                         topology.CONTROL_EXCHANGE_NAME, topology.CONTROL_ROUTING_KEY, schema, body
@@ -116,6 +125,11 @@ class ControlPublisher:
                 except LavamqError as exc:
                     log.error("control message %s not published: %s", body.get("kind"), exc)
                     continue
+                if on_sent is not None:
+                    try:
+                        on_sent()
+                    except Exception:
+                        log.exception("control message %s: on_sent failed", body.get("kind"))
                 if connection is not None and broker.connection is not connection:
                     self.reconnects += 1
                     log.warning(
@@ -229,6 +243,24 @@ class Dispatcher:
         subjob_id = int(assignment["subjob_id"])
         self.journal.set_state(subjob_id, state, error_type=error_type, message=message)
         log.info("sub-job %s: %s%s", subjob_id, state, f" ({message})" if message else "")
+        self._publish_state(assignment, state, error_type, message)
+
+    def _publish_state(
+        self,
+        assignment: dict[str, Any],
+        state: str,
+        error_type: str | None,
+        message: str | None,
+    ) -> None:
+        """Put the ``subjob-state`` on lava.control; a final state is marked published in
+        the journal once the broker confirmed it (:meth:`recover` publishes the others)."""
+        subjob_id = int(assignment["subjob_id"])
+        on_sent = None
+        if state in FINAL:
+
+            def on_sent() -> None:
+                self.journal.mark_published(subjob_id, state)
+
         self.control.put(
             SubJobStateSchema(),
             {
@@ -241,6 +273,7 @@ class Dispatcher:
                 "message": message,
                 "time": time.time(),
             },
+            on_sent,
         )
 
     # --- consuming -----------------------------------------------------------
@@ -266,7 +299,7 @@ class Dispatcher:
                 subjob_id,
                 previous.get("state"),
             )
-            if previous.get("state") in ("complete", "incomplete", "canceled"):
+            if previous.get("state") in FINAL:
                 self.report(
                     a, previous["state"], previous.get("error_type"), previous.get("message")
                 )
@@ -291,12 +324,37 @@ class Dispatcher:
             a,
             device,
             workdir=workdir,
-            report_state=lambda state, et, msg: self.report(a, state, et, msg),
+            report_state=lambda state, et, msg: self._report_subjob(a, workdir, state, et, msg),
             broker_url=self.broker_url,
             multinode_factory=factory,
             cancelled=self.stopping.is_set,
         )
         runner.run()
+
+    def _report_subjob(
+        self,
+        a: dict[str, Any],
+        workdir: Path,
+        state: str,
+        error_type: str | None,
+        message: str | None,
+    ) -> None:
+        """A runner's state report; a final state names what its publisher dropped (the
+        runner closes the publisher before it reports the final state)."""
+        if state in FINAL:
+            records, results = take_dropped(str(a["job_id"]), str(a["subjob_id"]))
+            if records or results:
+                note = dropped_note(records, results)
+                try:
+                    joblog = JobLog(workdir / "job.log")
+                    try:
+                        joblog.warning(note)
+                    finally:
+                        joblog.close()
+                except OSError as exc:
+                    log.warning("sub-job %s: cannot write to its job log: %s", a["subjob_id"], exc)
+                message = f"{message}; {note}" if message else note
+        self.report(a, state, error_type, message)
 
     def _multinode_client(self, a: dict[str, Any]) -> Any:
         from device_agent.multinode import MultinodeClient
@@ -313,7 +371,18 @@ class Dispatcher:
 
     # --- life cycle ----------------------------------------------------------
     def recover(self) -> None:
-        """Report sub-jobs a previous run of this dispatcher left unfinished; never rerun them."""
+        """Publish the final states a previous run of this dispatcher could not get out
+        (the broker was away when it stopped or was killed), then report sub-jobs it left
+        unfinished as ``incomplete``; never rerun them."""
+        for entry in self.journal.unpublished():
+            log.warning(
+                "sub-job %s: publishing its final state %s again (not confirmed before)",
+                entry["subjob_id"],
+                entry["state"],
+            )
+            self._publish_state(
+                entry["assignment"], entry["state"], entry["error_type"], entry["message"]
+            )
         for entry in self.journal.unfinished():
             a = entry["assignment"]
             self.report(

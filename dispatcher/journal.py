@@ -6,6 +6,15 @@ Accepting the same sub-job id again returns False, so a redelivered message —
 after a broker or dispatcher restart — never runs twice. Sub-jobs found still
 ``accepted``/``running`` at start-up were cut short by a crash; the daemon
 reports them ``incomplete`` instead of running them again.
+
+``published`` says whether the entry's current state reached ``lava.control``
+(set by :meth:`Journal.mark_published` once the control publisher's publish
+was confirmed; :meth:`Journal.set_state` clears it). At start-up the daemon
+publishes again every final state not marked published (:meth:`unpublished`):
+a sub-job that ended during a broker outage, its dispatcher then killed or
+stopped before the broker came back, still gets its final state out. A
+journal written before this column existed gets it on opening; its entries
+count as published (their states were handed to the control publisher then).
 """
 
 from __future__ import annotations
@@ -38,9 +47,15 @@ class Journal:
                 updated_at REAL NOT NULL,
                 error_type TEXT,
                 message TEXT,
-                assignment TEXT NOT NULL
+                assignment TEXT NOT NULL,
+                published INTEGER NOT NULL DEFAULT 0
             )"""
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(subjobs)")}
+        if "published" not in columns:
+            # a journal from before the column: its states went to the control publisher
+            self._db.execute("ALTER TABLE subjobs ADD COLUMN published INTEGER NOT NULL DEFAULT 1")
+        self._closed = False
 
     def accept(self, assignment: dict[str, Any]) -> bool:
         """Record a new sub-job durably; False if this id was accepted before."""
@@ -48,7 +63,7 @@ class Journal:
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO subjobs (subjob_id, job_id, device, state, accepted_at,"
-                " updated_at, assignment) VALUES (?, ?, ?, 'accepted', ?, ?, ?)",
+                " updated_at, assignment, published) VALUES (?, ?, ?, 'accepted', ?, ?, ?, 0)",
                 (
                     int(assignment["subjob_id"]),
                     int(assignment["job_id"]),
@@ -70,16 +85,27 @@ class Journal:
     ) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE subjobs SET state = ?, updated_at = ?, error_type = ?, message = ?"
-                " WHERE subjob_id = ?",
+                "UPDATE subjobs SET state = ?, updated_at = ?, error_type = ?, message = ?,"
+                " published = 0 WHERE subjob_id = ?",
                 (state, time.time(), error_type, message, int(subjob_id)),
+            )
+
+    def mark_published(self, subjob_id: int, state: str) -> None:
+        """``state`` of the sub-job reached ``lava.control`` (a confirmed publish); a
+        state set since then stays unpublished. Ignored once the journal is closed."""
+        with self._lock:
+            if self._closed:
+                return
+            self._db.execute(
+                "UPDATE subjobs SET published = 1 WHERE subjob_id = ? AND state = ?",
+                (int(subjob_id), state),
             )
 
     def get(self, subjob_id: int) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT subjob_id, job_id, device, state, error_type, message, assignment"
-                " FROM subjobs WHERE subjob_id = ?",
+                "SELECT subjob_id, job_id, device, state, error_type, message, assignment,"
+                " published FROM subjobs WHERE subjob_id = ?",
                 (int(subjob_id),),
             ).fetchone()
         if row is None:
@@ -92,6 +118,7 @@ class Journal:
             "error_type": row[4],
             "message": row[5],
             "assignment": json.loads(row[6]),
+            "published": bool(row[7]),
         }
 
     def unfinished(self) -> list[dict[str, Any]]:
@@ -106,6 +133,19 @@ class Journal:
             ]
         return [e for e in (self.get(i) for i in ids) if e is not None]
 
+    def unpublished(self) -> list[dict[str, Any]]:
+        """Sub-jobs whose final state was never confirmed published on ``lava.control``."""
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT subjob_id FROM subjobs WHERE state IN (?, ?, ?) AND published = 0"
+                    " ORDER BY subjob_id",
+                    FINAL,
+                )
+            ]
+        return [e for e in (self.get(i) for i in ids) if e is not None]
+
     def all(self) -> list[dict[str, Any]]:
         with self._lock:
             ids = [r[0] for r in self._db.execute("SELECT subjob_id FROM subjobs ORDER BY 1")]
@@ -113,4 +153,5 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
