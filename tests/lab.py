@@ -31,7 +31,7 @@ from kombu.transport import memory
 
 import services
 from broker_config import topology
-from broker_config.messaging import Broker
+from broker_config.messaging import Broker, QueueConsumer, run_in_thread
 from schemas.messages.base import decode
 from schemas.messages.jobs import (
     HostHeartbeatSchema,
@@ -431,3 +431,21 @@ def broker_ports(pid: int, broker_port: int = 5672) -> set[int]:
                 ):
                     ports.add(int(local.split(":")[1], 16))
     return ports
+
+
+def control_consumer(url: str, handler: Callable[[Any], None], name: str) -> QueueConsumer:
+    """A running consumer of ``lava.control`` (what dispatchers tell the coordinator)."""
+    consumer = QueueConsumer(
+        url,
+        [topology.control_queue()],
+        {
+            "subjob-state": SubJobStateSchema(),
+            "host-register": HostRegisterSchema(),
+            "host-heartbeat": HostHeartbeatSchema(),
+        },
+        handler=handler,
+        prefetch=50,
+        poll_interval=0.1,
+    )
+    run_in_thread(consumer, name)
+    return consumer

@@ -21,7 +21,16 @@ from typing import Any
 
 import pytest
 import yaml
-from lab import LAVAMQ, ROOT, Device, GitRepo, broker_ports, dispatcher_process, wait_for
+from lab import (
+    LAVAMQ,
+    ROOT,
+    Device,
+    GitRepo,
+    broker_ports,
+    control_consumer,
+    dispatcher_process,
+    wait_for,
+)
 from lab import host_config as lab_host_config
 
 from broker_config import topology
@@ -33,10 +42,7 @@ from dispatcher.joblog import read_records
 from dispatcher.logstore import LogStore, stored_batches
 from schemas.messages.console import TestResultSchema as ResultBodySchema
 from schemas.messages.jobs import (
-    HostHeartbeatSchema,
-    HostRegisterSchema,
     SubJobAssignmentSchema,
-    SubJobStateSchema,
 )
 
 pytestmark = pytest.mark.integration
@@ -184,19 +190,7 @@ class Lab:
             elif d.message_type == "host-register":
                 self.hosts.append(d.body["host"])
 
-        self.control = QueueConsumer(
-            url,
-            [topology.control_queue()],
-            {
-                "subjob-state": SubJobStateSchema(),
-                "host-register": HostRegisterSchema(),
-                "host-heartbeat": HostHeartbeatSchema(),
-            },
-            handler=on_control,
-            prefetch=50,
-            poll_interval=0.1,
-        )
-        run_in_thread(self.control, "test-control")
+        self.control = control_consumer(url, on_control, "test-control")
         self.results_consumer = QueueConsumer(
             url,
             [topology.results_queue()],

@@ -26,20 +26,18 @@ from typing import Any
 
 import pytest
 from faults import BrokerProxy, raw_channel, wait_for
+from lab import control_consumer
 
 from broker_config import topology
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker, QueueConsumer, run_in_thread
+from broker_config.messaging import Broker
 from dispatcher import publisher as publisher_mod
 from dispatcher.daemon import Dispatcher
 from dispatcher.joblog import read_records
 from dispatcher.journal import Journal
 from dispatcher.publisher import SubJobPublisher, take_dropped
 from schemas.messages.jobs import (
-    HostHeartbeatSchema,
-    HostRegisterSchema,
     SubJobAssignmentSchema,
-    SubJobStateSchema,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -178,19 +176,7 @@ class Control:
             if d.message_type == "subjob-state":
                 self.states.append(d.body)
 
-        self.consumer = QueueConsumer(
-            url,
-            [topology.control_queue()],
-            {
-                "subjob-state": SubJobStateSchema(),
-                "host-register": HostRegisterSchema(),
-                "host-heartbeat": HostHeartbeatSchema(),
-            },
-            handler=on_control,
-            prefetch=50,
-            poll_interval=0.1,
-        )
-        run_in_thread(self.consumer, "outage-control")
+        self.consumer = control_consumer(url, on_control, "outage-control")
 
     def assign(self, a: dict[str, Any]) -> None:
         self.broker.publish(
