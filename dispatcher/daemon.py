@@ -454,10 +454,28 @@ class Dispatcher:
         deadline = time.monotonic() + timeout
         for worker in self.workers.values():
             worker.close(max(0.1, deadline - time.monotonic()))
+        # a sub-job in an action that does not look at the cancel (a long
+        # command) may outlive the wait: it still finalizes and records its
+        # state, so its journal stays open (the next start publishes it)
+        busy = sorted(name for name, worker in self.workers.items() if worker.alive)
+        if busy:
+            log.warning(
+                "dispatcher %s: sub-jobs still running on %s after %g s; their final "
+                "state is journalled when they end and published by the next start",
+                self.host, ", ".join(busy), timeout,
+            )  # fmt: skip
         for device in self.devices.values():
             try:
                 device.shutdown()
             except Exception:
                 log.exception("device %s: shutdown failed", device.name)
+        # with their boards shut down, busy sub-jobs fail fast: let them finalize
+        for name in busy:
+            self.workers[name].close(10.0)
+        if any(self.workers[name].alive for name in busy):
+            log.warning("dispatcher %s: a sub-job did not end; its journal stays open", self.host)
+        else:
+            self.control.close()
+            self.journal.close()
+            return
         self.control.close()
-        self.journal.close()

@@ -307,6 +307,51 @@ def test_final_state_is_published_after_a_restart_during_a_broker_outage(
 # --------------------------------------------------------------------------- journal
 
 
+def test_a_sub_job_outliving_the_shutdown_wait_still_records_its_final_state(
+    rabbit_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while a long command runs (commands do not look at the cancel): the
+    shutdown's wait for workers runs out; the journal and the control publisher were
+    closed under the worker, whose final state was then lost (and reported
+    'restarted while running' at the next start). Now the boards are shut down, the
+    worker finalizes, and its state is journalled and published."""
+    control = Control(rabbit_url)
+    try:
+        d = dispatcher(rabbit_url, tmp_path)
+        monkeypatch.setattr(d, "shutdown", lambda: Dispatcher.shutdown(d, 0.5))
+        real_report = d.report
+
+        def slow_final_report(a: dict[str, Any], state: str, *args: Any) -> None:
+            # widens the window: the board is down, the worker is finalizing
+            if state in ("canceled", "incomplete"):
+                time.sleep(1.0)
+            real_report(a, state, *args)
+
+        monkeypatch.setattr(d, "report", slow_final_report)
+        t = start(d)
+        control.assign(assignment(91020, 60))
+        wait_for(lambda: any(s["state"] == "running" for s in control.of(91020)), 30, "running")
+        started = time.monotonic()
+        d.stop()
+        t.join(40)
+        assert not t.is_alive()
+        assert time.monotonic() - started < 30  # not the command's 60 s
+        final = wait_for(
+            lambda: [s for s in control.of(91020) if s["state"] in ("canceled", "incomplete")],
+            10,
+            "the final state published",
+        )
+        assert final
+        journal = Journal(tmp_path / "outhost" / "journal.sqlite")
+        try:
+            entry = journal.get(91020)
+            assert entry is not None and entry["state"] in ("canceled", "incomplete"), entry
+        finally:
+            journal.close()
+    finally:
+        control.close()
+
+
 def test_a_journal_from_before_the_published_column_gets_it(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     db = sqlite3.connect(path)
