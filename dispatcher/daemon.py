@@ -34,9 +34,7 @@ from typing import Any
 
 from broker_config import identity, topology
 from broker_config.messaging import Broker, Delivery, QueueConsumer, is_amqp_url
-from dispatcher.joblog import JobLog
 from dispatcher.journal import FINAL, Journal
-from dispatcher.publisher import dropped_note, take_dropped
 from dispatcher.runner import SubJobRunner
 from schemas.errors import InfrastructureError, LavamqError
 from schemas.messages.base import MessageSchema
@@ -324,37 +322,12 @@ class Dispatcher:
             a,
             device,
             workdir=workdir,
-            report_state=lambda state, et, msg: self._report_subjob(a, workdir, state, et, msg),
+            report_state=lambda state, et, msg: self.report(a, state, et, msg),
             broker_url=self.broker_url,
             multinode_factory=factory,
             cancelled=self.stopping.is_set,
         )
         runner.run()
-
-    def _report_subjob(
-        self,
-        a: dict[str, Any],
-        workdir: Path,
-        state: str,
-        error_type: str | None,
-        message: str | None,
-    ) -> None:
-        """A runner's state report; a final state names what its publisher dropped (the
-        runner closes the publisher before it reports the final state)."""
-        if state in FINAL:
-            records, results = take_dropped(str(a["job_id"]), str(a["subjob_id"]))
-            if records or results:
-                note = dropped_note(records, results)
-                try:
-                    joblog = JobLog(workdir / "job.log")
-                    try:
-                        joblog.warning(note)
-                    finally:
-                        joblog.close()
-                except OSError as exc:
-                    log.warning("sub-job %s: cannot write to its job log: %s", a["subjob_id"], exc)
-                message = f"{message}; {note}" if message else note
-        self.report(a, state, error_type, message)
 
     def _multinode_client(self, a: dict[str, Any]) -> Any:
         from device_agent.multinode import MultinodeClient

@@ -13,9 +13,8 @@ broker is unreachable (back-off up to ``retry_interval``; every retry of one
 message carries the same ``message_id``), and everything queued behind it
 waits in order. Only :meth:`SubJobPublisher.close` gives up, when its deadline
 passes: what is still unpublished then (and any message the broker refused
-for good) is counted in ``dropped_records``/``dropped_results``, logged, and
-kept for the daemon (:func:`take_dropped`), which names the counts in the
-job log and in the sub-job's final state.
+for good) is counted in ``dropped_records``/``dropped_results`` and logged;
+the runner names the counts in the job log and in the sub-job's final state.
 """
 
 from __future__ import annotations
@@ -44,16 +43,6 @@ _STOP = object()
 #: what a ``log-batch`` record may hold; other keys of a job log record stay local
 _RECORD_FIELDS = ("time", "level", "message", "action")
 _RECORD_KEYS = frozenset(_RECORD_FIELDS)
-
-#: (job, subjob) -> (records, results) a closed publisher could not publish
-_dropped: dict[tuple[str, str], tuple[int, int]] = {}
-_dropped_lock = threading.Lock()
-
-
-def take_dropped(job: str, subjob: str) -> tuple[int, int]:
-    """(log records, results) of sub-job ``subjob`` its publisher dropped; forgets them."""
-    with _dropped_lock:
-        return _dropped.pop((str(job), str(subjob)), (0, 0))
 
 
 def dropped_note(records: int, results: int) -> str:
@@ -176,8 +165,7 @@ class SubJobPublisher:
 
         While the broker is unreachable the thread keeps retrying; after
         ``timeout`` seconds close gives up: what is still unpublished is
-        dropped, counted (``dropped_records``/``dropped_results``), logged and
-        kept for :func:`take_dropped`.
+        dropped, counted (``dropped_records``/``dropped_results``) and logged.
         """
         self._queue.put(_STOP)
         self._thread.join(timeout)
@@ -204,8 +192,6 @@ class SubJobPublisher:
                 records,
                 results,
             )
-            with _dropped_lock:
-                _dropped[(self.job, self.subjob)] = (records, results)
 
     # --- the publishing thread ---
     def _run(self) -> None:

@@ -26,6 +26,7 @@ from dispatcher.actions.finalize import FinalizeAction
 from dispatcher.actions.slave_boot import SlaveBootAction
 from dispatcher.actions.test_shell import LavaTestShellAction, record_result
 from dispatcher.joblog import JobLog
+from dispatcher.publisher import dropped_note
 from schemas.errors import JobError, LavamqError, classify
 
 log = logging.getLogger(__name__)
@@ -206,13 +207,20 @@ class SubJobRunner:
             + (f": {error.error_type}: {error.message}" if error is not None else "")
         )
         joblog.close()
+        message = error.message[:10_000] if error is not None else None
         if publisher is not None:
             publisher.close()
-        self.report_state(
-            state,
-            error.error_type if error is not None else None,
-            error.message[:10_000] if error is not None else None,
-        )
+            if publisher.dropped_records or publisher.dropped_results:
+                # after the log closed (it feeds the publisher): appended to its file
+                note = dropped_note(publisher.dropped_records, publisher.dropped_results)
+                try:
+                    tail = JobLog(joblog.path or self.workdir / "job.log")
+                    tail.warning(note)
+                    tail.close()
+                except OSError as exc:
+                    log.warning("sub-job %s: cannot write to its job log: %s", subjob, exc)
+                message = f"{message}; {note}" if message else note
+        self.report_state(state, error.error_type if error is not None else None, message)
         return Outcome(state, error, joblog.path or self.workdir / "job.log")
 
     @staticmethod
