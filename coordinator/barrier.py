@@ -78,7 +78,13 @@ from coordinator.barrier_models import (
     BarrierOutbox,
     BarrierRelease,
 )
-from coordinator.db import make_engine, migrate, session_factory, store_unavailable
+from coordinator.db import (
+    make_engine,
+    migrate,
+    session_factory,
+    store_error_text,
+    store_unavailable,
+)
 from schemas.errors import InfrastructureError
 from schemas.messages.multinode import (
     BARRIER_SCHEMAS,
@@ -185,11 +191,6 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, InfrastructureError) or store_unavailable(exc)
 
 
-def _describe(exc: BaseException) -> str:
-    # a DBAPIError's own text carries the statement and its parameters
-    return str(getattr(exc, "orig", None) or exc).strip()
-
-
 def describe_missing(members: dict[str, str], missing: list[str]) -> str:
     return ", ".join(f"{members.get(n, '?')} ({n})" for n in missing)
 
@@ -265,7 +266,7 @@ class BarrierService:
             self._flush_at = time.monotonic() + self._flush_delay
             log.warning(
                 "barrier: outbox not published (%s); trying again in %.1f s",
-                _describe(exc),
+                store_error_text(exc),
                 self._flush_delay,
             )
             return False
@@ -380,7 +381,7 @@ class BarrierService:
             self._groups.clear()
             self._unmarked[:0] = marked
             if store_unavailable(exc):
-                raise TransientError(f"barrier store unavailable: {_describe(exc)}") from exc
+                raise TransientError(f"barrier store unavailable: {store_error_text(exc)}") from exc
             raise
         self.batches += 1
         if outbox:

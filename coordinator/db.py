@@ -73,3 +73,8 @@ def store_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | DisconnectionError | PoolTimeout):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def store_error_text(exc: BaseException) -> str:
+    """What a store error says (a DBAPIError's own text adds the statement and its values)."""
+    return str(getattr(exc, "orig", None) or exc).strip()

@@ -43,7 +43,7 @@ from broker_config.identity import check_sender, delivery_user, host_user
 from broker_config.messaging import Broker, Delivery, QueueConsumer, TransientError, is_amqp_url
 from coordinator import groups
 from coordinator.aggregate import ResultsAggregator
-from coordinator.db import store_unavailable
+from coordinator.db import store_error_text, store_unavailable
 from coordinator.scheduler import (
     DEFAULT_STARVATION_SECONDS,
     SubJobRequest,
@@ -178,8 +178,7 @@ class CoordinatorService:
             if "subjob_id" in delivery.body:
                 what += f" of sub-job {delivery.body['subjob_id']}"
             raise TransientError(
-                f"coordinator: store unavailable while handling {what}: "
-                f"{str(getattr(exc, 'orig', None) or exc).strip()}"
+                f"coordinator: store unavailable while handling {what}: {store_error_text(exc)}"
             ) from exc
 
     def _handle_one(self, delivery: Delivery) -> None:
@@ -335,14 +334,14 @@ class CoordinatorService:
             if not store_unavailable(exc):
                 raise
             self._dirty = True  # the next tick tries again
-            log.warning("coordinator pass: store unavailable: %s", getattr(exc, "orig", exc))
+            log.warning("coordinator pass: store unavailable: %s", store_error_text(exc))
             return
         try:
             self._publish_events()
         except Exception as exc:
             if not store_unavailable(exc):
                 raise
-            log.warning("coordinator events: store unavailable: %s", getattr(exc, "orig", exc))
+            log.warning("coordinator events: store unavailable: %s", store_error_text(exc))
 
     def _control_backlog(self) -> int:
         """Messages waiting in ``lava.control`` (0 when it cannot tell)."""
