@@ -93,6 +93,17 @@ class JobContext:
     cancelled: Callable[[], bool] = lambda: False
 
 
+def timeout_detail(action: Action, allowed: float | None) -> str:
+    """The limit an action ran out of: its own timeout, and the time it really had
+    when the job's (or an enclosing action's) deadline cut that short."""
+    if action.timeout is None:
+        return f"its {fmt_duration(allowed or 0.0)} ran out"
+    text = f"its timeout {fmt_duration(action.timeout)} ran out"
+    if allowed is not None and allowed < action.timeout - 1.0:
+        text += f" (cut to {fmt_duration(allowed)} by the job's deadline)"
+    return text
+
+
 class Action:
     """One step of a sub-job."""
 

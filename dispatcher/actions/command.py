@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from dispatcher.action import Action, ActionTimeout, JobContext, remaining
-from dispatcher.actions.boot import timeout_detail
+from dispatcher.action import Action, ActionTimeout, JobContext, remaining, timeout_detail
 from dispatcher.actions.test_shell import record_result
 from schemas.errors import JobError
 

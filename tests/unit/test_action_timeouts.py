@@ -180,7 +180,7 @@ def test_an_action_timeout_is_reported_as_the_actions_timeout(tmp_path: Path) ->
 
 
 def test_the_message_says_when_the_jobs_deadline_cut_the_timeout_short() -> None:
-    from dispatcher.actions.boot import timeout_detail
+    from dispatcher.action import timeout_detail
 
     action = CommandRunAction({"commands": ["true"]}, timeout=60.0)
     assert timeout_detail(action, 59.9) == "its timeout 00:01:00.000 ran out"
