@@ -234,5 +234,7 @@ def test_known_keys_added_anywhere(data: st.DataObject) -> None:
     for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
         mappings = [p for p in _containers(doc) if isinstance(_at(doc, p), dict)]
         target = _at(doc, data.draw(st.sampled_from(mappings)))
-        target[data.draw(st.sampled_from(keys))] = data.draw(st.sampled_from(NASTY) | VALUES)
+        # a copy: a later step may add keys inside it, and NASTY's values are shared
+        value = copy.deepcopy(data.draw(st.sampled_from(NASTY) | VALUES))
+        target[data.draw(st.sampled_from(keys))] = value
     _check(dump(doc))
