@@ -4,6 +4,7 @@ announcing. Each failed before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,7 +134,6 @@ def test_node_canceled_by_its_stopping_dispatcher_fails_the_group_for_its_peers(
     reports its sub-job 'canceled' (dispatcher/runner.py: cancelled() -> canceled).
     The peers must be told (group-failed naming panda02), as for 'incomplete';
     otherwise they wait at their next lava-sync until the MultiNode timeout."""
-    import time
 
     from lab import BEAGLE, PANDAS, SEED, FakeHost, coordinator_process, wait_for
 
@@ -158,8 +158,13 @@ def test_node_canceled_by_its_stopping_dispatcher_fails_the_group_for_its_peers(
             lambda: [s["state"] for s in client.job(job)["subjobs"]].count("canceled") == 1,
             what="panda02 canceled",
         )
-        time.sleep(1.0)
-        msgs = _group_messages(rabbit_url, group, "panda01")
+        msgs: list[dict[str, object]] = []
+        with contextlib.suppress(AssertionError):  # the assertion below says what is missing
+            wait_for(
+                lambda: msgs.extend(_group_messages(rabbit_url, group, "panda01")) or msgs,
+                5,
+                "a message to panda01",
+            )
         assert [m["type"] for m in msgs] == ["group-failed"], (
             f"panda01 was not told that panda02 ended (job state {client.job(job)['state']}); "
             f"it waits for the MultiNode timeout. Messages: {msgs}"
