@@ -6,6 +6,7 @@ import gzip
 import ipaddress
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,26 @@ def test_command_line(tmp_path: Path) -> None:
     device.set_images({"ramdisk": ramdisk})
     with pytest.raises(JobError, match=r"needs a 'kernel'.*deployed: ramdisk"):
         device.command_line(4321, "tcg")
+
+
+def test_importing_the_qemu_modules_starts_no_thread_and_installs_no_handler() -> None:
+    # a fresh interpreter: what the import alone does, before any VM starts
+    probe = (
+        "import gc, signal, threading\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}\n"
+        "import device_agent.devices.qemu, device_agent.qemu.process\n"
+        "from device_agent.devices import device_types\n"
+        "device_types()\n"
+        "after = {s: signal.getsignal(s) for s in before}\n"
+        "pools = [o for o in gc.get_objects() if isinstance(o, ThreadPoolExecutor)]\n"
+        "print(len(threading.enumerate()), len(pools), after == before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.split()
+    assert out == ["1", "0", "True"]
