@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from device_agent.signals import SignalReader
 from schemas.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class ConsoleBase:
         self._input_listeners: list[InputListener] = []
         self._write_lock = threading.Lock()
         self._marker = itertools.count(1)
+        #: LAVA's signals in this console's output, read once for every subscriber
+        self.signals = SignalReader()
 
     # --- listeners -----------------------------------------------------------
     def add_listener(self, listener: OutputListener) -> None:
@@ -180,6 +183,8 @@ class ConsoleBase:
         text = self._cleaner.feed(data)
         if not text:
             return
+        # before expect sees it: a result is recorded before the line that ends a wait
+        self.signals.feed(text)
         with self._cond:
             # append through a local so that CPython can grow the string in
             # place instead of copying the whole buffer for every chunk

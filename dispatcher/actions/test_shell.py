@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from device_agent.bridge import parse_result
+from device_agent import signals
 from dispatcher.action import Action, ActionTimeout, JobContext, remaining
 from dispatcher.joblog import now_iso
 from dispatcher.testdef import (
@@ -39,17 +39,15 @@ from schemas.errors import InfrastructureError, JobError
 
 log = logging.getLogger(__name__)
 
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
 
 class ResultTracker:
-    """Turns console lines into results while the test runner runs.
+    """Turns the console's signals into results while the test runner runs.
 
-    Lines are reassembled from raw console chunks. A signal is taken wherever
-    it starts on its line, unless ``echo`` comes before it there: the shell's
-    echo of a typed command that *prints* a signal is never counted. This is
-    the one reader of result signals (parsed by ``device_agent.bridge.parse_result``);
-    the bridge only adds the ``lava-sync`` results, through ``sync_result``.
+    It subscribes to the console's signal reader (``device_agent/signals.py``),
+    which the bridge reads too: one reassembly and one parse of the stream.
+    A signal preceded by ``echo`` on its line is the shell's echo of a typed
+    command that *prints* a signal and is never counted. Lines without a
+    signal are read only while a run with a ``parse: pattern`` is in progress.
     """
 
     def __init__(
@@ -65,7 +63,6 @@ class ResultTracker:
         self.started: list[str] = []
         self.ended: list[str] = []
         self.cases = 0
-        self._partial = ""
         self._lock = threading.Lock()
         self._parsers = {
             run_id: PatternParser(t.definition.parse_pattern, t.definition.fixupdict)
@@ -73,64 +70,50 @@ class ResultTracker:
             if t.definition.parse_pattern
         }
 
-    def feed(self, data: bytes) -> None:
-        text = data.decode("utf-8", errors="replace")
-        with self._lock:
-            text = self._partial + text
-            if (
-                "<LAVA_SIGNAL_" not in text
-                and "\x1b" not in text
-                and (self.current is None or self.current not in self._parsers)
-            ):
-                # console floods: no line of this chunk can give a result (no
-                # signal, no escape that could hide one, no parse pattern to apply)
-                self._partial = text[text.rfind("\n") + 1 :][-65536:]
-                return
-            lines = text.split("\n")
-            self._partial = lines.pop()[-65536:]
-            for line in lines:
-                self.line(line.rstrip("\r"))
+    def attach(self, console: Any) -> None:
+        """Read ``console``'s signals (before the bridge: a run's start comes first)."""
+        console.signals.subscribe(self.on_signal, every_line=self.reads_lines)
 
-    def line(self, line: str) -> None:
-        stripped = ANSI_ESCAPE.sub("", line).strip()
-        # a signal may follow other text on its line (the tty's echo of a reply the
-        # dispatcher typed, say), but a shell command that prints one is not a signal
-        signal_at = stripped.find("<LAVA_SIGNAL_")
-        if signal_at > 0:
-            if "echo" in stripped[:signal_at]:
-                return
-            stripped = stripped[signal_at:]
-        record = parse_result(stripped) if signal_at >= 0 else None
-        if record is not None and record["kind"] == "startrun":
-            self.current = record["suite"]
-            self.started.append(record["suite"])
-            self.say(f"test run {record['suite']} started (uuid {record['uuid']})")
+    def detach(self, console: Any) -> None:
+        console.signals.unsubscribe(self.on_signal)
+
+    def reads_lines(self) -> bool:
+        """True while plain lines can give a result (a ``parse: pattern`` is active)."""
+        return self.current is not None and self.current in self._parsers
+
+    def on_signal(self, line: str, event: signals.Event | None) -> None:
+        with self._lock:
+            self.handle(line.strip(), event)
+
+    def handle(self, line: str, event: signals.Event | None) -> None:
+        """One console line and the event it carries (None: a plain line)."""
+        at = signals.signal_start(line)
+        if event is not None and at > 0 and "echo" in line[:at]:
             return
-        if record is not None and record["kind"] == "endrun":
-            run_id = record["suite"]
-            self.ended.append(run_id)
-            self.say(f"test run {run_id} ended")
-            self._result("lava", run_id, "pass", extra={"uuid": record["uuid"]})
+        if isinstance(event, signals.StartRun):
+            self.current = event.run_id
+            self.started.append(event.run_id)
+            self.say(f"test run {event.run_id} started (uuid {event.uuid})")
+        elif isinstance(event, signals.EndRun):
+            self.ended.append(event.run_id)
+            self.say(f"test run {event.run_id} ended")
+            self._result("lava", event.run_id, "pass", extra={"uuid": event.uuid})
             self.current = None
-            return
-        if record is not None and record["kind"] == "invalid":
-            self.say(f"malformed test case signal ignored: {stripped[:200]!r}")
-            return
-        if record is not None:
-            if "bad_measurement" in record:
-                self.say(
-                    f"test case {record['case']}: measurement {record['bad_measurement']!r} ignored"
-                )
+        elif isinstance(event, signals.Invalid) and event.api is None:
+            self.say(f"{event.reason}: ignored")
+        elif isinstance(event, signals.TestCase):
+            if event.bad_measurement is not None:
+                self.say(f"test case {event.case}: measurement {event.bad_measurement!r} ignored")
             self._result(
                 self.current or "lava",
-                record["case"],
-                record["result"],
-                measurement=record.get("measurement"),
-                units=record.get("units"),
+                event.case,
+                event.result,
+                measurement=event.measurement,
+                units=event.units,
             )
-            return
-        if self.current and self.current in self._parsers:
-            parsed = self._parsers[self.current].parse(stripped)
+        elif event is None and self.reads_lines():
+            assert self.current is not None
+            parsed = self._parsers[self.current].parse(line)
             if parsed is not None:
                 self._result(
                     self.current,
@@ -164,7 +147,8 @@ class ResultTracker:
 
     def sync_result(self, rec: dict[str, Any]) -> None:
         """The bridge's ``multinode-lava_sync-<id>`` result, in the test run in progress."""
-        self._result(self.current or "lava", str(rec["case"]), str(rec["result"]))
+        with self._lock:
+            self._result(self.current or "lava", str(rec["case"]), str(rec["result"]))
 
     def unfinished(self) -> list[str]:
         """Test runs that started but never printed their end signal."""
@@ -239,13 +223,13 @@ class LavaTestShellAction(Action):
         failures: list[Exception] = []
         # the tracker listens first: it has seen a run's start before the bridge acts on a
         # lava-sync printed after it, so the sync result lands in that run
-        connection.add_listener(tracker.feed)
+        tracker.attach(connection)
         bridge = self._start_bridge(ctx, connection, tracker, failures)
         try:
             connection.sendline(f"{target}/bin/lava-test-runner")
             self._wait_for_runner(connection, deadline, ctx, failures)
         finally:
-            connection.remove_listener(tracker.feed)
+            tracker.detach(connection)
             if bridge is not None:
                 bridge.close()
         # the runner's last line is in; let the shell settle at its prompt

@@ -12,7 +12,6 @@ from device_agent.bridge import (
     Bridge,
     SignalError,
     format_reply,
-    parse_result,
     parse_signal,
 )
 from device_agent.console import ScriptedConsole
@@ -63,26 +62,6 @@ def test_format_reply() -> None:
     assert format_reply("WAIT_ALL", {}) == "<LAVA_WAIT_ALL_COMPLETE>"
     assert format_reply("SYNC") == "<LAVA_SYNC_COMPLETE>"
     assert format_reply("SYNC", nack=True) == "<LAVA_SYNC_COMPLETE nack>"
-
-
-def test_parse_results() -> None:
-    assert parse_result("<LAVA_SIGNAL_STARTRUN 0_smoke 1234-ab>") == {
-        "kind": "startrun",
-        "suite": "0_smoke",
-        "uuid": "1234-ab",
-    }
-    assert parse_result(
-        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=speed RESULT=pass MEASUREMENT=12.5 UNITS=MB/s>", "s"
-    ) == {
-        "kind": "testcase",
-        "suite": "s",
-        "case": "speed",
-        "result": "pass",
-        "measurement": 12.5,
-        "units": "MB/s",
-    }
-    assert parse_result("<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x RESULT=maybe>")["kind"] == "invalid"  # type: ignore[index]
-    assert parse_result("<LAVA_SIGNAL_ENDRUN 0_smoke 1234-ab>")["kind"] == "endrun"  # type: ignore[index]
 
 
 class FakeClient:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from device_agent.bridge import Bridge
 from device_agent.console import ScriptedConsole, strip_escapes
+from device_agent.signals import MultinodeCall, SignalReader
 from dispatcher.joblog import JobLog, format_record, mask_secrets, may_hold_secret, read_records
 from dispatcher.logstore import write_batch
 from dispatcher.publisher import _encode_records, batch_payload
@@ -132,21 +132,14 @@ def test_expect_finds_a_pattern_after_more_than_twice_max_buffer() -> None:
     assert len(con.flush()) == 1000
 
 
-class _Recorder(Bridge):
-    def __init__(self) -> None:
-        super().__init__(ScriptedConsole(), object())
-        self.lines: list[str] = []
-
-    def handle_line(self, line: str) -> None:
-        self.lines.append(line)
-
-
-def test_bridge_skips_chunks_without_signals_but_sees_a_signal_split_across_chunks() -> None:
-    bridge = _Recorder()
-    bridge.feed(b"noise\r\n" * 100 + b"<LAVA_MULTI")
-    assert bridge.lines == []
-    bridge.feed(b"_NODE> <LAVA_SEND ready>\r\nmore noise\r\n")
-    assert bridge.lines == ["<LAVA_MULTI_NODE> <LAVA_SEND ready>", "more noise"]
+def test_the_signal_reader_skips_chunks_without_signals_but_sees_a_split_signal() -> None:
+    reader = SignalReader()
+    seen: list[tuple[str, Any]] = []
+    reader.subscribe(lambda line, event: seen.append((line, event)))
+    reader.feed("noise\n" * 100 + "<LAVA_MULTI")
+    assert seen == []
+    reader.feed("_NODE> <LAVA_SEND ready>\nmore noise\n")
+    assert seen == [("<LAVA_MULTI_NODE> <LAVA_SEND ready>", MultinodeCall("SEND", "ready"))]
 
 
 def _batch(records: list[Any]) -> dict[str, Any]:

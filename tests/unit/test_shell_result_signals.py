@@ -26,7 +26,7 @@ def wired(client: SyncClient) -> tuple[ScriptedConsole, Any, list[dict[str, Any]
     console = ScriptedConsole("dut")
     results: list[dict[str, Any]] = []
     tracker = ResultTracker({}, results.append, logging.getLogger("test").info)
-    console.add_listener(tracker.feed)
+    tracker.attach(console)
     ctx = SimpleNamespace(multinode=client, log=logging.getLogger("test"), timeouts={})
     action = LavaTestShellAction({"definitions": []})
     bridge = action._start_bridge(ctx, console, tracker, [])  # type: ignore[arg-type]
