@@ -21,18 +21,16 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from schemas.messages.base import InvalidMessage, MessageSchema, decode
+from schemas.states import REPORTED_SUBJOB_STATES as REPORTED
+from schemas.states import JobState
 
 NAME = validate.Regexp(
     r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", error="must be 1-100 of A-Z a-z 0-9 . _ -"
 )
 
-JOB_STATES = ("queued", "scheduled", "running", "complete", "incomplete", "canceled")
-SUBJOB_STATES = ("queued", "assigned", "accepted", "running", "complete", "incomplete", "canceled")
+JOB_STATES = tuple(s.value for s in JobState)
 #: the states a dispatcher may report for a sub-job
-REPORTED_SUBJOB_STATES = ("accepted", "running", "complete", "incomplete", "canceled")
-FINAL_SUBJOB_STATES = ("complete", "incomplete", "canceled")
-DEVICE_STATES = ("idle", "reserved", "running", "offline", "retired")
-DEVICE_HEALTH = ("good", "bad", "unknown")
+REPORTED_SUBJOB_STATES = tuple(s.value for s in REPORTED)
 
 
 class _Strict(Schema):
