@@ -23,6 +23,7 @@ from broker_config.declare import declare_topology
 from broker_config.messaging import Broker, Delivery
 from coordinator.barrier import BarrierService
 from coordinator.barrier_models import BarrierOutbox, BarrierRelease
+from coordinator.barrier_outbox import Outbox
 from coordinator.groups import create_group, end_group
 from schemas.errors import InfrastructureError
 from schemas.messages.multinode import MultinodeSyncSchema
@@ -102,7 +103,7 @@ def test_a_release_whose_publish_failed_is_published_without_a_reconnect(
     fails twice: the committed release is published from the outbox when the
     batch is handled again (not only after the consumer reconnects), once, and
     the acknowledgements are not dead-lettered."""
-    real = BarrierService._publish_one
+    real = Outbox.publish_one
     failures = [2]
 
     def flaky(publisher: Any, row_id: Any, group: str, message_type: str, body: Any) -> None:
@@ -111,7 +112,7 @@ def test_a_release_whose_publish_failed_is_published_without_a_reconnect(
             raise InfrastructureError("publish multinode-release: broker connection lost 6 times")
         real(publisher, row_id, group, message_type, body)
 
-    monkeypatch.setattr(BarrierService, "_publish_one", staticmethod(flaky))
+    monkeypatch.setattr(Outbox, "publish_one", staticmethod(flaky))
     lab.start()
     connection = lab.service.consumer.connection
     lab.sync("a")
@@ -120,7 +121,7 @@ def test_a_release_whose_publish_failed_is_published_without_a_reconnect(
     assert failures == [0]
     assert lab.service.consumer.connection is connection, "published only after a reconnect"
     assert lab.service.consumer.dead_lettered == 0
-    wait_for(lambda: not lab.service._flush_pending, 10, "the outbox flushed")
+    wait_for(lambda: not lab.service.outbox.flush_pending, 10, "the outbox flushed")
     wait_for(
         lambda: lab.count(BarrierOutbox, BarrierOutbox.published.is_(False)) == 0,
         10,
@@ -212,10 +213,10 @@ def test_a_failed_outbox_flush_at_connect_is_retried_when_idle(
     error (OperationalError) or a broker error there escaped ``on_consume`` and
     killed the barrier. Now it is retried, with a back-off, while idle."""
     _unpublished_release(lab.service, lab.group)
-    real = BarrierService._flush_outbox
+    real = Outbox.flush
     failures = [2]
 
-    def flaky(self: BarrierService) -> None:
+    def flaky(self: Outbox) -> None:
         if failures[0]:
             failures[0] -= 1
             if error == "store":
@@ -223,7 +224,7 @@ def test_a_failed_outbox_flush_at_connect_is_retried_when_idle(
             raise InfrastructureError("publish multinode-release: broker connection lost 6 times")
         real(self)
 
-    monkeypatch.setattr(BarrierService, "_flush_outbox", flaky)
+    monkeypatch.setattr(Outbox, "flush", flaky)
     lab.start()
     lab.wait_release()
     assert failures == [0]
@@ -302,8 +303,8 @@ def test_a_postgresql_outage_at_start_does_not_kill_the_barrier(
     _unpublished_release(lab.service, lab.group)
     with pg_outage(pg_url):
         lab.start()
-        wait_for(lambda: lab.service._flush_pending, 10, "the flush failing on the outage")
+        wait_for(lambda: lab.service.outbox.flush_pending, 10, "the flush failing on the outage")
     lab.wait_release()
     assert lab.service._thread is not None and lab.service._thread.is_alive()
-    wait_for(lambda: not lab.service._flush_pending, 10, "the flush done")
+    wait_for(lambda: not lab.service.outbox.flush_pending, 10, "the flush done")
     assert lab.count(BarrierOutbox, BarrierOutbox.published.is_(False)) == 0

@@ -150,7 +150,7 @@ def test_a_release_is_marked_by_the_next_batch_or_published_again_after_a_crash(
     second, second_props = _release(barrier, "a")
     assert second["generation"] == 2
     assert _unpublished(barrier.service) == 1
-    barrier.service._unmarked.clear()
+    barrier.service.outbox.unmarked.clear()
     barrier.service.stop()
     barrier.service = BarrierService(barrier.url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
     barrier.service.start()
