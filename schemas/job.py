@@ -16,6 +16,11 @@ from typing import Any
 
 import yaml
 
+from schemas.job_checks import (
+    JobValidationError,
+    Problems,
+    kind_of,
+)
 from schemas.job_json import load_2014
 from schemas.job_yaml import load_yaml_job
 from schemas.jobmodel import (
@@ -23,12 +28,9 @@ from schemas.jobmodel import (
     FORMAT_YAML,
     ActionPlan,
     JobPlan,
-    JobValidationError,
-    Problems,
     RolePlan,
     SubJobPlan,
     Timeouts,
-    kind_of,
 )
 
 __all__ = [

@@ -13,21 +13,15 @@ from typing import Any
 
 from marshmallow import Schema, validate
 
-from schemas.jobmodel import (
-    FORMAT_2014,
-    ActionPlan,
+from schemas.job_checks import (
     Anything,
     Flag,
-    JobPlan,
     Problems,
-    RolePlan,
     Seconds,
     Text,
     TextList,
-    Timeouts,
     Whole,
     action_roles,
-    build_plan,
     check_device_choice,
     check_group_size,
     check_mapping,
@@ -42,6 +36,14 @@ from schemas.jobmodel import (
     listed,
     priority_value,
     role_plan,
+)
+from schemas.jobmodel import (
+    FORMAT_2014,
+    ActionPlan,
+    JobPlan,
+    RolePlan,
+    Timeouts,
+    build_plan,
 )
 
 log = logging.getLogger(__name__)

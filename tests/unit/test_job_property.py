@@ -178,7 +178,7 @@ NASTY = [None, True, False, -1, 0, 1.5, 10**30, "", "x", "omap4", [], [1], ["oma
 
 
 def _known_keys() -> list[str]:
-    from schemas import job_json, job_yaml
+    from schemas import job_json, job_yaml, job_yaml_actions
 
     schemas = [
         job_json.Job2014Schema,
@@ -190,9 +190,9 @@ def _known_keys() -> list[str]:
         job_yaml.TimeoutsSchema,
         job_yaml.MultinodeSchema,
         job_yaml.RoleSchema,
-        job_yaml.TestActionSchema,
-        job_yaml.CommandActionSchema,
-        job_yaml.DefinitionSchema,
+        job_yaml_actions.TestActionSchema,
+        job_yaml_actions.CommandActionSchema,
+        job_yaml_actions.DefinitionSchema,
     ]
     keys = {name for schema in schemas for name in schema().fields}
     keys |= {"url", "compression", "md5sum", "sha256sum", "to", "images", "method", "prompts"}
