@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.errors import LavamqError
+from schemas.errors import Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,6 @@ ALLOWED_SENDERS: dict[str, frozenset[str]] = {
     "log-batch": frozenset({HOST}),
     "test-result": frozenset({HOST}),
 }
-
-
-class Unauthorized(LavamqError):
-    """A message whose sender may not send it: dead-lettered, never acted on."""
-
-    error_type = "unauthorized"
 
 
 @dataclass(frozen=True)

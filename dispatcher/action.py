@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.joblog import JobLog
-from schemas.errors import JobError, LavamqError, classify
+from schemas.errors import JobCanceled, JobError, LavamqError, classify
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Pipeline:
         for action in self.actions:
             always = action.always_runs
             if ctx.cancelled() and not always:
-                raise JobError(f"{action.name}: the sub-job was cancelled before it started")
+                raise JobCanceled(f"{action.name}: the sub-job was cancelled before it started")
             start = time.monotonic()
             action_dl = action_deadline(
                 start,

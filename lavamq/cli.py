@@ -1,7 +1,9 @@
 """The ``lavamq`` command: parse, call the library, map errors to exit codes.
 
 Exit codes: 0 ok, 1 a known error (one line and a hint), 2 usage error or bug.
-Each sub-command lives in its own module under ``lavamq/commands``.
+``lavamq.exit_codes`` maps every error kind the services send (``schemas.errors``)
+to its exit code and hint, once. Each sub-command lives in its own module
+under ``lavamq/commands``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 
 import click
 
-from schemas.errors import LavamqBug, LavamqError, classify
+from lavamq.exit_codes import exit_code_and_hint
+from schemas.errors import LavamqBug, classify
 
 
 class LavamqGroup(click.Group):
@@ -28,13 +31,15 @@ class LavamqGroup(click.Group):
             sys.exit(130)
         except Exception as exc:
             err = classify(exc)
+            code, hint = exit_code_and_hint(err)
             if isinstance(err, LavamqBug):
                 click.echo(f"lavamq bug: {err.message}", err=True)
                 click.echo(err.details.get("traceback", ""), err=True)
-                sys.exit(2)
-            assert isinstance(err, LavamqError)
-            click.echo(f"error ({err.error_type}): {err.message}", err=True)
-            sys.exit(1)
+            else:
+                click.echo(f"error ({err.error_type}): {err.message}", err=True)
+            if hint:
+                click.echo(f"hint: {hint}", err=True)
+            sys.exit(code)
 
 
 @click.group(cls=LavamqGroup)

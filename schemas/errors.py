@@ -1,9 +1,11 @@
 """The error taxonomy shared by every part of lavamq.
 
 Three kinds matter to users: the job file's fault (JobError), the lab's
-(InfrastructureError), and a failed test (a result, never an exception).
-Anything else that escapes is a bug (LavamqBug) and is reported with its
-traceback. Errors cross the broker as data (``error_type`` + ``message``)
+(InfrastructureError), and a failed test (a result, never an exception); a
+job stopped on purpose is JobCanceled. A message that does not fit its schema
+(InvalidMessage) or whose sender may not send it (Unauthorized) is refused at
+the edge. Anything else that escapes is a bug (LavamqBug) and is reported with
+its traceback. Errors cross the broker as data (``error_type`` + ``message``)
 and are rebuilt only from the allow-list in ``ERROR_TYPES``.
 """
 
@@ -59,6 +61,24 @@ class GroupFailed(LavamqError):
     error_type = "group-failed"
 
 
+class JobCanceled(LavamqError):
+    """The job was canceled (by a user, a join deadline, or its dispatcher stopping)."""
+
+    error_type = "canceled"
+
+
+class InvalidMessage(LavamqError):
+    """A message body that does not match its schema."""
+
+    error_type = "invalid-message"
+
+
+class Unauthorized(LavamqError):
+    """A message whose sender may not send it: dead-lettered, never acted on."""
+
+    error_type = "unauthorized"
+
+
 class LavamqBug(LavamqError):
     """An unexpected exception: a bug in lavamq. Never retried."""
 
@@ -73,6 +93,9 @@ ERROR_TYPES: dict[str, type[LavamqError]] = {
         ConfigurationError,
         MultinodeTimeout,
         GroupFailed,
+        JobCanceled,
+        InvalidMessage,
+        Unauthorized,
         LavamqBug,
     )
 }

@@ -35,7 +35,7 @@ from dispatcher.testdef import (
     write_run_script,
     write_runner,
 )
-from schemas.errors import InfrastructureError, JobError
+from schemas.errors import InfrastructureError, JobCanceled, JobError
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class LavaTestShellAction(Action):
         patterns: list[Any] = [exit_re, *prompts]
         while True:
             if ctx.cancelled():
-                raise JobError(f"{self.name}: cancelled while the tests ran")
+                raise JobCanceled(f"{self.name}: cancelled while the tests ran")
             if failures:
                 # the group failed (or a MultiNode call timed out): stop at once
                 raise failures[0]

@@ -14,6 +14,7 @@ import click
 
 from coordinator.rpc import DEFAULT_TIMEOUT, CoordinatorClient
 from lavamq.config import load_settings
+from lavamq.exit_codes import exit_code_and_hint
 from schemas.errors import LavamqError
 from schemas.job import MAX_JOB_BYTES
 
@@ -43,7 +44,7 @@ def _call(
         problems = list(getattr(exc, "problems", []) or [])
         error = {"error_type": exc.error_type, "message": exc.message, "problems": problems}
         click.echo(json.dumps({"ok": False, "error": error}, indent=2))
-        sys.exit(1)
+        sys.exit(exit_code_and_hint(exc)[0])
 
 
 def _when(ts: float | None) -> str:

@@ -12,15 +12,9 @@ from typing import Any, ClassVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from schemas.errors import LavamqError
+from schemas.errors import InvalidMessage
 
 SCHEMA_VERSION = 1
-
-
-class InvalidMessage(LavamqError):
-    """A message body that does not match its schema."""
-
-    error_type = "invalid-message"
 
 
 class MessageSchema(Schema):

@@ -246,14 +246,17 @@ def test_unexpected_exception_becomes_a_bug_and_known_kinds_stay(tmp_path: Path)
         def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
             raise InfrastructureError("pdu unreachable")
 
-    from schemas.errors import LavamqBug
+    from schemas.errors import JobCanceled, LavamqBug
 
     with pytest.raises(LavamqBug, match="KeyError"):
         Pipeline([Broken()]).run(None, None, ctx_for(tmp_path))
     with pytest.raises(InfrastructureError, match="pdu unreachable"):
         Pipeline([Lab()]).run(None, None, ctx_for(tmp_path))
-    with pytest.raises(JobError, match="cancelled"):
+    # a cancel is its own kind, not the job file's fault
+    with pytest.raises(JobCanceled, match="cancelled") as canceled:
         Pipeline([Lab()]).run(None, None, ctx_for(tmp_path, cancelled=lambda: True))
+    assert not isinstance(canceled.value, JobError)
+    assert canceled.value.error_type == "canceled"
 
 
 def test_levels_number_nested_actions() -> None:
