@@ -28,6 +28,8 @@ from coordinator.db import Base
 
 
 class BarrierGroup(Base):
+    """A group the barrier counts for: its members, MultiNode timeout, failure."""
+
     __tablename__ = "barrier_groups"
 
     name: Mapped[str] = mapped_column(String(120), primary_key=True)
@@ -39,6 +41,8 @@ class BarrierGroup(Base):
 
 
 class BarrierArrival(Base):
+    """One node's acknowledgement at one barrier (a send or a sync), counted once."""
+
     __tablename__ = "barrier_arrivals"
     __table_args__ = (
         UniqueConstraint("group_name", "kind", "message_id", "generation", "node"),
@@ -55,6 +59,8 @@ class BarrierArrival(Base):
 
 
 class BarrierRelease(Base):
+    """A decided release: at most one per barrier and role."""
+
     __tablename__ = "barrier_releases"
     __table_args__ = (UniqueConstraint("group_name", "kind", "message_id", "generation", "role"),)
 

@@ -27,6 +27,8 @@ NAMING = {
 
 
 class Base(DeclarativeBase):
+    """The one declarative base every table of the store and the barrier shares."""
+
     metadata = MetaData(naming_convention=NAMING)
 
 
@@ -48,10 +50,12 @@ def make_engine(url: str) -> Engine:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after their transaction commits."""
     return sessionmaker(engine, expire_on_commit=False)
 
 
 def alembic_config(url: str) -> Any:
+    """An Alembic configuration for ``url`` pointing at our migrations."""
     from alembic.config import Config
 
     cfg = Config()

@@ -17,8 +17,12 @@ import logging
 from collections.abc import Iterable
 
 from broker_config import topology
+from broker_config.identity import host_user
 from broker_config.messaging import Broker
-from schemas.errors import ConfigurationError
+from coordinator.store import GroupOutcome, StartedGroup
+from schemas.errors import ConfigurationError, LavamqError
+from schemas.jobmodel import JobPlan
+from schemas.messages.jobs import SubJobAssignmentSchema
 from schemas.messages.multinode import GroupCloseSchema, GroupFailedSchema, GroupOpenSchema
 
 log = logging.getLogger(__name__)
@@ -84,3 +88,62 @@ def fail_group(broker: Broker, group: str, reason: str, *, node: str | None = No
         topology.BARRIER_EXCHANGE_NAME, topology.BARRIER_ROUTING_KEY, GroupFailedSchema(), body
     )
     log.warning("group %s failed%s: %s", group, f" by {node}" if node else "", reason)
+
+
+def launch_group(broker: Broker, group: StartedGroup, *, only_assigned: bool = False) -> None:
+    """Create a started group on the broker and publish one assignment per node.
+
+    ``only_assigned``: publish only to sub-jobs no dispatcher accepted yet (a
+    restarted coordinator resuming a joining group). Raises ``LavamqError``.
+    """
+    plan = JobPlan.from_dict(group.plan)
+    timeouts = plan.timeouts.to_dict()
+    # each node may speak only through the broker user of the host running it
+    hosts = group.hosts
+    owners = (
+        {node: host_user(host) for node, host in hosts.items()}
+        if set(hosts) == set(group.members)
+        else {}
+    )
+    create_group(broker, group.group, group.members, timeout=plan.timeouts.multinode, owners=owners)
+    for sub in group.subjobs:
+        if only_assigned and sub.state != "assigned":
+            continue
+        broker.publish(
+            topology.DEVICE_EXCHANGE_NAME,
+            topology.device_routing_key(sub.device),
+            SubJobAssignmentSchema(),
+            {
+                "job_id": group.job_id,
+                "subjob_id": sub.subjob_id,
+                "group": group.group,
+                "job_name": group.job_name,
+                "node": sub.device,
+                "role": sub.role,
+                "device": sub.device,
+                "device_type": sub.device_type,
+                "members": group.members,
+                "owners": owners,
+                "plan": plan.subjob_dict(sub.role, sub.role_index),
+                "timeouts": timeouts,
+                "is_slave": sub.is_slave,
+                "essential": sub.essential,
+                "join_deadline": group.join_deadline,
+            },
+        )
+
+
+def apply_outcome(broker: Broker, outcome: GroupOutcome) -> None:
+    """Do the broker side of a committed state change: fail the group, clean it up."""
+    if not outcome.created:
+        return
+    if outcome.fail_reason:
+        try:
+            fail_group(broker, outcome.group, outcome.fail_reason, node=outcome.fail_node)
+        except LavamqError as exc:
+            log.warning("group %s: cannot publish its failure: %s", outcome.group, exc)
+    if outcome.ended:
+        try:
+            end_group(broker, outcome.group, outcome.nodes)
+        except LavamqError as exc:
+            log.warning("group %s: cannot clean up: %s", outcome.group, exc)

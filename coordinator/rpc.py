@@ -139,23 +139,27 @@ class CoordinatorClient:
     # --- the methods ---
 
     def submit(self, definition: str, source: str, submitter: str) -> dict[str, Any]:
+        """Submit a job file's text; the new job's ids, or JobValidationError with every problem."""
         body = {"method": "submit", "definition": definition, "source": source}
         body["submitter"] = submitter
         result: dict[str, Any] = self.call(SubmitRequestSchema(), body)
         return result
 
     def jobs(self, states: list[str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest jobs (``Store.jobs``), optionally only some states."""
         body = {"method": "jobs", "states": list(states or []), "limit": limit}
         result: list[dict[str, Any]] = self.call(JobsRequestSchema(), body)
         return result
 
     def job(self, job_id: int) -> dict[str, Any]:
+        """One job with its sub-jobs and events (``Store.job``)."""
         result: dict[str, Any] = self.call(
             JobShowRequestSchema(), {"method": "job-show", "job_id": job_id}
         )
         return result
 
     def cancel(self, job_id: int, reason: str = "canceled by user") -> dict[str, Any]:
+        """Cancel a job; the job as it is after the cancel."""
         result: dict[str, Any] = self.call(
             CancelRequestSchema(), {"method": "cancel", "job_id": job_id, "reason": reason}
         )
@@ -169,5 +173,6 @@ class CoordinatorClient:
         return result
 
     def devices(self) -> list[dict[str, Any]]:
+        """Every device of the lab (``Store.devices``)."""
         result: list[dict[str, Any]] = self.call(DevicesRequestSchema(), {"method": "devices"})
         return result

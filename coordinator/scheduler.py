@@ -53,11 +53,14 @@ class DeviceView:
 
     @property
     def usable(self) -> bool:
+        """Free to be allocated: idle and not known to be unhealthy."""
         return self.state == "idle" and self.health != "bad"
 
 
 @dataclass(frozen=True)
 class SubJobRequest:
+    """One sub-job of a queued group: the device type and tags it needs."""
+
     subjob_id: int
     device_type: str
     tags: frozenset[str] = frozenset()
@@ -76,6 +79,8 @@ class GroupRequest:
 
 @dataclass
 class ScheduleResult:
+    """What one scheduling pass decided: allocations, reasons to wait, claims."""
+
     #: job id → {sub-job id: device name}, in the order the groups start
     allocations: dict[int, dict[int, str]] = field(default_factory=dict)
     #: job id → a reason a user can read, for every group left waiting

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker_config import topology
-from broker_config.identity import check_sender, delivery_user, host_user
+from broker_config.identity import check_sender, delivery_user
 from broker_config.messaging import Broker, Delivery, QueueConsumer, TransientError, is_amqp_url
 from coordinator import groups
 from coordinator.aggregate import ResultsAggregator
@@ -61,7 +61,6 @@ from schemas.messages.jobs import (
     RPC_REQUESTS,
     EventSchema,
     RpcReplySchema,
-    SubJobAssignmentSchema,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +70,8 @@ READY_LINE = "lavamq coordinator ready"
 
 @dataclass(frozen=True)
 class CoordinatorSettings:
+    """How a coordinator runs: its broker and store, and its deadlines."""
+
     broker_url: str
     db_url: str
     #: seconds for every node of a started group to be accepted by its dispatcher (LAVA: 90)
@@ -104,6 +105,7 @@ class CoordinatorService:
     # --- life cycle -------------------------------------------------------
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Consume until stopped (blocks); resumes the groups a previous run started."""
         s = self.settings
         self.store = Store(s.db_url)
         self.broker = Broker(s.broker_url)
@@ -132,6 +134,7 @@ class CoordinatorService:
             self.store.close()
 
     def stop(self) -> None:
+        """Stop consuming (from a signal handler or another thread)."""
         if self.consumer is not None:
             self.consumer.stop()
 
@@ -398,48 +401,8 @@ class CoordinatorService:
 
     def _launch(self, group: StartedGroup, now: float, *, only_assigned: bool = False) -> None:
         assert self.broker is not None and self.store is not None
-        plan = JobPlan.from_dict(group.plan)
-        timeouts = plan.timeouts.to_dict()
-        # each node may speak only through the broker user of the host running it
-        hosts = group.hosts
-        owners = (
-            {node: host_user(host) for node, host in hosts.items()}
-            if set(hosts) == set(group.members)
-            else {}
-        )
         try:
-            groups.create_group(
-                self.broker,
-                group.group,
-                group.members,
-                timeout=plan.timeouts.multinode,
-                owners=owners,
-            )
-            for sub in group.subjobs:
-                if only_assigned and sub.state != "assigned":
-                    continue
-                self.broker.publish(
-                    topology.DEVICE_EXCHANGE_NAME,
-                    topology.device_routing_key(sub.device),
-                    SubJobAssignmentSchema(),
-                    {
-                        "job_id": group.job_id,
-                        "subjob_id": sub.subjob_id,
-                        "group": group.group,
-                        "job_name": group.job_name,
-                        "node": sub.device,
-                        "role": sub.role,
-                        "device": sub.device,
-                        "device_type": sub.device_type,
-                        "members": group.members,
-                        "owners": owners,
-                        "plan": plan.subjob_dict(sub.role, sub.role_index),
-                        "timeouts": timeouts,
-                        "is_slave": sub.is_slave,
-                        "essential": sub.essential,
-                        "join_deadline": group.join_deadline,
-                    },
-                )
+            groups.launch_group(self.broker, group, only_assigned=only_assigned)
         except LavamqError as exc:
             log.error("job %s: cannot start group %s: %s", group.job_id, group.group, exc)
             outcome = self.store.cancel(
@@ -454,20 +417,7 @@ class CoordinatorService:
 
     def _apply(self, outcome: GroupOutcome) -> None:
         assert self.broker is not None
-        if not outcome.created:
-            return
-        if outcome.fail_reason:
-            try:
-                groups.fail_group(
-                    self.broker, outcome.group, outcome.fail_reason, node=outcome.fail_node
-                )
-            except LavamqError as exc:
-                log.warning("group %s: cannot publish its failure: %s", outcome.group, exc)
-        if outcome.ended:
-            try:
-                groups.end_group(self.broker, outcome.group, outcome.nodes)
-            except LavamqError as exc:
-                log.warning("group %s: cannot clean up: %s", outcome.group, exc)
+        groups.apply_outcome(self.broker, outcome)
 
     def _publish_events(self) -> None:
         if self.store is None or self.broker is None:

@@ -22,6 +22,7 @@ class LavamqGroup(click.Group):
     """A click group that turns every exception into one of our exit codes."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the sub-command; an error ends with its kind's exit code and hint."""
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):

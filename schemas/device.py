@@ -62,6 +62,8 @@ class CommandList(fields.Field):
 
 
 class LoginStepSchema(Schema):
+    """One step of a board's login: what to wait for and what to type."""
+
     class Meta:
         unknown = RAISE
 
@@ -97,6 +99,8 @@ class DeviceSchema(Schema):
 
 
 class HostSchema(Schema):
+    """The ``[host]`` table of a host configuration: its name, broker and workdir."""
+
     class Meta:
         unknown = RAISE
 
@@ -119,6 +123,7 @@ class HostConfigSchema(Schema):
 
     @validates_schema
     def unique_device_names(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """Two devices of one host may not share a name (it is the node's name)."""
         seen: set[str] = set()
         for index, device in enumerate(data.get("device", [])):
             name = device.get("name")

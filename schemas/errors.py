@@ -25,6 +25,7 @@ class LavamqError(Exception):
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
+        """The error as data, to cross the broker (rebuilt by ``error_from_dict``)."""
         return {"error_type": self.error_type, "message": self.message}
 
     def __str__(self) -> str:

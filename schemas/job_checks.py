@@ -58,9 +58,11 @@ class Problems:
         self.items: list[str] = []
 
     def add(self, location: str, message: str) -> None:
+        """Record one problem at ``location``."""
         self.items.append(f"{location}: {message}" if location else message)
 
     def extend(self, lines: Iterable[str]) -> None:
+        """Record problems already written as ``location: message`` lines."""
         self.items.extend(lines)
 
     def __bool__(self) -> bool:
@@ -71,6 +73,7 @@ class Problems:
 
 
 def join(location: str, key: str | int) -> str:
+    """The location of ``key`` inside ``location`` (``a.b``, ``a[2]``)."""
     if isinstance(key, int):
         return f"{location}[{key}]"
     return f"{location}.{key}" if location else key
@@ -96,6 +99,7 @@ def kind_of(value: Any) -> str:
 
 
 def known_list(names: Iterable[str]) -> str:
+    """Names for a 'known: ...' list, sorted."""
     return ", ".join(sorted(names))
 
 
@@ -166,6 +170,7 @@ class Anything(fields.Raw):
 
 
 def is_number(value: Any) -> bool:
+    """A real, finite number (not a boolean, not NaN or infinity)."""
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -222,6 +227,7 @@ def roles_field(value: Any, location: str, problems: Problems) -> tuple[str, ...
 def check_roles_exist(
     roles: tuple[str, ...], known: list[str], location: str, problems: Problems
 ) -> None:
+    """Every role an action names is declared by the job."""
     if not known:
         return  # the missing roles are reported where they should be declared
     for name in roles:
@@ -230,6 +236,7 @@ def check_roles_exist(
 
 
 def check_role_name(name: str, location: str, problems: Problems) -> bool:
+    """A role name fits what ``lava-group`` and the helpers can print and parse."""
     if not _ROLE_NAME.match(name):
         problems.add(
             location,
@@ -241,6 +248,7 @@ def check_role_name(name: str, location: str, problems: Problems) -> bool:
 
 
 def priority_value(value: Any, location: str, problems: Problems) -> int:
+    """A job's priority as a number (LAVA's names or 0 to 100)."""
     if value is None:
         return DEFAULT_PRIORITY
     if isinstance(value, str) and value.lower() in PRIORITY_NAMES:
@@ -316,6 +324,7 @@ def role_plan(name: str, item: Mapping[str, Any]) -> RolePlan:
 
 
 def check_group_size(roles: list[RolePlan], location: str, problems: Problems) -> None:
+    """The whole group stays within ``MAX_COUNT`` devices."""
     total = sum(r.count for r in roles)
     if total > MAX_COUNT:
         problems.add(location, f"the group has {total} devices; at most {MAX_COUNT}")
@@ -338,6 +347,7 @@ def action_roles(
 
 
 def compression_from_url(url: str) -> str | None:
+    """The compression a URL's suffix names (``.gz``, ``.xz``...), if any."""
     path = urlsplit(url).path
     for suffix in ("gz", "xz", "bz2", "zst"):
         if path.endswith("." + suffix):
@@ -346,6 +356,7 @@ def compression_from_url(url: str) -> str | None:
 
 
 def check_url(url: Any, location: str, problems: Problems) -> bool:
+    """A URL string with a scheme the dispatcher can fetch."""
     if not isinstance(url, str) or not url.strip():
         problems.add(location, f"must be a URL string (got {kind_of(url)})")
         return False

@@ -120,6 +120,7 @@ def yaml_actions(
     per_kind: dict[str, float],
     problems: Problems,
 ) -> list[ActionPlan]:
+    """Every entry of ``actions:`` as an ``ActionPlan`` (the invalid ones reported)."""
     out: list[ActionPlan] = []
     for i, entry in enumerate(listed(value, "actions", "action", problems)):
         loc = f"actions[{i}]"

@@ -30,12 +30,15 @@ MAX_COUNT = 1000
 
 @dataclass(frozen=True)
 class Timeouts:
+    """The job's timeouts in seconds (None: no limit of that kind)."""
+
     job: float | None
     action: float
     multinode: float
     connection: float | None
 
     def to_dict(self) -> dict[str, Any]:
+        """As JSON-safe data."""
         return {
             "job": self.job,
             "action": self.action,
@@ -45,6 +48,7 @@ class Timeouts:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Timeouts:
+        """Back from ``to_dict``."""
         return cls(
             job=_opt_float(d.get("job")),
             action=float(d["action"]),
@@ -55,6 +59,8 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class ActionPlan:
+    """One action of the job (deploy, boot, test, command) and the roles it runs on."""
+
     kind: str
     name: str
     parameters: dict[str, Any]
@@ -63,9 +69,11 @@ class ActionPlan:
     index: int
 
     def applies_to(self, role: str) -> bool:
+        """The action runs on ``role`` (no role limit: on every role)."""
         return not self.roles or role in self.roles
 
     def to_dict(self) -> dict[str, Any]:
+        """As JSON-safe data."""
         return {
             "kind": self.kind,
             "name": self.name,
@@ -77,6 +85,7 @@ class ActionPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ActionPlan:
+        """Back from ``to_dict``."""
         return cls(
             kind=str(d["kind"]),
             name=str(d["name"]),
@@ -89,6 +98,8 @@ class ActionPlan:
 
 @dataclass(frozen=True)
 class RolePlan:
+    """One role of the group: how many devices of which type or name, with tags."""
+
     name: str
     count: int
     device_type: str | None
@@ -98,6 +109,7 @@ class RolePlan:
     essential: bool
 
     def to_dict(self) -> dict[str, Any]:
+        """As JSON-safe data."""
         return {
             "name": self.name,
             "count": self.count,
@@ -110,6 +122,7 @@ class RolePlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RolePlan:
+        """Back from ``to_dict``."""
         return cls(
             name=str(d["name"]),
             count=int(d["count"]),
@@ -123,6 +136,8 @@ class RolePlan:
 
 @dataclass(frozen=True)
 class SubJobPlan:
+    """One node of the group: a role's n-th device and the actions it runs."""
+
     role: str
     index: int
     device_type: str | None
@@ -133,6 +148,7 @@ class SubJobPlan:
     actions: tuple[ActionPlan, ...]
 
     def to_dict(self) -> dict[str, Any]:
+        """As JSON-safe data."""
         return {
             "role": self.role,
             "index": self.index,
@@ -146,6 +162,7 @@ class SubJobPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SubJobPlan:
+        """Back from ``to_dict``."""
         return cls(
             role=str(d["role"]),
             index=int(d["index"]),
@@ -160,6 +177,8 @@ class SubJobPlan:
 
 @dataclass(frozen=True)
 class JobPlan:
+    """A validated job: its roles, its sub-jobs with their actions, its timeouts."""
+
     job_name: str
     format: str
     priority: int
@@ -182,6 +201,7 @@ class JobPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobPlan:
+        """Back from ``to_dict`` (e.g. a plan read from the store)."""
         return cls(
             job_name=str(d["job_name"]),
             format=str(d["format"]),
@@ -193,12 +213,14 @@ class JobPlan:
         )
 
     def role(self, name: str) -> RolePlan:
+        """The role ``name`` (KeyError if the job has none)."""
         for role in self.roles:
             if role.name == name:
                 return role
         raise KeyError(f"job {self.job_name!r} has no role {name!r}")
 
     def subjob(self, role: str, index: int) -> SubJobPlan:
+        """The sub-job ``role[index]`` (KeyError if the job has none)."""
         for sub in self.subjobs:
             if sub.role == role and sub.index == index:
                 return sub

@@ -83,6 +83,8 @@ class LogRecords(fields.Field):
 
 
 class LogBatchSchema(MessageSchema):
+    """A batch of one node's job log records, in order (``seq``), on ``lava.logs``."""
+
     message_type = "log-batch"
 
     job = fields.String(required=True, validate=validate.Length(min=1))
@@ -94,6 +96,8 @@ class LogBatchSchema(MessageSchema):
 
 
 class TestResultSchema(MessageSchema):
+    """One test case's result from one node, on ``lava.results``."""
+
     message_type = "test-result"
 
     id = fields.String(required=True, validate=validate.Length(min=1))

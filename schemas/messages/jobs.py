@@ -61,12 +61,16 @@ class JobsRequestSchema(MessageSchema):
 
 
 class JobShowRequestSchema(MessageSchema):
+    """``lavamq job show ID``: one job with its sub-jobs and events."""
+
     message_type = "job-show"
     method = fields.String(required=True, validate=validate.Equal("job-show"))
     job_id = fields.Integer(required=True, validate=validate.Range(min=1))
 
 
 class CancelRequestSchema(MessageSchema):
+    """``lavamq cancel ID``: cancel a job, with the reason recorded."""
+
     message_type = "cancel"
     method = fields.String(required=True, validate=validate.Equal("cancel"))
     job_id = fields.Integer(required=True, validate=validate.Range(min=1))
@@ -74,6 +78,8 @@ class CancelRequestSchema(MessageSchema):
 
 
 class DevicesRequestSchema(MessageSchema):
+    """``lavamq devices``: every device of the lab."""
+
     message_type = "devices"
     method = fields.String(required=True, validate=validate.Equal("devices"))
 
@@ -107,6 +113,8 @@ class RpcRequestSchema(MessageSchema):
 
 
 class RpcErrorSchema(_Strict):
+    """A failed request's error, as data: its kind, message and every problem."""
+
     error_type = fields.String(required=True)
     message = fields.String(required=True)
     #: every validation problem (``location: message``) for a rejected job file
@@ -174,6 +182,8 @@ class SubJobAssignmentSchema(MessageSchema):
 
 
 class RegisteredDeviceSchema(_Strict):
+    """One device a host announces: its name (the node's name), type and tags."""
+
     name = fields.String(required=True, validate=NAME)
     device_type = fields.String(required=True, validate=NAME)
     tags = fields.List(fields.String(validate=validate.Length(min=1, max=100)), load_default=list)

@@ -31,6 +31,8 @@ OPERATIONS = ("lava-wait", "lava-wait-all", "lava-sync")
 
 
 class GroupOpenSchema(MessageSchema):
+    """The coordinator opens a group at the barrier: members and their owners."""
+
     message_type = "group-open"
     group = _name
     members = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
@@ -40,11 +42,15 @@ class GroupOpenSchema(MessageSchema):
 
 
 class GroupCloseSchema(MessageSchema):
+    """The coordinator closes an ended group: the barrier forgets it."""
+
     message_type = "group-close"
     group = _name
 
 
 class MultinodeSendSchema(MessageSchema):
+    """``lava-send``: a node sends a message (and its data) to its group."""
+
     message_type = "multinode-send"
     group = _name
     node = _name
@@ -53,6 +59,8 @@ class MultinodeSendSchema(MessageSchema):
 
 
 class MultinodeSyncSchema(MessageSchema):
+    """``lava-sync``: a node arrives at a named barrier of the whole group."""
+
     message_type = "multinode-sync"
     group = _name
     node = _name
@@ -61,6 +69,8 @@ class MultinodeSyncSchema(MessageSchema):
 
 
 class MultinodeReleaseSchema(MessageSchema):
+    """The barrier releases every waiter of a completed barrier."""
+
     message_type = "multinode-release"
     group = _name
     kind = fields.String(required=True, validate=validate.OneOf(["sync", "wait-all"]))
@@ -71,6 +81,8 @@ class MultinodeReleaseSchema(MessageSchema):
 
 
 class MultinodeTimeoutSchema(MessageSchema):
+    """A node's MultiNode call timed out: the barrier fails the group or resends."""
+
     message_type = "multinode-timeout"
     group = _name
     node = _name
@@ -101,6 +113,8 @@ class MultinodeQuerySchema(MessageSchema):
 
 
 class GroupFailedSchema(MessageSchema):
+    """The group failed: every waiter, now and later, gets this reason."""
+
     message_type = "group-failed"
     group = _name
     reason = fields.String(required=True)
