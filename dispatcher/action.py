@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.joblog import JobLog
-from schemas.errors import JobCanceled, JobError, LavamqError, classify
+from schemas.errors import InfrastructureError, JobCanceled, JobError, LavamqError, classify
 
 log = logging.getLogger(__name__)
 
@@ -248,3 +248,38 @@ class Pipeline:
                 action.cleanup(ctx)
             except Exception as exc:
                 ctx.log.warning(f"{action.name}: cleanup failed: {exc}")
+
+
+class RetryAction(Action):
+    """Run one child action again after a lab failure (never after a job error or a bug).
+
+    LAVA's RetryAction: the lab's faults (a download server that hiccups) are
+    retried with a short back-off while the deadline allows; the job's own
+    faults and lavamq's bugs fail at once.
+    """
+
+    description = "retry when the lab (not the job) failed"
+
+    def __init__(
+        self, child: Action, *, name: str, retries: int = 3, timeout: float | None = None
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.name = name
+        self.retries = retries
+        self.pipeline = Pipeline([child])
+
+    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        assert self.pipeline is not None
+        for attempt in range(1, self.retries + 1):
+            try:
+                return self.pipeline.run(connection, deadline, ctx)
+            except InfrastructureError as exc:
+                left = remaining(deadline)
+                if attempt == self.retries or (left is not None and left < 1):
+                    raise
+                ctx.log.warning(
+                    f"{self.name}: attempt {attempt} of {self.retries} failed ({exc.message}); "
+                    "retrying"
+                )
+                time.sleep(min(2.0 ** (attempt - 1), 5.0))
+        return connection

@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dispatcher.action import Action, JobContext, Pipeline
-from dispatcher.actions.boot import BootAction
-from dispatcher.actions.command import CommandRunAction, SubmitResultsAction
-from dispatcher.actions.deploy import DeployImagesAction
+from dispatcher.action import JobContext, Pipeline
 from dispatcher.actions.finalize import FinalizeAction
-from dispatcher.actions.slave_boot import SlaveBootAction
-from dispatcher.actions.test_shell import LavaTestShellAction, record_result
+from dispatcher.actions.test_shell import record_result
 from dispatcher.joblog import JobLog
 from dispatcher.publisher import dropped_note
+from dispatcher.registry import build_pipeline
 from schemas.errors import JobError, LavamqError, classify
+
+__all__ = ["Outcome", "SubJobRunner", "build_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -41,57 +40,6 @@ class Outcome:
     state: str  # complete | incomplete | canceled
     error: LavamqError | None
     log_path: Path
-
-
-def build_pipeline(
-    plan: dict[str, Any], device_type: str, timeouts: dict[str, Any]
-) -> tuple[Pipeline, list[str]]:
-    """The pipeline for one sub-job's plan, and the problems found while building it."""
-    default_timeout = timeouts.get("action")
-    pipeline = Pipeline()
-    problems: list[str] = []
-    # an is_slave node is booted by its master (dispatcher/actions/slave_boot.py),
-    # before its first test even when the job gives the slave no boot action
-    slave = bool(plan.get("is_slave"))
-    booted = False
-    for i, item in enumerate(plan.get("actions") or []):
-        try:
-            kind = item.get("kind")
-            params = dict(item.get("parameters") or {})
-        except (AttributeError, TypeError, ValueError) as exc:
-            problems.append(f"actions[{i}]: not an action mapping ({exc})")
-            continue
-        timeout = item.get("timeout") or default_timeout
-        action: Action
-        if slave and not booted and kind in ("test", "command"):
-            pipeline.add(SlaveBootAction(device_type, {}, default_timeout))
-            booted = True
-        try:
-            if kind == "deploy":
-                action = DeployImagesAction(params, timeout)
-            elif kind == "boot" and slave:
-                action = SlaveBootAction(device_type, params, timeout)
-                booted = True
-            elif kind == "boot":
-                action = BootAction(device_type, params, timeout)
-            elif kind == "test":
-                action = LavaTestShellAction(params, timeout)
-            elif kind == "command":
-                action = CommandRunAction(params, timeout)
-            elif kind == "submit":
-                action = SubmitResultsAction(timeout=timeout, parameters=params)
-            else:
-                problems.append(
-                    f"actions[{i}] ({item.get('name')}): unknown kind {kind!r} "
-                    "(known: deploy, boot, test, command, submit)"
-                )
-                continue
-        except (LavamqError, KeyError, TypeError, ValueError) as exc:
-            # a malformed item: reported with the others, before anything runs
-            problems.append(f"actions[{i}] ({item.get('name') or kind}): {exc}")
-            continue
-        pipeline.add(action)
-    return pipeline, problems
 
 
 class SubJobRunner:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-from dispatcher.action import Action, JobContext, Pipeline, remaining
+from dispatcher.action import Action, JobContext, Pipeline, RetryAction
 from dispatcher.download import fetch_image, validate_image
-from schemas.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
 
@@ -68,36 +66,6 @@ class DownloadAction(Action):
         return out
 
 
-class DownloadRetryAction(Action):
-    """``download-retry``: retry a download after a lab failure (never after a job error)."""
-
-    name = "download-retry"
-    description = "retry a download when the lab (not the job) failed"
-
-    def __init__(self, image_name: str, image: dict[str, Any], *, retries: int = 3, **kw: Any):
-        super().__init__(**kw)
-        self.retries = retries
-        self.pipeline = Pipeline([DownloadAction(image_name, image)])
-
-    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
-        assert self.pipeline is not None
-        for attempt in range(1, self.retries + 1):
-            try:
-                return self.pipeline.run(connection, deadline, ctx)
-            except InfrastructureError as exc:
-                if attempt == self.retries:
-                    raise
-                left = remaining(deadline)
-                if left is not None and left < 1:
-                    raise
-                ctx.log.warning(
-                    f"{self.name}: attempt {attempt} of {self.retries} failed ({exc.message}); "
-                    "retrying"
-                )
-                time.sleep(min(2.0 ** (attempt - 1), 5.0))
-        return connection
-
-
 class DeployImagesAction(Action):
     """``deploy-image``: every image named in the deploy action."""
 
@@ -109,7 +77,10 @@ class DeployImagesAction(Action):
         images = parameters.get("images") or {}
         self.images: dict[str, Any] = images if isinstance(images, dict) else {}
         self.pipeline = Pipeline(
-            [DownloadRetryAction(name, dict(img)) for name, img in sorted(self.images.items())]
+            [
+                RetryAction(DownloadAction(name, dict(img)), name="download-retry")
+                for name, img in sorted(self.images.items())
+            ]
         )
 
     def validate(self, ctx: JobContext) -> list[str]:

@@ -266,3 +266,47 @@ def test_levels_number_nested_actions() -> None:
     assert [c["level"] for c in deploy["pipeline"]] == ["1.1", "1.2"]
     assert deploy["pipeline"][0]["pipeline"][0]["level"] == "1.1.1"
     assert fmt_duration(3723.5) == "01:02:03.500"
+
+
+class Flaky(Action):
+    name = "flaky"
+
+    def __init__(self, errors: list[Exception]) -> None:
+        super().__init__()
+        self.errors = errors
+        self.runs = 0
+
+    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        self.runs += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+def test_retry_action_retries_the_lab_never_the_job(tmp_path: Path) -> None:
+    from dispatcher.action import RetryAction
+
+    ctx = ctx_for(tmp_path)
+    lab = Flaky([InfrastructureError("server hiccup")])
+    assert RetryAction(lab, name="x-retry", retries=2).run(None, None, ctx) == "ok"
+    assert lab.runs == 2
+    job = Flaky([JobError("bad checksum"), JobError("never reached")])
+    with pytest.raises(JobError, match="bad checksum"):
+        RetryAction(job, name="x-retry", retries=3).run(None, None, ctx)
+    assert job.runs == 1
+    always = Flaky([InfrastructureError(f"down {i}") for i in range(3)])
+    with pytest.raises(InfrastructureError, match="down 1"):
+        RetryAction(always, name="x-retry", retries=2).run(None, None, ctx)
+
+
+def test_the_registry_picks_by_kind_and_method_with_the_kind_as_default() -> None:
+    from dispatcher import registry
+
+    default = registry.lookup("deploy", None)
+    assert default is not None and registry.lookup("deploy", "tmpfs") is default
+    assert registry.method_of("boot", {"method": "qemu"}) == "qemu"
+    assert registry.lookup("flash", None) is None
+    plan = {"is_slave": True, "actions": [{"kind": "test", "parameters": {"definitions": []}}]}
+    pipeline, problems = build_pipeline(plan, "local", {"action": 10.0})
+    assert problems == []
+    assert [a.name for a in pipeline.actions] == ["boot-local-slave", "lava-test-shell"]

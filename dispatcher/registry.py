@@ -1,0 +1,109 @@
+"""Which pipeline action runs a job's action: a table keyed by action name and method.
+
+LAVA picks an action's strategy from the job's action name (``deploy``,
+``boot``, ``test``, or a 2014 command) and its method (``deploy: to:``,
+``boot: method:``). :data:`ACTIONS` is that table; :func:`build_pipeline`
+looks every plan item up in it. A new deploy or boot method is one row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.action import Action, Pipeline
+from dispatcher.actions.boot import BootAction
+from dispatcher.actions.command import CommandRunAction, SubmitResultsAction
+from dispatcher.actions.deploy import DeployImagesAction
+from dispatcher.actions.slave_boot import SlaveBootAction
+from dispatcher.actions.test_shell import LavaTestShellAction
+from schemas.errors import LavamqError
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an action is built for: the device type, and whether its master boots it."""
+
+    device_type: str
+    slave: bool = False
+
+
+#: ``factory(target, parameters, timeout) -> Action``
+ActionFactory = Callable[[Target, dict[str, Any], float | None], Action]
+
+
+def _boot(target: Target, params: dict[str, Any], timeout: float | None) -> Action:
+    # an is_slave node is booted by its master (dispatcher/actions/slave_boot.py)
+    if target.slave:
+        return SlaveBootAction(target.device_type, params, timeout)
+    return BootAction(target.device_type, params, timeout)
+
+
+#: (action kind, method or None for any) → factory
+ACTIONS: dict[tuple[str, str | None], ActionFactory] = {
+    ("deploy", None): lambda t, p, timeout: DeployImagesAction(p, timeout),
+    ("boot", None): _boot,
+    ("test", None): lambda t, p, timeout: LavaTestShellAction(p, timeout),
+    ("command", None): lambda t, p, timeout: CommandRunAction(p, timeout),
+    ("submit", None): lambda t, p, timeout: SubmitResultsAction(timeout=timeout, parameters=p),
+}
+
+#: the parameter naming each kind's method
+METHOD_KEYS = {"deploy": "to", "boot": "method"}
+
+
+def method_of(kind: str, params: dict[str, Any]) -> str | None:
+    """The method a job's action asks for (``deploy: to:``, ``boot: method:``)."""
+    key = METHOD_KEYS.get(kind)
+    value = params.get(key) if key else None
+    return str(value) if value is not None else None
+
+
+def lookup(kind: str, method: str | None) -> ActionFactory | None:
+    """The factory for ``kind`` with ``method``, else the kind's default, else None."""
+    return ACTIONS.get((kind, method)) or ACTIONS.get((kind, None))
+
+
+def known_kinds() -> list[str]:
+    """Every kind the table has, in its order (for error messages)."""
+    return list(dict.fromkeys(kind for kind, _ in ACTIONS))
+
+
+def build_pipeline(
+    plan: dict[str, Any], device_type: str, timeouts: dict[str, Any]
+) -> tuple[Pipeline, list[str]]:
+    """The pipeline for one sub-job's plan, and the problems found while building it."""
+    default_timeout = timeouts.get("action")
+    pipeline = Pipeline()
+    problems: list[str] = []
+    target = Target(device_type, slave=bool(plan.get("is_slave")))
+    booted = False
+    for i, item in enumerate(plan.get("actions") or []):
+        try:
+            kind = str(item.get("kind"))
+            params = dict(item.get("parameters") or {})
+        except (AttributeError, TypeError, ValueError) as exc:
+            problems.append(f"actions[{i}]: not an action mapping ({exc})")
+            continue
+        timeout = item.get("timeout") or default_timeout
+        if target.slave and not booted and kind in ("test", "command"):
+            # a slave is booted before its first test even when its job has no boot
+            pipeline.add(SlaveBootAction(device_type, {}, default_timeout))
+            booted = True
+        factory = lookup(kind, method_of(kind, params))
+        if factory is None:
+            problems.append(
+                f"actions[{i}] ({item.get('name')}): unknown kind {kind!r} "
+                f"(known: {', '.join(known_kinds())})"
+            )
+            continue
+        try:
+            action = factory(target, params, timeout)
+        except (LavamqError, KeyError, TypeError, ValueError) as exc:
+            # a malformed item: reported with the others, before anything runs
+            problems.append(f"actions[{i}] ({item.get('name') or kind}): {exc}")
+            continue
+        booted = booted or kind == "boot"
+        pipeline.add(action)
+    return pipeline, problems
