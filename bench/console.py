@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kombu import Queue
 
 from broker_config import topology
-from broker_config.messaging import Delivery, QueueConsumer, run_in_thread
+from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
 from device_agent.bridge import Bridge
 from device_agent.devices import create_device
 from dispatcher.download import fetch_image

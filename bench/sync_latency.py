@@ -57,8 +57,8 @@ sys.path.insert(0, str(ROOT))
 import pika  # noqa: E402
 
 from broker_config import topology  # noqa: E402
+from broker_config.broker import Broker  # noqa: E402
 from broker_config.declare import declare_topology  # noqa: E402
-from broker_config.messaging import Broker  # noqa: E402
 from coordinator.groups import create_group, end_group  # noqa: E402
 from device_agent.multinode import MultinodeClient  # noqa: E402
 from schemas.messages.multinode import MultinodeSyncSchema  # noqa: E402

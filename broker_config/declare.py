@@ -29,8 +29,8 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from broker_config import topology
-from broker_config.messaging import Broker
+from broker_config import errors, topology
+from broker_config.broker import Broker
 from schemas.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,13 @@ class ManagementAPI:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
-            raise InfrastructureError(
+            raise errors.from_http(
+                exc.code,
                 f"RabbitMQ management API {method} {self.base_url}/api{path}: "
-                f"HTTP {exc.code} {detail}"
+                f"HTTP {exc.code} {detail}",
             ) from exc
         except OSError as exc:
-            raise InfrastructureError(
+            raise errors.ConnectionLost(
                 f"RabbitMQ management API at {self.base_url} unreachable: {exc} "
                 "(is the rabbitmq_management plugin enabled?)"
             ) from exc

@@ -39,6 +39,7 @@ from typing import Any
 
 from broker_config import identity, topology
 from broker_config.declare import ManagementAPI
+from broker_config.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,8 @@ def apply_user(api: ManagementAPI, perms: UserPermissions, password: str) -> Non
 
 def remove_user(api: ManagementAPI, user: str) -> bool:
     """Delete a broker user (and with it every permission); False if there was none."""
-    from schemas.errors import InfrastructureError
-
     try:
         api.call("DELETE", f"/users/{api.q(user)}")
-    except InfrastructureError as exc:
-        if "HTTP 404" in str(exc):
-            return False
-        raise
+    except NotFound:
+        return False
     return True

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from broker_config import topology
-from broker_config.messaging import Delivery, QueueConsumer
+from broker_config.consumer import Delivery, QueueConsumer
 from coordinator.db import Base
 from coordinator.results import CaseResult, NodeOutcome, build_bundle
 from coordinator.store import FINAL_JOB_STATES, Job, Result, Store, SubJob

@@ -40,8 +40,8 @@ from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
 from broker_config import topology
+from broker_config.consumer import Delivery, QueueConsumer, TransientError
 from broker_config.identity import check_sender, delivery_user
-from broker_config.messaging import Delivery, QueueConsumer, TransientError
 from coordinator.barrier_count import (
     SEND,
     SYNC,

@@ -22,7 +22,8 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker_config import topology
-from broker_config.messaging import Broker
+from broker_config.broker import Broker
+from broker_config.errors import NotFound, Unroutable
 from coordinator.barrier_count import ReleaseKey, release_key, release_message_id
 from coordinator.barrier_models import BarrierOutbox
 from coordinator.db import store_error_text, store_unavailable
@@ -145,10 +146,7 @@ class Outbox:
                 # a release lost with a broker restart is asked for again
                 persistent=message_type != MultinodeReleaseSchema.message_type,
             )
-        except InfrastructureError as exc:
-            text = str(exc)
-            if "unroutable" not in text and "NOT_FOUND" not in text:
-                raise
+        except (Unroutable, NotFound) as exc:
             # the group ended (exchange or queues gone): nobody to tell
             log.warning("dropping %s for ended group: %s", message_type, exc)
 

@@ -17,8 +17,8 @@ import logging
 from collections.abc import Iterable
 
 from broker_config import topology
+from broker_config.broker import Broker
 from broker_config.identity import host_user
-from broker_config.messaging import Broker
 from coordinator.store import GroupOutcome, StartedGroup
 from schemas.errors import ConfigurationError, LavamqError
 from schemas.jobmodel import JobPlan

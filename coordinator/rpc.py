@@ -1,25 +1,16 @@
 """Client side of the coordinator's RPC (``lava.rpc``), used by the CLI.
 
-Each call publishes a request to ``lava.rpc`` with a fresh ``correlation_id``
-and ``reply_to`` naming an exclusive, auto-deleted reply queue bound to
-``lava.reply``, then waits for the matching reply. The request carries a
-per-message TTL equal to the timeout: a request nobody took in time is dropped
-by RabbitMQ instead of being run later by a coordinator that starts after the
-client gave up.
+Each call is one request on ``lava.rpc`` through ``broker_config.rpc.RpcClient``
+(reply queue, correlation id, a TTL equal to the timeout); the reply is an
+``rpc-reply`` whose error is rebuilt as the kind the coordinator sent.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
 from typing import Any
 
-from kombu import Consumer
-from kombu.message import Message
-
 from broker_config import topology
-from broker_config.messaging import Broker, connection_for
+from broker_config.rpc import NoReply, RpcClient
 from schemas.errors import InfrastructureError, error_from_dict
 from schemas.job import JobValidationError
 from schemas.messages.base import InvalidMessage, MessageSchema, decode
@@ -33,8 +24,6 @@ from schemas.messages.jobs import (
     SubmitRequestSchema,
 )
 
-log = logging.getLogger(__name__)
-
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -44,12 +33,9 @@ class CoordinatorClient:
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.url = url
         self.timeout = timeout
-        self.broker = Broker(url)
-        self.connection = connection_for(url)
-        self._channel: Any = None
-        self._reply_name = f"lava.reply.{uuid.uuid4().hex}"
-        self._replies: dict[str, Message] = {}
-        self._consumer: Consumer | None = None
+        self.rpc = RpcClient(
+            url, topology.RPC_EXCHANGE_NAME, topology.RPC_ROUTING_KEY, timeout=timeout
+        )
 
     def __enter__(self) -> CoordinatorClient:
         return self
@@ -58,65 +44,15 @@ class CoordinatorClient:
         self.close()
 
     def close(self) -> None:
-        if self._consumer is not None:
-            try:
-                self._consumer.cancel()
-            except Exception:  # closing anyway
-                log.debug("reply consumer cancel failed", exc_info=True)
-        self.connection.release()
-        self.broker.close()
-
-    def _listen(self) -> None:
-        if self._consumer is not None:
-            return
-        try:
-            self.connection.ensure_connection(max_retries=2)
-        except self.connection.connection_errors as exc:
-            raise InfrastructureError(
-                f"cannot connect to the broker at {self.broker.safe_url()}: {exc}"
-            ) from exc
-        self._channel = self.connection.channel()
-        queue = topology.reply_queue(self._reply_name).bind(self._channel)
-        queue.declare()
-        self._consumer = Consumer(
-            self._channel, queues=[queue], on_message=self._on_reply, no_ack=True
-        )
-        self._consumer.consume()
-
-    def _on_reply(self, message: Message) -> None:
-        cid = str((message.properties or {}).get("correlation_id") or "")
-        self._replies[cid] = message
+        self.rpc.close()
 
     def call(self, schema: MessageSchema, body: dict[str, Any]) -> Any:
         """Send one request; return the reply's ``result`` or raise the error it carries."""
-        self._listen()
-        cid = uuid.uuid4().hex
         method = str(body.get("method"))
         try:
-            self.broker.publish(
-                topology.RPC_EXCHANGE_NAME,
-                topology.RPC_ROUTING_KEY,
-                schema,
-                body,
-                correlation_id=cid,
-                reply_to=self._reply_name,
-                expiration=self.timeout,
-            )
-        except InfrastructureError as exc:
-            # no lava.rpc exchange or queue: no coordinator ever ran on this vhost
-            if "unroutable" in exc.message or "NOT_FOUND" in exc.message:
-                raise self._no_answer() from None
-            raise
-        deadline = time.monotonic() + self.timeout
-        while cid not in self._replies:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self._no_answer()
-            try:
-                self.connection.drain_events(timeout=min(left, 0.5))
-            except TimeoutError:
-                continue
-        message = self._replies.pop(cid)
+            message = self.rpc.request(schema, body)
+        except NoReply:
+            raise self._no_answer() from None
         try:
             reply = decode(RpcReplySchema(), message.body)
         except InvalidMessage as exc:

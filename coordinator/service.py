@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker_config import topology
+from broker_config.broker import Broker, is_amqp_url
+from broker_config.consumer import Delivery, QueueConsumer, TransientError
 from broker_config.identity import check_sender, delivery_user
-from broker_config.messaging import Broker, Delivery, QueueConsumer, TransientError, is_amqp_url
 from coordinator import groups
 from coordinator.aggregate import ResultsAggregator
 from coordinator.db import store_error_text, store_unavailable

@@ -37,14 +37,9 @@ import threading
 from typing import TYPE_CHECKING
 
 from broker_config import topology
+from broker_config.broker import is_amqp_url
+from broker_config.consumer import Delivery, QueueConsumer, QueueNotFound, run_in_thread
 from broker_config.identity import check_sender, delivery_user
-from broker_config.messaging import (
-    Delivery,
-    QueueConsumer,
-    QueueNotFound,
-    is_amqp_url,
-    run_in_thread,
-)
 from schemas.errors import InfrastructureError
 from schemas.messages.multinode import GROUP_QUEUE_SCHEMAS
 

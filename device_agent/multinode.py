@@ -29,7 +29,8 @@ import time
 from typing import Any
 
 from broker_config import topology
-from broker_config.messaging import Broker, Delivery
+from broker_config.broker import Broker
+from broker_config.consumer import Delivery
 from device_agent import group_receiver
 from schemas.errors import GroupFailed, InfrastructureError, JobError, MultinodeTimeout
 from schemas.messages.multinode import (

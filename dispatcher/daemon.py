@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from broker_config import identity, topology
-from broker_config.messaging import Broker, Delivery, QueueConsumer, is_amqp_url
+from broker_config.broker import Broker, is_amqp_url
+from broker_config.consumer import Delivery, QueueConsumer
 from dispatcher.journal import FINAL, Journal
 from dispatcher.runner import SubJobRunner
 from schemas.errors import InfrastructureError, LavamqError

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from broker_config import topology
-from broker_config.messaging import Delivery, QueueConsumer, run_in_thread
+from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
 from schemas.messages.console import LogBatchSchema
 
 log = logging.getLogger(__name__)

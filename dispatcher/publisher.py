@@ -31,7 +31,7 @@ from typing import Any
 from kombu.exceptions import OperationalError
 
 from broker_config import topology
-from broker_config.messaging import Broker
+from broker_config.broker import Broker
 from dispatcher.joblog import now_iso
 from schemas.errors import LavamqError
 from schemas.messages.base import encode

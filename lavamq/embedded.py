@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from broker_config import topology
-from broker_config.messaging import Broker, is_amqp_url
+from broker_config.broker import Broker, is_amqp_url
 from coordinator.barrier import BarrierService
 from coordinator.rpc import CoordinatorClient
 from coordinator.service import CoordinatorService, CoordinatorSettings

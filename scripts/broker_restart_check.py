@@ -32,8 +32,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from faults import BrokerProxy  # noqa: E402
 
 from broker_config import topology  # noqa: E402
+from broker_config.broker import Broker  # noqa: E402
 from broker_config.declare import ManagementAPI, declare_topology  # noqa: E402
-from broker_config.messaging import Broker  # noqa: E402
 from coordinator.barrier import BarrierService  # noqa: E402
 from coordinator.groups import create_group, end_group  # noqa: E402
 from device_agent.multinode import MultinodeClient  # noqa: E402

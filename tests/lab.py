@@ -31,7 +31,8 @@ from kombu.transport import memory
 
 import services
 from broker_config import topology
-from broker_config.messaging import Broker, QueueConsumer, run_in_thread
+from broker_config.broker import Broker
+from broker_config.consumer import QueueConsumer, run_in_thread
 from schemas.messages.base import decode
 from schemas.messages.jobs import (
     HostHeartbeatSchema,

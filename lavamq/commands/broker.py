@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from broker_config import topology
+from broker_config.broker import Broker, is_amqp_url
 from broker_config.declare import (
     ManagementAPI,
     apply_policies,
     declare_topology,
     sweep_stale_group_exchanges,
 )
-from broker_config.messaging import Broker, is_amqp_url
 from lavamq.config import load_settings
 
 

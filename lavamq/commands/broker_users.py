@@ -8,8 +8,8 @@ from __future__ import annotations
 import click
 
 from broker_config import identity, permissions, topology
+from broker_config.broker import Broker
 from broker_config.declare import ManagementAPI
-from broker_config.messaging import Broker
 from lavamq.commands.broker import broker
 from lavamq.config import load_settings
 

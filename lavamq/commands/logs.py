@@ -124,7 +124,7 @@ def logs_command(
 
     from kombu import Queue
 
-    from broker_config.messaging import Delivery, QueueConsumer
+    from broker_config.consumer import Delivery, QueueConsumer
     from lavamq.config import load_settings
     from schemas.messages.console import LogBatchSchema
 

@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from broker_config import topology
+from broker_config.broker import Broker
+from broker_config.consumer import Delivery
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker, Delivery
 from coordinator.barrier import BarrierService
 from coordinator.barrier_models import BarrierOutbox, BarrierRelease
 from coordinator.barrier_outbox import Outbox

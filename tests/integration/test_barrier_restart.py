@@ -19,8 +19,8 @@ from lab import barrier_process, wait_for
 from sqlalchemy import func, select
 
 from broker_config import topology
+from broker_config.broker import Broker
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker
 from coordinator.barrier_models import BarrierArrival, BarrierRelease
 from coordinator.db import make_engine, migrate, session_factory
 from coordinator.groups import create_group

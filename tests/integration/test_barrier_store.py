@@ -8,8 +8,9 @@ import pytest
 from kombu.transport import memory
 from sqlalchemy import func, select
 
+from broker_config.broker import Broker
+from broker_config.consumer import Delivery
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker, Delivery
 from coordinator.barrier import BarrierService
 from coordinator.barrier_models import BarrierArrival, BarrierOutbox, BarrierRelease
 from coordinator.groups import create_group

@@ -12,7 +12,8 @@ from kombu.transport import memory
 from marshmallow import fields
 
 from broker_config import topology
-from broker_config.messaging import Broker, Delivery, QueueConsumer, run_in_thread
+from broker_config.broker import Broker
+from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
 from schemas.errors import InfrastructureError
 from schemas.messages.base import InvalidMessage, MessageSchema
 

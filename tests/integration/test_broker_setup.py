@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 import services
 from broker_config import topology
+from broker_config.broker import Broker
 from broker_config.declare import DEFINITIONS_FILE, ManagementAPI, render_definitions
-from broker_config.messaging import Broker
 from lavamq.cli import main
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,8 @@ import pytest
 from faults import BrokerProxy, wait_for
 from kombu import Queue
 
-from broker_config.messaging import Broker, Delivery, QueueConsumer, run_in_thread
+from broker_config.broker import Broker
+from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
 from schemas.messages.base import MessageSchema
 from schemas.messages.multinode import GroupCloseSchema
 

@@ -10,7 +10,8 @@ from amqp.exceptions import NotFound
 from kombu import Consumer, Queue
 from lab import wait_for
 
-from broker_config.messaging import Broker, Delivery, QueueConsumer, run_in_thread
+from broker_config.broker import Broker
+from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
 from schemas.errors import InfrastructureError
 from schemas.messages.multinode import GroupCloseSchema
 

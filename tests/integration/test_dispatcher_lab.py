@@ -34,8 +34,9 @@ from lab import (
 from lab import host_config as lab_host_config
 
 from broker_config import topology
+from broker_config.broker import Broker
+from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker, Delivery, QueueConsumer, run_in_thread
 from coordinator.barrier import BarrierService
 from coordinator.groups import create_group
 from dispatcher.joblog import read_records

@@ -29,8 +29,8 @@ from faults import BrokerProxy, raw_channel, wait_for
 from lab import control_consumer
 
 from broker_config import topology
+from broker_config.broker import Broker
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker
 from dispatcher import publisher as publisher_mod
 from dispatcher.daemon import Dispatcher
 from dispatcher.joblog import read_records

@@ -16,8 +16,9 @@ import pytest
 from lab import MEMORY_AND_RABBIT, broker_url_for, wait_for
 
 from broker_config import topology
+from broker_config.broker import Broker
+from broker_config.consumer import Delivery
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker, Delivery
 from coordinator.groups import create_group, end_group, fail_group
 from device_agent import group_receiver
 from device_agent.multinode import MultinodeClient

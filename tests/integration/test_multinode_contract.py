@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from lab import MEMORY_AND_RABBIT, broker_url_for
 
+from broker_config.broker import Broker
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker
 from coordinator.barrier import BarrierService
 from coordinator.groups import create_group, end_group, fail_group
 from device_agent.multinode import (

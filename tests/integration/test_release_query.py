@@ -19,8 +19,8 @@ from lab import MEMORY_AND_RABBIT, broker_url_for, wait_for
 from sqlalchemy import func, select
 
 from broker_config import topology
+from broker_config.broker import Broker
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker
 from coordinator.barrier import BarrierService, release_message_id
 from coordinator.barrier_models import BarrierOutbox
 from coordinator.groups import create_group, end_group

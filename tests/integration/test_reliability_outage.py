@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from faults import BrokerProxy, ServiceProcess, record_reliability, wait_for
 
+from broker_config.broker import Broker
+from broker_config.consumer import Delivery
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker, Delivery
 from coordinator.barrier import READY_LINE
 from coordinator.groups import create_group
 from device_agent.multinode import MultinodeClient

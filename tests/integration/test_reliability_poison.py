@@ -17,8 +17,8 @@ import pytest
 from faults import dead_letters, raw_channel, wait_for
 
 from broker_config import topology
+from broker_config.broker import Broker
 from broker_config.declare import declare_topology
-from broker_config.messaging import Broker
 from coordinator.barrier import BarrierService
 from coordinator.groups import create_group
 from coordinator.rpc import CoordinatorClient

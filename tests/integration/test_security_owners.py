@@ -21,8 +21,8 @@ from faults import dead_letters, wait_for
 
 import services
 from broker_config import identity, permissions, topology
+from broker_config.broker import Broker
 from broker_config.declare import ManagementAPI, declare_topology
-from broker_config.messaging import Broker
 from lavamq.cli import main
 from schemas.messages.multinode import MultinodeSendSchema
 

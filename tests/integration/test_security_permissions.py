@@ -20,8 +20,8 @@ from faults import dead_letters, raw_channel
 
 import services
 from broker_config import identity, permissions, topology
+from broker_config.broker import Broker
 from broker_config.declare import ManagementAPI, declare_topology
-from broker_config.messaging import Broker
 from coordinator.barrier import BarrierService
 from coordinator.groups import create_group
 from device_agent.bridge import Bridge

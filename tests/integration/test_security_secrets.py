@@ -13,8 +13,8 @@ from faults import BrokerProxy, ServiceProcess, wait_for
 
 import services
 from broker_config import identity, permissions
+from broker_config.broker import Broker
 from broker_config.declare import ManagementAPI, declare_topology
-from broker_config.messaging import Broker
 from coordinator.barrier import READY_LINE
 from dispatcher.joblog import JobLog
 from schemas.errors import InfrastructureError
