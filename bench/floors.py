@@ -140,14 +140,19 @@ class Consumer:
 
 
 def publish_rounds(
-    channel: object, exchange: str, key: str, persistent: bool, consumer: Consumer, rounds: int
+    channel: pika.BlockingChannel,
+    exchange: str,
+    key: str,
+    persistent: bool,
+    consumer: Consumer,
+    rounds: int,
 ) -> tuple[list[float], list[float]]:
     confirms, delivered = [], []
     props = pika.BasicProperties(delivery_mode=2 if persistent else 1)
     for _ in range(rounds):
         body = uuid.uuid4().bytes
         start = time.perf_counter()
-        channel.basic_publish(exchange, key, body, props)  # type: ignore[attr-defined]
+        channel.basic_publish(exchange, key, body, props)
         confirms.append(time.perf_counter() - start)
         delivered.append(consumer.wait(body) - start)
         time.sleep(0.005)

@@ -1,25 +1,15 @@
 """``QueueConsumer``: consume queues, validate every body, hand it on, ack after the handler.
 
-Consuming (``QueueConsumer``): each delivery is decoded with the schema named
-by its AMQP ``type`` and handed to a handler; the message is acked after the
-handler returns. A body that does not decode, or a type nobody expects, is
-*republished* to ``lava.dead`` with the reason in the ``x-lavamq-reject-reason``
-header and then acked: RabbitMQ's own dead-lettering (reject without requeue,
-via the queues' ``x-dead-letter-exchange``) cannot add a header, and the reason
-is what an admin needs. Handlers raising ``InfrastructureError`` get the
-message requeued (up to ``max_requeues`` times, then dead-lettered); a
-``TransientError`` (something the handler needs is briefly away, e.g. its
-database restarting) has the handler called again with the same deliveries
-after a back-off, for as long as it takes, and nothing is dead-lettered for
-it; any other exception is a bug: dead-lettered with the traceback summary. A delivery
-whose ``message_id`` this consumer already handled (a redelivery after a lost
-connection, a publish retried after a lost confirm) is acked and dropped; an
-``authorize`` callback, given, decides who may send what (``Unauthorized`` →
-dead-lettered with the reason). Deliveries are
-queued by the kombu callback and handled outside ``drain_events``, so a handler
-may publish on the same connection without being re-entered. A consumed queue
-that no longer exists (deleted while consumed, or given to ``add_queue``) is
-dropped from the consumer's list with a warning; the others go on.
+Each delivery is decoded with the schema named by its AMQP ``type`` and
+handed to a handler; the message is acked after the handler returns (what
+happens to bad bodies, failing handlers and copies: ``handling.py``).
+Deliveries are queued by the kombu callback and handled outside
+``drain_events``, so a handler may publish on the same connection without
+being re-entered. A lost connection is re-opened and every queue consumed
+again. A consumed queue that no longer exists (deleted while consumed, or
+given to ``add_queue``) is dropped from the consumer's list with a warning;
+the others go on. ``add_queue``/``remove_queue`` from other threads are
+applied by the consuming thread.
 
 One ``QueueConsumer`` per thread: kombu connections are not thread-safe.
 """
@@ -30,8 +20,6 @@ import contextlib
 import logging
 import threading
 import time
-import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,25 +27,32 @@ from typing import Any
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
-from broker_config import topology
-from broker_config.broker import Broker, connection_for, is_amqp_url
+from broker_config.broker import Broker, connection_for
 from broker_config.errors import NotFound, is_not_found
-from broker_config.identity import Unauthorized
+from broker_config.handling import (
+    TRANSIENT_BACKOFF_MAX,
+    BatchHandler,
+    Delivery,
+    DeliveryHandling,
+    Handler,
+    TransientError,
+)
 from schemas.errors import InfrastructureError, LavamqError
-from schemas.messages.base import InvalidMessage, MessageSchema, decode
+from schemas.messages.base import MessageSchema
 
 log = logging.getLogger(__name__)
 
-#: the longest wait before a handler that raised ``TransientError`` is called again
-TRANSIENT_BACKOFF_MAX = 2.0
-
-
-class TransientError(InfrastructureError):
-    """Something a handler depends on is briefly unavailable (a database
-    restarting, a lost connection): not the messages' fault. ``QueueConsumer``
-    keeps the deliveries and calls the handler again after a back-off (0.1 s,
-    doubling to ``TRANSIENT_BACKOFF_MAX``) until it succeeds or the consumer
-    stops; they are never dead-lettered for it."""
+__all__ = [
+    "TRANSIENT_BACKOFF_MAX",
+    "BatchHandler",
+    "Delivery",
+    "Handler",
+    "QueueConsumer",
+    "QueueNotFound",
+    "TransientError",
+    "classify_thread_error",
+    "run_in_thread",
+]
 
 
 class QueueNotFound(NotFound):
@@ -73,27 +68,6 @@ class _MissingQueue(Exception):
 
 
 @dataclass
-class Delivery:
-    """One decoded message handed to a handler."""
-
-    message_type: str
-    body: dict[str, Any]
-    message: Message
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self.message.headers or {})
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        return dict(self.message.properties or {})
-
-
-Handler = Callable[[Delivery], None]
-BatchHandler = Callable[[list[Delivery]], None]
-
-
-@dataclass
 class _QueueChange:
     """An ``add_queue`` / ``remove_queue`` asked for, applied by the consuming thread."""
 
@@ -104,7 +78,7 @@ class _QueueChange:
     error: str = ""
 
 
-class QueueConsumer:
+class QueueConsumer(DeliveryHandling):
     """Consume queues, validate every body, hand it on, ack after the handler.
 
     ``schemas`` maps AMQP ``type`` → schema (a single schema accepts any
@@ -132,32 +106,24 @@ class QueueConsumer:
         remember: int = 100_000,
         on_consume: Callable[[], None] | None = None,
     ) -> None:
-        if (handler is None) == (batch_handler is None):
-            raise ValueError("give exactly one of handler and batch_handler")
-        self.url = url
+        super().__init__(
+            url,
+            schemas,
+            handler=handler,
+            batch_handler=batch_handler,
+            max_requeues=max_requeues,
+            authorize=authorize,
+            remember=remember,
+        )
         self.queues = list(queues)
-        self.schemas = schemas
-        self.handler = handler
-        self.batch_handler = batch_handler
         self.prefetch = prefetch
-        self.max_requeues = max_requeues
         self.declare = declare
         self.idle_callback = idle_callback
         self.poll_interval = poll_interval
         self.max_retries = max_retries
-        self._stop = threading.Event()
         self._ready = threading.Event()
         self._pending: list[Message] = []
-        self._requeues: dict[str, int] = {}
         self.connection: Connection | None = None
-        self.publisher: Broker | None = None
-        self.dead_lettered = 0
-        #: raises ``Unauthorized`` for a delivery its sender may not send
-        self.authorize = authorize
-        #: message ids handled (acked) lately, oldest first: redeliveries are dropped
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._remember = remember
-        self.duplicates = 0
         #: called each time consuming (re)starts, before ``on_ready``: a
         #: reconnect may follow another consumer's turn (single active consumer)
         self.on_consume = on_consume
@@ -358,8 +324,8 @@ class QueueConsumer:
             # kombu declares every queue (and its exchange) by default: a
             # confined user (no configure permission) must only consume
             auto_declare=self.declare,
+            on_decode_error=self._on_decode_error,
         )
-        consumer.on_decode_error = self._on_decode_error  # type: ignore[assignment]
         with consumer:
             if self.on_consume is not None:
                 self.on_consume()
@@ -388,206 +354,6 @@ class QueueConsumer:
                 self._handle(batch)
                 if self.idle_callback is not None:
                     self.idle_callback()
-
-    def _on_decode_error(self, message: Message, exc: Exception) -> None:
-        # kombu's default acks (drops) the message; dead-letter it instead
-        self.dead_letter(message, f"undecodable body: {exc}")
-
-    # --- handling ---
-
-    def _schema_for(self, message_type: str) -> MessageSchema | None:
-        if isinstance(self.schemas, MessageSchema):
-            return self.schemas
-        return self.schemas.get(message_type)
-
-    @staticmethod
-    def _seen_key(message: Message) -> tuple[str, str, str] | None:
-        message_id = (message.properties or {}).get("message_id")
-        if not message_id:
-            return None
-        info = message.delivery_info or {}
-        return (str(info.get("exchange", "")), str(info.get("routing_key", "")), str(message_id))
-
-    def _remember_handled(self, message: Message) -> None:
-        key = self._seen_key(message)
-        if key is None:
-            return
-        self._seen[key] = None
-        self._seen.move_to_end(key)
-        while len(self._seen) > self._remember:
-            self._seen.popitem(last=False)
-
-    def _decode(self, message: Message) -> Delivery | None:
-        key = self._seen_key(message)
-        if key is not None and key in self._seen:
-            # handled before: a redelivery or a publish retried after a lost confirm
-            self.duplicates += 1
-            log.debug("dropping duplicate message %s", key[2])
-            message.ack()
-            return None
-        message_type = str((message.properties or {}).get("type") or "")
-        schema = self._schema_for(message_type)
-        if schema is None:
-            self.dead_letter(message, f"unexpected message type {message_type!r}")
-            return None
-        try:
-            body = decode(schema, message.body)
-        except InvalidMessage as exc:
-            self.dead_letter(message, f"invalid message: {exc.message}")
-            return None
-        delivery = Delivery(message_type, body, message)
-        if self.authorize is not None:
-            try:
-                self.authorize(delivery)
-            except Unauthorized as exc:
-                self.dead_letter(message, f"unauthorized: {exc.message}")
-                return None
-        return delivery
-
-    def _handle(self, messages: list[Message]) -> None:
-        deliveries: list[Delivery] = []
-        in_batch: set[tuple[str, str, str]] = set()
-        for message in messages:
-            key = self._seen_key(message)
-            if key is not None and key in in_batch:
-                # both copies of a retried publish arrived together
-                self.duplicates += 1
-                message.ack()
-                continue
-            if key is not None:
-                in_batch.add(key)
-            delivery = self._decode(message)
-            if delivery is not None:
-                deliveries.append(delivery)
-        if not deliveries:
-            return
-        if self.batch_handler is not None:
-            self._run_handler(deliveries, lambda: self.batch_handler(deliveries))  # type: ignore[misc]
-        else:
-            for delivery in deliveries:
-                self._run_handler([delivery], lambda d=delivery: self.handler(d))  # type: ignore[misc]
-
-    def _run_handler(self, deliveries: list[Delivery], call: Callable[[], None]) -> None:
-        try:
-            if not self._call_until_available(call, len(deliveries)):
-                return  # stopping: unacked, so the broker delivers them again
-        except InfrastructureError as exc:
-            for d in deliveries:
-                key = self._message_key(d.message)
-                count = self._requeues.get(key, 0) + 1
-                if count > self.max_requeues:
-                    self._requeues.pop(key, None)
-                    self.dead_letter(
-                        d.message, f"gave up after {self.max_requeues} requeues: {exc.message}"
-                    )
-                else:
-                    self._requeues[key] = count
-                    log.warning("requeueing %s (%d): %s", d.message_type, count, exc.message)
-                    d.message.requeue()
-            return
-        except Exception as exc:
-            summary = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            where = traceback.extract_tb(exc.__traceback__)[-1:]
-            place = f" at {where[0].filename}:{where[0].lineno}" if where else ""
-            log.exception("handler failed on %s", [d.message_type for d in deliveries])
-            kind = "bug" if not isinstance(exc, LavamqError) else exc.error_type
-            for d in deliveries:
-                self.dead_letter(d.message, f"{kind} in handler: {summary}{place}")
-            return
-        for d in deliveries:
-            self._requeues.pop(self._message_key(d.message), None)
-            # remembered before the ack: if the connection dies before the
-            # ack reaches the broker, the redelivery is recognised and dropped
-            self._remember_handled(d.message)
-        self._ack_all([d.message for d in deliveries])
-
-    def _call_until_available(self, call: Callable[[], None], count: int) -> bool:
-        """``call()``; after a ``TransientError`` again, with a back-off. False: stopped.
-
-        The deliveries are kept, not requeued: no redelivery count grows (a
-        quorum queue may have a delivery limit) and their order stays.
-        """
-        attempt = 0
-        while True:
-            try:
-                call()
-                return True
-            except TransientError as exc:
-                attempt += 1
-                delay = min(0.1 * 2 ** (attempt - 1), TRANSIENT_BACKOFF_MAX)
-                log.warning(
-                    "handling %d deliveries again in %.1f s (attempt %d): %s",
-                    count,
-                    delay,
-                    attempt,
-                    exc.message,
-                )
-                if self._stop.wait(delay):
-                    return False
-
-    def _ack_all(self, messages: list[Message]) -> None:
-        """Ack ``messages``; on RabbitMQ with ONE ``basic.ack(multiple=True)``.
-
-        Safe because every delivery received before them on this channel is
-        already settled: a batch holds everything received, and duplicates,
-        dead-lettered and requeued deliveries were acked/rejected before.
-        """
-        if len(messages) < 2 or not is_amqp_url(self.url):
-            for message in messages:
-                message.ack()
-            return
-        last = max(messages, key=lambda m: m.delivery_tag)
-        channels = {id(m.channel) for m in messages}
-        if len(channels) != 1:
-            for message in messages:
-                message.ack()
-            return
-        last.channel.basic_ack(last.delivery_tag, multiple=True)
-        for message in messages:
-            message._state = "ACK"
-
-    @staticmethod
-    def _message_key(message: Message) -> str:
-        props = message.properties or {}
-        return str(props.get("message_id") or hash(message.body))
-
-    def dead_letter(self, message: Message, reason: str) -> None:
-        """Republish ``message`` to ``lava.dead`` with ``reason`` in a header, then ack it."""
-        info = message.delivery_info or {}
-        headers = dict(message.headers or {})
-        headers[topology.REJECT_REASON_HEADER] = reason[:4000]
-        headers[topology.ORIGINAL_EXCHANGE_HEADER] = str(info.get("exchange", ""))
-        headers[topology.ORIGINAL_ROUTING_KEY_HEADER] = str(info.get("routing_key", ""))
-        sender = (message.properties or {}).get("user_id")
-        if sender:
-            headers["x-lavamq-original-user-id"] = str(sender)
-        log.warning(
-            "dead-lettering a message from exchange %r key %r: %s",
-            info.get("exchange"),
-            info.get("routing_key"),
-            reason,
-        )
-        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
-        self._remember_handled(message)
-        try:
-            assert self.publisher is not None
-            self.publisher.publish_raw(
-                topology.DEAD_EXCHANGE_NAME,
-                "",
-                body,
-                message_type=str((message.properties or {}).get("type") or ""),
-                content_type=message.content_type or "application/octet-stream",
-                headers=headers,
-                message_id=str((message.properties or {}).get("message_id") or "") or None,
-            )
-        except InfrastructureError as exc:
-            # no lava.dead (e.g. an undeclared embedded topology): fall back to
-            # the broker's own dead-lettering, losing only the reason header
-            log.warning("cannot republish to lava.dead (%s); rejecting instead", exc)
-            message.reject(requeue=False)
-        else:
-            message.ack()
-        self.dead_lettered += 1
 
 
 def run_in_thread(consumer: QueueConsumer, name: str, timeout: float = 30.0) -> threading.Thread:

@@ -387,7 +387,7 @@ class Console(ConsoleBase):
                 )
                 # pyserial's open() flushes pending input: that would drop what
                 # a board (or a ser2net banner) printed before we connected
-                port.reset_input_buffer = lambda: None
+                port.reset_input_buffer = lambda: None  # type: ignore[method-assign]
                 try:
                     port.open()
                 finally:

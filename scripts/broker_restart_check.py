@@ -65,7 +65,12 @@ def main() -> int:
     proxy = BrokerProxy()
     a = MultinodeClient(proxy.url(url), group, "a", MEMBERS, timeout=120)
     returned: list[float] = []
-    waiter = threading.Thread(target=lambda: (a.sync("go"), returned.append(time.time())))
+
+    def wait_sync() -> None:
+        a.sync("go")
+        returned.append(time.time())
+
+    waiter = threading.Thread(target=wait_sync)
     try:
         waiter.start()
         while not a.waiting_for():

@@ -40,7 +40,7 @@ from device_agent.devices.base import Device
 from device_agent.qemu.accel import choose_accel
 from device_agent.qemu.host import find_qemu, free_port, qemu_pids, runtime_root
 from device_agent.qemu.initrd import OVERLAY_TARGET, build_initrd
-from device_agent.qemu.process import QemuProcess, reap_leftover_vms
+from device_agent.qemu.process import PortInUse, QemuProcess, reap_leftover_vms
 from device_agent.vmnet import GroupNetwork, VmNic
 from schemas.errors import InfrastructureError, JobError
 
@@ -284,12 +284,9 @@ class QemuDevice(Device):
                 log.info("device %s: starting %s", self.name, " ".join(proc.cmd))
                 try:
                     proc.start()
-                except InfrastructureError as exc:
-                    # another process may have taken the port between free_port and bind
+                except PortInUse as exc:
                     last_error = exc
-                    if "Address already in use" in str(exc):
-                        continue
-                    raise
+                    continue
                 self.process = proc
                 self._qemu_started = time.monotonic()
                 return

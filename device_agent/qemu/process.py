@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from device_agent.qemu.host import port_listening, runtime_root
+from device_agent.qemu.host import port_listening, port_taken, runtime_root
 from device_agent.vmnet import process_cmdline
 from schemas.errors import InfrastructureError
 
@@ -98,6 +98,10 @@ def _install_handlers() -> None:
             signal.signal(signum, _on_signal)
 
 
+class PortInUse(InfrastructureError):
+    """QEMU could not start because its console port was taken meanwhile: try another."""
+
+
 class QemuProcess:
     """One running QEMU: its process group, pidfile, QMP socket and console port."""
 
@@ -144,7 +148,9 @@ class QemuProcess:
             if self.popen.poll() is not None:
                 with _live_lock:
                     _live.pop(self.popen.pid, None)
-                raise InfrastructureError(
+                # another process may have taken the port between free_port and bind
+                error = PortInUse if port_taken(self.port) else InfrastructureError
+                raise error(
                     f"qemu {self.name}: exited with {self.popen.returncode} at start: "
                     f"{self.log_tail()}"
                 )

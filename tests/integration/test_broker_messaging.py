@@ -1,4 +1,4 @@
-"""Contract of broker_config.messaging, on memory:// and on the real RabbitMQ."""
+"""Contract of broker_config.broker and .consumer, on memory:// and on the real RabbitMQ."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from marshmallow import fields
 from broker_config import topology
 from broker_config.broker import Broker
 from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
-from schemas.errors import InfrastructureError
+from broker_config.declare import ManagementAPI
+from broker_config.errors import NotFound, PreconditionFailed, Unroutable
+from broker_config.permissions import remove_user
 from schemas.messages.base import InvalidMessage, MessageSchema
 
 
@@ -58,11 +60,40 @@ def _setup(url: str) -> tuple[Broker, Queue]:
 
 def test_unroutable_publish_raises_naming_exchange_and_key(any_url: str) -> None:
     broker, _ = _setup(any_url)
-    with broker, pytest.raises(InfrastructureError) as info:
+    with broker, pytest.raises(Unroutable) as info:
         broker.publish("lava.test", "nobody", PingSchema(), {"text": "x"})
     assert "'lava.test'" in str(info.value)
     assert "'nobody'" in str(info.value)
     assert "unroutable" in str(info.value)
+
+
+def test_deleting_what_does_not_exist_is_not_an_error(any_url: str) -> None:
+    broker, _ = _setup(any_url)
+    with broker:
+        broker.delete_queue("lava.test.never-declared")
+        broker.delete_exchange("lava.test.never-declared")
+
+
+@pytest.mark.integration
+def test_broker_refusals_are_types(rabbit_url: str) -> None:
+    broker, queue = _setup(rabbit_url)
+    with broker:
+        with pytest.raises(NotFound) as missing:
+            broker.bind_queue("lava.test.never-declared", "lava.test", "k")
+        assert missing.value.reply_code == 404
+        # the same name declared with other arguments: 406 PRECONDITION_FAILED
+        with pytest.raises(PreconditionFailed):
+            broker.declare(Queue(queue.name, durable=False))
+        # the connection is usable again after a channel error
+        broker.publish("lava.test", "k", PingSchema(), {"text": "x"})
+
+
+@pytest.mark.integration
+def test_management_api_not_found_is_a_type(rabbit_url: str) -> None:
+    api = ManagementAPI.from_broker_url(rabbit_url)
+    with pytest.raises(NotFound):
+        api.call("GET", f"/queues/{api.q(api.vhost)}/lava.test.never-declared")
+    assert remove_user(api, "lavamq-test-never-created") is False
 
 
 def test_invalid_body_refused_before_publishing(any_url: str) -> None:

@@ -22,13 +22,13 @@ import services
 from broker_config import identity, permissions, topology
 from broker_config.broker import Broker
 from broker_config.declare import ManagementAPI, declare_topology
+from broker_config.errors import AccessRefused
 from coordinator.barrier import BarrierService
 from coordinator.groups import create_group
 from device_agent.bridge import Bridge
 from device_agent.console import ScriptedConsole
 from device_agent.multinode import MultinodeClient
 from lavamq.cli import main
-from schemas.errors import InfrastructureError
 from schemas.messages.base import encode
 from schemas.messages.jobs import SubJobAssignmentSchema
 from schemas.messages.multinode import (
@@ -141,7 +141,7 @@ def test_host_cannot_consume_another_hosts_device_queue(lab: Lab) -> None:
 def test_host_cannot_publish_a_subjob_or_use_the_default_exchange(lab: Lab) -> None:
     """Failure covered: host A hands a sub-job to host B's device, directly or by
     publishing on the default exchange (which reaches every queue by name)."""
-    with Broker(lab.url_a) as host_a, pytest.raises(InfrastructureError, match="ACCESS_REFUSED"):
+    with Broker(lab.url_a) as host_a, pytest.raises(AccessRefused):
         host_a.publish(
             topology.DEVICE_EXCHANGE_NAME,
             topology.device_routing_key(lab.dev_b),
@@ -266,7 +266,7 @@ def test_service_users_reach_only_what_they_need(lab: Lab) -> None:
             channel.basic_consume(topology.device_queue_name(lab.dev_a), callback=lambda m: None)
     finally:
         conn.collect()
-    with Broker(lab.barrier) as b, pytest.raises(InfrastructureError, match="ACCESS_REFUSED"):
+    with Broker(lab.barrier) as b, pytest.raises(AccessRefused):
         b.publish(
             topology.DEVICE_EXCHANGE_NAME,
             topology.device_routing_key(lab.dev_a),
