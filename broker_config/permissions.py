@@ -44,6 +44,10 @@ from broker_config.errors import NotFound
 log = logging.getLogger(__name__)
 
 NOTHING = "^$"
+#: one group or job id (no dots, see ``topology.SEGMENT_PATTERN``)
+SEGMENT = f"[{topology.SEGMENT_CHARS}]+"
+#: a group's fanout exchange
+GROUP = re.escape(topology.GROUP_PREFIX) + SEGMENT
 
 #: exchanges a dispatcher host publishes to
 HOST_WRITE_EXCHANGES = (
@@ -93,14 +97,13 @@ def host_permissions(host: str, devices: Iterable[str]) -> UserPermissions:
     topology.check_name("host", host)
     devices = [topology.check_name("device", d) for d in devices]
     writes = _alternatives(HOST_WRITE_EXCHANGES)
-    write = f"^({writes}|{re.escape(topology.GROUP_PREFIX)}[A-Za-z0-9_.-]+)$"
+    write = f"^({writes}|{GROUP})$"
     if devices:
         own = _alternatives(devices)
-        read = (
-            f"^({re.escape(topology.DEVICE_QUEUE_PREFIX)}({own})"
-            f"|{re.escape(topology.GROUP_PREFIX)}[A-Za-z0-9_.-]+\\.({own}))$"
-        )
-        keys = f"^[A-Za-z0-9_.-]+\\.({own})$"
+        # the group and job ids hold no dot, so ``own`` is the whole rest of
+        # the name: ``a-01`` does not match inside ``G.rack1.a-01``
+        read = f"^({re.escape(topology.DEVICE_QUEUE_PREFIX)}({own})|{GROUP}\\.({own}))$"
+        keys = f"^{SEGMENT}\\.({own})$"
     else:
         read = NOTHING
         keys = NOTHING
@@ -126,11 +129,10 @@ def barrier_permissions(user: str = identity.BARRIER_USER) -> UserPermissions:
     """The barrier service: its own queue in, releases to group exchanges out."""
     barrier = re.escape(topology.BARRIER_QUEUE_NAME)
     dead = re.escape(topology.DEAD_EXCHANGE_NAME)
-    group = re.escape(topology.GROUP_PREFIX) + "[A-Za-z0-9_.-]+"
     return UserPermissions(
         user=user,
         configure=f"^({barrier})$",
-        write=f"^({barrier}|{dead}|{group})$",
+        write=f"^({barrier}|{dead}|{GROUP})$",
         read=f"^({barrier})$",
     )
 

@@ -38,6 +38,11 @@ from schemas.errors import ConfigurationError
 #: what a group, node, device or job id may contain: safe in every routing
 #: key, queue name and URL path segment, and never an AMQP topic wildcard
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
+#: what a group or job id may contain: a name without dots. It stands before
+#: a dotted device name (``lava.group.<group>.<node>``, ``<job>.<node>``),
+#: so a permission regex can tell where the device name starts
+SEGMENT_CHARS = "A-Za-z0-9_-"
+SEGMENT_PATTERN = re.compile(rf"^[{SEGMENT_CHARS}]{{1,120}}$")
 
 GROUP_PREFIX = "lava.group."
 
@@ -63,7 +68,7 @@ RESULTS_QUEUE_NAME = "lava.results"
 
 LOGS_EXCHANGE_NAME = "lava.logs"
 #: durable queue of every job log batch, consumed by the log store
-#: (dispatcher/logstore.py); declared by dispatchers and the store
+#: (dispatcher/logstore.py); declared by ``lavamq broker setup``
 LOGS_STORE_QUEUE_NAME = "lava.logs.store"
 EVENTS_EXCHANGE_NAME = "lava.events"
 
@@ -91,6 +96,16 @@ def check_name(kind: str, name: str) -> str:
         raise ConfigurationError(
             f"invalid {kind} name {name!r}: use 1 to 120 characters from "
             "A-Z a-z 0-9 '_' '.' '-' (no spaces, '#', '*' or '/')"
+        )
+    return name
+
+
+def check_segment(kind: str, name: str) -> str:
+    """Return ``name`` if it is a safe name without dots (a group or job id)."""
+    if not isinstance(name, str) or not SEGMENT_PATTERN.match(name):
+        raise ConfigurationError(
+            f"invalid {kind} name {name!r}: use 1 to 120 characters from "
+            "A-Z a-z 0-9 '_' '-' (no dots: device names follow it after a dot)"
         )
     return name
 
@@ -213,14 +228,23 @@ def dead_queue() -> Queue:
 
 
 def static_queues() -> list[Queue]:
-    return [dead_queue(), barrier_queue(), rpc_queue(), control_queue(), results_queue()]
+    """Every queue that outlives a job: ``lavamq broker setup`` declares them all, so
+    nothing a lab publishes is unroutable because its consumer has not run yet."""
+    return [
+        dead_queue(),
+        barrier_queue(),
+        rpc_queue(),
+        control_queue(),
+        results_queue(),
+        logs_store_queue(),
+    ]
 
 
 # --- per group ------------------------------------------------------------
 
 
 def group_exchange_name(group: str) -> str:
-    return GROUP_PREFIX + check_name("group", group)
+    return GROUP_PREFIX + check_segment("group", group)
 
 
 def group_exchange(group: str) -> Exchange:
@@ -298,12 +322,12 @@ def reply_queue(name: str) -> Queue:
 
 def log_routing_key(job: str | int, node: str) -> str:
     """``<job>.<node>`` on ``lava.logs``; bind ``<job>.#`` for one job's logs."""
-    return f"{check_name('job', str(job))}.{check_name('node', node)}"
+    return f"{check_segment('job', str(job))}.{check_name('node', node)}"
 
 
 def result_routing_key(job: str | int, node: str) -> str:
     """``<job>.<node>`` on ``lava.results``."""
-    return f"{check_name('job', str(job))}.{check_name('node', node)}"
+    return f"{check_segment('job', str(job))}.{check_name('node', node)}"
 
 
 def event_routing_key(kind: str, name: str | int) -> str:

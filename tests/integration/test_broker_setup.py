@@ -8,15 +8,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 
 import pytest
 from click.testing import CliRunner
 
 import services
-from broker_config import topology
+from broker_config import identity, permissions, topology
 from broker_config.broker import Broker
 from broker_config.declare import DEFINITIONS_FILE, ManagementAPI, render_definitions
 from lavamq.cli import main
+from schemas.messages.console import LogBatchSchema
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +42,57 @@ def test_setup_declares_topology_and_policies(rabbit_vhost: services.RabbitVhost
     assert queues["lava.barrier"]["arguments"]["x-single-active-consumer"] is True
     policy = services.mgmt("GET", f"/policies/{q}/lava-group-expiry")
     assert policy["definition"] == {"expires": topology.DEFAULT_GROUP_EXPIRY_MS}
+
+
+def test_after_setup_everything_a_host_publishes_to_reaches_a_queue(
+    rabbit_vhost: services.RabbitVhost,
+) -> None:
+    """Regression: with hosts made by ``add-host`` and no log store running yet,
+    ``lava.logs`` had no queue and every log batch was unroutable and dropped."""
+    admin = rabbit_vhost.url()
+    runner = CliRunner()
+    host, password = f"setup-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    for args in (
+        ["broker", "setup", "--broker", admin],
+        ["broker", "add-host", host, "--device", "rack1.dev-01", "--password", password,
+         "--broker", admin],
+    ):  # fmt: skip
+        result = runner.invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    api = ManagementAPI.from_broker_url(admin)
+    try:
+        # lava.events is information: nobody bound is normal there
+        for exchange in set(permissions.HOST_WRITE_EXCHANGES) - {topology.EVENTS_EXCHANGE_NAME}:
+            bound = api.bindings_from(exchange)
+            assert [b for b in bound if b["destination_type"] == "queue"], exchange
+        batch = {
+            "job": "12",
+            "subjob": "12.0",
+            "node": "rack1.dev-01",
+            "seq": 0,
+            "records": [{"time": "2026-01-01T00:00:00", "level": "info", "message": "hi"}],
+        }
+        with Broker(rabbit_vhost.url(identity.host_user(host), password)) as as_host:
+            as_host.publish(
+                topology.LOGS_EXCHANGE_NAME,
+                topology.log_routing_key(12, "rack1.dev-01"),
+                LogBatchSchema(),
+                batch,
+            )
+        assert rabbit_vhost.queue(topology.LOGS_STORE_QUEUE_NAME)["durable"] is True
+        assert _wait_queue_length(rabbit_vhost, topology.LOGS_STORE_QUEUE_NAME) == 1
+    finally:
+        permissions.remove_user(api, identity.host_user(host))
+
+
+def _wait_queue_length(vhost: services.RabbitVhost, name: str, timeout: float = 15) -> int:
+    """The queue's message count once the management API has caught up (it samples)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = int(vhost.queue(name).get("messages") or 0)
+        if count or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
 
 
 def test_setup_sweeps_stale_group_exchanges(rabbit_vhost: services.RabbitVhost) -> None:
