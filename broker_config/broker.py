@@ -41,7 +41,7 @@ from amqp.exceptions import MessageNacked
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
 
-from broker_config import errors
+from broker_config import cluster, errors
 from broker_config.identity import user_of_url
 from schemas.messages.base import MessageSchema, encode
 
@@ -55,10 +55,15 @@ def is_amqp_url(url: str) -> bool:
 
 
 def connection_for(url: str, *, connect_timeout: float = 10.0) -> Connection:
-    """A kombu connection with the options lavamq relies on for ``url``."""
+    """A kombu connection with the options lavamq relies on for ``url``.
+
+    Several node URLs (a cluster, ``cluster.py``): kombu fails over between
+    them, and each new connection starts at the next node.
+    """
     if is_amqp_url(url):
         return Connection(
-            url,
+            cluster.connection_urls(url),
+            failover_strategy="round-robin",
             transport_options={"confirm_publish": True},
             connect_timeout=connect_timeout,
             heartbeat=0,
@@ -80,6 +85,8 @@ class Broker:
     ) -> None:
         self.url = url
         self.is_amqp = is_amqp_url(url)
+        #: durable queues declared as quorum queues (a cluster, ``cluster.py``)
+        self.quorum = self.is_amqp and cluster.quorum_queues(url)
         #: stamped as ``user_id`` on every publish (RabbitMQ checks it)
         self.user_id = user_of_url(url)
         self.max_retries = max_retries
@@ -186,6 +193,8 @@ class Broker:
         """
         with self._lock:
             for entity in entities:
+                if isinstance(entity, Queue):
+                    entity = cluster.for_broker(entity, self.quorum)
                 kind = "queue" if isinstance(entity, Queue) else "exchange"
                 self._retrying(f"declare {kind} {entity.name!r}", self._declarer(entity))
                 self._declared[(kind, entity.name)] = entity

@@ -27,7 +27,8 @@ from typing import Any
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
-from broker_config.broker import Broker, connection_for
+from broker_config import cluster
+from broker_config.broker import Broker, connection_for, is_amqp_url
 from broker_config.errors import NotFound, is_not_found
 from broker_config.handling import (
     TRANSIENT_BACKOFF_MAX,
@@ -115,7 +116,9 @@ class QueueConsumer(DeliveryHandling):
             authorize=authorize,
             remember=remember,
         )
-        self.queues = list(queues)
+        #: durable queues consumed as quorum queues (a cluster, ``cluster.py``)
+        self.quorum = is_amqp_url(url) and cluster.quorum_queues(url)
+        self.queues = [cluster.for_broker(q, self.quorum) for q in queues]
         self.prefetch = prefetch
         self.declare = declare
         self.idle_callback = idle_callback
@@ -161,7 +164,7 @@ class QueueConsumer(DeliveryHandling):
         self._change(False, Queue(name), timeout)
 
     def _change(self, add: bool, queue: Queue, timeout: float) -> None:
-        change = _QueueChange(add, queue, threading.Event())
+        change = _QueueChange(add, cluster.for_broker(queue, self.quorum), threading.Event())
         with self._changes_lock:
             self._changes.append(change)
         if threading.current_thread() is self._consuming_thread:

@@ -29,7 +29,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from broker_config import errors, topology
+from broker_config import cluster, errors, topology
 from broker_config.broker import Broker
 from schemas.errors import InfrastructureError
 
@@ -68,7 +68,7 @@ class ManagementAPI:
 
     @classmethod
     def from_broker_url(cls, broker_url: str, management_url: str | None = None) -> ManagementAPI:
-        parts = urllib.parse.urlsplit(broker_url)
+        parts = urllib.parse.urlsplit(cluster.first_url(broker_url))
         vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         host = parts.hostname or "127.0.0.1"
         base = management_url or f"http://{host}:15672"

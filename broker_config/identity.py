@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker_config import cluster
 from schemas.errors import Unauthorized
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def user_of_url(url: str) -> str | None:
     scheme = url.split("://", 1)[0]
     if scheme not in ("amqp", "amqps", "pyamqp"):
         return None
-    parts = urllib.parse.urlsplit(url)
+    # a cluster's node URLs share the user: the first names it
+    parts = urllib.parse.urlsplit(cluster.first_url(url))
     return urllib.parse.unquote(parts.username) if parts.username else "guest"
 
 
