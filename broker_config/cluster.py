@@ -11,9 +11,11 @@ On a cluster the durable queues that outlive a job are quorum queues
 the same type, or RabbitMQ refuses it (406), so the choice is one rule of
 the URL, ``quorum_queues(url)``: on when there are several URLs, unless
 ``$LAVAMQ_QUORUM_QUEUES`` says otherwise (``1``/``0``; set it to ``1`` when
-one URL reaches a cluster through a load balancer). Group queues stay
-classic: they live for one job and a quorum queue per node would cost a Raft
-group each.
+one URL reaches a cluster through a load balancer). Group queues are quorum
+queues too there, although they live for one job: a classic queue lives on
+one node, and a group whose queues were on a node that died could not go on
+(RabbitMQ answers 404 for a classic queue whose node is down). Reply queues
+(exclusive) stay classic.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def quorum_queues(url: str) -> bool:
 
 def for_broker(queue: Queue, quorum: bool) -> Queue:
     """``queue`` as this broker declares it: a quorum queue when ``quorum`` and it
-    is durable, shared and outlives a job (not a group, reply or typed queue)."""
+    is durable and shared (not an exclusive reply queue nor one already typed)."""
     # kombu sets these attributes dynamically; as_dict() is its typed view of them
     args = dict(queue.as_dict().get("queue_arguments") or {})
     if (
@@ -78,7 +80,6 @@ def for_broker(queue: Queue, quorum: bool) -> Queue:
         or queue.exclusive
         or queue.auto_delete
         or "x-queue-type" in args
-        or queue.name.startswith("lava.group.")
     ):
         return queue
     return Queue(

@@ -257,10 +257,11 @@ def group_queue_name(group: str, node: str) -> str:
 
 
 def group_queue(group: str, node: str) -> Queue:
-    """One node's durable classic queue, bound to its group's fanout exchange.
+    """One node's durable queue, bound to its group's fanout exchange.
 
-    Classic, not quorum: group queues are short-lived. Left-overs of a crash
-    expire by the ``lava-group-expiry`` policy.
+    Classic on one node (group queues are short-lived); a quorum queue on a
+    cluster (``cluster.for_broker``: it must outlive any one node).
+    Left-overs of a crash expire by the ``lava-group-expiry`` policy.
     """
     return Queue(
         group_queue_name(group, node),

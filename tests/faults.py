@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ import amqp
 from lab import ServiceProcess, wait_for
 
 from broker_config import topology
+from broker_config.consumer import Delivery
+from device_agent.multinode import MultinodeClient
 
 __all__ = ["BrokerProxy", "ServiceProcess", "record_reliability", "wait_for"]
 
@@ -157,6 +160,44 @@ class BrokerProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CountingClient(MultinodeClient):
+    """A MultinodeClient that counts what reaches its waiters (after de-duplication)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.seen: Counter[tuple[str, ...]] = Counter()
+        self.seen_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def _on_message(self, delivery: Delivery) -> None:
+        body = delivery.body
+        if delivery.message_type == "multinode-send":
+            key: tuple[str, ...] = ("send", body["node"], body["message_id"])
+        elif delivery.message_type == "multinode-release":
+            key = ("release", body["kind"], body["message_id"], str(body["generation"]))
+        else:
+            key = (delivery.message_type, body.get("reason", ""))
+        with self.seen_lock:
+            self.seen[key] += 1
+        super()._on_message(delivery)
+
+
+class Progress:
+    """How far the slowest node got, with a condition the fault thread waits on."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.rounds = dict.fromkeys(nodes, 0)
+        self.cond = threading.Condition()
+
+    def done(self, node: str, rnd: int) -> None:
+        with self.cond:
+            self.rounds[node] = rnd
+            self.cond.notify_all()
+
+    def wait_all_reach(self, rnd: int, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: min(self.rounds.values()) >= rnd, timeout)
 
 
 def record_reliability(row: dict[str, Any]) -> None:

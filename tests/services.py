@@ -47,10 +47,10 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def mgmt(method: str, path: str, body: Any = None) -> Any:
+def mgmt(method: str, path: str, body: Any = None, *, base: str = RABBIT_MGMT) -> Any:
     """Call the RabbitMQ management HTTP API; returns decoded JSON or None."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(RABBIT_MGMT + "/api" + path, data=data, method=method)
+    req = urllib.request.Request(base + "/api" + path, data=data, method=method)
     token = base64.b64encode(f"{RABBIT_USER}:{RABBIT_PASSWORD}".encode()).decode()
     req.add_header("Authorization", f"Basic {token}")
     req.add_header("Content-Type", "application/json")

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
-from faults import BrokerProxy, ServiceProcess, record_reliability, wait_for
+from faults import (
+    BrokerProxy,
+    CountingClient,
+    Progress,
+    ServiceProcess,
+    record_reliability,
+    wait_for,
+)
 
 from broker_config.broker import Broker
-from broker_config.consumer import Delivery
 from broker_config.declare import declare_topology
 from coordinator.barrier import READY_LINE
 from coordinator.groups import create_group
-from device_agent.multinode import MultinodeClient
 
 pytestmark = pytest.mark.integration
 
@@ -30,44 +33,6 @@ NODES = ["rel-a", "rel-b", "rel-c", "rel-d"]
 ROUNDS = 100
 SENDS_PER_ROUND = 3
 OUTAGES_AT = (20, 45, 70)
-
-
-class CountingClient(MultinodeClient):
-    """A MultinodeClient that counts what reaches its waiters (after de-duplication)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.seen: Counter[tuple[str, ...]] = Counter()
-        self.seen_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
-
-    def _on_message(self, delivery: Delivery) -> None:
-        body = delivery.body
-        if delivery.message_type == "multinode-send":
-            key: tuple[str, ...] = ("send", body["node"], body["message_id"])
-        elif delivery.message_type == "multinode-release":
-            key = ("release", body["kind"], body["message_id"], str(body["generation"]))
-        else:
-            key = (delivery.message_type, body.get("reason", ""))
-        with self.seen_lock:
-            self.seen[key] += 1
-        super()._on_message(delivery)
-
-
-class Progress:
-    """How far the slowest node got, with a condition the fault thread waits on."""
-
-    def __init__(self) -> None:
-        self.rounds = dict.fromkeys(NODES, 0)
-        self.cond = threading.Condition()
-
-    def done(self, node: str, rnd: int) -> None:
-        with self.cond:
-            self.rounds[node] = rnd
-            self.cond.notify_all()
-
-    def wait_all_reach(self, rnd: int, timeout: float) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: min(self.rounds.values()) >= rnd, timeout)
 
 
 @pytest.mark.parametrize("fault", ["broker-outage", "barrier-sigkill"])
@@ -99,7 +64,7 @@ def test_faults_mid_group_lose_and_duplicate_nothing(
             n: CountingClient(purl, "relgrp", n, {m: "peer" for m in NODES}, timeout=90)
             for n in NODES
         }
-        progress = Progress()
+        progress = Progress(NODES)
         errors: list[BaseException] = []
 
         def node_main(node: str) -> None:

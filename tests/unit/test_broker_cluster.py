@@ -61,6 +61,8 @@ def test_which_queues_become_quorum_queues() -> None:
         topology.logs_store_queue(),
         topology.dead_queue(),
         topology.device_queue("rack1.a-01"),
+        # a classic queue lives on one node: a group must outlive any node
+        topology.group_queue("7-abc", "rack1.a-01"),
     ]
     for queue in durable:
         quorum = cluster.for_broker(queue, True)
@@ -71,9 +73,8 @@ def test_which_queues_become_quorum_queues() -> None:
             queue.exchange,
         )
         assert cluster.for_broker(queue, False) is queue
-    # a group's queues live for one job; reply queues are exclusive; the barrier is typed
+    # reply queues are exclusive; the barrier is typed already
     for queue in (
-        topology.group_queue("7-abc", "rack1.a-01"),
         topology.reply_queue("lava.reply.0123"),
         topology.barrier_queue(),
     ):

@@ -1,0 +1,81 @@
+"""The 3-node RabbitMQ cluster of ``scripts/rabbitmq-cluster.sh``, for failover tests.
+
+``.ci/run`` starts it; on a laptop without it the tests skip, under CI they
+fail. Each test gets its own vhost (cluster-wide), made through node 1's
+management API. Node N listens on ``BASE_PORT + N - 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import services
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "rabbitmq-cluster.sh"
+BASE_PORT = int(os.environ.get("LAVAMQ_CLUSTER_PORT", "5781"))
+NODES = 3
+
+
+def _script(*args: str, timeout: float = 300) -> str:
+    out = subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=True
+    )
+    return out.stdout
+
+
+def running() -> bool:
+    """Every node of the cluster up and clustered."""
+    try:
+        return f"running members: {NODES} of {NODES}" in _script("status", timeout=60)
+    except (subprocess.SubprocessError, OSError):
+        return False
+
+
+def node_of_port(port: int) -> int:
+    return port - BASE_PORT + 1
+
+
+def node_pid(node: int) -> int:
+    """The OS pid of one node (a test kill -9s it: no clean shutdown, no goodbye to its peers)."""
+    return int(_script("pid", str(node)).strip())
+
+
+def start_missing_nodes() -> None:
+    """Start every node that is not running and wait until the cluster has all of them."""
+    _script("start")
+
+
+class ClusterVhost:
+    """A throw-away vhost on the cluster, for the user guest."""
+
+    def __init__(self) -> None:
+        self.name = f"lavamq-cluster-{uuid.uuid4().hex[:10]}"
+        self.mgmt_url = f"http://127.0.0.1:{BASE_PORT + 10000}"
+        q = services.quote(self.name)
+        self.api("PUT", f"/vhosts/{q}", {})
+        everything = {"configure": ".*", "write": ".*", "read": ".*"}
+        self.api("PUT", f"/permissions/{q}/guest", everything)
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        return services.mgmt(method, path, body, base=self.mgmt_url)
+
+    def url(self) -> str:
+        """Every node's URL, the way a lab gives them to lavamq."""
+        q = services.quote(self.name)
+        return ",".join(f"amqp://guest:guest@127.0.0.1:{BASE_PORT + i}/{q}" for i in range(NODES))
+
+    def leader_of(self, queue: str) -> int:
+        """The node leading a quorum queue."""
+        info = self.api("GET", f"/queues/{services.quote(self.name)}/{services.quote(queue)}")
+        name = str(info.get("leader") or info["node"])
+        return int(name.split("@", 1)[0].removeprefix("lavamq-c"))
+
+    def delete(self) -> None:
+        with contextlib.suppress(OSError):
+            self.api("DELETE", f"/vhosts/{services.quote(self.name)}")
