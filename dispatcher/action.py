@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dispatcher.assignment import Timeouts
 from dispatcher.joblog import JobLog
 from schemas.errors import InfrastructureError, JobCanceled, JobError, LavamqError, classify
 
@@ -82,7 +83,9 @@ class JobContext:
     group: str | None = None
     members: dict[str, str] = field(default_factory=dict)
     job_deadline: float | None = None
-    timeouts: dict[str, Any] = field(default_factory=dict)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    #: the job's secrets (name → value): written for the test shell, masked in logs
+    secrets: dict[str, str] = field(default_factory=dict)
     #: results go here (a dict per result; the runner publishes them)
     publish_result: Callable[[dict[str, Any]], None] | None = None
     #: the MultiNode client for this node (None for single-node jobs/tests)
@@ -123,7 +126,7 @@ class Action:
         """Every problem of this action (and its children); empty when it can run."""
         problems: list[str] = []
         if self.timeout is not None and self.timeout <= 0:
-            problems.append(f"{self.name}: timeout must be positive (got {self.timeout})")
+            problems.append(f"{self.name}: timeout must be positive (got {self.timeout:g})")
         if self.pipeline is not None:
             problems.extend(self.pipeline.validate(ctx))
         return problems

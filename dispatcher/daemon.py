@@ -35,6 +35,7 @@ from typing import Any
 from broker_config import identity, topology
 from broker_config.broker import Broker, is_amqp_url
 from broker_config.consumer import Delivery, QueueConsumer
+from dispatcher.assignment import Assignment, load_assignment
 from dispatcher.journal import FINAL, Journal
 from dispatcher.runner import SubJobRunner
 from schemas.errors import InfrastructureError, LavamqError
@@ -316,11 +317,11 @@ class Dispatcher:
 
     def run_subjob(self, device: Any, a: dict[str, Any]) -> None:
         workdir = self.workdir / "jobs" / f"{a['job_id']}.{a['node']}.{a['subjob_id']}"
-        factory: Callable[[dict[str, Any]], Any] | None = None
+        factory: Callable[[Assignment], Any] | None = None
         if self.use_multinode:
             factory = self._multinode_client
         runner = SubJobRunner(
-            a,
+            load_assignment(a),
             device,
             workdir=workdir,
             report_state=lambda state, et, msg: self.report(a, state, et, msg),
@@ -330,17 +331,18 @@ class Dispatcher:
         )
         runner.run()
 
-    def _multinode_client(self, a: dict[str, Any]) -> Any:
+    def _multinode_client(self, a: Assignment) -> Any:
         from device_agent.multinode import MultinodeClient
 
+        assert a.group is not None
         return MultinodeClient(
             self.broker_url,
-            a["group"],
-            a["node"],
-            dict(a["members"]),
-            timeout=float(a["timeouts"]["multinode"]),
+            a.group,
+            a.node,
+            dict(a.members),
+            timeout=a.timeouts.multinode,
             # the coordinator names each node's host user: no host speaks for another's node
-            owners=dict(a.get("owners") or {}) or None,
+            owners=dict(a.owners) or None,
         )
 
     # --- life cycle ----------------------------------------------------------

@@ -18,6 +18,7 @@ from dispatcher.actions.command import CommandRunAction, SubmitResultsAction
 from dispatcher.actions.deploy import DeployImagesAction
 from dispatcher.actions.slave_boot import SlaveBootAction
 from dispatcher.actions.test_shell import LavaTestShellAction
+from dispatcher.assignment import Assignment, load_assignment
 from schemas.errors import LavamqError
 
 
@@ -73,28 +74,30 @@ def known_kinds() -> list[str]:
 def build_pipeline(
     plan: dict[str, Any], device_type: str, timeouts: dict[str, Any]
 ) -> tuple[Pipeline, list[str]]:
-    """The pipeline for one sub-job's plan, and the problems found while building it."""
-    default_timeout = timeouts.get("action")
+    """The pipeline of a plan given as data (``JobPlan.subjob_dict``): see :func:`pipeline_for`."""
+    body = {"job_id": 0, "subjob_id": 0, "node": "-", "device_type": device_type, "plan": plan}
+    body["timeouts"] = {k: v for k, v in timeouts.items() if v is not None}
+    return pipeline_for(load_assignment(body))
+
+
+def pipeline_for(assignment: Assignment) -> tuple[Pipeline, list[str]]:
+    """The pipeline for one sub-job, and the problems found while building it."""
+    default_timeout = assignment.timeouts.action
     pipeline = Pipeline()
-    problems: list[str] = []
-    target = Target(device_type, slave=bool(plan.get("is_slave")))
+    problems = list(assignment.problems)
+    target = Target(assignment.device_type, slave=assignment.is_slave)
     booted = False
-    for i, item in enumerate(plan.get("actions") or []):
-        try:
-            kind = str(item.get("kind"))
-            params = dict(item.get("parameters") or {})
-        except (AttributeError, TypeError, ValueError) as exc:
-            problems.append(f"actions[{i}]: not an action mapping ({exc})")
-            continue
-        timeout = item.get("timeout") or default_timeout
+    for i, item in enumerate(assignment.actions):
+        kind, params = item.kind, dict(item.parameters)
+        timeout = item.timeout or default_timeout
         if target.slave and not booted and kind in ("test", "command"):
             # a slave is booted before its first test even when its job has no boot
-            pipeline.add(SlaveBootAction(device_type, {}, default_timeout))
+            pipeline.add(SlaveBootAction(target.device_type, {}, default_timeout))
             booted = True
         factory = lookup(kind, method_of(kind, params))
         if factory is None:
             problems.append(
-                f"actions[{i}] ({item.get('name')}): unknown kind {kind!r} "
+                f"actions[{i}] ({item.name}): unknown kind {kind!r} "
                 f"(known: {', '.join(known_kinds())})"
             )
             continue
@@ -102,7 +105,7 @@ def build_pipeline(
             action = factory(target, params, timeout)
         except (LavamqError, KeyError, TypeError, ValueError) as exc:
             # a malformed item: reported with the others, before anything runs
-            problems.append(f"actions[{i}] ({item.get('name') or kind}): {exc}")
+            problems.append(f"actions[{i}] ({item.name or kind}): {exc}")
             continue
         booted = booted or kind == "boot"
         pipeline.add(action)

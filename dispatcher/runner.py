@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,10 @@ from typing import Any
 from dispatcher.action import JobContext, Pipeline
 from dispatcher.actions.finalize import FinalizeAction
 from dispatcher.actions.test_shell import record_result
+from dispatcher.assignment import Assignment, load_assignment
 from dispatcher.joblog import JobLog
 from dispatcher.publisher import dropped_note
-from dispatcher.registry import build_pipeline
+from dispatcher.registry import build_pipeline, pipeline_for
 from schemas.errors import JobError, LavamqError, classify
 
 __all__ = ["Outcome", "SubJobRunner", "build_pipeline"]
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 #: state, error_type, message
 StateReporter = Callable[[str, str | None, str | None], None]
-MultinodeFactory = Callable[[dict[str, Any]], Any]
+MultinodeFactory = Callable[[Assignment], Any]
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Outcome:
 class SubJobRunner:
     def __init__(
         self,
-        assignment: dict[str, Any],
+        assignment: Assignment | Mapping[str, Any],
         device: Any,
         *,
         workdir: str | Path,
@@ -55,7 +56,9 @@ class SubJobRunner:
         cancelled: Callable[[], bool] | None = None,
         publisher_interval: float = 0.1,
     ) -> None:
-        self.assignment = assignment
+        self.assignment = (
+            assignment if isinstance(assignment, Assignment) else load_assignment(assignment)
+        )
         self.device = device
         self.workdir = Path(workdir)
         self.report_state = report_state or (lambda state, error_type, message: None)
@@ -67,7 +70,7 @@ class SubJobRunner:
 
     def run(self) -> Outcome:
         a = self.assignment
-        job, subjob, node = str(a["job_id"]), str(a["subjob_id"]), str(a["node"])
+        job, subjob, node = str(a.job_id), str(a.subjob_id), a.node
         self.workdir.mkdir(parents=True, exist_ok=True)
         joblog = JobLog(self.workdir / "job.log")
         publisher = None
@@ -82,26 +85,26 @@ class SubJobRunner:
                 interval=self.publisher_interval,
             ).start()
             joblog.add_json_listener(publisher.log_json)
-        timeouts = dict(a.get("timeouts") or {})
         start = time.monotonic()
         ctx = JobContext(
             job_id=job,
             subjob_id=subjob,
             node=node,
-            role=str(a.get("role", "")),
+            role=a.role,
             log=joblog,
             workdir=self.workdir,
             device=self.device,
-            group=a.get("group"),
-            members=dict(a.get("members") or {}),
-            job_deadline=start + float(timeouts["job"]) if timeouts.get("job") else None,
-            timeouts=timeouts,
+            group=a.group,
+            members=dict(a.members),
+            job_deadline=start + a.timeouts.job if a.timeouts.job else None,
+            timeouts=a.timeouts,
+            secrets=dict(a.secrets),
             publish_result=publisher.result if publisher is not None else None,
             cancelled=self.cancelled,
         )
         ctx.data["attach_console"] = lambda console: self._attach_console(console, joblog)
         joblog.event(
-            f"sub-job {subjob} of job {job} ({a.get('job_name') or 'unnamed'}): "
+            f"sub-job {subjob} of job {job} ({a.job_name or 'unnamed'}): "
             f"node {node}, role {ctx.role}, device {getattr(self.device, 'name', '?')}"
         )
         self.report_state("running", None, None)
@@ -110,9 +113,7 @@ class SubJobRunner:
         finalize = FinalizeAction()
         try:
             # inside the try: a plan item that cannot be built still finalizes
-            pipeline, build_problems = build_pipeline(
-                dict(a.get("plan") or {}), str(a.get("device_type", "")), timeouts
-            )
+            pipeline, build_problems = pipeline_for(a)
             self.pipeline = pipeline
             problems = build_problems + pipeline.validate(ctx)
             if problems:

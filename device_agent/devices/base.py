@@ -20,6 +20,7 @@ import tarfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,11 +38,25 @@ def remaining(deadline: float, what: str) -> float:
     return left
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a device type can do for a test shell, declared by the type (never probed)."""
+
+    #: ``install: deps`` and ``lava-install-packages`` may run the board OS's package manager
+    installs_packages: bool = False
+    #: the board has its own ``/tmp`` (not shared with the dispatcher host or other boards)
+    private_tmp: bool = True
+    #: the board has a network interface of its own for ``lava-network``
+    network: bool = False
+
+
 class Device(ABC):
     """One device of a dispatcher host, built from its ``[[device]]`` entry."""
 
     #: the name used in device dictionaries and job files
     device_type: ClassVar[str] = ""
+    #: what the type offers a test shell (a subclass declares its own)
+    capabilities: ClassVar[Capabilities] = Capabilities()
     #: settings this type understands in ``[device.settings]`` (others are errors)
     known_settings: ClassVar[frozenset[str]] = frozenset()
 
@@ -70,7 +85,12 @@ class Device(ABC):
         return []
 
     def describe(self) -> dict[str, Any]:
+        """The device as the dispatcher registers it."""
         return {"name": self.name, "device_type": self.device_type, "tags": self.tags}
+
+    def cache_dir(self) -> str:
+        """Where the test shell finds LAVA's MultiNode cache files, as the board sees it."""
+        return "/tmp"
 
     # --- power ----------------------------------------------------------------
     @abstractmethod

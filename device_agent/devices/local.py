@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from device_agent.console import Console, ConsoleBase
-from device_agent.devices.base import Device
+from device_agent.devices.base import Capabilities, Device
 from schemas.errors import ConfigurationError, InfrastructureError
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,11 @@ def netns_supported() -> bool:
 
 
 class LocalDevice(Device):
+    """A shell on this host standing in for a board (its root is a work directory)."""
+
     device_type = "local"
+    #: the host's package manager is the lab's, not the job's; /tmp is the host's
+    capabilities = Capabilities(installs_packages=False, private_tmp=False, network=True)
     known_settings: ClassVar[frozenset[str]] = frozenset(
         {"shell", "network", "ipv4", "bridge", "hostname", "env", "answer_cursor_query", "emulates"}
     )
@@ -512,6 +516,10 @@ class LocalDevice(Device):
             prompts=self.prompts,
             answer_cursor_query=bool(self.settings.get("answer_cursor_query", False)),
         )
+
+    def cache_dir(self) -> str:
+        """The board's /tmp is its own directory on this host."""
+        return str(self.root / "tmp")
 
     def install_overlay(self, overlay_dir: Path, timeout: float, target: str = "") -> str:
         """The board's filesystem is on this host: copy the overlay into its root."""

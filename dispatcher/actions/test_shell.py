@@ -259,7 +259,7 @@ class LavaTestShellAction(Action):
                 ctx.node, ctx.role, dict(ctx.members or {ctx.node: ctx.role})
             ),
         )
-        install_deps = bool(getattr(ctx.device, "installs_packages", False))
+        install_deps = ctx.device.capabilities.installs_packages
         tests: dict[str, FetchedTest] = {}
         for i, spec in enumerate(self.definitions):
             test = fetch_test(spec, i, tests_dir, deadline=deadline, say=ctx.log.info)
@@ -271,14 +271,9 @@ class LavaTestShellAction(Action):
     def _setup_commands(self, ctx: JobContext, target: str) -> list[str]:
         from device_agent import overlay as helpers_overlay
 
-        cache_dir = getattr(ctx.device, "tmp_dir", None)
-        root = getattr(ctx.device, "root", None)
-        if cache_dir is None and root is not None:
-            # a local board's /tmp is its own directory on this host
-            cache_dir = str(root / "tmp")
         env = helpers_overlay.overlay_environment(
             target,
-            cache_dir=cache_dir,
+            cache_dir=ctx.device.cache_dir(),
             extra={
                 "LAVA_OVERLAY": target,
                 "LAVA_JOB_ID": ctx.job_id,
@@ -311,7 +306,7 @@ class LavaTestShellAction(Action):
             console,
             ctx.multinode,
             log=ctx.log,
-            timeout=ctx.timeouts.get("multinode"),
+            timeout=ctx.timeouts.multinode,
             on_result=tracker.sync_result,
             on_failure=failures.append,
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from device_agent.console import ScriptedConsole
 from dispatcher.actions.test_shell import LavaTestShellAction, ResultTracker
+from dispatcher.assignment import Timeouts
 
 
 class SyncClient:
@@ -27,7 +28,7 @@ def wired(client: SyncClient) -> tuple[ScriptedConsole, Any, list[dict[str, Any]
     results: list[dict[str, Any]] = []
     tracker = ResultTracker({}, results.append, logging.getLogger("test").info)
     tracker.attach(console)
-    ctx = SimpleNamespace(multinode=client, log=logging.getLogger("test"), timeouts={})
+    ctx = SimpleNamespace(multinode=client, log=logging.getLogger("test"), timeouts=Timeouts())
     action = LavaTestShellAction({"definitions": []})
     bridge = action._start_bridge(ctx, console, tracker, [])  # type: ignore[arg-type]
     return console, bridge, results
