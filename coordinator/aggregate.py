@@ -26,13 +26,11 @@ from sqlalchemy import Float, Integer, String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from broker_config import topology
-from broker_config.consumer import Delivery, QueueConsumer
 from coordinator.db import Base
 from coordinator.results import CaseResult, NodeOutcome, build_bundle
 from coordinator.store import FINAL_JOB_STATES, Job, Result, Store, SubJob
+from coordinator.store.lab import check_subjob_host
 from schemas.errors import JobError
-from schemas.messages.console import TestResultSchema
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +41,18 @@ RESULTS_GRACE_SECONDS = 30.0
 
 
 class ResultReceipt(Base):
-    """One stored ``test-result`` message (table from revision 0004)."""
+    """One stored ``test-result`` message (tables from revisions 0004 and 0006).
+
+    Keyed by (sub-job, sender's broker user, message id): ids are unique only
+    within what one sender sends for one sub-job, so no sender can use up an
+    id another's genuine result will carry.
+    """
 
     __tablename__ = "result_receipts"
+    subjob_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sender: Mapped[str] = mapped_column(String(200), primary_key=True, server_default="")
     message_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     job_id: Mapped[int] = mapped_column(Integer, index=True)
-    subjob_id: Mapped[int] = mapped_column(Integer)
     result_id: Mapped[int] = mapped_column(Integer)
     time: Mapped[float] = mapped_column(Float)
 
@@ -80,23 +84,36 @@ class ResultsAggregator:
 
     # --- consuming --------------------------------------------------------
 
-    def record(self, body: dict[str, Any], now: float | None = None) -> bool:
-        """Store one ``test-result`` body; False when its ``id`` was stored before.
+    def record(
+        self,
+        body: dict[str, Any],
+        now: float | None = None,
+        *,
+        sender: str | None = None,
+        host: str | None = None,
+    ) -> bool:
+        """Store one ``test-result`` body; False when it was stored before.
 
-        A result naming an unknown sub-job, or a sub-job of another job, is a
-        JobError (the consumer dead-letters the message with that reason).
+        ``sender``: the delivery's validated broker user (receipts are scoped
+        by it); ``host``: the host that user is, if it is a host's: the result's
+        sub-job must then run on a device of that host (``Unauthorized``
+        otherwise). A result naming an unknown sub-job, a sub-job of another
+        job is a JobError (the consumer dead-letters it).
         """
         now = self.clock() if now is None else now
         message_id = str(body["id"])
         subjob_id = _subjob_id(body)
+        receipt_key = (subjob_id, sender or "", message_id)
         try:
             with self.store.session() as s:
-                if s.get(ResultReceipt, message_id) is not None:
+                if s.get(ResultReceipt, receipt_key) is not None:
                     self.duplicates += 1
                     return False
                 sub = s.get(SubJob, subjob_id)
                 if sub is None:
                     raise JobError(f"test result {message_id}: no sub-job {subjob_id}")
+                if host is not None:
+                    check_subjob_host(s, sub, host, "test-result", sender)
                 if str(sub.job_id) != str(body["job"]):
                     raise JobError(
                         f"test result {message_id}: sub-job {subjob_id} belongs to job "
@@ -115,9 +132,10 @@ class ResultsAggregator:
                 s.flush()
                 s.add(
                     ResultReceipt(
+                        subjob_id=subjob_id,
+                        sender=sender or "",
                         message_id=message_id,
                         job_id=sub.job_id,
-                        subjob_id=subjob_id,
                         result_id=row.id,
                         time=now,
                     )
@@ -125,28 +143,12 @@ class ResultsAggregator:
         except IntegrityError:
             # another consumer stored the same message between our check and commit
             with self.store.session() as s:
-                if s.get(ResultReceipt, message_id) is None:
+                if s.get(ResultReceipt, receipt_key) is None:
                     raise
             self.duplicates += 1
             return False
         self.recorded += 1
         return True
-
-    def handle(self, delivery: Delivery) -> None:
-        """A ``QueueConsumer`` handler for ``lava.results``."""
-        if not self.record(delivery.body):
-            log.debug("test result %s was already stored", delivery.body.get("id"))
-
-    def consumer(self, broker_url: str, *, poll_interval: float = 0.2) -> QueueConsumer:
-        """A consumer of ``lava.results`` feeding :meth:`record` (run it in its own thread)."""
-        return QueueConsumer(
-            broker_url,
-            [topology.results_queue()],
-            TestResultSchema(),
-            handler=self.handle,
-            prefetch=50,
-            poll_interval=poll_interval,
-        )
 
     # --- the bundle -------------------------------------------------------
 

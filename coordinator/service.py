@@ -51,6 +51,7 @@ from coordinator.scheduler import (
     check_fits,
     schedule,
 )
+from coordinator.senders import delivery_sender
 from coordinator.store import GroupOutcome, StartedGroup, Store
 from schemas.errors import InfrastructureError, LavamqError, classify
 from schemas.job import JobValidationError, load_job
@@ -203,10 +204,20 @@ class CoordinatorService:
                 log.warning("heartbeat from unregistered host %s ignored", delivery.body["host"])
         elif delivery.message_type == "test-result":
             assert self.aggregator is not None
-            self.aggregator.record(delivery.body, self.clock())
+            sender = delivery_sender(delivery, self.settings.broker_url)
+            self.aggregator.record(
+                delivery.body, self.clock(), sender=sender.user, host=sender.host
+            )
         elif delivery.message_type == "subjob-state":
             body = delivery.body
             assert self.store is not None
+            sender = delivery_sender(delivery, self.settings.broker_url)
+            if sender.host is not None:
+                # whatever the body says (``host`` is optional): the sub-job's device
+                # must belong to the host whose broker user sent the report
+                self.store.check_subjob_owner(
+                    body["subjob_id"], sender.host, "subjob-state", sender.user
+                )
             outcome = self.store.subjob_state(
                 body["subjob_id"],
                 body["state"],

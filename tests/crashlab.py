@@ -8,17 +8,24 @@ database. The store is read directly (``Store``) to count what was recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
+import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
 from faults import ServiceProcess, wait_for
 from sqlalchemy import select
 
+import services
+from broker_config import identity, permissions
+from broker_config.broker import Broker
+from broker_config.declare import ManagementAPI, declare_topology
 from coordinator.rpc import CoordinatorClient
 from coordinator.store import FINAL_SUBJOB_STATES, Event, Result, Store, SubJob
 
@@ -93,6 +100,57 @@ def host_toml(
     path = tmp / f"{host}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _cli(*args: str) -> None:
+    from lavamq.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+@contextlib.contextmanager
+def lab_users(
+    rabbit_vhost: services.RabbitVhost, hosts: Mapping[str, list[tuple[str, str]]]
+) -> Iterator[dict[str, Any]]:
+    """Each host, the coordinator and the barrier as its own confined broker user,
+    made with ``lavamq broker add-host`` / ``add-service`` (removed at the end).
+
+    Yields ``admin`` (the vhost's admin URL), ``hosts``, ``host_urls`` (host →
+    URL), ``coordinator`` and ``barrier`` (URLs) and ``password``.
+    """
+    admin = rabbit_vhost.url()
+    with Broker(admin) as b:
+        declare_topology(b)
+    tag = uuid.uuid4().hex[:8]
+    password = uuid.uuid4().hex
+    made: list[str] = []
+    try:
+        for host, devices in hosts.items():
+            made.append(identity.host_user(host))
+            _cli("broker", "add-host", host, *(a for d in devices for a in ("--device", d[0])),
+                 "--password", password, "--broker", admin)  # fmt: skip
+        service_urls = {}
+        for service, base in (
+            ("coordinator", identity.COORDINATOR_USER),
+            ("barrier", identity.BARRIER_USER),
+        ):
+            user = f"{base}-{tag}"
+            made.append(user)
+            service_urls[service] = rabbit_vhost.url(user, password)
+            _cli("broker", "add-service", service, "--user", user, "--password", password,
+                 "--broker", admin)  # fmt: skip
+        yield {
+            "admin": admin,
+            "hosts": dict(hosts),
+            "host_urls": {h: rabbit_vhost.url(identity.host_user(h), password) for h in hosts},
+            "password": password,
+            **service_urls,
+        }
+    finally:
+        api = ManagementAPI.from_broker_url(admin)
+        for user in made:
+            permissions.remove_user(api, user)
 
 
 class CrashLab:

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from coordinator.scheduler import DeviceView
 from coordinator.store.base import StoreBase
-from coordinator.store.models import Device, DeviceType, Host
-from schemas.errors import JobError
+from coordinator.store.models import Device, DeviceType, Host, SubJob
+from schemas.errors import JobError, Unauthorized
 from schemas.states import DeviceHealth, DeviceState, HostState
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,15 @@ class LabStore(StoreBase):
                     )  # fmt: skip
                     continue
                 if dev.host_id not in (None, row.id):
+                    owner = s.get(Host, dev.host_id)
+                    if owner is not None and owner.state == HostState.ONLINE:
+                        # a live host's device is not taken by announcing it: that
+                        # host would then report for (and be sent) another's jobs
+                        log.warning(
+                            "host %s announces device %s of online host %s: ignored",
+                            host, name, owner.name,
+                        )  # fmt: skip
+                        continue
                     log.warning("device %s moves to host %s", name, host)
                 dev.device_type_id = dtype.id
                 dev.tags = tags
@@ -175,3 +184,35 @@ class LabStore(StoreBase):
                 }
                 for d, t, h in rows
             ]
+
+    def check_subjob_owner(
+        self, subjob_id: int, host: str, what: str, sender: str | None = None
+    ) -> None:
+        """Raise ``Unauthorized`` unless sub-job ``subjob_id`` runs on a device of ``host``."""
+        with self.session() as s:
+            sub = s.get(SubJob, subjob_id)
+            if sub is None:
+                raise Unauthorized(
+                    f"{what} for sub-job {subjob_id} sent by broker user {sender!r}: "
+                    "no such sub-job"
+                )
+            check_subjob_host(s, sub, host, what, sender)
+
+
+def check_subjob_host(
+    session: Session, sub: SubJob, host: str, what: str, sender: str | None = None
+) -> None:
+    """Raise ``Unauthorized`` unless ``sub`` runs on a device that ``host`` owns now."""
+    owner = None
+    if sub.device is not None:
+        owner = session.scalar(
+            select(Host.name)
+            .join(Device, Device.host_id == Host.id)
+            .where(Device.name == sub.device)
+        )
+    if owner != host:
+        where = f"device {sub.device} of host {owner!r}" if sub.device else "no device yet"
+        raise Unauthorized(
+            f"{what} for sub-job {sub.id} sent by broker user {sender!r} (host {host!r}): "
+            f"that sub-job runs on {where}"
+        )

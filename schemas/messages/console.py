@@ -100,7 +100,8 @@ class TestResultSchema(MessageSchema):
 
     message_type = "test-result"
 
-    id = fields.String(required=True, validate=validate.Length(min=1))
+    #: unique per sender and sub-job (the coordinator keeps one receipt per id)
+    id = fields.String(required=True, validate=validate.Length(min=1, max=100))
     job = fields.String(required=True, validate=validate.Length(min=1))
     subjob = fields.String(required=True, validate=validate.Length(min=1))
     node = fields.String(required=True, validate=validate.Length(min=1))

@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
-from crashlab import CrashLab
+from crashlab import CrashLab, lab_users
 from faults import dead_letters, wait_for
 
 import services
-from broker_config import identity, permissions, topology
+from broker_config import identity, topology
 from broker_config.broker import Broker
-from broker_config.declare import ManagementAPI, declare_topology
-from lavamq.cli import main
 from schemas.messages.multinode import MultinodeSendSchema
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -73,49 +70,16 @@ actions:
 NO_FORGERY = 'test -s "$LAVA_MULTI_NODE_CACHE" -a -z "$(grep forged "$LAVA_MULTI_NODE_CACHE")"'
 
 
-def _cli(*args: str) -> None:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-
-
 @pytest.fixture
 def users(rabbit_vhost: services.RabbitVhost) -> Iterator[dict[str, Any]]:
     """Two hosts, a coordinator and a barrier, each its own confined broker user."""
-    admin = rabbit_vhost.url()
-    with Broker(admin) as b:
-        declare_topology(b)
     tag = uuid.uuid4().hex[:8]
-    password = uuid.uuid4().hex
     hosts = {
         f"own-a-{tag}": [(f"owna-{tag}", "side-a")],
         f"own-b-{tag}": [(f"ownb-{tag}", "side-b")],
     }
-    made: list[str] = []
-    try:
-        for host, devices in hosts.items():
-            made.append(identity.host_user(host))
-            _cli("broker", "add-host", host, "--device", devices[0][0], "--password", password,
-                 "--broker", admin)  # fmt: skip
-        services_users = {}
-        for service, base in (
-            ("coordinator", identity.COORDINATOR_USER),
-            ("barrier", identity.BARRIER_USER),
-        ):
-            user = f"{base}-{tag}"
-            made.append(user)
-            services_users[service] = rabbit_vhost.url(user, password)
-            _cli("broker", "add-service", service, "--user", user, "--password", password,
-                 "--broker", admin)  # fmt: skip
-        yield {
-            "admin": admin,
-            "hosts": hosts,
-            "host_urls": {h: rabbit_vhost.url(identity.host_user(h), password) for h in hosts},
-            **services_users,
-        }
-    finally:
-        api = ManagementAPI.from_broker_url(admin)
-        for user in made:
-            permissions.remove_user(api, user)
+    with lab_users(rabbit_vhost, hosts) as made:
+        yield made
 
 
 def test_forged_send_in_a_lab_group_is_dead_lettered_and_satisfies_no_waiter(

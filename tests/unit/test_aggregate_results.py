@@ -14,7 +14,7 @@ from coordinator.aggregate import ResultsAggregator
 from coordinator.results import bundle_junit, bundle_table
 from coordinator.scheduler import schedule
 from coordinator.store import Store, SubmitReceipt
-from schemas.errors import JobError
+from schemas.errors import JobError, Unauthorized
 
 T0 = 1_800_000_000.0
 
@@ -106,6 +106,43 @@ def test_results_for_unknown_or_foreign_subjobs_are_refused(store: Store) -> Non
     with pytest.raises(JobError, match="not a number"):
         agg.record({**body, "subjob": "abc"})
     assert store.results(receipt.job_id) == []
+
+
+def test_result_ids_are_scoped_by_subjob_and_sender(store: Store) -> None:
+    """An id one sender used first does not make another's genuine result a duplicate:
+    receipts are keyed by (sub-job, sender, id), not by the id alone."""
+    receipt = started_job(store)
+    agg = ResultsAggregator(store)
+    first = result(receipt, 0, "smoke", "ping", "pass")
+    same_id_other_subjob = {**result(receipt, 1, "smoke", "pong", "pass"), "id": first["id"]}
+    assert agg.record(first, T0 + 2, sender="lavamq-host-lab1") is True
+    assert agg.record(same_id_other_subjob, T0 + 2, sender="lavamq-host-lab1") is True
+    # the same id for the same sub-job from another sender (an operator's tool)
+    assert agg.record({**first, "case": "again"}, T0 + 3, sender="admin") is True
+    # a redelivery of the first: once
+    assert agg.record(first, T0 + 4, sender="lavamq-host-lab1") is False
+    cases = sorted(r["test_case"] for r in store.results(receipt.job_id))
+    assert cases == ["again", "ping", "pong"]
+
+
+def test_a_result_id_longer_than_its_receipt_is_refused_at_the_edge() -> None:
+    from schemas.messages.base import InvalidMessage, decode
+    from schemas.messages.console import TestResultSchema
+
+    body = {"id": "x" * 101, "job": "1", "subjob": "2", "node": "n", "suite": "s",
+            "case": "c", "result": "pass", "time": "2026-12-01T00:00:00Z"}  # fmt: skip
+    with pytest.raises(InvalidMessage, match="id"):
+        decode(TestResultSchema(), body)
+
+
+def test_a_host_may_record_results_only_for_its_own_subjobs(store: Store) -> None:
+    receipt = started_job(store)  # both sub-jobs run on lab1's boards
+    agg = ResultsAggregator(store)
+    body = result(receipt, 0, "smoke", "ping", "pass")
+    with pytest.raises(Unauthorized, match=r"runs on device board0[12] of host 'lab1'"):
+        agg.record(body, T0 + 2, sender="lavamq-host-lab2", host="lab2")
+    assert store.results(receipt.job_id) == []
+    assert agg.record(body, T0 + 2, sender="lavamq-host-lab1", host="lab1") is True
 
 
 def test_bundle_of_a_passing_group_is_complete_only_after_every_last_result(
