@@ -60,6 +60,7 @@ from broker_config import topology  # noqa: E402
 from broker_config.broker import Broker  # noqa: E402
 from broker_config.declare import declare_topology  # noqa: E402
 from coordinator.groups import create_group, end_group  # noqa: E402
+from device_agent.group_state import ReleaseKey  # noqa: E402
 from device_agent.multinode import MultinodeClient  # noqa: E402
 from schemas.messages.multinode import MultinodeSyncSchema  # noqa: E402
 
@@ -153,7 +154,7 @@ def bench_clients(url: str, n: int, rounds: int, timeout: float) -> list[float]:
                 {"group": group, "node": c.self_name, "message_id": "bench", "generation": gen},
             )
             t = time.perf_counter()
-            c._wait_release("lava-sync", ("sync", "bench", gen, ""), timeout, connects)
+            c._wait_release("lava-sync", ReleaseKey("sync", "bench", gen), timeout, connects)
             done = time.perf_counter()
             with lock:
                 published.append(t)

@@ -20,10 +20,10 @@ node's queue would mean reading that queue from its start, and relying on a
 queue nobody consumed, which the expiry policy may have deleted in a long
 job.) A node whose group has no other local node reads its own queue.
 
-A node that attaches to a group already read here starts with what the
-group's first attached client has (sends, releases, failure, the message ids
-applied), copied while no delivery is being handed out: its own queue holds
-those messages too, but it is not read.
+The receiver owns one :class:`~device_agent.group_state.GroupState` per
+group read here; every local node of the group reads that one object, so a
+node that attaches late starts with what the group has (its own queue holds
+those messages too, but it is not read).
 
 Releases are transient (``coordinator/barrier.py``): after every reconnect
 the receiver asks the barrier again for each release a local node still
@@ -34,17 +34,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
 
 from broker_config import topology
 from broker_config.broker import is_amqp_url
 from broker_config.consumer import Delivery, QueueConsumer, QueueNotFound, run_in_thread
 from broker_config.identity import check_sender, delivery_user
+from device_agent.group_state import GroupState, ReleaseKey
 from schemas.errors import InfrastructureError
-from schemas.messages.multinode import GROUP_QUEUE_SCHEMAS
-
-if TYPE_CHECKING:
-    from device_agent.multinode import MultinodeClient
+from schemas.messages.multinode import GROUP_QUEUE_SCHEMAS, MultinodeQuerySchema
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +49,33 @@ log = logging.getLogger(__name__)
 ATTACH_TIMEOUT = 30.0
 
 
+def query_body(group: str, node: str, key: ReleaseKey) -> dict[str, object]:
+    """A ``multinode-query`` asking the barrier to publish a decided release again."""
+    return {
+        "group": group,
+        "node": node,
+        "kind": key.kind,
+        "message_id": key.message_id,
+        "generation": key.generation,
+        "role": key.role,
+    }
+
+
 class GroupReceiver:
-    """Consumes one queue per group for every ``MultinodeClient`` of this process."""
+    """Consumes one queue per group for every local node of this process."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.amqp = is_amqp_url(url)
         self._lock = threading.Lock()
-        #: held while a delivery is handed to a group's clients, and while a new
-        #: client copies an attached one's state: it misses nothing in between
-        self._delivering = threading.Lock()
         #: serialises attach/detach decisions with their queue changes, so a
         #: queue added and removed by two threads is applied in decision order
         self.changes = threading.Lock()
         self.stopped = False
-        #: group → its attached clients, in attach order (the first is the lead)
-        self._clients: dict[str, list[MultinodeClient]] = {}
+        #: group → its attached local nodes, in attach order
+        self._nodes: dict[str, list[str]] = {}
+        #: group → its live state, shared by those nodes
+        self._states: dict[str, GroupState] = {}
         #: group → node whose queue is consumed
         self._lead: dict[str, str] = {}
         #: how many times consuming has (re)started; a node compares it across a wait
@@ -92,7 +100,7 @@ class GroupReceiver:
     @property
     def attached(self) -> int:
         with self._lock:
-            return sum(len(c) for c in self._clients.values())
+            return sum(len(n) for n in self._nodes.values())
 
     def lead_node(self, group: str) -> str | None:
         """The local node whose queue carries ``group`` (for the docs and tests)."""
@@ -101,28 +109,32 @@ class GroupReceiver:
 
     # --- attach / detach (the caller holds ``changes``) ---
 
-    def _add(self, client: MultinodeClient) -> bool:
-        """Register ``client``; True when it became its group's lead (its queue to read)."""
-        with self._delivering, self._lock:
-            clients = self._clients.setdefault(client.group, [])
-            if clients:
-                client._adopt(clients[0])
-            clients.append(client)
-            if client.group in self._lead:
-                return False
-            self._lead[client.group] = client.self_name
-            return True
-
-    def _remove(self, client: MultinodeClient) -> str | None:
-        """Unregister ``client``; the node whose queue to stop reading, if any."""
+    def _add(self, group: str, node: str, owners: dict[str, str] | None) -> tuple[GroupState, bool]:
+        """Register ``node``; its group's state, and True when its queue is to be read."""
         with self._lock:
-            clients = self._clients.get(client.group, [])
-            if client in clients:
-                clients.remove(client)
-            if clients or client.group not in self._lead:
+            nodes = self._nodes.setdefault(group, [])
+            state = self._states.get(group)
+            if state is None:
+                state = self._states[group] = GroupState(group, owners)
+            elif state.owners is None and owners:
+                state.owners = dict(owners)
+            nodes.append(node)
+            if group in self._lead:
+                return state, False
+            self._lead[group] = node
+            return state, True
+
+    def _remove(self, group: str, node: str) -> str | None:
+        """Unregister ``node``; the node whose queue to stop reading, if any."""
+        with self._lock:
+            nodes = self._nodes.get(group, [])
+            if node in nodes:
+                nodes.remove(node)
+            if nodes or group not in self._lead:
                 return None  # the group's stream still has local readers
-            self._clients.pop(client.group, None)
-            return self._lead.pop(client.group)
+            self._nodes.pop(group, None)
+            self._states.pop(group, None)
+            return self._lead.pop(group)
 
     def stop(self) -> None:
         self.stopped = True
@@ -138,28 +150,33 @@ class GroupReceiver:
         if self.connects == 1:
             return
         with self._lock:
-            clients = [c for group in self._clients.values() for c in group]
+            states = list(self._states.values())
         publisher = self.consumer.publisher
-        asked: set[tuple[str, tuple[str, str, int, str]]] = set()
-        for client in clients:
-            for key in client.waiting_for():
-                if (client.group, key) in asked:
-                    continue  # the answer reaches every local node of the group
-                asked.add((client.group, key))
-                log.info("group %s: asking again for release %r", client.group, key)
+        if publisher is None:  # consuming restarted without a connection to publish on
+            log.warning("MultiNode receiver: no connection to ask the barrier again")
+            return
+        for state in states:
+            with state.cond:
+                waiting = sorted(state.waiting.items())
+            for key, node in waiting:
+                # once per group: the answer reaches every local node of the group
+                log.info("group %s: asking again for release %r", state.group, key)
                 try:
-                    client.query(key, publisher)
+                    publisher.publish(
+                        topology.BARRIER_EXCHANGE_NAME,
+                        topology.BARRIER_ROUTING_KEY,
+                        MultinodeQuerySchema(),
+                        query_body(state.group, node, key),
+                    )
                 except InfrastructureError as exc:
                     # the node's timeout still ends the wait: the barrier then
                     # sends a release it had decided instead of failing the group
-                    log.warning("group %s: cannot ask again for %r: %s", client.group, key, exc)
+                    log.warning("group %s: cannot ask again for %r: %s", state.group, key, exc)
 
     def _owners(self, group: str) -> dict[str, str] | None:
         with self._lock:
-            for client in self._clients.get(group, ()):
-                if client.owners is not None:
-                    return client.owners
-        return None
+            state = self._states.get(group)
+        return state.owners if state is not None else None
 
     def _authorize(self, delivery: Delivery) -> None:
         """Only the barrier releases; a node speaks only through its own host's user."""
@@ -183,13 +200,12 @@ class GroupReceiver:
             # a body naming another group than the exchange it came through
             log.warning("ignoring %s for group %s from %s", delivery.message_type, group, exchange)
             return
-        with self._delivering:
-            with self._lock:
-                clients = list(self._clients.get(group, ()))
-            if not clients:
-                log.debug("no local node of group %s left for %s", group, delivery.message_type)
-            for client in clients:
-                client._deliver(delivery)
+        with self._lock:
+            state = self._states.get(group)
+        if state is None:
+            log.debug("no local node of group %s left for %s", group, delivery.message_type)
+            return
+        state.deliver(delivery)
 
 
 _receivers: dict[str, GroupReceiver] = {}
@@ -208,55 +224,57 @@ def _receiver_for(url: str) -> GroupReceiver:
         return receiver
 
 
-def attach(client: MultinodeClient) -> GroupReceiver:
-    """Attach ``client`` to its process's receiver for its broker URL (started on demand)."""
+def attach(
+    url: str, group: str, node: str, owners: dict[str, str] | None = None
+) -> tuple[GroupReceiver, GroupState]:
+    """Attach ``node`` to its process's receiver for ``url`` (started on demand).
+
+    Returns the receiver and the group's state. On failure the caller detaches.
+    """
     while True:
-        receiver = _receiver_for(client.broker_url)
+        receiver = _receiver_for(url)
         with receiver.changes:
             if receiver.stopped:
-                continue  # its last client left meanwhile: take the next one
-            lead = receiver._add(client)
+                continue  # its last node left meanwhile: take the next one
+            state, lead = receiver._add(group, node, owners)
             if lead:
-                queue = topology.group_queue(client.group, client.self_name)
-                # on failure the client detaches itself (MultinodeClient.__init__)
+                queue = topology.group_queue(group, node)
                 try:
                     receiver.consumer.add_queue(queue, ATTACH_TIMEOUT)
                 except QueueNotFound as exc:
                     # end_group deleted it: the job was canceled or failed (or its
                     # launch failed) while this node's assignment was still queued
                     raise InfrastructureError(
-                        f"MultiNode group {client.group} has ended: the queue of node "
-                        f"{client.self_name} ({queue.name}) is gone, so its job was "
+                        f"MultiNode group {group} has ended: the queue of node "
+                        f"{node} ({queue.name}) is gone, so its job was "
                         "canceled or failed before this node started"
                     ) from exc
-                log.debug("group %s: this process reads %s", client.group, queue.name)
-            return receiver
+                log.debug("group %s: this process reads %s", group, queue.name)
+            return receiver, state
 
 
-def detach(client: MultinodeClient) -> None:
-    """Detach ``client``; the receiver stops when its last client has left."""
-    receiver: GroupReceiver | None = getattr(client, "_receiver", None)
+def detach(url: str, group: str, node: str, receiver: GroupReceiver | None = None) -> None:
+    """Detach ``node`` (from ``receiver``, the one it attached to, when known).
+
+    The receiver stops when its last node has left.
+    """
     if receiver is None:  # attach() failed half-way
         with _registry_lock:
-            receiver = _receivers.get(client.broker_url)
+            receiver = _receivers.get(url)
     if receiver is None:
         return
     with receiver.changes:
-        _detach_locked(receiver, client)
-
-
-def _detach_locked(receiver: GroupReceiver, client: MultinodeClient) -> None:
-    lead = receiver._remove(client)
-    with _registry_lock:
-        empty = receiver.attached == 0
-        if empty and _receivers.get(receiver.url) is receiver:
-            del _receivers[receiver.url]
-    if empty:
-        receiver.stop()
-        return
-    if lead is not None:
-        try:
-            receiver.consumer.remove_queue(topology.group_queue_name(client.group, lead))
-        except InfrastructureError as exc:
-            # applied after the reconnect all the same; the node has left anyway
-            log.warning("group %s: %s", client.group, exc)
+        lead = receiver._remove(group, node)
+        with _registry_lock:
+            empty = receiver.attached == 0
+            if empty and _receivers.get(receiver.url) is receiver:
+                del _receivers[receiver.url]
+        if empty:
+            receiver.stop()
+            return
+        if lead is not None:
+            try:
+                receiver.consumer.remove_queue(topology.group_queue_name(group, lead))
+            except InfrastructureError as exc:
+                # applied after the reconnect all the same; the node has left anyway
+                log.warning("group %s: %s", group, exc)

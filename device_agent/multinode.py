@@ -3,12 +3,10 @@
 A ``MultinodeClient`` receives its group's messages through the process's
 ``GroupReceiver`` (``device_agent/group_receiver.py``: one connection and one
 thread per process, one queue read per group however many of its nodes run
-here) and keeps, under one condition variable:
-
-- every ``lava-send`` seen in the group: message id → sender → data
-  (accumulated: re-sending adds data, as in LAVA);
-- every release the barrier service published: (kind, id, generation, role);
-- the group's failure, if any.
+here), which owns the group's one ``GroupState`` (``device_agent/group_state.py``:
+every send, every release, the group's failure). Every local node of the
+group reads that state; a client adds only what is its own node's: its sync
+generations.
 
 The calling thread publishes on a connection of its own. ``wait`` is answered
 from the local cache (only other nodes' sends count); ``wait_all`` and
@@ -32,6 +30,7 @@ from broker_config import topology
 from broker_config.broker import Broker
 from broker_config.consumer import Delivery
 from device_agent import group_receiver
+from device_agent.group_state import ReleaseKey
 from schemas.errors import GroupFailed, InfrastructureError, JobError, MultinodeTimeout
 from schemas.messages.multinode import (
     MultinodeQuerySchema,
@@ -93,28 +92,24 @@ class MultinodeClient:
             self._broker, self._own_broker = broker_or_url, False
         else:
             self._broker, self._own_broker = Broker(broker_or_url), True
-        self._cond = threading.Condition()
-        self._messages: dict[str, dict[str, dict[str, str]]] = {}
-        self._releases: set[tuple[str, str, int, str]] = set()
-        self._failure: dict[str, Any] | None = None
         self._sync_generation: dict[str, int] = {}
         self._publish_lock = threading.Lock()
         self.broker_url = self._broker.url
-        #: message ids handed to ``_on_message`` (the receiver's thread only):
-        #: a redelivery, or a new lead queue read from its start, counts once
-        self._applied: set[str] = set()
-        self.duplicates = 0
-        #: releases a caller waits for now: asked for again after a reconnect
-        self._waiting: set[tuple[str, str, int, str]] = set()
+        #: releases this node waits for now
+        self._waiting: set[ReleaseKey] = set()
         try:
-            self._receiver = group_receiver.attach(self)
+            self._receiver, self._state = group_receiver.attach(
+                self.broker_url, group, node, self.owners
+            )
             #: the receiver's connection count when this node joined
             self._joined_connects = self._receiver.connects
         except BaseException:
-            group_receiver.detach(self)
+            group_receiver.detach(self.broker_url, group, node)
             if self._own_broker:
                 self._broker.close()
             raise
+        self._cond = self._state.cond
+        self._state.add_hook(self._on_message)
 
     # --- identity ---
 
@@ -132,55 +127,14 @@ class MultinodeClient:
 
     # --- receiving (the process's receiver thread) ---
 
-    def _adopt(self, other: MultinodeClient) -> None:
-        """Start from what ``other`` (a node of this group in this process) has seen.
-
-        Called by the receiver while no delivery is being handed out: what the
-        group's read queue delivered before this node attached is not read
-        again, and this node's own queue is not read.
-        """
-        with other._cond:
-            messages = {
-                message_id: {sender: dict(data) for sender, data in senders.items()}
-                for message_id, senders in other._messages.items()
-            }
-            releases = set(other._releases)
-            failure = other._failure
-            applied = set(other._applied)
-        with self._cond:
-            self._messages = messages
-            self._releases = releases
-            self._failure = failure
-            self._applied = applied
-
-    def _deliver(self, delivery: Delivery) -> None:
-        """A delivery of this node's group, authorized and valid; each message once."""
-        message_id = delivery.properties.get("message_id")
-        if message_id:
-            if message_id in self._applied:
-                self.duplicates += 1
-                return
-            self._applied.add(message_id)
-        self._on_message(delivery)
+    @property
+    def duplicates(self) -> int:
+        """Redelivered messages the group's state dropped (counted once per group)."""
+        return self._state.duplicates
 
     def _on_message(self, delivery: Delivery) -> None:
-        body = delivery.body
-        if body["group"] != self.group:
-            log.warning("ignoring %s for group %s", delivery.message_type, body["group"])
-            return
-        with self._cond:
-            if delivery.message_type == "multinode-send":
-                self._record_send(body["node"], body["message_id"], body["data"])
-            elif delivery.message_type == "multinode-release":
-                self._releases.add(
-                    (body["kind"], body["message_id"], body["generation"], body["role"])
-                )
-            elif delivery.message_type == "group-failed" and self._failure is None:
-                self._failure = body
-            self._cond.notify_all()
-
-    def _record_send(self, sender: str, message_id: str, data: dict[str, str]) -> None:
-        self._messages.setdefault(message_id, {}).setdefault(sender, {}).update(data)
+        """Each new message of the group, once the group's state has it (a hook for
+        observers; the state itself needs nothing from the node)."""
 
     # --- publishing (caller's thread) ---
 
@@ -195,8 +149,9 @@ class MultinodeClient:
             )
 
     def _check_failed(self) -> None:
-        if self._failure is not None:
-            raise GroupFailed(f"MultiNode group {self.group} failed: {self._failure['reason']}")
+        failure = self._state.failure
+        if failure is not None:
+            raise GroupFailed(f"MultiNode group {self.group} failed: {failure['reason']}")
 
     # --- the API ---
 
@@ -217,7 +172,7 @@ class MultinodeClient:
         self._publish_group(MultinodeSendSchema(), body)
         self._publish_barrier(MultinodeSendSchema(), body)
         with self._cond:
-            self._record_send(self.self_name, message_id, payload)
+            self._state.record_send(self.self_name, message_id, payload)
 
     def wait(self, message_id: str, timeout: float | None = None) -> dict[str, dict[str, str]]:
         """``lava-wait``: until some OTHER node has sent ``message_id``; sender → data."""
@@ -227,7 +182,7 @@ class MultinodeClient:
         with self._cond:
             while True:
                 self._check_failed()
-                others = self._data_from(message_id, lambda n: n != self.self_name)
+                others = self._state.data_from(message_id, lambda n: n != self.self_name)
                 if others:
                     return others
                 remaining = deadline - time.monotonic()
@@ -237,7 +192,7 @@ class MultinodeClient:
         self._timed_out("lava-wait", message_id, limit, 0, "")
         # the barrier saw a send after all: it is in our queue too
         with self._cond:
-            return self._data_from(message_id, lambda n: n != self.self_name)
+            return self._state.data_from(message_id, lambda n: n != self.self_name)
 
     def wait_all(
         self, message_id: str, role: str | None = None, timeout: float | None = None
@@ -252,10 +207,12 @@ class MultinodeClient:
             )
         limit = self.timeout if timeout is None else timeout
         # the release may predate this call: lost if the receiver reconnected since joining
-        key = ("wait-all", message_id, 0, role)
+        key = ReleaseKey("wait-all", message_id, 0, role)
         self._wait_release("lava-wait-all", key, limit, self._joined_connects)
         with self._cond:
-            return self._data_from(message_id, lambda n: not role or self.members.get(n) == role)
+            return self._state.data_from(
+                message_id, lambda n: not role or self.members.get(n) == role
+            )
 
     def sync(self, message_id: str, timeout: float | None = None) -> None:
         """``lava-sync``: a global barrier; the n-th sync of an id is its generation n."""
@@ -275,7 +232,7 @@ class MultinodeClient:
             },
         )
         limit = self.timeout if timeout is None else timeout
-        self._wait_release("lava-sync", ("sync", message_id, generation, ""), limit, connects)
+        self._wait_release("lava-sync", ReleaseKey("sync", message_id, generation), limit, connects)
 
     # --- lava-network ---
 
@@ -291,25 +248,20 @@ class MultinodeClient:
 
     # --- internals ---
 
-    def _data_from(self, message_id: str, keep: Any) -> dict[str, dict[str, str]]:
-        senders = self._messages.get(message_id, {})
-        return {n: dict(d) for n, d in sorted(senders.items()) if keep(n)}
-
-    def _wait_release(
-        self, operation: str, key: tuple[str, str, int, str], limit: float, since: int
-    ) -> None:
+    def _wait_release(self, operation: str, key: ReleaseKey, limit: float, since: int) -> None:
         """Wait for a release; ``since``: the receiver's connection count it could come after."""
         deadline = time.monotonic() + limit
         with self._cond:
             self._waiting.add(key)
+            self._state.waiting[key] = self.self_name
         try:
-            if self._receiver.connects != since and key not in self._releases:
+            if self._receiver.connects != since and key not in self._state.releases:
                 # reconnected meanwhile: a transient release may have died with the broker
                 self.query(key)
             with self._cond:
                 while True:
                     self._check_failed()
-                    if key in self._releases:
+                    if key in self._state.releases:
                         return
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -320,32 +272,19 @@ class MultinodeClient:
         finally:
             with self._cond:
                 self._waiting.discard(key)
+                if self._state.waiting.get(key) == self.self_name:
+                    del self._state.waiting[key]
 
-    def waiting_for(self) -> list[tuple[str, str, int, str]]:
+    def waiting_for(self) -> list[ReleaseKey]:
         """Releases a caller of this node waits for now."""
         with self._cond:
             return sorted(self._waiting)
 
-    def query(self, key: tuple[str, str, int, str], broker: Broker | None = None) -> None:
+    def query(self, key: ReleaseKey) -> None:
         """Ask the barrier to publish a decided release again (see ``MultinodeQuerySchema``)."""
-        kind, message_id, generation, role = key
-        body = {
-            "group": self.group,
-            "node": self.self_name,
-            "kind": kind,
-            "message_id": message_id,
-            "generation": generation,
-            "role": role,
-        }
-        if broker is None:
-            self._publish_barrier(MultinodeQuerySchema(), body)
-        else:
-            broker.publish(
-                topology.BARRIER_EXCHANGE_NAME,
-                topology.BARRIER_ROUTING_KEY,
-                MultinodeQuerySchema(),
-                body,
-            )
+        self._publish_barrier(
+            MultinodeQuerySchema(), group_receiver.query_body(self.group, self.self_name, key)
+        )
 
     def _timed_out(
         self, operation: str, message_id: str, limit: float, generation: int, role: str
@@ -370,17 +309,18 @@ class MultinodeClient:
         deadline = time.monotonic() + self.failure_grace
         with self._cond:
             while True:
-                if self._failure is not None:
+                failure = self._state.failure
+                if failure is not None:
                     raise MultinodeTimeout(
-                        f"MultiNode group {self.group}: {self._failure['reason']}"
-                        if self._failure.get("node") != self.self_name
-                        else self._failure["reason"]
+                        f"MultiNode group {self.group}: {failure['reason']}"
+                        if failure.get("node") != self.self_name
+                        else failure["reason"]
                     )
-                if operation != "lava-wait" and (kind, message_id, generation, role) in (
-                    self._releases
+                if operation != "lava-wait" and (
+                    ReleaseKey(kind, message_id, generation, role) in self._state.releases
                 ):
                     return  # released while we reported: the barrier had it complete
-                if operation == "lava-wait" and self._data_from(
+                if operation == "lava-wait" and self._state.data_from(
                     message_id, lambda n: n != self.self_name
                 ):
                     return
@@ -395,7 +335,8 @@ class MultinodeClient:
         )
 
     def close(self) -> None:
-        group_receiver.detach(self)
+        self._state.remove_hook(self._on_message)
+        group_receiver.detach(self.broker_url, self.group, self.self_name, self._receiver)
         if self._own_broker:
             self._broker.close()
 

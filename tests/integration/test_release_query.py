@@ -198,7 +198,7 @@ def test_a_timeout_on_a_released_barrier_gets_the_release_not_a_failure(
         waiter.join(20)
         assert not waiter.is_alive()
         assert result == [None]  # sync returned: released, not failed
-        assert b._failure is None
+        assert b._state.failure is None
     finally:
         b.close()
 

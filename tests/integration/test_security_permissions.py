@@ -230,7 +230,7 @@ def test_host_cannot_release_a_barrier_nor_speak_as_another_node(lab: Lab, tmp_p
         assert sum("multinode-release from broker user" in r for r in reasons) == 2
         assert sum(f"multinode-send as node '{lab.dev_b}'" in r for r in reasons) == 2
         assert sum(f"multinode-sync as node '{lab.dev_b}'" in r for r in reasons) == 1
-        assert "ready" not in client_a._messages
+        assert "ready" not in client_a._state.messages
 
         # a DUT on host A names another node in its lava-send: the bridge
         # speaks only for its own node, so the peer sees it from dev_a
