@@ -115,6 +115,8 @@ class SubJobRunner:
             # inside the try: a plan item that cannot be built still finalizes
             pipeline, build_problems = pipeline_for(a)
             self.pipeline = pipeline
+            # a boot action looks ahead for the overlay its device boots with
+            ctx.data["pipeline"] = pipeline
             problems = build_problems + pipeline.validate(ctx)
             if problems:
                 for p in problems:

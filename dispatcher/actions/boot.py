@@ -44,6 +44,7 @@ class BootAction(Action):
         if hasattr(ctx.device, "set_group"):
             # a VM joins its group's network (device_agent/vmnet.py)
             ctx.device.set_group(ctx.group, ctx.node, list(ctx.members) or None)
+        self._overlay_at_boot(ctx, deadline)
         ctx.log.info(f"booting {ctx.device.name} ({self.device_type})")
         attach = ctx.data.get("attach_console")
         early = None
@@ -72,6 +73,23 @@ class BootAction(Action):
             raise JobError(f"{self.name}: device {ctx.device.name} gave no console after boot")
         ctx.data["console"] = console
         return console
+
+    def _overlay_at_boot(self, ctx: JobContext, deadline: float | None) -> None:
+        """A device that takes the test overlay at boot (QEMU: in its initramfs) gets the
+        overlay of the first test action after this boot, built now, as LAVA builds it
+        during deploy: typing it through the console after boot costs far more."""
+        if not hasattr(ctx.device, "set_overlay"):
+            return
+        actions = list(getattr(ctx.data.get("pipeline"), "actions", []))
+        following = actions[actions.index(self) + 1 :] if self in actions else []
+        for action in following:
+            if isinstance(action, BootAction):
+                return
+            prepare = getattr(action, "prepare_overlay", None)
+            if prepare is not None:
+                ctx.device.set_overlay(prepare(ctx, deadline))
+                ctx.log.info(f"overlay of {action.name} built before boot, to boot with")
+                return
 
     def cleanup(self, ctx: JobContext) -> None:
         # the finalize action powers off; nothing half-booted is left to undo here

@@ -20,6 +20,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from device_agent import signals
@@ -191,6 +192,8 @@ class LavaTestShellAction(Action):
         super().__init__(timeout=timeout, parameters=parameters)
         defs = parameters.get("definitions")
         self.definitions: list[Any] = list(defs) if isinstance(defs, list) else []
+        #: the overlay built before boot (prepare_overlay), used by run instead of a new one
+        self._prepared: dict[str, FetchedTest] | None = None
 
     def validate(self, ctx: JobContext) -> list[str]:
         problems = super().validate(ctx)
@@ -212,7 +215,9 @@ class LavaTestShellAction(Action):
         if connection is None:
             raise JobError(f"{self.name}: no console: the device was not booted before the test")
         overlay = ctx.workdir / "overlay"
-        tests = self._build_overlay(ctx, overlay, deadline)
+        tests, self._prepared = self._prepared, None
+        if tests is None:
+            tests = self._build_overlay(ctx, overlay, deadline)
         left = remaining(deadline)
         target = ctx.device.install_overlay(overlay, 300.0 if left is None else left)
         ctx.log.info(f"overlay installed on {ctx.device.name} at {target}")
@@ -245,6 +250,12 @@ class LavaTestShellAction(Action):
             )
         ctx.log.info(f"{self.name}: {len(tests)} test run(s), {tracker.cases} result(s)")
         return connection
+
+    def prepare_overlay(self, ctx: JobContext, deadline: float | None) -> Path:
+        """Build the overlay now (the boot action asks, for a device that boots with it)."""
+        overlay = ctx.workdir / "overlay"
+        self._prepared = self._build_overlay(ctx, overlay, deadline)
+        return overlay
 
     def _build_overlay(
         self, ctx: JobContext, overlay: Any, deadline: float | None

@@ -187,3 +187,35 @@ def test_test_shell_dying_early_is_a_clear_job_error(tmp_path: Path, exit_step: 
     assert outcome.state == "incomplete"
     assert states[-1][1] == "job"
     assert "did not finish" in states[-1][2] or "before <LAVA_TEST_RUNNER EXIT>" in states[-1][2]
+
+
+def test_a_device_that_boots_with_the_overlay_gets_it_built_before_boot(tmp_path: Path) -> None:
+    from device_agent.devices.local import LocalDevice
+
+    seen: list[tuple[str, Path, bool]] = []
+
+    class BootsWithOverlay(LocalDevice):
+        """A local board standing in for QEMU: it takes the overlay at boot (set_overlay)."""
+
+        def set_overlay(self, overlay_dir: Path) -> None:
+            seen.append(("set_overlay", overlay_dir, self.powered))
+            # the whole overlay is there before power on: helpers, runner, the run scripts
+            assert (overlay_dir / "bin" / "lava-test-runner").is_file()
+            assert (overlay_dir / "tests" / "0_smoke" / "run.sh").is_file()
+
+        def install_overlay(self, overlay_dir: Path, timeout: float, target: str = "") -> str:
+            seen.append(("install_overlay", overlay_dir, self.powered))
+            return super().install_overlay(overlay_dir, timeout, target)
+
+    url, sha = image(tmp_path)
+    dev = BootsWithOverlay(
+        {"name": "board1", "device_type": "local", "settings": {"network": "none"}},
+        tmp_path / "board1",
+    )
+    outcome = SubJobRunner(assignment(url, sha), dev, workdir=tmp_path / "job").run()
+    records = list(read_records(outcome.log_path))
+    assert outcome.state == "complete", [r["message"] for r in records]
+    overlay = tmp_path / "job" / "overlay"
+    # built once, before power on; the test action then used that very overlay
+    assert seen == [("set_overlay", overlay, False), ("install_overlay", overlay, True)]
+    assert "0_smoke/always-pass: pass" in [r["message"] for r in records]
