@@ -1,0 +1,50 @@
+"""The ASGI app: one FastAPI application with a router per resource.
+
+``create_app(lab)`` wires the routers to a :class:`server.lab.Lab`;
+``app_from_env()`` builds one from ``LAVAMQ_*`` variables, for uvicorn's
+``--workers`` (each worker process imports and builds its own).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from server import xmlrpc
+from server.lab import Lab, ServerSettings
+
+
+def create_app(lab: Lab) -> FastAPI:
+    app = FastAPI(
+        title="lavamq lab server",
+        summary="LAVA's XML-RPC at /RPC2, a REST API under /api/v1, /metrics and the web view",
+        version="1",
+    )
+    app.state.lab = lab
+    app.include_router(xmlrpc.router)
+
+    @app.get("/health", tags=["health"])
+    async def health(request: Request) -> JSONResponse:
+        """200 when the broker and the store answer, 503 (naming what failed) when not."""
+        checks = await run_in_threadpool(request.app.state.lab.health)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ok": ok, **checks}, status_code=200 if ok else 503)
+
+    return app
+
+
+def settings_from_env() -> ServerSettings:
+    """The settings ``lavamq server`` hands its worker processes."""
+    return ServerSettings(
+        broker_url=os.environ["LAVAMQ_BROKER_URL"],
+        db_url=os.environ["LAVAMQ_DB_URL"],
+        log_dir=os.environ.get("LAVAMQ_LOG_DIR", "lavamq-logs"),
+        anonymous_read=os.environ.get("LAVAMQ_ANONYMOUS_READ", "1") == "1",
+    )
+
+
+def app_from_env() -> FastAPI:
+    return create_app(Lab(settings_from_env(), run_migrations=False))

@@ -1,0 +1,458 @@
+"""What the server reads from the store: jobs by node, devices, hosts, results.
+
+The coordinator's own reads (``Store.jobs``/``Store.job``) answer its CLI;
+these answer LAVA's and the REST API's questions (one row per node, LAVA
+states, pages and filters) with a few indexed queries each, so a list of a
+store holding 10k jobs costs the same as one of 10. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select
+from sqlalchemy.orm import Session
+
+from coordinator.db import make_engine, migrate, session_factory
+from coordinator.store import (
+    FINAL_SUBJOB_STATES,
+    Device,
+    DeviceType,
+    Group,
+    Host,
+    Job,
+    Result,
+    SubJob,
+)
+from server import lava
+from server.errors import BadRequest, NotFound
+from server.users import Identity
+
+#: top-level ``visibility:`` of a LAVA YAML job (2014 JSON jobs have none: public)
+_VISIBILITY = re.compile(r"^visibility:\s*['\"]?(\w+)", re.MULTILINE)
+
+
+def visibility_of(definition: str) -> str:
+    """``public``, ``personal`` or ``group`` from a job file's text."""
+    match = _VISIBILITY.search(definition)
+    if match is None:
+        return "group" if re.search(r"^visibility:\s*$", definition, re.MULTILINE) else "public"
+    return match.group(1).lower()
+
+
+@dataclass
+class NodeRow:
+    """One node of a job, as LAVA shows a job: the sub-job with its job around it."""
+
+    job_id: int
+    index: int
+    nodes: int
+    subjob_id: int
+    role: str
+    state: str  # the sub-job's state
+    job_state: str
+    job_name: str
+    submitter: str
+    device_type: str | None
+    device: str | None
+    host: str | None
+    tags: list[str]
+    submit_time: float
+    start_time: float | None
+    end_time: float | None
+    error_type: str | None
+    message: str | None
+    failure_cause: str | None
+    visibility: str
+    job_end_time: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def display_id(self) -> int | str:
+        return lava.display_id(self.job_id, self.index, self.nodes)
+
+    @property
+    def lava_state(self) -> tuple[str, str]:
+        after = (self.end_time or 0.0) >= (self.job_end_time or 0.0)
+        return lava.node_state(self.state, self.job_state, ended_after_cancel=after)
+
+
+def state_condition(state: str | None, health: str | None) -> ColumnElement[bool]:
+    """The SQL behind LAVA's state and health filters on a node (sub-job joined to its job)."""
+    final = SubJob.state.in_(FINAL_SUBJOB_STATES)
+    not_canceled = Job.state != "canceled"
+    conds: list[ColumnElement[bool]] = []
+    if state:
+        wanted = state.capitalize()
+        if wanted == "Finished":
+            conds.append(final)
+        elif wanted == "Canceling":
+            conds.append(and_(not_(final), Job.state == "canceled"))
+        elif wanted == "Scheduling":
+            conds.append(false())  # groups start all at once: no node waits for its peers
+        else:
+            conds.append(and_(SubJob.state.in_(lava.subjob_states_for(state)), not_canceled))
+    if health:
+        states = lava.subjob_healths_for(health)
+        # a node that ended after its job was canceled shows Canceled (lava.node_state)
+        by_cancel = and_(final, Job.state == "canceled", SubJob.ended_at >= Job.end_time)
+        if health.capitalize() == "Canceled":
+            conds.append(or_(SubJob.state.in_(states), by_cancel))
+        elif health.capitalize() == "Unknown":
+            conds.append(SubJob.state.in_(states))
+        else:
+            conds.append(and_(SubJob.state.in_(states), not_(by_cancel)))
+    return and_(*conds) if conds else and_(True)
+
+
+class LabReader:
+    """Read-only queries on the store (the lab's tables and the server's users)."""
+
+    def __init__(self, db_url: str, *, run_migrations: bool = True) -> None:
+        if run_migrations:
+            migrate(db_url)
+        self.engine = make_engine(db_url)
+        self.sessions = session_factory(self.engine)
+        self._visibility: dict[int, str] = {}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions.begin() as s:
+            yield s
+
+    def ping(self) -> None:
+        """Raise unless the store answers."""
+        with self.session() as s:
+            s.execute(select(1))
+
+    # --- visibility -----------------------------------------------------
+
+    def _job_visibility(self, s: Session, job_id: int) -> str:
+        if job_id not in self._visibility:
+            text = s.scalar(select(Job.definition).where(Job.id == job_id)) or ""
+            self._visibility[job_id] = visibility_of(text)
+        return self._visibility[job_id]
+
+    @staticmethod
+    def can_view(row: NodeRow, who: Identity, anonymous_read: bool) -> bool:
+        if who.is_admin or (who.name is not None and who.name == row.submitter):
+            return True
+        if row.visibility == "public":
+            return anonymous_read or not who.anonymous
+        return False
+
+    # --- nodes ------------------------------------------------------------
+
+    def _rows(self, s: Session, subs: Iterable[tuple[SubJob, Job]]) -> list[NodeRow]:
+        pairs = list(subs)
+        job_ids = {j.id for _, j in pairs}
+        order: dict[int, list[int]] = {}
+        if job_ids:
+            for job_id, sub_id in s.execute(
+                select(SubJob.job_id, SubJob.id)
+                .where(SubJob.job_id.in_(job_ids))
+                .order_by(SubJob.id)
+            ):
+                order.setdefault(job_id, []).append(sub_id)
+        devices = {x.device for x, _ in pairs if x.device}
+        hosts: dict[str, str | None] = {}
+        if devices:
+            for name, host in s.execute(
+                select(Device.name, Host.name)
+                .outerjoin(Host, Device.host_id == Host.id)
+                .where(Device.name.in_(devices))
+            ):
+                hosts[name] = host
+        rows = []
+        for sub, job in pairs:
+            ids = order.get(job.id, [sub.id])
+            rows.append(
+                NodeRow(
+                    job_id=job.id,
+                    index=ids.index(sub.id),
+                    nodes=len(ids),
+                    subjob_id=sub.id,
+                    role=sub.role,
+                    state=sub.state,
+                    job_state=job.state,
+                    job_name=job.job_name,
+                    submitter=job.submitter,
+                    device_type=sub.device_type,
+                    device=sub.device,
+                    host=hosts.get(sub.device) if sub.device else None,
+                    tags=list(sub.tags or ()),
+                    submit_time=job.submit_time,
+                    start_time=sub.accepted_at or sub.assigned_at,
+                    end_time=sub.ended_at,
+                    error_type=sub.error_type,
+                    message=sub.message,
+                    failure_cause=job.failure_cause,
+                    visibility=self._job_visibility(s, job.id),
+                    job_end_time=job.end_time,
+                )
+            )
+        return rows
+
+    def nodes(
+        self,
+        *,
+        state: str | None = None,
+        health: str | None = None,
+        start: int = 0,
+        limit: int = 25,
+        since: float | None = None,
+        viewer: Identity | None = None,
+        anonymous_read: bool = True,
+    ) -> list[NodeRow]:
+        """Nodes newest first (LAVA's ``scheduler.jobs.list``), filtered and paged."""
+        start, limit = max(0, int(start)), max(0, int(limit))
+        cond = state_condition(state, health)
+        if since is not None:
+            cond = and_(cond, SubJob.ended_at >= since)
+        out: list[NodeRow] = []
+        skipped = 0
+        offset = 0
+        chunk = max(limit + start, 25)
+        with self.session() as s:
+            while len(out) < limit:
+                q = (
+                    select(SubJob, Job)
+                    .join(Job, SubJob.job_id == Job.id)
+                    .where(cond)
+                    .order_by(SubJob.id.desc())
+                    .offset(offset)
+                    .limit(chunk)
+                )
+                batch = list(s.execute(q).all())
+                if not batch:
+                    break
+                offset += len(batch)
+                for row in self._rows(s, batch):
+                    if viewer is not None and not self.can_view(row, viewer, anonymous_read):
+                        continue
+                    if skipped < start:
+                        skipped += 1
+                        continue
+                    out.append(row)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def count_nodes(self, *, state: str | None = None, health: str | None = None) -> int:
+        with self.session() as s:
+            q = select(func.count(SubJob.id)).join(Job, SubJob.job_id == Job.id)
+            return int(s.scalar(q.where(state_condition(state, health))) or 0)
+
+    def node(self, job: lava.LavaJobId) -> NodeRow:
+        """One node; NotFound for an unknown job or node number."""
+        with self.session() as s:
+            pairs = list(
+                s.execute(
+                    select(SubJob, Job)
+                    .join(Job, SubJob.job_id == Job.id)
+                    .where(Job.id == job.job_id)
+                    .order_by(SubJob.id)
+                ).all()
+            )
+            if not pairs or job.index >= len(pairs):
+                raise NotFound(f"Job '{_shown(job)}' was not found.")
+            return self._rows(s, [pairs[job.index]])[0]
+
+    def job_nodes(self, job_id: int) -> list[NodeRow]:
+        """Every node of a job, in group order; NotFound for an unknown job."""
+        with self.session() as s:
+            pairs = list(
+                s.execute(
+                    select(SubJob, Job)
+                    .join(Job, SubJob.job_id == Job.id)
+                    .where(Job.id == job_id)
+                    .order_by(SubJob.id)
+                ).all()
+            )
+            if not pairs:
+                raise NotFound(f"Job '{job_id}' was not found.")
+            return self._rows(s, pairs)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """The job (group) itself: name, state, times, definition, group name."""
+        with self.session() as s:
+            row = s.execute(
+                select(Job, Group).outerjoin(Group, Group.job_id == Job.id).where(Job.id == job_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"Job '{job_id}' was not found.")
+            job, group = row
+            return {
+                "id": job.id,
+                "name": job.job_name,
+                "state": job.state,
+                "priority": job.priority,
+                "submitter": job.submitter,
+                "source": job.source,
+                "submit_time": job.submit_time,
+                "start_time": job.start_time,
+                "end_time": job.end_time,
+                "waiting_reason": job.waiting_reason,
+                "failure_type": job.failure_type,
+                "failure_cause": job.failure_cause,
+                "group": group.name if group else None,
+                "group_state": group.state if group else None,
+                "visibility": self._job_visibility(s, job.id),
+            }
+
+    def definition(self, job_id: int) -> str:
+        with self.session() as s:
+            text = s.scalar(select(Job.definition).where(Job.id == job_id))
+        if text is None:
+            raise NotFound(f"Job '{job_id}' was not found.")
+        return text
+
+    # --- results ----------------------------------------------------------
+
+    def results(
+        self, subjob_id: int, suite: str | None = None, case: str | None = None
+    ) -> list[dict[str, Any]]:
+        with self.session() as s:
+            q = select(Result).where(Result.subjob_id == subjob_id)
+            if suite is not None:
+                q = q.where(Result.test_run == suite)
+            if case is not None:
+                q = q.where(Result.test_case == case)
+            return [
+                {
+                    "id": r.id,
+                    "suite": r.test_run,
+                    "case": r.test_case,
+                    "result": r.result,
+                    "measurement": r.measurement,
+                    "units": r.units,
+                    "time": r.time,
+                }
+                for r in s.scalars(q.order_by(Result.id))
+            ]
+
+    def suites(self, subjob_id: int) -> list[str]:
+        with self.session() as s:
+            q = select(Result.test_run).where(Result.subjob_id == subjob_id).distinct()
+            return sorted(s.scalars(q))
+
+    # --- devices and hosts ------------------------------------------------
+
+    def devices(self, *, include_retired: bool = False) -> list[dict[str, Any]]:
+        with self.session() as s:
+            q = (
+                select(Device, DeviceType.name, Host.name)
+                .join(DeviceType, Device.device_type_id == DeviceType.id)
+                .outerjoin(Host, Device.host_id == Host.id)
+                .order_by(Device.name)
+            )
+            if not include_retired:
+                q = q.where(Device.state != "retired")
+            rows = list(s.execute(q).all())
+            current = self._display_ids(s, [d.current_subjob_id for d, _, _ in rows])
+            return [
+                {
+                    "name": d.name,
+                    "device_type": t,
+                    "host": h,
+                    "tags": sorted(d.tags or ()),
+                    "state": d.state,
+                    "health": d.health,
+                    "current_job": current.get(d.current_subjob_id or -1),
+                    "current_job_id": d.current_job_id,
+                }
+                for d, t, h in rows
+            ]
+
+    def device(self, name: str) -> dict[str, Any]:
+        for d in self.devices(include_retired=True):
+            if d["name"] == name:
+                return d
+        raise NotFound(f"Device '{name}' was not found.")
+
+    @staticmethod
+    def _display_ids(s: Session, subjob_ids: Iterable[int | None]) -> dict[int, int | str]:
+        wanted = {x for x in subjob_ids if x is not None}
+        if not wanted:
+            return {}
+        jobs = set(s.scalars(select(SubJob.job_id).where(SubJob.id.in_(wanted))))
+        order: dict[int, list[int]] = {}
+        for job_id, sub_id in s.execute(
+            select(SubJob.job_id, SubJob.id).where(SubJob.job_id.in_(jobs)).order_by(SubJob.id)
+        ):
+            order.setdefault(job_id, []).append(sub_id)
+        out: dict[int, int | str] = {}
+        for job_id, ids in order.items():
+            for i, sub_id in enumerate(ids):
+                if sub_id in wanted:
+                    out[sub_id] = lava.display_id(job_id, i, len(ids))
+        return out
+
+    def device_types(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            counts = dict(
+                s.execute(
+                    select(DeviceType.name, func.count(Device.id))
+                    .outerjoin(
+                        Device,
+                        and_(Device.device_type_id == DeviceType.id, Device.state != "retired"),
+                    )
+                    .group_by(DeviceType.name)
+                ).all()
+            )
+        return [{"name": n, "devices": int(c)} for n, c in sorted(counts.items())]
+
+    def hosts(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            hosts = list(s.scalars(select(Host).order_by(Host.name)))
+            names: dict[int, list[str]] = {}
+            for host_id, name in s.execute(
+                select(Device.host_id, Device.name).where(Device.host_id.is_not(None))
+            ):
+                names.setdefault(host_id or 0, []).append(name)
+            return [
+                {
+                    "name": h.name,
+                    "state": h.state,
+                    "last_heartbeat": h.last_heartbeat,
+                    "devices": sorted(names.get(h.id, [])),
+                }
+                for h in hosts
+            ]
+
+    def host(self, name: str) -> dict[str, Any]:
+        for h in self.hosts():
+            if h["name"] == name:
+                return h
+        raise NotFound(f"Worker '{name}' was not found.")
+
+    def queue_by_type(self, now: float) -> dict[str, tuple[int, float]]:
+        """device type → (queued sub-jobs, age in seconds of the oldest), for /metrics."""
+        with self.session() as s:
+            rows = s.execute(
+                select(SubJob.device_type, func.count(SubJob.id), func.min(Job.submit_time))
+                .join(Job, SubJob.job_id == Job.id)
+                .where(Job.state == "queued")
+                .group_by(SubJob.device_type)
+            ).all()
+            return {str(t or "-"): (int(n), max(0.0, now - float(m))) for t, n, m in rows}
+
+    def count_by(self, what: str) -> dict[str, int]:
+        """``jobs`` → jobs by our state; ``devices`` → devices by state."""
+        column = {"jobs": Job.state, "devices": Device.state}.get(what)
+        if column is None:
+            raise BadRequest(f"cannot count {what}")
+        with self.session() as s:
+            rows = s.execute(select(column, func.count()).group_by(column)).all()
+            return {str(k): int(v) for k, v in rows}
+
+
+def _shown(job: lava.LavaJobId) -> str:
+    return str(job.job_id) if job.node is None else f"{job.job_id}.{job.node}"

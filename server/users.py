@@ -1,0 +1,124 @@
+"""Users and API tokens, LAVA's way: a user name plus a secret token, only its hash stored.
+
+Tables ``users`` and ``tokens`` (Alembic revision ``0006_users``) live in the
+same store as the lab, so ``lavamq user add`` / ``lavamq token create`` and
+the server see the same users. A token is 32 random bytes (URL-safe text);
+only its SHA-256 is kept, which is enough for a secret of that entropy and
+lets a request be checked with one indexed look-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coordinator.db import Base, make_engine, migrate, session_factory
+from schemas.errors import ConfigurationError
+
+_USER_NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,150}$")
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(150), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[float] = mapped_column(Float)
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: a user, or nobody (``name`` None)."""
+
+    name: str | None = None
+    is_admin: bool = False
+
+    @property
+    def anonymous(self) -> bool:
+        return self.name is None
+
+
+ANONYMOUS = Identity()
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class UserStore:
+    """Adds users and tokens, and finds the user a (name, token) pair belongs to."""
+
+    def __init__(self, db_url: str, *, run_migrations: bool = True) -> None:
+        if run_migrations:
+            migrate(db_url)
+        self.engine = make_engine(db_url)
+        self.sessions = session_factory(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def add_user(self, name: str, *, admin: bool = False) -> Identity:
+        if not _USER_NAME.match(name):
+            raise ConfigurationError(
+                f"invalid user name {name!r}: 1 to 150 of A-Z a-z 0-9 _ . @ + -"
+            )
+        try:
+            with self.sessions.begin() as s:
+                s.add(User(name=name, is_admin=admin, created=time.time()))
+        except IntegrityError:
+            raise ConfigurationError(f"user {name} exists already") from None
+        return Identity(name, admin)
+
+    def create_token(self, name: str, description: str = "") -> str:
+        """A new token for user ``name``; the only time its text exists is this return value."""
+        token = secrets.token_urlsafe(32)
+        with self.sessions.begin() as s:
+            user = s.scalar(select(User).where(User.name == name))
+            if user is None:
+                raise ConfigurationError(f"no user {name}: add it first with `lavamq user add`")
+            s.add(
+                Token(
+                    user_id=user.id,
+                    digest=token_digest(token),
+                    description=description[:200],
+                    created=time.time(),
+                )
+            )
+        return token
+
+    def users(self) -> list[Identity]:
+        with self.sessions.begin() as s:
+            rows = s.scalars(select(User).order_by(User.name))
+            return [Identity(u.name, u.is_admin) for u in rows]
+
+    def authenticate(self, token: str, name: str | None = None) -> Identity | None:
+        """The user holding ``token`` (and named ``name`` when given), or None."""
+        digest = token_digest(token)
+        with self.sessions.begin() as s:
+            row = s.execute(
+                select(User.name, User.is_admin, Token.digest)
+                .join(Token, Token.user_id == User.id)
+                .where(Token.digest == digest)
+            ).first()
+        if row is None or not hmac.compare_digest(row[2], digest):
+            return None
+        if name is not None and not hmac.compare_digest(row[0].encode(), name.encode()):
+            return None
+        return Identity(row[0], bool(row[1]))

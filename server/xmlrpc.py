@@ -1,0 +1,216 @@
+"""LAVA's XML-RPC endpoint ``/RPC2``: decode, authenticate, dispatch, encode.
+
+The body is decoded and the answer encoded by the standard library's
+``xmlrpc.client.loads``/``dumps``; the methods are in server/lava_api.py.
+Authentication is LAVA's: ``Authorization: Basic base64(user:token)`` (what
+lavacli sends for ``http://user:token@host/RPC2``); an unknown pair is an
+HTTP 401 with ``WWW-Authenticate``, a header of another scheme or not
+decodable an HTTP 400, no header an anonymous call. Every other problem is a
+Fault inside HTTP 200, never an HTTP 5xx: lavacli retries those and, in
+``jobs logs``, polls forever.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import xml.parsers.expat
+import xmlrpc.client
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from schemas.job import MAX_JOB_BYTES
+from server import lava_api
+from server.errors import answer_for
+from server.lab import Lab
+from server.users import ANONYMOUS, Identity
+
+log = logging.getLogger(__name__)
+
+#: a job file may grow five-fold as XML text (``&`` → ``&amp;``) plus the envelope
+MAX_BODY = 5 * MAX_JOB_BYTES + 65536
+#: how much of an oversized body is read and dropped so the client sees the answer
+MAX_DRAIN = 64 * 1024 * 1024
+CONTENT_TYPE = "text/xml; charset=utf-8"
+#: linaro_django_xmlrpc's fault codes
+FAULT_NOT_WELL_FORMED = -32700
+FAULT_INVALID_REQUEST = -32600
+FAULT_NO_SUCH_METHOD = -32601
+FAULT_BAD_PARAMS = -32602
+FAULT_INTERNAL = -32603
+
+router = APIRouter(tags=["xmlrpc"])
+
+
+def fault_body(code: int, message: str) -> bytes:
+    text = xmlrpc.client.dumps(
+        xmlrpc.client.Fault(code, message), allow_none=True, encoding="utf-8"
+    )
+    return text.encode("utf-8")
+
+
+def _xml(body: bytes) -> Response:
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+def caller(lab: Lab, header: str | None) -> Identity | Response:
+    """Who calls, from the Authorization header; or the HTTP answer LAVA gives."""
+    if header is None:
+        return ANONYMOUS
+    scheme, _, value = header.partition(" ")
+    if not value:
+        return PlainTextResponse("Invalid HTTP_AUTHORIZATION header", status_code=400)
+    if scheme != "Basic":
+        return PlainTextResponse(
+            "Unsupported HTTP_AUTHORIZATION header, only Basic scheme is supported",
+            status_code=400,
+        )
+    try:
+        decoded = base64.standard_b64decode(value.strip()).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return PlainTextResponse(
+            "Corrupted HTTP_AUTHORIZATION header, bad base64 encoding", status_code=400
+        )
+    name, sep, token = decoded.partition(":")
+    if not sep:
+        return PlainTextResponse(
+            "Corrupted HTTP_AUTHORIZATION header, no user:pass", status_code=400
+        )
+    who = lab.identify(token, name)
+    if who is None:
+        return PlainTextResponse(
+            "Invalid token",
+            status_code=401,
+            headers={"WWW-Authenticate": 'Basic realm="XML-RPC Authentication token"'},
+        )
+    return who
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None when it is over :data:`MAX_BODY` (the rest is read and dropped)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY + MAX_DRAIN:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            if size > MAX_BODY + MAX_DRAIN:
+                break
+            parts = []
+            continue
+        parts.append(chunk)
+    return None if size > MAX_BODY else b"".join(parts)
+
+
+def decode_call(body: bytes) -> tuple[str, tuple[Any, ...]]:
+    """(method, params); raises Fault for anything that is not one XML-RPC call."""
+    try:
+        params, name = xmlrpc.client.loads(body, use_builtin_types=False)
+    except xml.parsers.expat.ExpatError as exc:
+        raise xmlrpc.client.Fault(FAULT_NOT_WELL_FORMED, f"not well-formed XML: {exc}") from None
+    except (xmlrpc.client.ResponseError, ValueError, TypeError, OverflowError) as exc:
+        raise xmlrpc.client.Fault(
+            FAULT_INVALID_REQUEST, f"Unable to decode request: {exc}"
+        ) from None
+    except Exception as exc:  # the unmarshaller raises several undocumented kinds
+        raise xmlrpc.client.Fault(
+            FAULT_INVALID_REQUEST, f"Unable to decode request: {type(exc).__name__}: {exc}"
+        ) from None
+    if not name or not isinstance(name, str):
+        raise xmlrpc.client.Fault(FAULT_INVALID_REQUEST, "Unable to decode request: no method")
+    return name, tuple(_plain(p) for p in params)
+
+
+def _plain(value: Any) -> Any:
+    """Binary arguments as text (LAVA takes job files as str); the rest as it came."""
+    if isinstance(value, xmlrpc.client.Binary):
+        return value.data.decode("utf-8", errors="replace")
+    return value
+
+
+def run_call(lab: Lab, who: Identity, body: bytes) -> bytes | lava_api.StreamedLog:
+    """Decode, run and encode one call (blocking: runs in the thread pool)."""
+    try:
+        name, params = decode_call(body)
+    except xmlrpc.client.Fault as fault:
+        return fault_body(fault.faultCode, fault.faultString)
+    try:
+        result = lava_api.bind(name, params)(lava_api.Call(lab, who))
+        if isinstance(result, lava_api.StreamedLog):
+            return result
+        return xmlrpc.client.dumps(
+            (result,), methodresponse=True, allow_none=True, encoding="utf-8"
+        ).encode("utf-8")
+    except lava_api.NoSuchMethod as exc:
+        return fault_body(FAULT_NO_SUCH_METHOD, str(exc))
+    except lava_api.BadParams as exc:
+        return fault_body(FAULT_BAD_PARAMS, str(exc))
+    except Exception as exc:
+        code, _, err = answer_for(exc)
+        if code == FAULT_INTERNAL:
+            log.error("xmlrpc %s failed", name, exc_info=exc)
+            return fault_body(code, f"Internal Server Error: {err.message}")
+        return fault_body(code, err.message)
+
+
+def streamed(log_answer: lava_api.StreamedLog) -> Iterator[bytes]:
+    """``(finished, Binary(text))`` as XML-RPC, the text base64-encoded as it is read.
+
+    The envelope comes from ``xmlrpc.client.dumps`` around a marker Binary; the
+    marker's base64 is replaced by the log's, encoded in runs of 57 bytes (one
+    76-character base64 line, as ``Binary`` writes it).
+    """
+    marker = b"lavamq-log-marker"
+    envelope = xmlrpc.client.dumps(
+        ((log_answer.finished, xmlrpc.client.Binary(marker)),),
+        methodresponse=True,
+        allow_none=True,
+        encoding="utf-8",
+    )
+    head, _, tail = envelope.partition(base64.encodebytes(marker).decode("ascii"))
+    yield head.encode("utf-8")
+    pending = b""
+    for chunk in log_answer.chunks:
+        pending += chunk
+        cut = len(pending) - len(pending) % 57
+        if cut:
+            yield base64.encodebytes(pending[:cut])
+            pending = pending[cut:]
+    if pending:
+        yield base64.encodebytes(pending)
+    yield tail.encode("utf-8")
+
+
+@router.post("/RPC2", include_in_schema=False)
+@router.post("/RPC2/", include_in_schema=False)
+async def rpc2(request: Request) -> Response:
+    lab: Lab = request.app.state.lab
+    who = await run_in_threadpool(caller, lab, request.headers.get("authorization"))
+    if isinstance(who, Response):
+        return who
+    body = await _read_body(request)
+    if body is None:
+        return _xml(fault_body(FAULT_INVALID_REQUEST, f"request body over {MAX_BODY} bytes"))
+    if not body:
+        return _xml(fault_body(FAULT_INVALID_REQUEST, "Unable to decode request: empty body"))
+    answer = await run_in_threadpool(run_call, lab, who, body)
+    if isinstance(answer, lava_api.StreamedLog):
+        return StreamingResponse(streamed(answer), media_type=CONTENT_TYPE)
+    return _xml(answer)
+
+
+@router.get("/RPC2", include_in_schema=False)
+@router.get("/RPC2/", include_in_schema=False)
+async def rpc2_help() -> Response:
+    methods = "\n".join(f"  {m}" for m in sorted(lava_api.METHODS))
+    return PlainTextResponse(
+        "LAVA XML-RPC API (lavamq). POST XML-RPC calls here, e.g. with lavacli.\n"
+        f"Methods:\n{methods}\nSee docs/server.md.\n"
+    )
