@@ -65,4 +65,4 @@ def serve_workers(
     )
     sock = config.bind_socket()
     announce([sock])
-    Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+    Multiprocess(config, sockets=[sock]).run()

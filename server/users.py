@@ -2,9 +2,9 @@
 
 Tables ``users`` and ``tokens`` (Alembic revision ``0006_users``) live in the
 same store as the lab, so ``lavamq user add`` / ``lavamq token create`` and
-the server see the same users. A token is 32 random bytes (URL-safe text);
-only its SHA-256 is kept, which is enough for a secret of that entropy and
-lets a request be checked with one indexed look-up.
+the server see the same users. A token is 64 random letters and digits
+(about 330 bits); only its SHA-256 is kept, which is enough for a secret of
+that entropy and lets a request be checked with one indexed look-up.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import string
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from coordinator.db import Base, make_engine, migrate, session_factory
 from schemas.errors import ConfigurationError
 
+#: LAVA's tokens are lower-case letters and digits: nothing a shell or argparse reads
+#: specially (a token starting with "-" would be an option to lavacli)
+_TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 _USER_NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,150}$")
 
 
@@ -88,7 +92,7 @@ class UserStore:
 
     def create_token(self, name: str, description: str = "") -> str:
         """A new token for user ``name``; the only time its text exists is this return value."""
-        token = secrets.token_urlsafe(32)
+        token = "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(64))
         with self.sessions.begin() as s:
             user = s.scalar(select(User).where(User.name == name))
             if user is None:

@@ -110,9 +110,18 @@ def server(
             )
             procs.append(dispatcher_process(_host(tmp, url), "lab-a", cwd=tmp).start(60))
             tokens = _users(db_url, tmp)
+            # two server processes behind one socket (--workers)
             procs.append(
                 server_process(
-                    "--broker", url, "--db", db_url, "--log-dir", log_dir, cwd=tmp
+                    "--broker",
+                    url,
+                    "--db",
+                    db_url,
+                    "--log-dir",
+                    log_dir,
+                    "--workers",
+                    "2",
+                    cwd=tmp,
                 ).start(60)
             )
         base = server_url(procs[-1])
