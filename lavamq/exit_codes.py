@@ -27,6 +27,13 @@ ERROR_KINDS: dict[str, tuple[int, str]] = {
         1,
         "this broker user may not do that: use an operator account, not a host's or a service's",
     ),
+    "not-found": (1, "no job, node, device or host of that name: see `lavamq jobs`"),
+    "login-required": (
+        1,
+        "the lab server needs a token: `lavamq token create NAME`, then set $LAVAMQ_TOKEN",
+    ),
+    "permission": (1, "this user may not do that: ask an admin of the lab server"),
+    "bad-request": (1, "an argument has the wrong type or value: see the command's --help"),
     "lavamq": (1, ""),
     "bug": (2, "please report it with the traceback above"),
 }
