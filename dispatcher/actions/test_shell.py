@@ -1,8 +1,8 @@
 """``lava-test-shell``: run the job's test definitions on the device's shell.
 
-1. Build the overlay: the ``lava-*`` helpers and this node's MultiNode
-   context (``device_agent.overlay``), each definition fetched and turned
-   into ``tests/<n>_<name>/run.sh``, and ``bin/lava-test-runner``.
+1. Build the overlay in one pass (``dispatcher/overlay.py``): the ``lava-*``
+   helpers and this node's MultiNode context, each definition fetched and
+   turned into ``tests/<n>_<name>/run.sh``, and ``bin/lava-test-runner``.
 2. Put it on the device (``Device.install_overlay``: a local board uses the
    directory as it is; serial/QEMU types copy it in their own way).
 3. Set up the shell (PATH, LAVA variables), start ``lava-test-runner``.
@@ -26,16 +26,8 @@ from typing import Any
 from device_agent import signals
 from dispatcher.action import Action, ActionTimeout, JobContext, remaining
 from dispatcher.joblog import now_iso
-from dispatcher.testdef import (
-    RUNNER_EXIT,
-    FetchedTest,
-    PatternParser,
-    fetch_test,
-    safe_name,
-    validate_spec,
-    write_run_script,
-    write_runner,
-)
+from dispatcher.overlay import Overlay, OverlaySpec, build_overlay
+from dispatcher.testdef import RUNNER_EXIT, FetchedTest, PatternParser, safe_name, validate_spec
 from schemas.errors import InfrastructureError, JobCanceled, JobError
 
 log = logging.getLogger(__name__)
@@ -193,7 +185,7 @@ class LavaTestShellAction(Action):
         defs = parameters.get("definitions")
         self.definitions: list[Any] = list(defs) if isinstance(defs, list) else []
         #: the overlay built before boot (prepare_overlay), used by run instead of a new one
-        self._prepared: dict[str, FetchedTest] | None = None
+        self._prepared: Overlay | None = None
 
     def validate(self, ctx: JobContext) -> list[str]:
         problems = super().validate(ctx)
@@ -214,14 +206,14 @@ class LavaTestShellAction(Action):
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
         if connection is None:
             raise JobError(f"{self.name}: no console: the device was not booted before the test")
-        overlay = ctx.workdir / "overlay"
-        tests, self._prepared = self._prepared, None
-        if tests is None:
-            tests = self._build_overlay(ctx, overlay, deadline)
+        overlay, self._prepared = self._prepared, None
+        if overlay is None:
+            overlay = self._build_overlay(ctx, deadline)
+        tests = overlay.tests
         left = remaining(deadline)
-        target = ctx.device.install_overlay(overlay, 300.0 if left is None else left)
+        target = ctx.device.install_overlay(overlay.root, 300.0 if left is None else left)
         ctx.log.info(f"overlay installed on {ctx.device.name} at {target}")
-        for command in self._setup_commands(ctx, target):
+        for command in overlay.setup_commands(target, ctx.device.cache_dir()):
             self._run_checked(connection, command, deadline, ctx)
 
         tracker = ResultTracker(tests, lambda rec: record_result(ctx, rec), ctx.log.info)
@@ -231,7 +223,7 @@ class LavaTestShellAction(Action):
         tracker.attach(connection)
         bridge = self._start_bridge(ctx, connection, tracker, failures)
         try:
-            connection.sendline(f"{target}/bin/lava-test-runner")
+            connection.sendline(overlay.runner(target))
             self._wait_for_runner(connection, deadline, ctx, failures)
         finally:
             tracker.detach(connection)
@@ -253,45 +245,20 @@ class LavaTestShellAction(Action):
 
     def prepare_overlay(self, ctx: JobContext, deadline: float | None) -> Path:
         """Build the overlay now (the boot action asks, for a device that boots with it)."""
-        overlay = ctx.workdir / "overlay"
-        self._prepared = self._build_overlay(ctx, overlay, deadline)
-        return overlay
+        self._prepared = self._build_overlay(ctx, deadline)
+        return self._prepared.root
 
-    def _build_overlay(
-        self, ctx: JobContext, overlay: Any, deadline: float | None
-    ) -> dict[str, FetchedTest]:
-        from device_agent import overlay as helpers_overlay
-
-        tests_dir = overlay / "tests"
-        tests_dir.mkdir(parents=True, exist_ok=True)
-        helpers_overlay.write_overlay(
-            overlay,
-            helpers_overlay.MultinodeContext(
-                ctx.node, ctx.role, dict(ctx.members or {ctx.node: ctx.role})
-            ),
+    def _build_overlay(self, ctx: JobContext, deadline: float | None) -> Overlay:
+        spec = OverlaySpec(
+            job_id=ctx.job_id,
+            subjob_id=ctx.subjob_id,
+            node=ctx.node,
+            role=ctx.role,
+            members=dict(ctx.members),
+            definitions=self.definitions,
+            install_deps=ctx.device.capabilities.installs_packages,
         )
-        install_deps = ctx.device.capabilities.installs_packages
-        tests: dict[str, FetchedTest] = {}
-        for i, spec in enumerate(self.definitions):
-            test = fetch_test(spec, i, tests_dir, deadline=deadline, say=ctx.log.info)
-            write_run_script(test, install_deps=install_deps, say=ctx.log.info)
-            tests[test.testrun_id] = test
-        write_runner(overlay)
-        return tests
-
-    def _setup_commands(self, ctx: JobContext, target: str) -> list[str]:
-        from device_agent import overlay as helpers_overlay
-
-        env = helpers_overlay.overlay_environment(
-            target,
-            cache_dir=ctx.device.cache_dir(),
-            extra={
-                "LAVA_OVERLAY": target,
-                "LAVA_JOB_ID": ctx.job_id,
-                "LAVA_SUBJOB_ID": ctx.subjob_id,
-            },
-        )
-        return list(helpers_overlay.setup_commands(env))
+        return build_overlay(spec, ctx.workdir / "overlay", deadline=deadline, say=ctx.log.info)
 
     def _run_checked(
         self, console: Any, command: str, deadline: float | None, ctx: JobContext

@@ -1,0 +1,88 @@
+"""The overlay builder: the whole test-shell tree of one sub-job, made in one pass.
+
+As LAVA's OverlayAction does, :func:`build_overlay` writes everything the
+board needs before anything runs on it::
+
+    bin/                 the lava-* helpers, lava-test-runner, multinode/ context
+    tests/<n>_<name>/    each fetched definition, its uuid, run.sh (and install.sh)
+    results/             where lava-test-case keeps a copy of each result
+
+and returns an :class:`Overlay`, which knows the shell lines that set the
+test shell up once the device has put the tree at its target. The test-shell
+action only installs it, runs the runner and turns signals into results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device_agent import overlay as helpers
+from dispatcher.testdef import FetchedTest, fetch_test, write_run_script, write_runner
+
+Logger = Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class OverlaySpec:
+    """What one sub-job's overlay is made of."""
+
+    job_id: str
+    subjob_id: str
+    node: str
+    role: str
+    #: node → role for the group (the node alone for a single-node job)
+    members: Mapping[str, str]
+    definitions: Sequence[Mapping[str, Any]]
+    #: the device may run the board OS's package manager for ``install: deps``
+    install_deps: bool = False
+
+
+@dataclass
+class Overlay:
+    """A built overlay: its directory on this host and its test runs by run id."""
+
+    root: Path
+    spec: OverlaySpec
+    tests: dict[str, FetchedTest] = field(default_factory=dict)
+
+    def environment(self, target: str, cache_dir: str) -> dict[str, str]:
+        """The variables of the test shell, for the overlay at ``target`` on the board."""
+        return helpers.overlay_environment(
+            target,
+            cache_dir=cache_dir,
+            extra={
+                "LAVA_OVERLAY": target,
+                "LAVA_JOB_ID": self.spec.job_id,
+                "LAVA_SUBJOB_ID": self.spec.subjob_id,
+            },
+        )
+
+    def setup_commands(self, target: str, cache_dir: str) -> list[str]:
+        """The shell lines that prepare the test shell (exports, PATH)."""
+        return list(helpers.setup_commands(self.environment(target, cache_dir)))
+
+    def runner(self, target: str) -> str:
+        """The command that runs every definition, as the board sees it."""
+        return f"{target}/bin/lava-test-runner"
+
+
+def build_overlay(spec: OverlaySpec, dest: Path, *, deadline: float | None, say: Logger) -> Overlay:
+    """Write the overlay of ``spec`` into ``dest`` (helpers, definitions, run scripts)."""
+    (dest / "tests").mkdir(parents=True, exist_ok=True)
+    (dest / "results").mkdir(exist_ok=True)
+    helpers.write_overlay(
+        dest,
+        helpers.MultinodeContext(
+            spec.node, spec.role, dict(spec.members or {spec.node: spec.role})
+        ),
+    )
+    overlay = Overlay(dest, spec)
+    for i, definition in enumerate(spec.definitions):
+        test = fetch_test(dict(definition), i, dest / "tests", deadline=deadline, say=say)
+        write_run_script(test, install_deps=spec.install_deps, say=say)
+        overlay.tests[test.testrun_id] = test
+    write_runner(dest)
+    return overlay
