@@ -44,8 +44,9 @@ class PlannedAction:
 class Assignment:
     """One sub-job: the node, its role, the group roster, its actions and timeouts."""
 
-    job_id: int
-    subjob_id: int
+    #: ids as text: the coordinator's are integers, a hand-made assignment may name them
+    job_id: str
+    subjob_id: str
     node: str
     role: str = ""
     group: str | None = None
@@ -96,12 +97,21 @@ class _ActionSchema(Schema):
         return PlannedAction(**data)
 
 
+class _Id(fields.Field):
+    """An id given as an integer or as text, kept as text."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+            raise ValidationError("must be an integer or a non-empty string")
+        return str(value)
+
+
 class _AssignmentSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    job_id = fields.Integer(required=True)
-    subjob_id = fields.Integer(required=True)
+    job_id = _Id(required=True)
+    subjob_id = _Id(required=True)
     node = fields.String(required=True)
     role = fields.String(load_default="")
     group = fields.String(load_default=None, allow_none=True)

@@ -70,7 +70,7 @@ class SubJobRunner:
 
     def run(self) -> Outcome:
         a = self.assignment
-        job, subjob, node = str(a.job_id), str(a.subjob_id), a.node
+        job, subjob, node = a.job_id, a.subjob_id, a.node
         self.workdir.mkdir(parents=True, exist_ok=True)
         joblog = JobLog(self.workdir / "job.log")
         publisher = None
