@@ -8,23 +8,56 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from server import xmlrpc
 from server.lab import Lab, ServerSettings
+from server.live import LiveTap
+from server.metrics import CONTENT_TYPE, Metrics
+from server.rest import common, jobs
+from server.rest import lab as lab_routes
 
 
-def create_app(lab: Lab) -> FastAPI:
+def create_app(lab: Lab, *, live: bool = False) -> FastAPI:
+    """The app on ``lab``; ``live``: consume the broker's logs and events while it runs
+    (metrics of the traffic, the web view's live parts)."""
+    metrics = Metrics(lab.reader)
+    tap = LiveTap(lab.settings.broker_url)
+    tap.add_listener(metrics.on_live)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if live:
+            await run_in_threadpool(tap.start)
+        try:
+            yield
+        finally:
+            if live:
+                await run_in_threadpool(tap.stop)
+
     app = FastAPI(
         title="lavamq lab server",
         summary="LAVA's XML-RPC at /RPC2, a REST API under /api/v1, /metrics and the web view",
         version="1",
+        lifespan=lifespan,
     )
     app.state.lab = lab
+    app.state.live = tap
     app.include_router(xmlrpc.router)
+    app.include_router(jobs.router)
+    app.include_router(lab_routes.router)
+    common.install_errors(app)
+    common.install_allow(app)
+
+    @app.get("/metrics", tags=["metrics"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus metrics: the lab's state (from the store) and its traffic (live)."""
+        return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)
 
     @app.get("/health", tags=["health"])
     async def health(request: Request) -> JSONResponse:
@@ -47,4 +80,4 @@ def settings_from_env() -> ServerSettings:
 
 
 def app_from_env() -> FastAPI:
-    return create_app(Lab(settings_from_env(), run_migrations=False))
+    return create_app(Lab(settings_from_env(), run_migrations=False), live=True)

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from broker_config.messaging import connection_for
+from coordinator.aggregate import ResultsAggregator
 from coordinator.rpc import CoordinatorClient
+from coordinator.store import Store
 from schemas.errors import InfrastructureError
 from server import lava
 from server.errors import LoginRequired, NotFound, PermissionDenied
@@ -50,6 +52,9 @@ class Lab:
         self.reader = LabReader(settings.db_url, run_migrations=run_migrations)
         self.users = UserStore(settings.db_url, run_migrations=False)
         self.logs = LogIndex(settings.log_dir)
+        # the coordinator's own bundle builder, reading the same store (it writes nothing)
+        self._store = Store(settings.db_url, run_migrations=False)
+        self.aggregator = ResultsAggregator(self._store)
         self._clients: queue.LifoQueue[CoordinatorClient] = queue.LifoQueue()
 
     def close(self) -> None:
@@ -57,6 +62,7 @@ class Lab:
             self._clients.get_nowait().close()
         self.reader.close()
         self.users.close()
+        self._store.close()
 
     # --- the coordinator --------------------------------------------------
 
@@ -137,9 +143,9 @@ class Lab:
         self.rpc(lambda c: c.cancel(job.job_id, why))
 
     def results_bundle(self, who: Identity, job_id: int) -> dict[str, Any]:
+        """The group's result bundle (coordinator/aggregate.py), read from the store."""
         self.visible_node(who, lava.LavaJobId(job_id))
-        bundle: dict[str, Any] = self.rpc(lambda c: c.results(job_id))
-        return bundle
+        return self.aggregator.bundle(job_id)
 
     # --- devices ----------------------------------------------------------
 

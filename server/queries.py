@@ -9,10 +9,10 @@ store holding 10k jobs costs the same as one of 10. Nothing here writes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select
 from sqlalchemy.orm import Session
@@ -29,8 +29,10 @@ from coordinator.store import (
     SubJob,
 )
 from server import lava
-from server.errors import BadRequest, NotFound
+from server.errors import NotFound
 from server.users import Identity
+
+T = TypeVar("T")
 
 #: top-level ``visibility:`` of a LAVA YAML job (2014 JSON jobs have none: public)
 _VISIBILITY = re.compile(r"^visibility:\s*['\"]?(\w+)", re.MULTILINE)
@@ -212,38 +214,102 @@ class LabReader:
         anonymous_read: bool = True,
     ) -> list[NodeRow]:
         """Nodes newest first (LAVA's ``scheduler.jobs.list``), filtered and paged."""
-        start, limit = max(0, int(start)), max(0, int(limit))
         cond = state_condition(state, health)
         if since is not None:
             cond = and_(cond, SubJob.ended_at >= since)
-        out: list[NodeRow] = []
-        skipped = 0
-        offset = 0
+
+        def fetch(s: Session, offset: int, count: int) -> list[NodeRow]:
+            q = (
+                select(SubJob, Job)
+                .join(Job, SubJob.job_id == Job.id)
+                .where(cond)
+                .order_by(SubJob.id.desc())
+                .offset(offset)
+                .limit(count)
+            )
+            return self._rows(s, list(s.execute(q).all()))
+
+        def keep(row: NodeRow) -> bool:
+            return viewer is None or self.can_view(row, viewer, anonymous_read)
+
+        return self._page(fetch, keep, start, limit)
+
+    def _page(
+        self,
+        fetch: Callable[[Session, int, int], list[T]],
+        keep: Callable[[T], bool],
+        start: int,
+        limit: int,
+    ) -> list[T]:
+        """Items ``start`` .. ``start + limit`` of those ``keep`` lets through, read in chunks."""
+        start, limit = max(0, int(start)), max(0, int(limit))
+        out: list[T] = []
+        skipped = offset = 0
         chunk = max(limit + start, 25)
         with self.session() as s:
             while len(out) < limit:
-                q = (
-                    select(SubJob, Job)
-                    .join(Job, SubJob.job_id == Job.id)
-                    .where(cond)
-                    .order_by(SubJob.id.desc())
-                    .offset(offset)
-                    .limit(chunk)
-                )
-                batch = list(s.execute(q).all())
+                batch = fetch(s, offset, chunk)
                 if not batch:
                     break
                 offset += len(batch)
-                for row in self._rows(s, batch):
-                    if viewer is not None and not self.can_view(row, viewer, anonymous_read):
+                for item in batch:
+                    if not keep(item):
                         continue
                     if skipped < start:
                         skipped += 1
                         continue
-                    out.append(row)
+                    out.append(item)
                     if len(out) >= limit:
                         break
         return out
+
+    def jobs_page(
+        self,
+        *,
+        states: Iterable[str] = (),
+        submitter: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+        viewer: Identity | None = None,
+        anonymous_read: bool = True,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Jobs (groups) newest first, filtered and paged, with the count of all that match."""
+        conds: list[ColumnElement[bool]] = []
+        states = list(states)
+        if states:
+            conds.append(Job.state.in_(states))
+        if submitter:
+            conds.append(Job.submitter == submitter)
+        cond = and_(*conds) if conds else and_(True)
+
+        def fetch(s: Session, first: int, count: int) -> list[dict[str, Any]]:
+            q = select(Job).where(cond).order_by(Job.id.desc()).offset(first).limit(count)
+            return [
+                {
+                    "id": j.id,
+                    "name": j.job_name,
+                    "state": j.state,
+                    "priority": j.priority,
+                    "waiting_reason": j.waiting_reason,
+                    "submitter": j.submitter,
+                    "submit_time": j.submit_time,
+                    "start_time": j.start_time,
+                    "end_time": j.end_time,
+                    "failure_cause": j.failure_cause,
+                    "visibility": self._job_visibility(s, j.id),
+                }
+                for j in s.scalars(q)
+            ]
+
+        def keep(job: dict[str, Any]) -> bool:
+            if viewer is None or viewer.is_admin or job["submitter"] == viewer.name:
+                return True
+            return job["visibility"] == "public" and (anonymous_read or not viewer.anonymous)
+
+        items = self._page(fetch, keep, offset, limit)
+        with self.session() as s:
+            total = int(s.scalar(select(func.count(Job.id)).where(cond)) or 0)
+        return items, total
 
     def count_nodes(self, *, state: str | None = None, health: str | None = None) -> int:
         with self.session() as s:
@@ -432,26 +498,6 @@ class LabReader:
             if h["name"] == name:
                 return h
         raise NotFound(f"Worker '{name}' was not found.")
-
-    def queue_by_type(self, now: float) -> dict[str, tuple[int, float]]:
-        """device type → (queued sub-jobs, age in seconds of the oldest), for /metrics."""
-        with self.session() as s:
-            rows = s.execute(
-                select(SubJob.device_type, func.count(SubJob.id), func.min(Job.submit_time))
-                .join(Job, SubJob.job_id == Job.id)
-                .where(Job.state == "queued")
-                .group_by(SubJob.device_type)
-            ).all()
-            return {str(t or "-"): (int(n), max(0.0, now - float(m))) for t, n, m in rows}
-
-    def count_by(self, what: str) -> dict[str, int]:
-        """``jobs`` → jobs by our state; ``devices`` → devices by state."""
-        column = {"jobs": Job.state, "devices": Device.state}.get(what)
-        if column is None:
-            raise BadRequest(f"cannot count {what}")
-        with self.session() as s:
-            rows = s.execute(select(column, func.count()).group_by(column)).all()
-            return {str(k): int(v) for k, v in rows}
 
 
 def _shown(job: lava.LavaJobId) -> str:

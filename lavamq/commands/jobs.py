@@ -15,6 +15,7 @@ import click
 from coordinator.rpc import DEFAULT_TIMEOUT, CoordinatorClient
 from lavamq.config import load_settings
 from lavamq.exit_codes import exit_code_and_hint
+from lavamq.server_client import url_option
 from schemas.errors import LavamqError
 from schemas.job import MAX_JOB_BYTES
 
@@ -32,10 +33,20 @@ timeout_option = click.option(
 
 
 def _call(
-    broker_url: str | None, timeout: float, as_json: bool, fun: Callable[[CoordinatorClient], Any]
+    broker_url: str | None,
+    timeout: float,
+    as_json: bool,
+    fun: Callable[[Any], Any],
+    url: str | None = None,
 ) -> Any:
+    """``fun(client)`` on the coordinator's RPC, or on the lab server's REST API (``url``)."""
     settings = load_settings(broker_url)
     try:
+        if url:
+            from lavamq.server_client import ServerClient
+
+            with ServerClient(url, timeout=timeout) as server:
+                return fun(server)
         with CoordinatorClient(settings.broker_url, timeout=timeout) as client:
             return fun(client)
     except LavamqError as exc:
@@ -60,6 +71,7 @@ def _print_json(data: Any) -> None:
 @click.command("submit")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @broker_option
+@url_option
 @timeout_option
 @json_option
 @click.option(
@@ -68,7 +80,9 @@ def _print_json(data: Any) -> None:
     is_flag=True,
     help="Then follow the job to its end like `lavamq wait` (exit 0 iff every test passed).",
 )
-def submit(file: Path, broker_url: str | None, timeout: float, as_json: bool, wait_: bool) -> None:
+def submit(
+    file: Path, broker_url: str | None, url: str | None, timeout: float, as_json: bool, wait_: bool
+) -> None:
     """Submit a job file (LAVA 2014 JSON or LAVA YAML) to the coordinator."""
     try:
         raw = file.read_bytes()[: MAX_JOB_BYTES + 1]
@@ -80,6 +94,7 @@ def submit(file: Path, broker_url: str | None, timeout: float, as_json: bool, wa
         timeout,
         as_json,
         lambda c: c.submit(text, source=str(file), submitter=getpass.getuser()),
+        url,
     )
     if as_json and not wait_:
         _print_json(result)
@@ -90,6 +105,10 @@ def submit(file: Path, broker_url: str | None, timeout: float, as_json: bool, wa
         )
         for sub in result["subjobs"]:
             click.echo(f"  sub-job {sub['id']}: {sub['role']} #{sub['index']}")
+    if wait_ and url:
+        from lavamq.commands.results import wait_through_server
+
+        wait_through_server(url, int(result["job_id"]), as_json=as_json)
     if wait_:
         from lavamq.commands.results import follow_job
 
@@ -108,13 +127,19 @@ def submit(file: Path, broker_url: str | None, timeout: float, as_json: bool, wa
 @click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
 @click.option("--limit", type=int, default=50, show_default=True)
 @broker_option
+@url_option
 @timeout_option
 @json_option
 def jobs(
-    states: tuple[str, ...], limit: int, broker_url: str | None, timeout: float, as_json: bool
+    states: tuple[str, ...],
+    limit: int,
+    broker_url: str | None,
+    url: str | None,
+    timeout: float,
+    as_json: bool,
 ) -> None:
     """List the newest jobs."""
-    result = _call(broker_url, timeout, as_json, lambda c: c.jobs(list(states), limit))
+    result = _call(broker_url, timeout, as_json, lambda c: c.jobs(list(states), limit), url)
     if as_json:
         _print_json(result)
         return

@@ -19,6 +19,8 @@ from typing import Any
 
 import click
 
+from lavamq.server_client import url_option
+
 COMMANDS: list[click.Command] = []
 
 DEFAULT_DIR = "lavamq-logs"
@@ -90,6 +92,7 @@ def _print(node: str, records: list[dict[str, Any]], as_json: bool) -> None:
 @click.option("--dir", "log_dir", default=None, help="Log store directory (env LAVAMQ_LOG_DIR).")
 @click.option("--broker", "broker_url", default=None, help="Broker URL (env LAVAMQ_BROKER_URL).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+@url_option
 def logs_command(
     job: str,
     follow: bool,
@@ -97,8 +100,15 @@ def logs_command(
     log_dir: str | None,
     broker_url: str | None,
     as_json: bool,
+    url: str | None,
 ) -> None:
     """Print the job log of JOB (every node), optionally following it live."""
+    if url:
+        from lavamq.server_client import ServerClient
+
+        for node, rec in ServerClient(url).log_records(int(job), follow=follow):
+            _print(node, [rec], as_json)
+        return
     from broker_config import topology
     from dispatcher.logstore import stored_batches
 

@@ -13,6 +13,7 @@ import click
 from coordinator.rpc import DEFAULT_TIMEOUT, CoordinatorClient
 from lavamq.commands.run import write_exports
 from lavamq.config import load_settings
+from lavamq.server_client import ServerClient, url_option
 from schemas.errors import MultinodeTimeout
 
 log = logging.getLogger(__name__)
@@ -96,20 +97,35 @@ rpc_timeout_option = click.option(
 @click.command("results")
 @click.argument("job_id", type=int)
 @broker_option
+@url_option
 @json_option
 @junit_option
 @rpc_timeout_option
 def results(
-    job_id: int, broker_url: str | None, as_json: bool, junit: Path | None, rpc_timeout: float
+    job_id: int,
+    broker_url: str | None,
+    url: str | None,
+    as_json: bool,
+    junit: Path | None,
+    rpc_timeout: float,
 ) -> None:
     """Print a job's aggregated results: per node, test run and test case.
 
     Works while the job runs too (the bundle then says results_complete: false).
     """
-    settings = load_settings(broker_url)
-    with CoordinatorClient(settings.broker_url, timeout=rpc_timeout) as client:
-        bundle = client.results(job_id)
+    if url:
+        bundle = ServerClient(url, timeout=rpc_timeout).results(job_id)
+    else:
+        with CoordinatorClient(load_settings(broker_url).broker_url, timeout=rpc_timeout) as c:
+            bundle = c.results(job_id)
     show_bundle(bundle, as_json, junit)
+
+
+def wait_through_server(url: str, job_id: int, *, as_json: bool) -> None:
+    """``submit --wait --url``: ask the lab server until the job's results are all in."""
+    bundle = wait_for_results(ServerClient(url), job_id)  # type: ignore[arg-type]
+    show_bundle(bundle, as_json, None)
+    sys.exit(0 if bundle["job"]["passed"] else 1)
 
 
 @click.command("wait")

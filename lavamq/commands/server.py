@@ -113,7 +113,7 @@ def server(
         if workers == 1:
             lab = Lab(server_settings)
             try:
-                serve(create_app(lab), host, port, access_log=not no_access_log)
+                serve(create_app(lab, live=True), host, port, access_log=not no_access_log)
             finally:
                 lab.close()
         else:

@@ -348,3 +348,60 @@ def test_lavamq_cli_runs(server: dict[str, Any]) -> None:
     # the lavamq command line is importable with the server's commands registered
     out = subprocess.run([*LAVAMQ, "server", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--embedded" in out.stdout
+
+
+def test_rest_metrics_and_the_cli_through_the_server(
+    server: dict[str, Any], tmp_path: Path
+) -> None:
+    """``lavamq submit/jobs/logs/results --url`` with a token and no broker credentials."""
+    import json
+    import os
+    import urllib.request
+
+    url = server["url"]
+    env = {
+        **os.environ,
+        "LAVAMQ_TOKEN": server["tokens"]["bob"],
+        "LAVAMQ_BROKER_URL": "amqp://x@0.0.0.0:1//",
+    }
+
+    def lavamq(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [*LAVAMQ, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
+        assert not check or out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return out
+
+    done = lavamq("submit", str(EXAMPLE), "--url", url, "--wait", "--json")
+    bundle = json.loads(done.stdout)
+    job = bundle["job"]["id"]
+    assert bundle["job"]["passed"] is True and len(bundle["nodes"]) == 3
+    listed = lavamq("jobs", "--url", url, "--json").stdout
+    assert job in [j["id"] for j in json.loads(listed)]
+    logs = lavamq("logs", str(job), "--url", url).stdout
+    assert "lava-sync smoke-done" in logs and "beaglexm-01" in logs
+    junit = tmp_path / "junit.xml"
+    lavamq("results", str(job), "--url", url, "--junit", str(junit))
+    assert b"<testsuite" in junit.read_bytes()
+    # REST: the job with its nodes, a page of a node's log
+    with urllib.request.urlopen(f"{url}/api/v1/jobs/{job}", timeout=10) as resp:
+        detail = json.loads(resp.read())
+    assert [n["id"] for n in detail["nodes"]] == [f"{job}.0", f"{job}.1", f"{job}.2"]
+    with urllib.request.urlopen(f"{url}/api/v1/jobs/{job}/logs?node=2&limit=3", timeout=10) as r:
+        page = json.loads(r.read())
+    assert len(page["records"]) == 3 and page["next_offset"] == 3
+    # a wrong token: refused with a hint, exit 1
+    env["LAVAMQ_TOKEN"] = "wrong"
+    refused = lavamq("jobs", "--url", url, check=False)
+    assert refused.returncode == 1 and "token" in refused.stderr
+    # metrics: the store's gauges and what the live stream saw of this job
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'lavamq_jobs{state="complete"}' in text
+    assert "lavamq_host_heartbeat_age_seconds{host=" in text
+    samples = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    # (each of --workers 2 consumes its own copy of the stream: either one has it all)
+    assert float(samples["lavamq_console_bytes_total"]) > 0
+    assert float(samples["lavamq_sync_release_seconds_count"]) >= 1
