@@ -53,6 +53,7 @@ from coordinator.scheduler import (
 )
 from coordinator.senders import delivery_sender
 from coordinator.store import GroupOutcome, StartedGroup, Store
+from coordinator.validation import SubmissionValidator
 from schemas.errors import InfrastructureError, LavamqError, classify
 from schemas.job import JobValidationError, load_job
 from schemas.jobmodel import JobPlan
@@ -84,6 +85,10 @@ class CoordinatorSettings:
     schedule_interval: float = 1.0
     #: seconds a group waits before it may hold back later groups (see docs/scheduler.md)
     starvation_seconds: float = DEFAULT_STARVATION_SECONDS
+    #: one submission's job file is loaded in a worker, at most this long and this big
+    #: (coordinator/validation.py); 0 s: in the coordinator's own thread
+    validate_timeout: float = 10.0
+    validate_memory_mb: int = 1024
 
 
 class CoordinatorService:
@@ -98,6 +103,7 @@ class CoordinatorService:
         self.broker: Broker | None = None
         self.consumer: QueueConsumer | None = None
         self.aggregator: ResultsAggregator | None = None
+        self.validator: SubmissionValidator | None = None
         self._dirty = True
         self._last_pass = 0.0
         self._last_checks = 0.0
@@ -111,6 +117,10 @@ class CoordinatorService:
         s = self.settings
         self.store = Store(s.db_url)
         self.broker = Broker(s.broker_url)
+        if s.validate_timeout > 0:
+            self.validator = SubmissionValidator(
+                timeout=s.validate_timeout, memory_bytes=s.validate_memory_mb << 20
+            )
         try:
             self.broker.declare(*topology.static_exchanges(), *topology.static_queues())
             self.resume(self.clock())
@@ -132,6 +142,8 @@ class CoordinatorService:
             )
             self.consumer.run(on_ready=on_ready)
         finally:
+            if self.validator is not None:
+                self.validator.close()
             self.broker.close()
             self.store.close()
 
@@ -276,7 +288,11 @@ class CoordinatorService:
     def _rpc_submit(self, body: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
         assert self.store is not None
         source = body["source"]
-        plan: JobPlan = load_job(body["definition"], source)
+        plan: JobPlan = (
+            self.validator.load(body["definition"], source)
+            if self.validator is not None
+            else load_job(body["definition"], source)
+        )
         requests = [
             SubJobRequest(i, s.device_type or "", frozenset(s.tags), s.device)
             for i, s in enumerate(plan.subjobs)

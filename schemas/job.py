@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ log = logging.getLogger(__name__)
 
 #: job files are small; a bigger file is a mistake (or an attack on the parser)
 MAX_JOB_BYTES = 4 * 1024 * 1024
+#: values (mappings, lists, keys, scalars) a job may hold once YAML aliases are
+#: expanded: the examples hold about 100; an alias bomb of 2 KB holds billions
+MAX_JOB_VALUES = 100_000
+#: how deeply a job's mappings and lists may nest (the examples: 9)
+MAX_JOB_DEPTH = 64
 
 
 #: libyaml's parser when PyYAML was built with it (several times faster), else pure Python
@@ -141,9 +147,11 @@ def parse_document(text: str | bytes, problems: Problems) -> tuple[Any, str]:
         except RecursionError:
             problems.add("file", "is nested too deeply")
             return None, "json"
+        if not _within_bounds(data, _json_children, lambda _: "file", problems):
+            return None, "json"
         return data, "json"
     try:
-        data = yaml.load(text, Loader=_StrictYamlLoader)
+        data = _load_yaml_bounded(text, problems)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or exc.context or "invalid YAML"
@@ -159,6 +167,83 @@ def parse_document(text: str | bytes, problems: Problems) -> tuple[Any, str]:
         problems.add("file", "is nested too deeply")
         return None, "yaml"
     return data, "yaml"
+
+
+def _json_children(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    return list(value) if isinstance(value, list) else []
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _yaml_where(node: yaml.Node) -> str:
+    mark = node.start_mark
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "file"
+
+
+def _within_bounds(
+    root: Any,
+    children: Callable[[Any], list[Any]],
+    where: Callable[[Any], str],
+    problems: Problems,
+) -> bool:
+    """Count the values under ``root`` as they will be expanded (an aliased node once
+    per use, counted once per node) and their depth, without expanding anything.
+
+    False (with the problem, located at the first node past a limit) when the
+    document holds more than ``MAX_JOB_VALUES`` values, nests deeper than
+    ``MAX_JOB_DEPTH`` or refers to itself.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    # iterative post-order: a deep document must not exhaust Python's stack
+    stack: list[tuple[Any, int, bool]] = [(root, 0, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            total = 1 + sum(sizes[id(child)] for child in children(node))
+            if total > MAX_JOB_VALUES:
+                problems.add(
+                    where(node),
+                    f"holds more than {MAX_JOB_VALUES} values once its aliases are expanded "
+                    "(a job file repeats what it means with YAML aliases only a few times)",
+                )
+                return False
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue  # an alias of a node already counted: its size is known
+        if key in active:
+            problems.add(where(node), "refers to itself (a YAML alias inside its own anchor)")
+            return False
+        if depth > MAX_JOB_DEPTH:
+            problems.add(where(node), f"is nested more than {MAX_JOB_DEPTH} levels deep")
+            return False
+        active.add(key)
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children(node))
+    return True
+
+
+def _load_yaml_bounded(text: str, problems: Problems) -> Any:
+    """Compose the YAML document, check its bounds, and only then construct it."""
+    loader = _StrictYamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if not _within_bounds(node, _yaml_children, _yaml_where, problems):
+            return None
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def detect_format(data: dict[str, Any], syntax: str) -> str:

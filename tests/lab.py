@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -450,3 +450,24 @@ def control_consumer(url: str, handler: Callable[[Any], None], name: str) -> Que
     )
     run_in_thread(consumer, name)
     return consumer
+
+
+@contextlib.contextmanager
+def memory_coordinator(tmp_path: Path, **settings: Any) -> Iterator[Any]:
+    """A ``CoordinatorService`` on a cleared ``memory://`` with a SQLite store, in a thread."""
+    from coordinator.service import CoordinatorService, CoordinatorSettings
+
+    memory.Transport.global_state.clear()
+    memory.Channel.queues.clear()
+    service = CoordinatorService(
+        CoordinatorSettings("memory://", f"sqlite:///{tmp_path / 'lab.sqlite'}", **settings)
+    )
+    ready = threading.Event()
+    thread = threading.Thread(target=service.run, args=(ready.set,), daemon=True)
+    thread.start()
+    assert ready.wait(30), "the coordinator did not start"
+    try:
+        yield service
+    finally:
+        service.stop()
+        thread.join(10)

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from kombu.transport import memory
+from lab import memory_coordinator
 
-from coordinator.service import CoordinatorService, CoordinatorSettings
+from coordinator.service import CoordinatorService
 from lavamq.cli import main
 from lavamq.exit_codes import ERROR_KINDS
 from schemas.errors import ERROR_TYPES, JobCanceled, LavamqError, error_from_dict
@@ -54,19 +53,8 @@ def test_every_kind_sent_as_data_comes_back_as_itself() -> None:
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[CoordinatorService]:
-    memory.Transport.global_state.clear()
-    memory.Channel.queues.clear()
-    settings = CoordinatorSettings("memory://", f"sqlite:///{tmp_path / 'lab.sqlite'}")
-    service = CoordinatorService(settings)
-    ready = threading.Event()
-    thread = threading.Thread(target=service.run, args=(ready.set,), daemon=True)
-    thread.start()
-    assert ready.wait(30), "the coordinator did not start"
-    try:
+    with memory_coordinator(tmp_path) as service:
         yield service
-    finally:
-        service.stop()
-        thread.join(10)
 
 
 @pytest.mark.parametrize("kind", sorted(ERROR_TYPES))
