@@ -6,7 +6,9 @@ A ``lava-*`` helper on the device prints one line such as
 bridge the parsed call; the bridge performs the call through a
 ``MultinodeClient`` on behalf of the node the dispatcher assigned — the
 identity never comes from the console text — and types the reply
-(``<LAVA_WAIT_COMPLETE node:key=value ...>`` or the ``nack`` form) back.
+(``signals.reply_lines``: one ``<LAVA_WAIT_DATA>node:key=value`` line per
+received pair, then LAVA's ``<LAVA_WAIT_COMPLETE ...>``, or the ``nack``
+form) back.
 
 Threads: on the console's reader thread the bridge only queues the calls;
 one worker thread per bridge makes the calls in the order the node issued
@@ -25,8 +27,9 @@ at a prompt and skipped by a waiting helper); a blocking call also gets its
 ``nack``, so the helper exits 1 and the job goes on.
 
 Test results: the bridge hands ``on_result`` (if given) the
-``multinode-lava_sync-<id>`` pass/fail result of each ``lava-sync``, the one
-result only it knows of. The test-case signals and test-run frames reach
+pass/fail result of every MultiNode call, named as LAVA names it
+(``multinode-send-<id>``, ``multinode-wait-<id>``, ``multinode-wait_all-<id>``,
+``multinode-sync-<id>``): results only it knows of. The test-case signals and test-run frames reach
 the dispatcher's result tracker from the same signal reader.
 """
 
@@ -48,10 +51,12 @@ from device_agent.signals import (
     Invalid,
     MultinodeCall,
     SignalError,
+    case_name,
     format_reply,
     parse_multinode,
+    reply_lines,
 )
-from schemas.errors import GroupFailed, LavamqBug, LavamqError, MultinodeTimeout, classify
+from schemas.errors import GroupFailed, LavamqBug, LavamqError, classify
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ class Bridge:
         timeout: float | None = None,
         on_result: Callable[[dict[str, Any]], None] | None = None,
         on_failure: Callable[[LavamqError], None] | None = None,
+        run_of: Callable[[], str | None] | None = None,
     ) -> None:
         self.console = console
         self.client = client
@@ -94,6 +100,9 @@ class Bridge:
         self.timeout = timeout
         self.on_result = on_result
         self.on_failure = on_failure
+        #: the test run in progress, asked when a call is printed (the console's reader
+        #: thread): a call's result belongs to the run that made it, however late it ends
+        self.run_of = run_of or (lambda: None)
         #: every problem reported, for callers and tests
         self.errors: list[str] = []
         self.calls = 0
@@ -152,7 +161,8 @@ class Bridge:
         """The console's signal reader hands over each event (reader thread: only queue)."""
         if isinstance(event, MultinodeCall):
             if not self._is_echo(line):
-                self._submit(lambda: self._call(event))
+                run = self.run_of()
+                self._submit(lambda: self._call(event, run))
         elif isinstance(event, Invalid) and event.api is not None and not self._is_echo(line):
             error = SignalError(event.reason, api=event.api)
             self._submit(lambda: self._report(error))
@@ -177,45 +187,45 @@ class Bridge:
                     self._pending -= 1
                     self._idle.notify_all()
 
-    def _call(self, signal: MultinodeCall) -> None:
+    def _call(self, signal: MultinodeCall, run: str | None = None) -> None:
         self.calls += 1
         self._say("info", f"{self.node}: {signal.operation} {signal.message_id}")
         try:
             if signal.api == "SEND":
                 self.client.send(signal.message_id, signal.data)
-                return
-            if signal.api == "WAIT":
+                reply: list[str] = []
+            elif signal.api == "WAIT":
                 data = self.client.wait(signal.message_id, timeout=self.timeout)
-                reply = format_reply("WAIT", data)
+                reply = reply_lines("WAIT", data)
             elif signal.api == "WAIT_ALL":
                 data = self.client.wait_all(signal.message_id, signal.role, timeout=self.timeout)
-                reply = format_reply("WAIT_ALL", data)
+                reply = reply_lines("WAIT_ALL", data)
             else:
                 self.client.sync(signal.message_id, timeout=self.timeout)
-                reply = format_reply("SYNC")
-                self._sync_result(signal.message_id, "pass")
+                reply = reply_lines("SYNC")
         except Exception as exc:
             error = classify(exc)
+            self._call_result(signal, "fail", run)
             self._report(error, signal)
-            if signal.api == "SYNC":
-                self._sync_result(signal.message_id, "fail")
-            if self.on_failure is not None and isinstance(
-                error, (GroupFailed, MultinodeTimeout, LavamqBug)
-            ):
+            # a timeout is the test's result (its case and test run fail, as on LAVA);
+            # a failed group or a bug ends the test shell
+            if self.on_failure is not None and isinstance(error, (GroupFailed, LavamqBug)):
                 self.on_failure(error)
             return
-        self.console.sendline(reply)
+        self._call_result(signal, "pass", run)
+        for line in reply:
+            self.console.sendline(line)
 
-    def _sync_result(self, message_id: str, result: str) -> None:
-        # no suite: the caller knows the test run in progress (the bridge reads no frames)
+    def _call_result(self, signal: MultinodeCall, result: str, run: str | None) -> None:
         if self.on_result is not None:
-            self.on_result(
-                {
-                    "kind": "testcase",
-                    "case": f"multinode-lava_sync-{message_id}",
-                    "result": result,
-                }
-            )
+            record = {
+                "kind": "testcase",
+                "case": case_name(signal.api, signal.message_id),
+                "result": result,
+            }
+            if run is not None:
+                record["suite"] = run
+            self.on_result(record)
 
     def _report(self, error: LavamqError, signal: MultinodeCall | None = None) -> None:
         """Log ``error``, show it on the console, and nack a blocking call."""

@@ -308,23 +308,39 @@ def signal_start(line: str) -> int:
 # --- the reply the dispatcher types back ------------------------------------
 
 
-def _escape_value(value: str) -> str:
-    # a reply line cannot hold '>' (it ends the reply) or a newline
-    return value.replace("%", "%25").replace(">", "%3E").replace("\n", "%0A")
+def reply_lines(
+    api: str, data: dict[str, dict[str, str]] | None = None, *, nack: bool = False
+) -> list[str]:
+    """What the dispatcher types back for a blocking call: data lines, then LAVA's reply.
+
+    Each received pair first gets a line of its own, ``<LAVA_WAIT_DATA>node:key=value``,
+    raw to the end of the line: lavamq's helpers write exactly these to the cache, so a
+    value can never read as another sender's pair. Then LAVA's one-line reply
+    (``<LAVA_WAIT_COMPLETE node:key=value ...>``, values raw, as LAVA types it) ends
+    the answer; it is all a helper written for LAVA reads.
+    """
+    if nack:
+        return [f"<LAVA_{api}_COMPLETE nack>"]
+    items = [
+        f"{node}:{key}={value}"
+        for node, values in sorted((data or {}).items())
+        for key, value in values.items()
+    ]
+    lines = [f"<LAVA_{api}_DATA>{item}" for item in items]
+    lines.append(f"<LAVA_{api}_COMPLETE {' '.join(items)}>" if items else f"<LAVA_{api}_COMPLETE>")
+    return lines
 
 
 def format_reply(
     api: str, data: dict[str, dict[str, str]] | None = None, *, nack: bool = False
 ) -> str:
-    """``<LAVA_WAIT_COMPLETE n1:k=v ...>``, ``<LAVA_SYNC_COMPLETE>`` or the nack form."""
-    if nack:
-        return f"<LAVA_{api}_COMPLETE nack>"
-    items = [
-        f"{node}:{key}={_escape_value(value)}"
-        for node, values in sorted((data or {}).items())
-        for key, value in values.items()
-    ]
-    return f"<LAVA_{api}_COMPLETE {' '.join(items)}>" if items else f"<LAVA_{api}_COMPLETE>"
+    """LAVA's one-line reply alone (``<LAVA_WAIT_COMPLETE n1:k=v ...>``, or nack)."""
+    return reply_lines(api, data, nack=nack)[-1]
+
+
+def case_name(api: str, message_id: str) -> str:
+    """The test case LAVA records for a MultiNode call: ``multinode-wait_all-<id>``, lower-case."""
+    return f"multinode-{api}-{message_id}".lower()
 
 
 # --- reading a console --------------------------------------------------------

@@ -363,12 +363,28 @@ def write_run_script(test: FetchedTest, *, install_deps: bool, say: Logger = log
         lines.append(
             './install.sh || echo "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=install RESULT=fail>"'
         )
-    lines.extend(d.run_steps)
-    lines.append('echo "<LAVA_SIGNAL_ENDRUN $TESTRUN_ID $UUID>"')
+    # as LAVA's run.sh: a failing step ends this definition (the next one still runs);
+    # the EXIT trap names the step, so the run shows as failed where it stopped
+    lines += [
+        "set -e",
+        'trap \'_lava_rc=$?; [ "$_lava_rc" -eq 0 ] || echo "<LAVA_SIGNAL_TESTEVENT '
+        "stopped $TESTRUN_ID step $LAVA_STEP exit $_lava_rc>\"' EXIT",
+    ]
+    for number, step in enumerate(d.run_steps, 1):
+        lines += [f"LAVA_STEP={number}", run_step(step)]
+    lines += ["set +e", "trap - EXIT", 'echo "<LAVA_SIGNAL_ENDRUN $TESTRUN_ID $UUID>"']
     path = test.directory / "run.sh"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path.chmod(0o755)
     return path
+
+
+def run_step(step: str) -> str:
+    """A step as LAVA writes it into run.sh: with ``--shell``/``--cmd``, ``$1`` stays ``$1``
+    for the command (``\\$1``), not the run script's own argument."""
+    if "--cmd" in step or "--shell" in step:
+        return re.sub(r"\$(\d+)\b", r"\\$\1", step)
+    return step
 
 
 RUNNER_SCRIPT = """#!/bin/sh

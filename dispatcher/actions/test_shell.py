@@ -32,6 +32,9 @@ from schemas.errors import InfrastructureError, JobCanceled, JobError
 
 log = logging.getLogger(__name__)
 
+#: what a run.sh's EXIT trap prints when a step failed (dispatcher/testdef.py)
+STOPPED_RE = re.compile(r"stopped (?P<run>\S+) step (?P<step>\d*) exit (?P<rc>\d+)$")
+
 
 class ResultTracker:
     """Turns the console's signals into results while the test runner runs.
@@ -55,6 +58,10 @@ class ResultTracker:
         self.current: str | None = None
         self.started: list[str] = []
         self.ended: list[str] = []
+        #: runs in which a MultiNode call failed: they fail at their end (as on LAVA)
+        self.failed_runs: set[str] = set()
+        #: run id → where its run.sh stopped (``step N exit RC``, from its EXIT trap)
+        self.stopped: dict[str, str] = {}
         self.cases = 0
         self._lock = threading.Lock()
         self._parsers = {
@@ -90,8 +97,14 @@ class ResultTracker:
         elif isinstance(event, signals.EndRun):
             self.ended.append(event.run_id)
             self.say(f"test run {event.run_id} ended")
-            self._result("lava", event.run_id, "pass", extra={"uuid": event.uuid})
+            result = "fail" if event.run_id in self.failed_runs else "pass"
+            self._result("lava", event.run_id, result, extra={"uuid": event.uuid})
             self.current = None
+        elif isinstance(event, signals.TestEvent) and STOPPED_RE.match(event.text):
+            stop = STOPPED_RE.match(event.text)
+            assert stop is not None
+            self.stopped[stop["run"]] = f"step {stop['step']} (exit {stop['rc']})"
+            self.say(f"test run {stop['run']} stopped at {self.stopped[stop['run']]} (set -e)")
         elif isinstance(event, signals.Invalid) and event.api is None:
             self.say(f"{event.reason}: ignored")
         elif isinstance(event, signals.TestCase):
@@ -138,10 +151,13 @@ class ResultTracker:
             }
         )
 
-    def sync_result(self, rec: dict[str, Any]) -> None:
-        """The bridge's ``multinode-lava_sync-<id>`` result, in the test run in progress."""
+    def call_result(self, rec: dict[str, Any]) -> None:
+        """The bridge's ``multinode-<call>-<id>`` result, in the test run in progress."""
         with self._lock:
-            self._result(self.current or "lava", str(rec["case"]), str(rec["result"]))
+            suite = str(rec.get("suite") or self.current or "lava")
+            if rec["result"] == "fail" and suite != "lava":
+                self.failed_runs.add(suite)
+            self._result(suite, str(rec["case"]), str(rec["result"]))
 
     def unfinished(self) -> list[str]:
         """Test runs that started but never printed their end signal."""
@@ -233,11 +249,17 @@ class LavaTestShellAction(Action):
         left = remaining(deadline)
         connection.read_until_prompt(30.0 if left is None else min(left + 0.001, 30.0))
         missing = [run_id for run_id in tests if run_id not in tracker.started]
-        for run_id in tracker.unfinished() + missing:
-            record_result(ctx, {"suite": "lava", "case": run_id, "result": "fail"})
-        if tracker.unfinished() or missing:
+        unfinished = tracker.unfinished()
+        for run_id in unfinished + missing:
+            reason = tracker.stopped.get(run_id)
+            extra = {"reason": f"ended at {reason} before its last step"} if reason else {}
+            record_result(ctx, {"suite": "lava", "case": run_id, "result": "fail", "extra": extra})
+        # a definition that a failing step ended (set -e) is a failed test run, as on
+        # LAVA; one that never started or stopped without saying where is the job's error
+        unexplained = [r for r in unfinished if r not in tracker.stopped] + missing
+        if unexplained:
             raise JobError(
-                f"{self.name}: test run(s) {', '.join(tracker.unfinished() + missing)} "
+                f"{self.name}: test run(s) {', '.join(unexplained)} "
                 "did not finish (no <LAVA_SIGNAL_ENDRUN>)"
             )
         ctx.log.info(f"{self.name}: {len(tests)} test run(s), {tracker.cases} result(s)")
@@ -285,7 +307,8 @@ class LavaTestShellAction(Action):
             ctx.multinode,
             log=ctx.log,
             timeout=ctx.timeouts.multinode,
-            on_result=tracker.sync_result,
+            on_result=tracker.call_result,
+            run_of=lambda: tracker.current,
             on_failure=failures.append,
         )
         bridge.start()

@@ -113,9 +113,12 @@ def test_send_wait_sync_and_results_between_two_boards(nodes: dict[str, Node]) -
     assert out_a[1] == 0, out_a
     assert out_b[1] == 0, out_b
     assert "board-a:port=7777\nboard-a:msg=hello world" in out_b[0]
-    # the bridge hands over the lava-sync results; test cases are the result tracker's
-    assert {r["case"]: r["result"] for r in a.results} == {"multinode-lava_sync-both": "pass"}
-    assert [r["case"] for r in b.results] == ["multinode-lava_sync-both"]
+    # the bridge hands over one result per MultiNode call; test cases are the tracker's
+    assert {r["case"]: r["result"] for r in a.results} == {
+        "multinode-send-ready": "pass",
+        "multinode-sync-both": "pass",
+    }
+    assert [r["case"] for r in b.results] == ["multinode-wait-ready", "multinode-sync-both"]
     assert "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=port RESULT=pass MEASUREMENT=7777>" in out_b[0]
     assert a.bridge.errors == [] and b.bridge.errors == []
     # every signal was handled once: a sent, synced; b waited, synced

@@ -37,7 +37,7 @@ import services
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-SYNC = "multinode-lava_sync-"
+SYNC = "multinode-sync-"
 #: example → role → the test cases (besides the ``lava`` suite) each node of that role reports
 EXPECTED: dict[str, dict[str, set[str]]] = {
     "seed-multinode-local.yaml": {
@@ -51,20 +51,55 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         }
         for role in ("omap4", "omap3")
     },
+    # every MultiNode call the test shell makes is a case, named as LAVA names it
     "client-server.yaml": {
-        "server": {"server-listening", "client-reported-pass"},
-        "client": {"fetch-page"},
+        "server": {
+            "server-listening",
+            "client-reported-pass",
+            "multinode-send-server-ready",
+            "multinode-wait-client-done",
+        },
+        "client": {"fetch-page", "multinode-wait-server-ready", "multinode-send-client-done"},
     },
     "variable-clients.yaml": {
-        "server": {"has-clients", "heard-every-client", "clients", SYNC + "all-done"},
-        "client": {"server-counted-all", SYNC + "all-done"},
+        "server": {
+            "has-clients",
+            "heard-every-client",
+            "clients",
+            SYNC + "all-done",
+            "multinode-wait_all-client-hello",
+            "multinode-send-server-ack",
+        },
+        "client": {
+            "server-counted-all",
+            SYNC + "all-done",
+            "multinode-send-client-hello",
+            "multinode-wait-server-ack",
+        },
     },
     "peer-to-peer.yaml": {
-        "peer": {"heard-every-peer", "heard-myself", SYNC + "timed-barrier", "barrier-time"},
+        "peer": {
+            "heard-every-peer",
+            "heard-myself",
+            SYNC + "timed-barrier",
+            "barrier-time",
+            "multinode-send-peer-info",
+            "multinode-wait_all-peer-info",
+        },
     },
     "slave-master.yaml": {
-        "master": {"got-slave-data", "slave-asked-to-boot", "slave-is-running", SYNC + "ms-done"},
-        "slave": {"booted-by-master", SYNC + "ms-done"},
+        "master": {
+            "got-slave-data",
+            "slave-asked-to-boot",
+            "slave-is-running",
+            SYNC + "ms-done",
+            "multinode-wait-lava_ms_slave_data",
+            "multinode-send-lava_ms_ready",
+            "multinode-wait-lava_ms_boot",
+            "multinode-send-lava_ms_boot_done",
+            "multinode-wait-slave-running",
+        },
+        "slave": {"booted-by-master", SYNC + "ms-done", "multinode-send-slave-running"},
     },
 }
 ROLE_COUNTS = {

@@ -47,7 +47,7 @@ def lab(rabbit_url: str, pg_url: str, tmp_path: Path) -> Iterator[CrashLab]:
 
 def expected_cases() -> set[str]:
     return {f"case-{i}" for i in range(1, ROUNDS + 1)} | {
-        f"multinode-lava_sync-step-{i}" for i in range(1, ROUNDS + 1)
+        f"multinode-sync-step-{i}" for i in range(1, ROUNDS + 1)
     }
 
 

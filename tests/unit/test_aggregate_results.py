@@ -190,7 +190,7 @@ def test_bundle_names_the_first_failed_node_and_why(store: Store) -> None:
         receipt.subjob_ids[0], "incomplete", T0 + 2,
         error_type="infrastructure", message="boot-local: no prompt",
     )  # fmt: skip
-    agg.record(result(receipt, 1, "client", "multinode-lava_sync-ready", "fail"), T0 + 3)
+    agg.record(result(receipt, 1, "client", "multinode-sync-ready", "fail"), T0 + 3)
     store.subjob_state(receipt.subjob_ids[1], "complete", T0 + 4)
     bundle = agg.bundle(receipt.job_id, now=T0 + 5)
     head = bundle["job"]

@@ -16,7 +16,7 @@ CASES = [
     CaseResult("panda-01", "smoke", "uname", "pass"),
     CaseResult("panda-01", "smoke", "throughput", "pass", 941.5, "Mb/s"),
     CaseResult("panda-02", "smoke", "uname", "fail"),
-    CaseResult("beagle-01", "multinode", "multinode-lava_sync-ready", "pass"),
+    CaseResult("beagle-01", "multinode", "multinode-sync-ready", "pass"),
     CaseResult("beagle-01", "smoke", "audio", "skip"),
 ]
 

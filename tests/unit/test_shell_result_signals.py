@@ -51,7 +51,7 @@ def test_every_result_once_and_the_sync_result_in_its_test_run() -> None:
     bridge.close()
     assert [(r["suite"], r["case"], r["result"], r["measurement"]) for r in results] == [
         ("0_smoke", "boot", "pass", 1.5),
-        ("0_smoke", "multinode-lava_sync-up", "pass", None),
+        ("0_smoke", "multinode-sync-up", "pass", None),
         # an unusable measurement drops the measurement, not the result
         ("0_smoke", "speed", "pass", None),
         ("lava", "0_smoke", "pass", None),
@@ -68,5 +68,5 @@ def test_a_failed_sync_is_a_failed_result() -> None:
     bridge.close()
     assert console.sent[-1] == "<LAVA_SYNC_COMPLETE nack>"
     assert [(r["suite"], r["case"], r["result"]) for r in results] == [
-        ("1_mn", "multinode-lava_sync-up", "fail")
+        ("1_mn", "multinode-sync-up", "fail")
     ]

@@ -153,3 +153,26 @@ def test_journal_accepts_a_subjob_once_and_survives_reopening(tmp_path: Path) ->
     j.set_state(5, "incomplete", error_type="infrastructure", message="restarted")
     assert j.unfinished() == []
     assert j.get(5)["message"] == "restarted"
+
+
+def test_run_sh_is_written_as_lava_writes_it(tmp_path: Path) -> None:
+    spec = {
+        "from": "inline",
+        "name": "steps",
+        "repository": {
+            "metadata": {"name": "steps", "format": "Lava-Test Test Definition 1.0"},
+            "run": {"steps": ["echo $1", "echo x --shell echo $1 $23", "false", "echo never"]},
+        },
+    }
+    test = fetch_test(spec, 0, tmp_path)
+    text = write_run_script(test, install_deps=False).read_text()
+    lines = text.splitlines()
+    # after the parameters: set -e, then each step (with --shell, $<digit> stays for it)
+    assert lines.index("set -e") < lines.index("echo $1")
+    assert "echo x --shell echo \\$1 \\$23" in lines
+    assert lines.index("false") < lines.index('echo "<LAVA_SIGNAL_ENDRUN $TESTRUN_ID $UUID>"')
+    proc = subprocess.run(["sh", str(test.directory / "run.sh")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "<LAVA_SIGNAL_TESTEVENT stopped 0_steps step 3 exit 1>" in proc.stdout
+    assert "ENDRUN" not in proc.stdout and "never" not in proc.stdout
+    assert "x --shell echo $1 $23" in proc.stdout

@@ -1,0 +1,72 @@
+"""LAVA conformance end to end: `lavamq run` on job files shaped as LAVA users write them
+(tests/lava_jobs/), checked against what LAVA itself records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+JOBS = Path(__file__).resolve().parents[1] / "lava_jobs"
+LAVAMQ = [sys.executable, "-c", "from lavamq.cli import main; main()"]
+
+
+def run(job: str) -> tuple[int, dict[str, Any], str]:
+    proc = subprocess.run(
+        [*LAVAMQ, "run", str(JOBS / job), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+
+def cases(bundle: dict[str, Any], role: str) -> dict[str, dict[str, str]]:
+    """test run → case → result, for the (one) node of ``role``."""
+    node = next(n for n in bundle["nodes"] if n["role"] == role)
+    return {r["name"]: {c["name"]: c["result"] for c in r["cases"]} for r in node["test_runs"]}
+
+
+def test_values_arrive_raw_and_never_as_another_senders_pair() -> None:
+    rc, bundle, err = run("raw-values.yaml")
+    assert rc == 0, err[-3000:]
+    receiver = cases(bundle, "receiver")["0_receiver"]
+    for name in ("pct-raw", "lt-raw", "eq-raw", "quote-raw", "utf-raw", "not-forged", "no-escape"):
+        assert receiver[name] == "pass", (name, receiver)
+    sender = cases(bundle, "sender")["0_sender"]
+    # what the grammar cannot carry is refused by lava-send, non-zero
+    assert sender["gt-refused"] == sender["space-key-refused"] == "pass", sender
+    assert sender["non-ascii-key-refused"] == "pass", sender
+    # every MultiNode call is a case, named as LAVA names it
+    assert sender["multinode-send-values"] == "pass"
+    assert receiver["multinode-wait-values"] == "pass"
+    assert sender["multinode-sync-done"] == receiver["multinode-sync-done"] == "pass"
+
+
+def test_a_multinode_timeout_fails_its_case_and_test_run_and_the_exit_code() -> None:
+    rc, bundle, err = run("wait-timeout.yaml")
+    assert rc == 1, err[-3000:]
+    # as on LAVA: the job itself is Complete
+    assert bundle["job"]["status"] == "complete" and bundle["job"]["passed"] is False
+    waiter = cases(bundle, "waiter")
+    assert waiter["0_waiter"]["multinode-wait-never-sent"] == "fail"
+    assert waiter["lava"]["0_waiter"] == "fail"
+    assert waiter["0_waiter"]["after-the-wait"] == "pass"
+
+
+def test_set_e_ends_a_definition_at_its_failing_step_and_the_next_one_runs() -> None:
+    rc, bundle, err = run("set-e.yaml")
+    assert rc == 1, err[-3000:]
+    assert bundle["job"]["status"] == "complete"
+    board = cases(bundle, "board")
+    assert board["0_stops-early"] == {"before": "pass"}  # `after` never reported
+    assert board["lava"]["0_stops-early"] == "fail"
+    assert board["1_runs-on"] == {"quoted-args": "pass", "one-arg-pipe": "pass"}
+    assert board["lava"]["1_runs-on"] == "pass"
