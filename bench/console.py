@@ -46,18 +46,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from kombu import Queue
+from common import LAVAMQ, Row, ensure_management  # noqa: E402
+from kombu import Queue  # noqa: E402
 
-from broker_config import topology
-from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
-from device_agent.bridge import Bridge
-from device_agent.devices import create_device
-from dispatcher.download import fetch_image
-from dispatcher.joblog import JobLog
-from dispatcher.publisher import SubJobPublisher
-from schemas.messages.console import LogBatchSchema
+from broker_config import topology  # noqa: E402
+from broker_config.consumer import Delivery, QueueConsumer, run_in_thread  # noqa: E402
+from device_agent.bridge import Bridge  # noqa: E402
+from device_agent.devices import create_device  # noqa: E402
+from dispatcher.download import fetch_image  # noqa: E402
+from dispatcher.joblog import JobLog  # noqa: E402
+from dispatcher.publisher import SubJobPublisher  # noqa: E402
+from schemas.messages.console import LogBatchSchema  # noqa: E402
 
 
 def mgmt(base: str, method: str, path: str, body: Any = None) -> Any:
@@ -351,7 +352,7 @@ def bench_console_process(
     """The own-process row; also returns the CPU seconds each party used."""
     cli = subprocess.Popen(
         [
-            "lavamq",
+            *LAVAMQ,
             "logs",
             JOB,
             "--follow",
@@ -443,6 +444,50 @@ def print_row(label: str, c: dict[str, float]) -> None:
     )
 
 
+def run(mbytes: int, image_mbytes: int, mgmt_base: str = "http://127.0.0.1:15672") -> list[Row]:
+    """The own-process console row and the deploy rows, as ratios (for bench/all.py)."""
+    ensure_management(mgmt_base)
+    rows: list[Row] = []
+    vhost = f"lavamq-bench-{uuid.uuid4().hex[:8]}"
+    q = urllib.parse.quote(vhost, safe="")
+    mgmt(mgmt_base, "PUT", f"/vhosts/{q}", {})
+    perms = {"configure": ".*", "write": ".*", "read": ".*"}
+    mgmt(mgmt_base, "PUT", f"/permissions/{q}/guest", perms)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            c, _cpu = bench_console_process(
+                f"amqp://guest:guest@127.0.0.1:5672/{q}", mbytes, Path(tmp), mgmt_base, vhost
+            )
+        rows.append(
+            Row(
+                "console",
+                f"bulk {mbytes} MB board → `lavamq logs --follow`",
+                c["end_to_end_mb_s"],
+                "MB/s",
+                "the board's console read rate",
+                c["console_mb_s"],
+                higher_is_better=True,
+            )
+        )
+    finally:
+        mgmt(mgmt_base, "DELETE", f"/vhosts/{q}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for comp, cli, ours, _ in bench_decompress(Path(tmp), image_mbytes):
+            tool = "gzip -dc" if comp == "gz" else "xz -dc"
+            rows.append(
+                Row(
+                    "deploy",
+                    f"fetch_image {comp} decompress",
+                    ours,
+                    "MB/s",
+                    tool,
+                    cli,
+                    higher_is_better=True,
+                )
+            )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--broker-mgmt", default="http://127.0.0.1:15672")
@@ -460,6 +505,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.measure_stdin:
         return measure_stdin()
+    ensure_management(args.broker_mgmt)
     with open("/proc/loadavg") as fh:
         print(f"loadavg before: {fh.read().strip()}")
     vhost = f"lavamq-bench-{uuid.uuid4().hex[:8]}"
@@ -478,7 +524,9 @@ def main() -> int:
         cpu: dict[str, float] = {}
         if args.reader in ("both", "process"):
             with tempfile.TemporaryDirectory() as tmp:
-                c, cpu = bench_console_process(url, args.mbytes, Path(tmp), args.broker_mgmt, vhost)
+                c, _cpu = bench_console_process(
+                    url, args.mbytes, Path(tmp), args.broker_mgmt, vhost
+                )
             print_row(f"{path} → `lavamq logs --follow` (own process)", c)
         if args.reader in ("both", "in-process"):
             mgmt(args.broker_mgmt, "DELETE", f"/vhosts/{q}")  # fresh vhost per run

@@ -35,7 +35,6 @@ import statistics
 import sys
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +43,7 @@ import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sync_latency import AMQP, PASSWORD, USER, mgmt, percentile
+from common import bench_vhost, percentile
 
 
 def python_loop(_round: int = 0) -> float:
@@ -159,6 +158,44 @@ def publish_rounds(
     return confirms, delivered
 
 
+def sync_floor(url: str, n: int, rounds: int) -> tuple[float, dict[str, float]]:
+    """The floor of one N-node lava-sync release, in seconds (p50 of each step, summed).
+
+    What no implementation over this broker can beat: the last acknowledgement's
+    way into a quorum queue and out to its consumer, one transient message to a
+    fanout exchange of N queues until a consumer of one has it, and waking N
+    waiting threads. Measured in ``url``'s vhost, cleaned up afterwards.
+    """
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    channel = conn.channel()
+    channel.confirm_delivery()
+    name = f"floor.quorum.{uuid.uuid4().hex[:6]}"
+    channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+    consumer = Consumer(url, [name])
+    _, quorum = publish_rounds(channel, "", name, True, consumer, rounds)
+    consumer.stop()
+    channel.queue_delete(name)
+    exchange = f"floor.fanout.{uuid.uuid4().hex[:6]}"
+    channel.exchange_declare(exchange, "fanout")
+    queues = [f"{exchange}.{i}" for i in range(n)]
+    for q in queues:
+        channel.queue_declare(q, durable=True)
+        channel.queue_bind(q, exchange)
+    consumer = Consumer(url, queues[:1])
+    _, fanout = publish_rounds(channel, exchange, "", False, consumer, rounds)
+    consumer.stop()
+    for q in queues:
+        channel.queue_delete(q)
+    channel.exchange_delete(exchange)
+    conn.close()
+    steps = {
+        "quorum queue publish → delivered": statistics.median(quorum),
+        f"fanout to {n} queues → one has it": statistics.median(fanout),
+        f"wake {n} threads": statistics.median(wake_threads(n, rounds)),
+    }
+    return sum(steps.values()), steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=64)
@@ -174,12 +211,7 @@ def main() -> None:
     )
     rows.append((f"wake {args.threads} threads, ms", wake_threads(args.threads, args.rounds)))
 
-    vhost = f"lavamq-floors-{uuid.uuid4().hex[:8]}"
-    q = urllib.parse.quote(vhost, safe="")
-    mgmt("PUT", f"/vhosts/{q}", {})
-    mgmt("PUT", f"/permissions/{q}/{USER}", {"configure": ".*", "write": ".*", "read": ".*"})
-    url = f"amqp://{USER}:{PASSWORD}@{AMQP}/{q}"
-    try:
+    with bench_vhost("lavamq-floors") as url:
         conn = pika.BlockingConnection(pika.URLParameters(url))
         channel = conn.channel()
         channel.confirm_delivery()
@@ -209,8 +241,6 @@ def main() -> None:
                 channel.queue_purge(name)
         consumer.stop()
         conn.close()
-    finally:
-        mgmt("DELETE", f"/vhosts/{q}")
 
     print(f"load average {Path('/proc/loadavg').read_text().strip()}")
     width = max(len(label) for label, _ in rows)

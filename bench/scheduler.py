@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
-from coordinator.scheduler import DeviceView, GroupRequest, SubJobRequest, schedule
+from common import Row, print_rows  # noqa: E402
+
+from coordinator.scheduler import DeviceView, GroupRequest, SubJobRequest, schedule  # noqa: E402
 
 TAGS = ["usb-flash", "audio-loopback", "hdmi", "ethernet"]
 
@@ -67,10 +69,12 @@ def make_queue(n_subjobs: int, rng: random.Random) -> list[GroupRequest]:
     return groups
 
 
-def run(scale: int, repeat: int, seed: int) -> tuple[int, int, int, float, int]:
+def run(
+    scale: float, repeat: int, seed: int, base_subjobs: int = 10_000, base_devices: int = 1_000
+) -> tuple[int, int, int, float, int]:
     rng = random.Random(seed)
-    lab = make_lab(1000 * scale, rng)
-    queue = make_queue(10_000 * scale, rng)
+    lab = make_lab(int(base_devices * scale), rng)
+    queue = make_queue(int(base_subjobs * scale), rng)
     times = []
     placed = 0
     for _ in range(repeat):
@@ -78,23 +82,50 @@ def run(scale: int, repeat: int, seed: int) -> tuple[int, int, int, float, int]:
         res = schedule(lab, queue, now=3600.0, starvation_seconds=1800.0)
         times.append(time.perf_counter() - t0)
         placed = sum(len(a) for a in res.allocations.values())
-    return len(queue), 10_000 * scale, len(lab), statistics.median(times), placed
+    return len(queue), int(base_subjobs * scale), len(lab), statistics.median(times), placed
+
+
+def rows(scales: list[float], repeat: int, seed: int = 1, base_subjobs: int = 10_000) -> list[Row]:
+    """Time per queued sub-job at each scale, as a ratio to the smallest scale's (linear: ~1)."""
+    out: list[Row] = []
+    first: float | None = None
+    for scale in scales:
+        _, subjobs, devices, seconds, _ = run(
+            scale, repeat, seed, base_subjobs, max(1, base_subjobs // 10)
+        )
+        per_subjob = seconds / subjobs * 1e6
+        first = first or per_subjob
+        out.append(
+            Row(
+                "scheduler",
+                f"pass over {subjobs:,} queued sub-jobs x {devices:,} devices: "
+                f"{seconds * 1000:.0f} ms, per sub-job",
+                per_subjob,
+                "us",
+                f"per sub-job at x{scales[0]:g}",
+                first,
+                1.5,
+            )
+        )
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--scales", default="1,2,4")
+    parser.add_argument("--scales", default="1,2,4,10", help="x10: 100k sub-jobs x 10k devices")
     args = parser.parse_args()
     print("| size | groups | queued sub-jobs | devices | time per pass | allocated | allocs/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for scale in (int(s) for s in args.scales.split(",")):
+    scales = [float(s) for s in args.scales.split(",")]
+    for scale in scales:
         groups, subjobs, devices, seconds, placed = run(scale, args.repeat, args.seed)
         print(
-            f"| x{scale} | {groups:,} | {subjobs:,} | {devices:,} | {seconds * 1000:.0f} ms "
+            f"| x{scale:g} | {groups:,} | {subjobs:,} | {devices:,} | {seconds * 1000:.0f} ms "
             f"| {placed:,} | {placed / seconds:,.0f} |"
         )
+    print_rows(rows(scales, args.repeat, args.seed))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ same conditions; the load average is printed with the results.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
@@ -44,17 +43,17 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-c", "from lavamq.cli import main; main()"]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+import lava_anchor  # noqa: E402
 import pika  # noqa: E402
+from common import LAVAMQ, ROOT, Row, bench_vhost, print_rows  # noqa: E402
+from floors import sync_floor  # noqa: E402
+from kombu import Connection, Consumer, Exchange, Queue  # noqa: E402
 
 from broker_config import topology  # noqa: E402
 from broker_config.broker import Broker  # noqa: E402
@@ -64,33 +63,26 @@ from device_agent.group_state import ReleaseKey  # noqa: E402
 from device_agent.multinode import MultinodeClient  # noqa: E402
 from schemas.messages.multinode import MultinodeSyncSchema  # noqa: E402
 
-MGMT = os.environ.get("LAVAMQ_BENCH_MGMT", "http://127.0.0.1:15672")
-AMQP = os.environ.get("LAVAMQ_BENCH_AMQP", "127.0.0.1:5672")
-USER, PASSWORD = "guest", "guest"
 
-
-def mgmt(method: str, path: str, body: Any = None) -> None:
-    req = urllib.request.Request(
-        MGMT + "/api" + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
+def timed_sync(c: MultinodeClient, message_id: str, timeout: float) -> tuple[float, float]:
+    """``c.sync(message_id)`` by hand: when its acknowledgement was confirmed, when it
+    was released (what ``MultinodeClient.sync`` does, with the time stamps)."""
+    gen = c._sync_generation.get(message_id, 0) + 1
+    c._sync_generation[message_id] = gen
+    connects = c._receiver.connects
+    c._publish_barrier(
+        MultinodeSyncSchema(),
+        {"group": c.group, "node": c.self_name, "message_id": message_id, "generation": gen},
     )
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    req.add_header("Authorization", f"Basic {token}")
-    req.add_header("Content-Type", "application/json")
-    urllib.request.urlopen(req, timeout=30).read()
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
+    published = time.perf_counter()
+    c._wait_release("lava-sync", ReleaseKey("sync", message_id, gen), timeout, connects)
+    return published, time.perf_counter()
 
 
 class Barrier:
     def __init__(self, url: str, db: str, root: Path = ROOT) -> None:
         self.proc = subprocess.Popen(
-            [*CLI, "barrier", "--broker", url, "--db", db],
+            [*LAVAMQ, "barrier", "--broker", url, "--db", db],
             cwd=root,
             env={**os.environ, "PYTHONPATH": str(root)},
             stdout=subprocess.PIPE,
@@ -145,17 +137,7 @@ def bench_clients(url: str, n: int, rounds: int, timeout: float) -> list[float]:
             released: list[float],
         ) -> None:
             start.wait()
-            # publish by hand to timestamp the acknowledgement, then wait like sync()
-            gen = c._sync_generation.get("bench", 0) + 1
-            c._sync_generation["bench"] = gen
-            connects = c._receiver.connects
-            c._publish_barrier(
-                MultinodeSyncSchema(),
-                {"group": group, "node": c.self_name, "message_id": "bench", "generation": gen},
-            )
-            t = time.perf_counter()
-            c._wait_release("lava-sync", ReleaseKey("sync", "bench", gen), timeout, connects)
-            done = time.perf_counter()
+            t, done = timed_sync(c, "bench", timeout)
             with lock:
                 published.append(t)
                 released.append(done)
@@ -264,49 +246,198 @@ def bench_send_wait(url: str, count: int) -> float:
     return count / elapsed
 
 
+def bench_send_rate(url: str, senders: int, per_sender: int) -> float:
+    """Aggregate lava-send/s of ``senders`` nodes sending at once, until one peer has them all."""
+    broker = Broker(url)
+    group = f"b{uuid.uuid4().hex[:6]}"
+    members = {f"s{i:03d}": "sender" for i in range(senders)} | {"peer": "receiver"}
+    create_group(broker, group, members, timeout=120)
+    clients = [MultinodeClient(url, group, m, members, timeout=120) for m in members]
+    peer = clients[-1]
+    start = threading.Barrier(senders + 1)
+
+    def send(c: MultinodeClient) -> None:
+        start.wait()
+        for k in range(per_sender):
+            c.send(f"m{k}", {"k": str(k)})
+
+    threads = [threading.Thread(target=send, args=(c,)) for c in clients[:-1]]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    # the peer has every node's last message (a node's sends arrive in order)
+    _wait_all_seen(peer, clients[:-1], f"m{per_sender - 1}")
+    elapsed = time.perf_counter() - began
+    for c in clients:
+        c.close()
+    end_group(broker, group, members)
+    broker.close()
+    return senders * per_sender / elapsed
+
+
+def _wait_all_seen(peer: MultinodeClient, senders: list[MultinodeClient], last: str) -> None:
+    deadline = time.monotonic() + 120
+    want = {c.self_name for c in senders}
+    while True:
+        if want <= set(peer._state.messages.get(last, {})):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit("send rate: not every message reached the peer in 120 s")
+        time.sleep(0.002)
+
+
+def raw_send_rate(url: str, senders: int, per_sender: int) -> float:
+    """The floor of ``bench_send_rate``: the same publishes (persistent, confirmed,
+    one connection per sender, to a fanout exchange of senders + 1 queues) with
+    kombu and no lavamq code, until a consumer of one queue has them all."""
+    name = f"floor.send.{uuid.uuid4().hex[:6]}"
+    exchange = Exchange(name, type="fanout", durable=True)
+    queues = [Queue(f"{name}.{i}", exchange=exchange, durable=True) for i in range(senders + 1)]
+    options = {"confirm_publish": True}
+    with Connection(url, transport_options=options) as conn:
+        for q in queues:
+            q.bind(conn.channel()).declare()
+        total = senders * per_sender
+        got = threading.Event()
+        received = [0]
+
+        def on_message(body: Any, message: Any) -> None:
+            message.ack()
+            received[0] += 1
+            if received[0] == total:
+                got.set()
+
+        start = threading.Barrier(senders + 1)
+
+        def send() -> None:
+            with Connection(url, transport_options=options) as own:
+                producer = own.Producer()
+                start.wait()
+                for k in range(per_sender):
+                    producer.publish({"k": k}, exchange=exchange, delivery_mode=2)
+
+        threads = [threading.Thread(target=send) for _ in range(senders)]
+        with Consumer(
+            conn.channel(), queues=[queues[0]], callbacks=[on_message], prefetch_count=200
+        ):
+            for t in threads:
+                t.start()
+            start.wait()
+            began = time.perf_counter()
+            while not got.is_set():
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.5)
+                if time.perf_counter() - began > 120:
+                    raise SystemExit("raw send rate: messages missing after 120 s")
+            elapsed = time.perf_counter() - began
+        for t in threads:
+            t.join()
+        for q in queues:
+            q.bind(conn.channel()).delete()
+        exchange.bind(conn.channel()).delete()
+    return total / elapsed
+
+
+def run(
+    nodes: list[int],
+    rounds: int,
+    *,
+    client_max: int = 64,
+    anchor: bool = True,
+    anchor_rounds: int = 3,
+    senders: int = 64,
+    per_sender: int = 50,
+    barrier_root: Path = ROOT,
+    db: str | None = None,
+) -> list[Row]:
+    """Every figure of this bench, each with its ratio measured in this run."""
+    rows: list[Row] = []
+    with bench_vhost() as url:
+        tmp = tempfile.mkdtemp(prefix="lavamq-bench-")
+        with Broker(url) as broker:
+            declare_topology(broker)
+        barrier = Barrier(url, db or f"sqlite:///{tmp}/barrier.sqlite", barrier_root.resolve())
+        try:
+            for n in nodes:
+                n_rounds = rounds if n <= 256 else max(5, rounds // 3)
+                if n <= client_max:
+                    lat = bench_clients(url, n, n_rounds, 120)
+                else:
+                    lat = bench_light(url, n, n_rounds, 120)
+                p50 = statistics.median(lat) * 1000
+                floor, _ = sync_floor(url, n, max(5, n_rounds))
+                limit = 1.2 if n == 64 else (1.5 if n >= 1000 else None)
+                rows.append(
+                    Row("sync", f"release p50, N={n}", p50, "ms", "floor", floor * 1000, limit)
+                )
+                if anchor and n <= 64:
+                    lava = lava_anchor.sync_latencies(n, anchor_rounds)
+                    rows.append(
+                        Row(
+                            "sync",
+                            f"lava-coordinator p50 / lavamq p50, N={n}",
+                            statistics.median(lava) * 1000,
+                            "ms",
+                            "lavamq release p50",
+                            p50,
+                            500,
+                            higher_is_better=True,
+                        )
+                    )
+            if senders:
+                ours = bench_send_rate(url, senders, per_sender)
+                raw = raw_send_rate(url, senders, per_sender)
+                rows.append(
+                    Row(
+                        "send",
+                        f"lava-send/s, {senders} senders",
+                        ours,
+                        "msg/s",
+                        "raw kombu publish → consume",
+                        raw,
+                        0.5,
+                        higher_is_better=True,
+                    )
+                )
+        finally:
+            barrier.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, nargs="*", default=[2, 16, 64, 256, 1000])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--client-max", type=int, default=64)
-    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--senders", type=int, default=64)
+    parser.add_argument("--per-sender", type=int, default=50)
+    parser.add_argument(
+        "--anchor",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run LAVA's lava-coordinator (bench/all.py always does)",
+    )
+    parser.add_argument("--anchor-rounds", type=int, default=3)
     parser.add_argument("--db", help="store URL (default: SQLite in a temp dir)")
     parser.add_argument(
         "--barrier-root", type=Path, default=ROOT, help="run the barrier from this checkout"
     )
     args = parser.parse_args()
-
-    vhost = f"lavamq-bench-{uuid.uuid4().hex[:8]}"
-    q = urllib.parse.quote(vhost, safe="")
-    mgmt("PUT", f"/vhosts/{q}", {})
-    mgmt("PUT", f"/permissions/{q}/{USER}", {"configure": ".*", "write": ".*", "read": ".*"})
-    url = f"amqp://{USER}:{PASSWORD}@{AMQP}/{q}"
-    tmp = tempfile.mkdtemp(prefix="lavamq-bench-")
-    db = args.db or f"sqlite:///{tmp}/barrier.sqlite"
-    with Broker(url) as broker:
-        declare_topology(broker)
-    barrier = Barrier(url, db, args.barrier_root.resolve())
-    print(f"barrier from {args.barrier_root}; load average {Path('/proc/loadavg').read_text()}")
-    try:
-        print(f"{'nodes':>6} {'path':>7} {'rounds':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-        for n in args.nodes:
-            rounds = args.rounds if n <= 256 else max(5, args.rounds // 3)
-            if n <= args.client_max:
-                path, lat = "client", bench_clients(url, n, rounds, 120)
-            else:
-                path, lat = "light", bench_light(url, n, rounds, 120)
-            ms = [x * 1000 for x in lat]
-            print(
-                f"{n:>6} {path:>7} {rounds:>6} {statistics.median(ms):>8.2f} "
-                f"{percentile(ms, 99):>8.2f} {max(ms):>8.2f}",
-                flush=True,
-            )
-        rate = bench_send_wait(url, args.messages)
-        print(f"send→wait: {rate:.0f} messages/s ({args.messages} messages, 2 clients)")
-        print(f"load average after: {Path('/proc/loadavg').read_text().strip()}")
-    finally:
-        barrier.stop()
-        mgmt("DELETE", f"/vhosts/{q}")
+    rows = run(
+        args.nodes,
+        args.rounds,
+        client_max=args.client_max,
+        anchor=args.anchor,
+        anchor_rounds=args.anchor_rounds,
+        senders=args.senders,
+        per_sender=args.per_sender,
+        barrier_root=args.barrier_root,
+        db=args.db,
+    )
+    print_rows(rows, f"barrier from {args.barrier_root}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,192 @@
+"""Benchmark: K concurrent MultiNode groups of n nodes, against one group alone.
+
+    python bench/load.py [--groups 1 10 50] [--nodes 4] [--rounds 20] [--barriers 1 2 4]
+                         [--cluster]
+
+Every node is a real ``MultinodeClient`` (its own publishing connection, the
+process's group receiver) in its own thread; each of the K groups runs
+``--rounds`` rounds of one ``lava-send`` per node and one ``lava-sync``, all
+groups at once, against 1, 2 and 4 ``lavamq barrier`` processes (real
+processes of the lavamq under test). ``--cluster`` runs the same on the
+3-node cluster of ``scripts/rabbitmq-cluster.sh`` too. Prints aggregate
+syncs/s and sends/s, release p50/p99, and the ratio of each p99 to the
+single-group p99 of the same barrier count in the same run (target at K=50:
+≤ 2x), and checks that every node got every peer's every message.
+
+Barrier processes share one single-active-consumer queue: one of them
+works, the others stand by, so 2 and 4 processes show what a standby costs,
+not more capacity (sharding the barrier by group is not built yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from common import LAVAMQ, ROOT, Row, bench_vhost, percentile, print_rows  # noqa: E402
+from sync_latency import timed_sync  # noqa: E402
+
+from broker_config.broker import Broker  # noqa: E402
+from broker_config.declare import declare_topology  # noqa: E402
+from coordinator.groups import create_group, end_group  # noqa: E402
+from device_agent.multinode import MultinodeClient  # noqa: E402
+
+CLUSTER_MGMT = "http://127.0.0.1:15781"
+CLUSTER_AMQP = ["127.0.0.1:5781", "127.0.0.1:5782", "127.0.0.1:5783"]
+
+
+def start_barriers(url: str, count: int, tmp: Path) -> list[subprocess.Popen[str]]:
+    procs = []
+    for i in range(count):
+        proc = subprocess.Popen(
+            [*LAVAMQ, "barrier", "--broker", url, "--db", f"sqlite:///{tmp}/barrier{i}.sqlite"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "lavamq barrier ready":
+                break
+        else:
+            raise SystemExit("load: a barrier process did not start")
+        procs.append(proc)
+    return procs
+
+
+def run_groups(url: str, k: int, n: int, rounds: int) -> dict[str, float]:
+    """K groups at once; aggregate rates, release latencies and lost messages."""
+    broker = Broker(url)
+    groups = [f"load{uuid.uuid4().hex[:8]}" for _ in range(k)]
+    members = {f"node{i:02d}": "server" if i == 0 else "client" for i in range(n)}
+    for g in groups:
+        create_group(broker, g, members, timeout=300)
+    clients = [MultinodeClient(url, g, m, members, timeout=300) for g in groups for m in members]
+    # (group, round) -> [(published, released)] of its nodes
+    stamps: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(clients) + 1)
+
+    def node(c: MultinodeClient) -> None:
+        try:
+            start.wait()
+            for r in range(rounds):
+                c.send(f"m{r}", {"r": str(r)})
+                stamp = timed_sync(c, "load", 300)
+                with lock:
+                    stamps.setdefault((c.group, r), []).append(stamp)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=node, args=(c,), daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise SystemExit(f"load: K={k} n={n}: a node failed: {errors[0]!r}")
+    lost = sum(
+        1
+        for c in clients
+        for r in range(rounds)
+        for m in members
+        if m not in c._state.messages.get(f"m{r}", {})
+    )
+    for c in clients:
+        c.close()
+    for g in groups:
+        end_group(broker, g, members)
+    broker.close()
+    # round 0 warms the connections up; it is not measured (unless it is all there is)
+    latencies = [
+        max(done for _, done in s) - max(pub for pub, _ in s)
+        for (_, r), s in stamps.items()
+        if r > 0 or rounds == 1
+    ]
+    return {
+        "syncs_s": k * n * rounds / elapsed,
+        "sends_s": k * n * rounds / elapsed,
+        "p50": statistics.median(latencies) * 1000,
+        "p99": percentile(latencies, 99) * 1000,
+        "lost": lost,
+    }
+
+
+def measure(
+    url: str, where: str, groups: list[int], n: int, rounds: int, barriers: list[int]
+) -> list[Row]:
+    rows: list[Row] = []
+    with Broker(url) as b:
+        declare_topology(b)
+    for count in barriers:
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = start_barriers(url, count, Path(tmp))
+            try:
+                alone = run_groups(url, 1, n, rounds)
+                for k in groups:
+                    got = alone if k == 1 else run_groups(url, k, n, rounds)
+                    label = f"{where}, {count} barrier(s), K={k} x n={n}"
+                    print(
+                        f"{label}: {got['syncs_s']:.0f} syncs/s, {got['sends_s']:.0f} sends/s, "
+                        f"release p50 {got['p50']:.1f} ms p99 {got['p99']:.1f} ms, "
+                        f"lost {got['lost']:.0f}",
+                        flush=True,
+                    )
+                    if got["lost"]:
+                        raise SystemExit(f"load: {label}: {got['lost']:.0f} messages lost")
+                    rows.append(
+                        Row(
+                            "load",
+                            f"release p99, {label}",
+                            got["p99"],
+                            "ms",
+                            "one group alone",
+                            alone["p99"],
+                            2.0 if k == 50 else None,
+                        )
+                    )
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                    proc.wait(30)
+    return rows
+
+
+def run(
+    groups: list[int], n: int, rounds: int, barriers: list[int], cluster: bool = False
+) -> list[Row]:
+    with bench_vhost("lavamq-load") as url:
+        rows = measure(url, "one node", groups, n, rounds, barriers)
+    if cluster:
+        with bench_vhost("lavamq-load", base=CLUSTER_MGMT, amqp=CLUSTER_AMQP[0]) as url:
+            nodes = ",".join(url.replace(CLUSTER_AMQP[0], a) for a in CLUSTER_AMQP)
+            rows += measure(nodes, "3-node cluster", groups, n, rounds, barriers)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--groups", type=int, nargs="*", default=[1, 10, 50])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--barriers", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--cluster", action="store_true", help="also on the 3-node cluster")
+    args = parser.parse_args()
+    print_rows(run(args.groups, args.nodes, args.rounds, args.barriers, args.cluster))
+
+
+if __name__ == "__main__":
+    main()
