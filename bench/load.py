@@ -13,14 +13,16 @@ syncs/s and sends/s, release p50/p99, and the ratio of each p99 to the
 single-group p99 of the same barrier count in the same run (target at K=50:
 ≤ 2x), and checks that every node got every peer's every message.
 
-Barrier processes share one single-active-consumer queue: one of them
-works, the others stand by, so 2 and 4 processes show what a standby costs,
-not more capacity (sharding the barrier by group is not built yet).
+With B barrier processes the barrier is split into B shards
+(``$LAVAMQ_BARRIER_SHARDS``, set for this process and the barriers), each
+process preferring one: each group is counted by the process owning its
+shard.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +37,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from common import LAVAMQ, ROOT, Row, bench_vhost, percentile, print_rows  # noqa: E402
 from sync_latency import timed_sync  # noqa: E402
 
+from broker_config import topology  # noqa: E402
 from broker_config.broker import Broker  # noqa: E402
 from broker_config.declare import declare_topology  # noqa: E402
 from coordinator.groups import create_group, end_group  # noqa: E402
@@ -45,10 +48,16 @@ CLUSTER_AMQP = ["127.0.0.1:5781", "127.0.0.1:5782", "127.0.0.1:5783"]
 
 
 def start_barriers(url: str, count: int, tmp: Path) -> list[subprocess.Popen[str]]:
+    """``count`` barrier processes over ``count`` shards, each preferring its own.
+
+    Each has its own SQLite store: nothing fails over here (a lab's barriers
+    share PostgreSQL, so that a standby can take a shard over).
+    """
     procs = []
     for i in range(count):
+        db = f"sqlite:///{tmp}/barrier{i}.sqlite"
         proc = subprocess.Popen(
-            [*LAVAMQ, "barrier", "--broker", url, "--db", f"sqlite:///{tmp}/barrier{i}.sqlite"],
+            [*LAVAMQ, "barrier", "--broker", url, "--db", db, "--prefer-shards", str(i)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -129,9 +138,11 @@ def measure(
     url: str, where: str, groups: list[int], n: int, rounds: int, barriers: list[int]
 ) -> list[Row]:
     rows: list[Row] = []
-    with Broker(url) as b:
-        declare_topology(b)
     for count in barriers:
+        # one shard per barrier process; publishers here and there must agree
+        os.environ[topology.BARRIER_SHARDS_ENV] = str(count)
+        with Broker(url) as b:
+            declare_topology(b)
         with tempfile.TemporaryDirectory() as tmp:
             procs = start_barriers(url, count, Path(tmp))
             try:

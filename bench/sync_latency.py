@@ -203,7 +203,7 @@ def bench_light(url: str, n: int, rounds: int, timeout: float) -> list[float]:
         for m in members:
             broker.publish(
                 topology.BARRIER_EXCHANGE_NAME,
-                topology.BARRIER_ROUTING_KEY,
+                topology.barrier_routing_key(group),
                 schema,
                 {"group": group, "node": m, "message_id": "bench", "generation": gen},
             )

@@ -127,7 +127,8 @@ def coordinator_permissions(user: str = identity.COORDINATOR_USER) -> UserPermis
 
 def barrier_permissions(user: str = identity.BARRIER_USER) -> UserPermissions:
     """The barrier service: its own queue in, releases to group exchanges out."""
-    barrier = re.escape(topology.BARRIER_QUEUE_NAME)
+    # lava.barrier, or its shards lava.barrier.<k>
+    barrier = re.escape(topology.BARRIER_QUEUE_NAME) + r"(\.[0-9]+)?"
     dead = re.escape(topology.DEAD_EXCHANGE_NAME)
     return UserPermissions(
         user=user,

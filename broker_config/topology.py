@@ -29,7 +29,9 @@ exchange                  type     queues / routing keys
 
 from __future__ import annotations
 
+import os
 import re
+import zlib
 
 from kombu import Exchange, Queue
 
@@ -49,6 +51,9 @@ GROUP_PREFIX = "lava.group."
 BARRIER_EXCHANGE_NAME = "lava.barrier"
 BARRIER_QUEUE_NAME = "lava.barrier"
 BARRIER_ROUTING_KEY = "barrier"
+#: how many barrier shards (``barrier_shards``); the same for every process of a lab
+BARRIER_SHARDS_ENV = "LAVAMQ_BARRIER_SHARDS"
+MAX_BARRIER_SHARDS = 64
 
 RPC_EXCHANGE_NAME = "lava.rpc"
 RPC_QUEUE_NAME = "lava.rpc"
@@ -166,13 +171,58 @@ def static_exchanges() -> list[Exchange]:
 # --- static queues --------------------------------------------------------
 
 
-def barrier_queue() -> Queue:
-    """The barrier service's queue: quorum (replicated, survives a node) and
-    single active consumer (a second ``lavamq barrier`` is a hot standby)."""
+def barrier_shards() -> int:
+    """How many shards the barrier's work is split into (``$LAVAMQ_BARRIER_SHARDS``, 1).
+
+    Every process of a lab must see the same number: publishers route each
+    group's messages to its shard, barrier processes consume the shards.
+    """
+    raw = os.environ.get(BARRIER_SHARDS_ENV, "1").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_BARRIER_SHARDS:
+        raise ConfigurationError(
+            f"${BARRIER_SHARDS_ENV}={raw!r}: use a number from 1 to {MAX_BARRIER_SHARDS}"
+        )
+    return int(raw)
+
+
+def barrier_shard_of(group: str, shards: int | None = None) -> int:
+    """The shard that counts ``group``: the same on every host (crc32, not ``hash``)."""
+    return zlib.crc32(check_segment("group", group).encode()) % (shards or barrier_shards())
+
+
+def barrier_routing_key(group: str) -> str:
+    """Where a group's barrier messages go on ``lava.barrier``: its shard's queue."""
+    shards = barrier_shards()
+    return (
+        BARRIER_ROUTING_KEY
+        if shards == 1
+        else f"{BARRIER_ROUTING_KEY}.{barrier_shard_of(group, shards)}"
+    )
+
+
+def barrier_queues(shards: int | None = None) -> list[Queue]:
+    """One queue per shard: ``lava.barrier`` alone, or ``lava.barrier.<k>`` for k < shards.
+
+    Each is a single-active-consumer quorum queue, so each group (of one
+    shard) is counted by exactly one ``lavamq barrier`` at a time, and a
+    standby takes over the shards of one that dies.
+    """
+    shards = shards or barrier_shards()
+    if shards == 1:
+        return [barrier_queue()]
+    return [
+        barrier_queue(f"{BARRIER_QUEUE_NAME}.{k}", f"{BARRIER_ROUTING_KEY}.{k}")
+        for k in range(shards)
+    ]
+
+
+def barrier_queue(name: str = BARRIER_QUEUE_NAME, routing_key: str = BARRIER_ROUTING_KEY) -> Queue:
+    """A barrier queue: quorum (replicated, survives a node) and single active
+    consumer (a second ``lavamq barrier`` is a hot standby)."""
     return Queue(
-        BARRIER_QUEUE_NAME,
+        name,
         exchange=barrier_exchange(),
-        routing_key=BARRIER_ROUTING_KEY,
+        routing_key=routing_key,
         durable=True,
         queue_arguments={
             "x-queue-type": "quorum",
@@ -232,7 +282,7 @@ def static_queues() -> list[Queue]:
     nothing a lab publishes is unroutable because its consumer has not run yet."""
     return [
         dead_queue(),
-        barrier_queue(),
+        *barrier_queues(),
         rpc_queue(),
         control_queue(),
         results_queue(),

@@ -33,7 +33,7 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sqlalchemy import Table, delete, select
@@ -75,6 +75,8 @@ from schemas.messages.multinode import (
 log = logging.getLogger(__name__)
 
 READY_LINE = "lavamq barrier ready"
+#: seconds before a barrier consumes the shards it does not prefer (it stands by for them)
+STANDBY_DELAY = 2.0
 
 ARRIVALS: Table = BarrierArrival.__table__  # type: ignore[assignment]
 RELEASES: Table = BarrierRelease.__table__  # type: ignore[assignment]
@@ -110,6 +112,8 @@ class BarrierService:
         *,
         prefetch: int = 500,
         migrate_db: bool = True,
+        prefer: Collection[int] | None = None,
+        standby_delay: float = STANDBY_DELAY,
     ) -> None:
         self.broker_url = broker_url
         self.db_url = db_url
@@ -120,9 +124,15 @@ class BarrierService:
         self._groups: dict[str, GroupCounts] = {}
         #: group → node → broker user of its host, from ``group-open`` (when given)
         self._owners: dict[str, dict[str, str]] = {}
+        # the preferred shards at once, the others a little later: barriers
+        # started together spread the shards, and each stands by for the rest
+        shards = topology.barrier_queues()
+        first = [q for k, q in enumerate(shards) if prefer is None or k in prefer] or shards
+        self._standby = [q for q in shards if q.name not in {f.name for f in first}]
+        self._standby_delay = standby_delay
         self.consumer = QueueConsumer(
             broker_url,
-            [topology.barrier_queue()],
+            first,
             BARRIER_SCHEMAS,
             batch_handler=self.handle_batch,
             authorize=self.authorize,
@@ -148,10 +158,26 @@ class BarrierService:
     def _idle(self) -> None:
         self.outbox.flush_if_due()
 
+    def _stand_by(self) -> None:
+        """Consume the shards not preferred too (standing by while another process has them)."""
+        if self.consumer._stop.wait(self._standby_delay):
+            return
+        for queue in self._standby:
+            try:
+                self.consumer.add_queue(queue)
+            except InfrastructureError as exc:
+                log.warning("barrier: cannot stand by for %s: %s", queue.name, exc)
+
+    def _ready(self, on_ready: Callable[[], None] | None) -> None:
+        if self._standby:
+            threading.Thread(target=self._stand_by, name="barrier-standby", daemon=True).start()
+        if on_ready is not None:
+            on_ready()
+
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Consume until stopped (blocks)."""
         try:
-            self.consumer.run(on_ready=on_ready)
+            self.consumer.run(on_ready=functools.partial(self._ready, on_ready))
         finally:
             self.outbox.mark_on_stop()
             self.engine.dispose()

@@ -53,7 +53,7 @@ def create_group(
         broker.declare(topology.group_queue(group, node))
     broker.publish(
         topology.BARRIER_EXCHANGE_NAME,
-        topology.BARRIER_ROUTING_KEY,
+        topology.barrier_routing_key(group),
         GroupOpenSchema(),
         {
             "group": group,
@@ -70,7 +70,7 @@ def end_group(broker: Broker, group: str, nodes: Iterable[str]) -> None:
     topology.check_name("group", group)
     broker.publish(
         topology.BARRIER_EXCHANGE_NAME,
-        topology.BARRIER_ROUTING_KEY,
+        topology.barrier_routing_key(group),
         GroupCloseSchema(),
         {"group": group},
     )
@@ -85,7 +85,10 @@ def fail_group(broker: Broker, group: str, reason: str, *, node: str | None = No
     body = {"group": group, "reason": reason, "node": node, "cause": "failed"}
     broker.publish(topology.group_exchange_name(group), "", GroupFailedSchema(), body)
     broker.publish(
-        topology.BARRIER_EXCHANGE_NAME, topology.BARRIER_ROUTING_KEY, GroupFailedSchema(), body
+        topology.BARRIER_EXCHANGE_NAME,
+        topology.barrier_routing_key(group),
+        GroupFailedSchema(),
+        body,
     )
     log.warning("group %s failed%s: %s", group, f" by {node}" if node else "", reason)
 

@@ -164,7 +164,7 @@ class GroupReceiver:
                 try:
                     publisher.publish(
                         topology.BARRIER_EXCHANGE_NAME,
-                        topology.BARRIER_ROUTING_KEY,
+                        topology.barrier_routing_key(state.group),
                         MultinodeQuerySchema(),
                         query_body(state.group, node, key),
                     )

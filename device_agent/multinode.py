@@ -145,7 +145,10 @@ class MultinodeClient:
     def _publish_barrier(self, schema: Any, body: dict[str, Any]) -> None:
         with self._publish_lock:
             self._broker.publish(
-                topology.BARRIER_EXCHANGE_NAME, topology.BARRIER_ROUTING_KEY, schema, body
+                topology.BARRIER_EXCHANGE_NAME,
+                topology.barrier_routing_key(self.group),
+                schema,
+                body,
             )
 
     def _check_failed(self) -> None:

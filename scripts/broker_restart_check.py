@@ -78,7 +78,7 @@ def main() -> int:
         proxy.down()
         broker.publish(
             topology.BARRIER_EXCHANGE_NAME,
-            topology.BARRIER_ROUTING_KEY,
+            topology.barrier_routing_key(group),
             MultinodeSyncSchema(),
             {"group": group, "node": "b", "message_id": "go", "generation": 1},
         )

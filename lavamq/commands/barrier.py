@@ -8,7 +8,7 @@ from types import FrameType
 
 import click
 
-from coordinator.barrier import READY_LINE, BarrierService
+from coordinator.barrier import READY_LINE, STANDBY_DELAY, BarrierService
 from lavamq.config import load_settings
 
 log = logging.getLogger(__name__)
@@ -18,14 +18,26 @@ log = logging.getLogger(__name__)
 @click.option("--broker", "broker_url", help="Broker URL (default: $LAVAMQ_BROKER_URL).")
 @click.option("--db", "db_url", help="Store URL (default: $LAVAMQ_DB_URL, SQLite).")
 @click.option("--prefetch", default=500, show_default=True, help="Deliveries per transaction.")
-def barrier(broker_url: str | None, db_url: str | None, prefetch: int) -> None:
+@click.option(
+    "--prefer-shards",
+    default="",
+    help="Shards (0-based, comma-separated) to take at once; the others after "
+    f"{STANDBY_DELAY:g} s, standing by (with $LAVAMQ_BARRIER_SHARDS > 1).",
+)
+def barrier(broker_url: str | None, db_url: str | None, prefetch: int, prefer_shards: str) -> None:
     """Count lava-sync / lava-wait-all acknowledgements and release groups.
 
-    Prints "lavamq barrier ready" once consuming; a second instance is a hot
-    standby (the queue has a single active consumer). Stops on SIGTERM.
+    Prints "lavamq barrier ready" once consuming. Each shard's queue has a
+    single active consumer: each group is counted by one barrier at a time,
+    and the others stand by for it. Several barriers share the store
+    (--db, PostgreSQL). Stops on SIGTERM.
     """
     settings = load_settings(broker_url, db_url)
-    service = BarrierService(settings.broker_url, settings.db_url, prefetch=prefetch)
+    try:
+        prefer = {int(k) for k in prefer_shards.split(",") if k.strip()} or None
+    except ValueError:
+        raise click.BadParameter(f"{prefer_shards!r}: shard numbers, e.g. 0,2") from None
+    service = BarrierService(settings.broker_url, settings.db_url, prefetch=prefetch, prefer=prefer)
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
