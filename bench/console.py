@@ -482,6 +482,8 @@ def run(mbytes: int, image_mbytes: int, mgmt_base: str = "http://127.0.0.1:15672
                     "MB/s",
                     tool,
                     cli,
+                    # the time target: at most 1.2x the CLI's
+                    round(1 / 1.2, 2),
                     higher_is_better=True,
                 )
             )
