@@ -16,6 +16,7 @@ from schemas.job import JobValidationError
 from schemas.messages.base import InvalidMessage, MessageSchema, decode
 from schemas.messages.jobs import (
     CancelRequestSchema,
+    DeviceHealthRequestSchema,
     DevicesRequestSchema,
     JobShowRequestSchema,
     JobsRequestSchema,
@@ -106,6 +107,12 @@ class CoordinatorClient:
         result: dict[str, Any] = self.call(
             ResultsRequestSchema(), {"method": "results", "job_id": job_id}
         )
+        return result
+
+    def device_health(self, device: str, health: str) -> list[dict[str, Any]]:
+        """Put ``device`` in maintenance (``health="maintenance"``) or take it out (``good``)."""
+        body = {"method": "device-health", "device": device, "health": health}
+        result: list[dict[str, Any]] = self.call(DeviceHealthRequestSchema(), body)
         return result
 
     def devices(self) -> list[dict[str, Any]]:

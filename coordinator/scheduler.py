@@ -48,13 +48,13 @@ class DeviceView:
     device_type: str
     tags: frozenset[str] = frozenset()
     state: str = "idle"  # idle | reserved | running | offline
-    health: str = "good"  # good | bad | unknown
+    health: str = "good"  # good | bad | unknown | maintenance
     job_id: int | None = None  # the job holding it, if reserved/running
 
     @property
     def usable(self) -> bool:
         """Free to be allocated: idle and not known to be unhealthy."""
-        return self.state == "idle" and self.health != "bad"
+        return self.state == "idle" and self.health not in ("bad", "maintenance")
 
 
 @dataclass(frozen=True)
@@ -441,6 +441,8 @@ class _Explainer:
         if dev.name in self.claims:
             return f"held for job {self.claims[dev.name]}"
         if dev.state == "idle":
+            if dev.health == "maintenance":
+                return "in maintenance"
             return "idle" if dev.health != "bad" else "bad health"
         if dev.state in ("running", "reserved") and dev.job_id is not None:
             return f"{dev.state} job {dev.job_id}"

@@ -346,6 +346,13 @@ class CoordinatorService:
         assert self.store is not None
         return self.store.devices()
 
+    def _rpc_device_health(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """Maintenance on or off (the lab server's admin action); the devices after it."""
+        assert self.store is not None
+        self.store.set_health(body["device"], body["health"], self.clock())
+        self._dirty = True
+        return self.store.devices()
+
     # --- periodic work ----------------------------------------------------
 
     def _tick(self) -> None:

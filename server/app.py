@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from server import xmlrpc
@@ -21,6 +22,7 @@ from server.live import LiveTap
 from server.metrics import CONTENT_TYPE, Metrics
 from server.rest import common, jobs
 from server.rest import lab as lab_routes
+from server.web import pages
 
 
 def create_app(lab: Lab, *, live: bool = False) -> FastAPI:
@@ -53,6 +55,8 @@ def create_app(lab: Lab, *, live: bool = False) -> FastAPI:
     app.include_router(lab_routes.router)
     common.install_errors(app)
     common.install_allow(app)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=str(pages.HERE / "static")), name="static")
 
     @app.get("/metrics", tags=["metrics"], response_class=Response)
     async def prometheus() -> Response:

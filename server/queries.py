@@ -373,6 +373,18 @@ class LabReader:
                 "visibility": self._job_visibility(s, job.id),
             }
 
+    def device_types_of(self, job_ids: Iterable[int]) -> dict[int, list[str]]:
+        """job → the device types its nodes ask for (the job list's column)."""
+        wanted = list(job_ids)
+        out: dict[int, list[str]] = {j: [] for j in wanted}
+        if not wanted:
+            return out
+        with self.session() as s:
+            q = select(SubJob.job_id, SubJob.device_type).where(SubJob.job_id.in_(wanted))
+            for job_id, device_type in s.execute(q.distinct()).all():
+                out[job_id].append(device_type or "-")
+        return {j: sorted(t) for j, t in out.items()}
+
     def definition(self, job_id: int) -> str:
         with self.session() as s:
             text = s.scalar(select(Job.definition).where(Job.id == job_id))

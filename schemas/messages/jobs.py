@@ -84,6 +84,15 @@ class DevicesRequestSchema(MessageSchema):
     method = fields.String(required=True, validate=validate.Equal("devices"))
 
 
+class DeviceHealthRequestSchema(MessageSchema):
+    """An admin puts a device in maintenance (not scheduled) or takes it out (good)."""
+
+    message_type = "device-health"
+    method = fields.String(required=True, validate=validate.Equal("device-health"))
+    device = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    health = fields.String(required=True, validate=validate.OneOf(["good", "maintenance"]))
+
+
 class ResultsRequestSchema(MessageSchema):
     """``lavamq results`` / ``lavamq wait``: a job's aggregated result bundle."""
 
@@ -99,6 +108,7 @@ RPC_REQUESTS: dict[str, type[MessageSchema]] = {
     "cancel": CancelRequestSchema,
     "devices": DevicesRequestSchema,
     "results": ResultsRequestSchema,
+    "device-health": DeviceHealthRequestSchema,
 }
 
 

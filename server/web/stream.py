@@ -1,0 +1,149 @@
+"""A job's live parts: what its page shows now, and the server-sent event stream after it.
+
+:class:`JobView` reads a job's nodes' logs from the log store (a page at a
+time for the consoles; every record once for the timeline) and then takes
+the live batches from :class:`server.live.LiveTap`, skipping the batches it
+already read from the store (by node, sub-job and sequence number): the
+stream is subscribed before the store is read, so nothing falls between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from server.lab import Lab
+from server.live import LiveTap
+from server.queries import NodeRow
+from server.timeline import Timeline
+
+_BATCH_NAME = re.compile(r"^(\d+)-(\d+)\.json$")
+#: console lines shown per page of a node's log
+PAGE_LINES = 500
+
+
+def css_class(rec: dict[str, Any]) -> str:
+    """How a console line is shown: LAVA's signals and results stand out."""
+    message = str(rec.get("message", ""))
+    level = str(rec.get("level", ""))
+    if level == "results" or "<LAVA_SIGNAL_TESTCASE" in message:
+        return "result"
+    if "<LAVA_MULTI_NODE>" in message or ("_COMPLETE" in message and "<LAVA_" in message):
+        return "signal"
+    if "<LAVA_" in message:
+        return "lava"
+    return level if level in ("error", "warning", "input", "info") else "target"
+
+
+def line(node_index: int, rec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "node": node_index,
+        "time": str(rec.get("time", "")),
+        "level": str(rec.get("level", "")),
+        "message": str(rec.get("message", "")),
+        "cls": css_class(rec),
+    }
+
+
+class JobView:
+    """One job's nodes, timeline and the batches already read from the store."""
+
+    def __init__(self, lab: Lab, rows: list[NodeRow]) -> None:
+        self.lab = lab
+        self.rows = rows
+        self.job_id = rows[0].job_id
+        self.index = {r.device: r.index for r in rows if r.device}
+        self.timeline = Timeline({r.device: r.role for r in rows if r.device})
+        self.seen: set[tuple[str, str, int]] = set()
+
+    def read_store(self) -> None:
+        """Feed the timeline every stored record once (batch files it has not read)."""
+        for node in self.index:
+            for path, _ in self.lab.logs.files(self.job_id, node):
+                match = _BATCH_NAME.match(path.name)
+                if match is None:
+                    continue
+                key = (node, match.group(1), int(match.group(2)))
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+                try:
+                    records = json.loads(path.read_text(encoding="utf-8")).get("records", [])
+                except (OSError, ValueError):
+                    continue
+                for rec in records:
+                    self.timeline.add(node, rec)
+
+    def take_live(self, body: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """A live ``log-batch``: its console lines, or None if read from the store already."""
+        node = str(body.get("node"))
+        key = (node, str(body.get("subjob")), int(body.get("seq", -1)))
+        if key in self.seen or node not in self.index:
+            return None
+        self.seen.add(key)
+        records = [r for r in body.get("records") or [] if isinstance(r, dict)]
+        for rec in records:
+            self.timeline.add(node, rec)
+        return [line(self.index[node], r) for r in records]
+
+    def timeline_data(self) -> dict[str, Any]:
+        return self.timeline.to_dict(time.time())
+
+
+def page_of(lab: Lab, row: NodeRow, page: int | None) -> tuple[list[dict[str, Any]], int, int]:
+    """(lines, page shown, pages) of a node's console; the last page when ``page`` is None."""
+    if not row.device:
+        return [], 0, 1
+    total = lab.logs.total(row.job_id, row.device)
+    pages = max(1, -(-total // PAGE_LINES))
+    shown = pages - 1 if page is None else max(0, min(page, pages - 1))
+    start = shown * PAGE_LINES
+    records = lab.logs.records(row.job_id, row.device, start, start + PAGE_LINES)
+    return [line(row.index, r) for r in records], shown, pages
+
+
+async def events(
+    tap: LiveTap | None, view: JobView, render: Any, *, keepalive: float = 15.0
+) -> AsyncIterator[str]:
+    """The SSE stream of a job page: ``log`` (console lines as JSON), ``timeline`` and
+    ``nodes`` (HTML fragments rendered by ``render(view)``), and an ``end`` when it ended."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=10_000)
+
+    def listener(kind: str, body: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(_offer, queue, (kind, body))
+
+    handle = tap.subscribe(view.job_id, listener) if tap is not None else None
+    try:
+        await asyncio.to_thread(view.read_store)
+        yield _event("timeline", await asyncio.to_thread(render, view, "timeline"))
+        while True:
+            try:
+                kind, body = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if kind == "log-batch":
+                lines = view.take_live(body)
+                if lines:
+                    yield _event("log", json.dumps(lines))
+                    yield _event("timeline", await asyncio.to_thread(render, view, "timeline"))
+            else:
+                yield _event("nodes", await asyncio.to_thread(render, view, "nodes"))
+    finally:
+        if handle is not None and tap is not None:
+            tap.unsubscribe(view.job_id, handle)
+
+
+def _offer(queue: asyncio.Queue[tuple[str, dict[str, Any]]], item: tuple[str, Any]) -> None:
+    if not queue.full():  # a stalled browser loses live lines, never the server's memory
+        queue.put_nowait(item)
+
+
+def _event(name: str, data: str) -> str:
+    body = "\n".join(f"data: {part}" for part in data.splitlines() or [""])
+    return f"event: {name}\n{body}\n\n"
