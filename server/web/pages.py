@@ -25,7 +25,7 @@ from server.errors import BadRequest, NotFound, PermissionDenied
 from server.lab import Lab
 from server.rest.common import MAX_ID
 from server.users import ANONYMOUS, Identity
-from server.web.stream import JobView, events, page_of
+from server.web.stream import JobView, console_lines, events, page_of
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -135,11 +135,13 @@ def _job_context(
     rows = lab.visible_nodes(who, job_id)
     job = lab.reader.job(job_id)
     view = JobView(lab, rows)
-    view.read_store()
     consoles = []
     for row in rows:
+        # counted first: lines stored while the page renders come again over the stream
+        total = console_lines(lab, row)
         lines, shown, pages = page_of(lab, row, page if node == row.index else None)
-        consoles.append({"row": row, "lines": lines, "page": shown, "pages": pages})
+        consoles.append({"row": row, "lines": lines, "page": shown, "pages": pages, "total": total})
+    view.read_store()
     bundle = lab.aggregator.bundle(job_id)
     return {"job": job, "rows": rows, "consoles": consoles, "timeline": view.timeline_data(),
             "bundle": bundle}  # fmt: skip
@@ -161,19 +163,27 @@ def _fragment(view: JobView, part: str) -> str:
     """The node table or the timeline, rendered by the same macros as the page."""
     macros: Any = templates.get_template("parts.html").module
     if part == "nodes":
-        view.rows = view.lab.reader.job_nodes(view.job_id)
+        view.refresh()
         return str(macros.nodes(view.rows))
     return str(macros.timeline(view.timeline_data()))
 
 
 @router.get("/jobs/{job_id}/events")
-async def job_events(request: Request, job_id: int) -> Response:
-    """Server-sent events of the job page (see server/web/stream.py)."""
+async def job_events(
+    request: Request, job_id: int, since: Annotated[str, Query(max_length=20_000)] = ""
+) -> Response:
+    """Server-sent events of the job page (see server/web/stream.py); ``since``:
+    ``node:lines,...``, the console lines the page already shows."""
     lab, who = lab_of(request), who_of(request)
     rows = await call(lab.visible_nodes, who, job_id)
     view = JobView(lab, rows)
+    shown: dict[int, int] = {}
+    for part in since.split(","):
+        node, _, count = part.partition(":")
+        if node.isdigit() and count.isdigit():
+            shown[int(node)] = int(count)
     return StreamingResponse(
-        events(request.app.state.live, view, _fragment),
+        events(request.app.state.live, view, _fragment, shown),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

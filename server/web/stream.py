@@ -60,6 +60,15 @@ class JobView:
         self.timeline = Timeline({r.device: r.role for r in rows if r.device})
         self.seen: set[tuple[str, str, int]] = set()
 
+    def refresh(self) -> None:
+        """Read the nodes again (a node gets its device, hence its name, when it starts)."""
+        self.rows = self.lab.reader.job_nodes(self.job_id)
+        for r in self.rows:
+            if r.device and r.device not in self.index:
+                self.index[r.device] = r.index
+                self.timeline.members[r.device] = r.role
+                self.timeline.lanes.setdefault(r.device, [])
+
     def read_store(self) -> None:
         """Feed the timeline every stored record once (batch files it has not read)."""
         for node in self.index:
@@ -106,11 +115,34 @@ def page_of(lab: Lab, row: NodeRow, page: int | None) -> tuple[list[dict[str, An
     return [line(row.index, r) for r in records], shown, pages
 
 
+def console_lines(lab: Lab, row: NodeRow) -> int:
+    """How many lines a node's console has in the store now."""
+    return lab.logs.total(row.job_id, row.device) if row.device else 0
+
+
+def catch_up(view: JobView, since: dict[int, int]) -> list[dict[str, Any]]:
+    """Console lines stored after the page was rendered (it had ``since[node]`` of them)."""
+    out: list[dict[str, Any]] = []
+    for node, index in view.index.items():
+        first = since.get(index)
+        if first is None:
+            continue
+        records = view.lab.logs.records(view.job_id, node, first, first + 5 * PAGE_LINES)
+        out += [line(index, r) for r in records]
+    return out
+
+
 async def events(
-    tap: LiveTap | None, view: JobView, render: Any, *, keepalive: float = 15.0
+    tap: LiveTap | None,
+    view: JobView,
+    render: Any,
+    since: dict[int, int] | None = None,
+    *,
+    keepalive: float = 15.0,
 ) -> AsyncIterator[str]:
-    """The SSE stream of a job page: ``log`` (console lines as JSON), ``timeline`` and
-    ``nodes`` (HTML fragments rendered by ``render(view)``), and an ``end`` when it ended."""
+    """The SSE stream of a job page: ``log`` (console lines as JSON: first those stored
+    after the page was rendered with ``since[node]`` lines, then the live ones),
+    ``timeline`` and ``nodes`` (HTML fragments rendered by ``render(view, part)``)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=10_000)
 
@@ -120,6 +152,9 @@ async def events(
     handle = tap.subscribe(view.job_id, listener) if tap is not None else None
     try:
         await asyncio.to_thread(view.read_store)
+        missed = await asyncio.to_thread(catch_up, view, since or {})
+        if missed:
+            yield _event("log", json.dumps(missed))
         yield _event("timeline", await asyncio.to_thread(render, view, "timeline"))
         while True:
             try:
@@ -128,6 +163,8 @@ async def events(
                 yield ": keep-alive\n\n"
                 continue
             if kind == "log-batch":
+                if str(body.get("node")) not in view.index:
+                    await asyncio.to_thread(view.refresh)
                 lines = view.take_live(body)
                 if lines:
                     yield _event("log", json.dumps(lines))

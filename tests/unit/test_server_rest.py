@@ -198,3 +198,13 @@ def test_rest_api_fuzzed_from_its_schema(case: schemathesis.Case) -> None:
         # ones are refused before that (401), which the fuzzer checks too
         case.headers = {}
     case.call_and_validate()
+
+
+def test_a_device_in_maintenance_is_not_scheduled() -> None:
+    from coordinator.scheduler import DeviceView
+
+    board = DeviceView(name="vm1", device_type="qemu", tags=frozenset())
+    assert board.usable
+    assert not DeviceView(
+        name="vm1", device_type="qemu", tags=frozenset(), health="maintenance"
+    ).usable
