@@ -38,6 +38,7 @@ class OverlaySpec:
     definitions: Sequence[Mapping[str, Any]]
     #: the device may run the board OS's package manager for ``install: deps``
     install_deps: bool = False
+    device_type: str = ""
 
 
 @dataclass
@@ -57,12 +58,22 @@ class Overlay:
                 "LAVA_OVERLAY": target,
                 "LAVA_JOB_ID": self.spec.job_id,
                 "LAVA_SUBJOB_ID": self.spec.subjob_id,
+                # what LAVA's overlay writes into its helpers and run.sh
+                "LAVA_HOSTNAME": self.spec.node,
+                "TARGET_ROLE": self.spec.role,
+                "LAVA_DEVICE_TYPE": self.spec.device_type,
             },
         )
 
     def setup_commands(self, target: str, cache_dir: str) -> list[str]:
-        """The shell lines that prepare the test shell (exports, PATH)."""
-        return list(helpers.setup_commands(self.environment(target, cache_dir)))
+        """The shell lines that prepare the test shell (exports, PATH, ``LAVA_GROUP``)."""
+        lines = list(helpers.setup_commands(self.environment(target, cache_dir)))
+        # LAVA's name<TAB>role lines; built by printf on the board so that no
+        # newline is typed inside a quoted value at the prompt
+        group = dict(self.spec.members or {self.spec.node: self.spec.role})
+        table = "\\n".join(f"{node}\\t{role}" for node, role in group.items())
+        lines.append(f"LAVA_GROUP=\"$(printf '{table}')\"; export LAVA_GROUP")
+        return lines
 
     def runner(self, target: str) -> str:
         """The command that runs every definition, as the board sees it."""

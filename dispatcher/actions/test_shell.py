@@ -51,10 +51,14 @@ class ResultTracker:
         tests: dict[str, FetchedTest],
         emit: Callable[[dict[str, Any]], None],
         say: Callable[[str], Any],
+        on_raise: Callable[[Exception], None] | None = None,
     ) -> None:
         self.tests = tests
         self.emit = emit
         self.say = say
+        self.on_raise = on_raise
+        #: the test set in progress (``lava-test-set start NAME``)
+        self.test_set: str | None = None
         self.current: str | None = None
         self.started: list[str] = []
         self.ended: list[str] = []
@@ -92,10 +96,12 @@ class ResultTracker:
             return
         if isinstance(event, signals.StartRun):
             self.current = event.run_id
+            self.test_set = None
             self.started.append(event.run_id)
             self.say(f"test run {event.run_id} started (uuid {event.uuid})")
         elif isinstance(event, signals.EndRun):
             self.ended.append(event.run_id)
+            self.test_set = None
             self.say(f"test run {event.run_id} ended")
             result = "fail" if event.run_id in self.failed_runs else "pass"
             self._result("lava", event.run_id, result, extra={"uuid": event.uuid})
@@ -105,6 +111,20 @@ class ResultTracker:
             assert stop is not None
             self.stopped[stop["run"]] = f"step {stop['step']} (exit {stop['rc']})"
             self.say(f"test run {stop['run']} stopped at {self.stopped[stop['run']]} (set -e)")
+        elif isinstance(event, signals.TestEvent):
+            self.say(f"test event: {event.text}")
+        elif isinstance(event, signals.TestSet):
+            self.test_set = event.name
+            self.say(f"test set {event.name} started" if event.name else "test set stopped")
+        elif isinstance(event, signals.TestReference):
+            self._result(
+                self.current or "lava", event.case, event.result, extra={"reference": event.url}
+            )
+        elif isinstance(event, signals.TestRaise):
+            # LAVA's TestError: the job ends here
+            self.say(f"lava-test-raise: {event.message}")
+            if self.on_raise is not None:
+                self.on_raise(JobError(f"lava-test-raise: {event.message}"))
         elif isinstance(event, signals.Invalid) and event.api is None:
             self.say(f"{event.reason}: ignored")
         elif isinstance(event, signals.TestCase):
@@ -140,6 +160,8 @@ class ResultTracker:
         extra: dict[str, str] | None = None,
     ) -> None:
         self.cases += 1
+        if self.test_set is not None:
+            extra = {**(extra or {}), "set": self.test_set}
         self.emit(
             {
                 "suite": suite,
@@ -232,8 +254,10 @@ class LavaTestShellAction(Action):
         for command in overlay.setup_commands(target, ctx.device.cache_dir()):
             self._run_checked(connection, command, deadline, ctx)
 
-        tracker = ResultTracker(tests, lambda rec: record_result(ctx, rec), ctx.log.info)
         failures: list[Exception] = []
+        tracker = ResultTracker(
+            tests, lambda rec: record_result(ctx, rec), ctx.log.info, on_raise=failures.append
+        )
         # the tracker listens first: it has seen a run's start before the bridge acts on a
         # lava-sync printed after it, so the sync result lands in that run
         tracker.attach(connection)
@@ -245,6 +269,9 @@ class LavaTestShellAction(Action):
             tracker.detach(connection)
             if bridge is not None:
                 bridge.close()
+        # a lava-test-raise (or the group's failure) seen as the runner ended
+        if failures:
+            raise failures[0]
         # the runner's last line is in; let the shell settle at its prompt
         left = remaining(deadline)
         connection.read_until_prompt(30.0 if left is None else min(left + 0.001, 30.0))
@@ -279,6 +306,7 @@ class LavaTestShellAction(Action):
             members=dict(ctx.members),
             definitions=self.definitions,
             install_deps=ctx.device.capabilities.installs_packages,
+            device_type=ctx.device.device_type,
         )
         return build_overlay(spec, ctx.workdir / "overlay", deadline=deadline, say=ctx.log.info)
 

@@ -70,3 +70,23 @@ def test_set_e_ends_a_definition_at_its_failing_step_and_the_next_one_runs() -> 
     assert board["lava"]["0_stops-early"] == "fail"
     assert board["1_runs-on"] == {"quoted-args": "pass", "one-arg-pipe": "pass"}
     assert board["lava"]["1_runs-on"] == "pass"
+
+
+def test_lava_helpers_and_variables_work_as_a_definition_uses_them() -> None:
+    rc, bundle, err = run("helpers.yaml")
+    assert rc == 0, err[-3000:]
+    for role in ("server", "client"):
+        got = cases(bundle, role)["0_helpers"]
+        assert got == dict.fromkeys(
+            ["in-set", "docs", "vars", "group-var", "params", "unsupported-refused"], "pass"
+        ), (role, got)
+
+
+def test_lava_test_raise_ends_the_job_as_lavas_test_error() -> None:
+    rc, bundle, err = run("test-raise.yaml")
+    assert rc == 1, err[-3000:]
+    assert bundle["job"]["status"] == "incomplete"
+    board = cases(bundle, "board")
+    assert board["0_raises"] == {"before": "pass"}  # `after` never reported
+    node = bundle["nodes"][0]
+    assert "lava-test-raise: the disk is full" in str(node), node

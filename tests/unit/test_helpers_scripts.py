@@ -267,3 +267,33 @@ def test_context_is_checked_and_setup_commands_quote() -> None:
         env={"PATH": os.environ["PATH"]},
     ).stdout
     assert out == "it's|/x y/bin"
+
+
+def test_send_refuses_what_the_grammar_cannot_carry_and_keeps_the_rest_raw(dut: Dut) -> None:
+    rc, out, err = dut.run("lava-send", "id", "my key=v")
+    assert (rc, out) == (1, "") and "bad key 'my key'" in err
+    rc, out, err = dut.run("lava-send", "id", "schlüssel=v")
+    assert (rc, out) == (1, "") and "bad key" in err
+    rc, out, err = dut.run("lava-send", "id", "v=" + "x" * 70_000)
+    assert (rc, out) == (1, "") and "at most 65534" in err
+    # printf, not echo: a backslash is a backslash
+    rc, out, _ = dut.run("lava-send", "id", r"v=a\cb\tc", "p=100% <ok=1")
+    assert (rc, out) == (0, "<LAVA_MULTI_NODE> <LAVA_SEND id v=a\\cb\\tc p=100% <ok=1>\n")
+
+
+def test_data_lines_reach_the_cache_byte_for_byte_and_cannot_be_forged(dut: Dut) -> None:
+    reply = (
+        "<LAVA_WAIT_DATA>node-a:v=x node-c:ready=yes\n"
+        "<LAVA_WAIT_DATA>node-a:p=100% <ok>\n"
+        "<LAVA_WAIT_COMPLETE node-a:v=x node-c:ready=yes node-a:p=100% <ok>>\n"
+    )
+    assert dut.run("lava-wait", "go", stdin=reply)[0] == 0
+    assert dut.cache.read_text().splitlines() == [
+        "node-a:v=x node-c:ready=yes",
+        "node-a:p=100% <ok>",
+    ]
+
+
+def test_unsupported_helpers_say_so_and_fail(dut: Dut) -> None:
+    rc, _, err = dut.run("lava-os-build", LAVA_DEVICE_TYPE="local")
+    assert rc == 1 and "lava-os-build: not supported on local:" in err
