@@ -155,6 +155,8 @@ async def events(
         missed = await asyncio.to_thread(catch_up, view, since or {})
         if missed:
             yield _event("log", json.dumps(missed))
+        # what changed between the page's rendering and the subscription
+        yield _event("nodes", await asyncio.to_thread(render, view, "nodes"))
         yield _event("timeline", await asyncio.to_thread(render, view, "timeline"))
         while True:
             try:

@@ -180,6 +180,15 @@ def wait_el(driver: Any, css: str, text: str | None = None, timeout: float = 120
     return driver.find_element(By.CSS_SELECTOR, css)
 
 
+def cells(driver: Any, css: str) -> list[str]:
+    """The text of every element matching ``css``, read in one go."""
+    found: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent.trim())",
+        css,
+    )
+    return found
+
+
 def shot(driver: Any, name: str) -> None:
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
@@ -189,12 +198,12 @@ def test_job_page_live_console_timeline_and_junit(browser: Any, web: dict[str, A
 
     job_id, gate = submit(web, "live")
     browser.get(f"{web['url']}/jobs/{job_id}")
-    rows = browser.find_elements(By.CSS_SELECTOR, "table.nodes tbody tr")
-    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["server", "client"]
+    # (read in the page at once: the live parts replace the table as the job moves)
+    assert cells(browser, "table.nodes tbody tr td:nth-child(2)") == ["server", "client"]
     # the client's board, by name, once it is known
     wait_el(browser, "#nodes", "Running")
     client = wait_for(
-        lambda: browser.find_elements(By.CSS_SELECTOR, "#node-1 td")[2].text.strip("- ") or None,
+        lambda: cells(browser, "#node-1 td:nth-child(3)")[0].strip("- ") or None,
         60, "the client's device",
     )  # fmt: skip
     # the server reached the barrier; it waits for the client, named
