@@ -13,6 +13,7 @@ LAVA does; ``bin/lava-test-runner`` runs them all in order and ends with
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -164,6 +165,25 @@ def safe_name(name: str) -> str:
     """A test run name usable in paths and signals (LAVA names cannot hold spaces)."""
     name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", name.strip()).strip("-")
     return name or "test"
+
+
+#: the longest case name a result may carry (``TestResultSchema.case``)
+MAX_CASE_CHARS = 200
+
+
+def case_id(name: str) -> str:
+    """A test case name for the results: :func:`safe_name`, made unique and short.
+
+    When cleaning changed the name (``ü-sync✓`` and ``-sync`` both clean to
+    ``sync``) or it is over :data:`MAX_CASE_CHARS`, a hash of the name as
+    printed is appended, so two different names never become one and a long
+    one is kept, truncated, instead of being dropped.
+    """
+    cleaned = safe_name(name)
+    if cleaned == name and len(name) <= MAX_CASE_CHARS:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{cleaned[: MAX_CASE_CHARS - len(digest) - 1]}-{digest}"
 
 
 def load_definition_file(path: str | Path, *, name: str | None = None) -> TestDefinition:
@@ -424,7 +444,7 @@ class PatternParser:
         result = self.fixupdict.get(result, result).lower()
         if not case or result not in RESULTS:
             return None
-        rec: dict[str, Any] = {"case": safe_name(case), "result": result}
+        rec: dict[str, Any] = {"case": case_id(case), "result": result}
         measurement = groups.get("measurement")
         if measurement:
             with contextlib.suppress(ValueError):

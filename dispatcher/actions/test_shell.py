@@ -27,7 +27,7 @@ from device_agent import signals
 from dispatcher.action import Action, ActionTimeout, JobContext, remaining
 from dispatcher.joblog import now_iso
 from dispatcher.overlay import Overlay, OverlaySpec, build_overlay
-from dispatcher.testdef import RUNNER_EXIT, FetchedTest, PatternParser, safe_name, validate_spec
+from dispatcher.testdef import RUNNER_EXIT, FetchedTest, PatternParser, case_id, validate_spec
 from schemas.errors import InfrastructureError, JobCanceled, JobError
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class ResultTracker:
         self.emit(
             {
                 "suite": suite,
-                "case": safe_name(case),
+                "case": case_id(case),
                 "result": result,
                 "measurement": measurement,
                 "units": units,

@@ -90,3 +90,14 @@ def test_lava_test_raise_ends_the_job_as_lavas_test_error() -> None:
     assert board["0_raises"] == {"before": "pass"}  # `after` never reported
     node = bundle["nodes"][0]
     assert "lava-test-raise: the disk is full" in str(node), node
+
+
+def test_an_over_long_sync_id_fails_and_its_result_is_recorded_truncated() -> None:
+    rc, bundle, err = run("long-sync.yaml")
+    assert rc == 1, err[-3000:]
+    for node in bundle["nodes"]:
+        runs = {r["name"]: {c["name"]: c["result"] for c in r["cases"]} for r in node["test_runs"]}
+        failed = [c for c, r in runs["0_long"].items() if r == "fail"]
+        assert len(failed) == 1 and failed[0].startswith("multinode-sync-xxxx"), runs
+        assert len(failed[0]) == 200
+        assert runs["0_long"]["after"] == "pass"

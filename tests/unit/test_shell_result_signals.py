@@ -70,3 +70,22 @@ def test_a_failed_sync_is_a_failed_result() -> None:
     assert [(r["suite"], r["case"], r["result"]) for r in results] == [
         ("1_mn", "multinode-sync-up", "fail")
     ]
+
+
+def test_cleaned_case_names_never_collide_and_long_ones_are_kept_truncated() -> None:
+    results: list[dict[str, Any]] = []
+    tracker = ResultTracker({}, results.append, logging.getLogger("test").info)
+    console = ScriptedConsole("dut")
+    tracker.attach(console)
+    console.feed_output(
+        "<LAVA_SIGNAL_STARTRUN 0_names u>\n"
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=ü-sync✓ RESULT=pass>\n"
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=-sync RESULT=fail>\n"
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=plain RESULT=pass>\n"
+    )
+    tracker.call_result({"case": "multinode-sync-" + "x" * 300, "result": "fail"})
+    names = [r["case"] for r in results]
+    assert len(set(names)) == 4 and names[2] == "plain"
+    assert names[0].startswith("sync-") and names[1].startswith("sync-")
+    assert len(names[3]) == 200 and names[3].startswith("multinode-sync-xxx")
+    assert [r["result"] for r in results] == ["pass", "fail", "pass", "fail"]
