@@ -99,6 +99,7 @@ def compile_patterns(patterns: Pattern | Sequence[Pattern]) -> list[re.Pattern[s
 
 
 def describe_patterns(patterns: Sequence[re.Pattern[str]]) -> str:
+    """The patterns an expect waited for, for its error message."""
     return " or ".join(repr(p.pattern) for p in patterns)
 
 

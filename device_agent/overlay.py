@@ -50,6 +50,7 @@ class MultinodeContext:
 
 
 def helper_names() -> list[str]:
+    """Every ``lava-*`` helper shipped to the board."""
     return sorted(p.name for p in HELPERS_DIR.iterdir() if p.name.startswith("lava-"))
 
 

@@ -93,6 +93,7 @@ def relay(board: int, line: int, lifeline: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """The relay process's entry point: copy between the two ptys until the lifeline closes."""
     if len(argv) != 3 or not all(arg.isdigit() for arg in argv):
         print(
             "usage: python -m device_agent.pty_relay BOARD_FD LINE_FD LIFELINE_FD",

@@ -58,6 +58,7 @@ def remaining(deadline: float | None, now: float | None = None) -> float | None:
 
 
 def fmt_duration(seconds: float) -> str:
+    """``HH:MM:SS.mmm``, the duration format of LAVA's job logs."""
     seconds = max(0.0, seconds)
     h, rest = divmod(int(seconds), 3600)
     m, s = divmod(rest, 60)

@@ -191,6 +191,8 @@ class DeviceWorker:
 
 
 class Dispatcher:
+    """The per-host daemon: owns the host's devices and runs each sub-job handed to one of them."""
+
     def __init__(
         self,
         config: dict[str, Any],

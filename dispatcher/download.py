@@ -33,6 +33,8 @@ SCHEMES = ("file", "http", "https")
 
 
 class Decompressor(Protocol):
+    """A streaming decompressor: bytes in, bytes out, so an image is never held whole."""
+
     def feed(self, data: bytes) -> bytes: ...
     def finish(self) -> bytes: ...
 
@@ -176,6 +178,8 @@ def _open(url: str, timeout: float) -> tuple[IO[bytes], int | None]:
 
 @dataclass
 class Downloaded:
+    """Where an image landed and the checksums computed while it streamed."""
+
     path: Path
     url: str
     size: int  # bytes as downloaded

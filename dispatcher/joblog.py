@@ -52,6 +52,7 @@ _json_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def now_iso() -> str:
+    """The current UTC time as the job log writes it."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 

@@ -30,6 +30,8 @@ FINAL = ("complete", "incomplete", "canceled")
 
 
 class Journal:
+    """The dispatcher's durable record of accepted sub-jobs: a restart never runs one twice."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def batch_path(root: Path, body: dict[str, Any]) -> Path:
+    """Where one log batch of a job is kept on disk."""
     job = topology.check_name("job", str(body["job"]))
     node = topology.check_name("node", str(body["node"]))
     subjob = topology.check_name("sub-job", str(body["subjob"]))

@@ -46,6 +46,7 @@ _RECORD_KEYS = frozenset(_RECORD_FIELDS)
 
 
 def dropped_note(records: int, results: int) -> str:
+    """The job-log line that says how many records and results could not be published."""
     return (
         f"{records} log record(s) and {results} test result(s) of this sub-job were not "
         "published (the broker was unreachable or refused them)"

@@ -38,12 +38,16 @@ MultinodeFactory = Callable[[Assignment], Any]
 
 @dataclass
 class Outcome:
+    """How a sub-job ended: its state, its error if any, and its job log."""
+
     state: str  # complete | incomplete | canceled
     error: LavamqError | None
     log_path: Path
 
 
 class SubJobRunner:
+    """Runs one sub-job: pipeline, deadlines, results and logs, and always finalize."""
+
     def __init__(
         self,
         assignment: Assignment | Mapping[str, Any],

@@ -44,6 +44,8 @@ Logger = Callable[[str], Any]
 
 @dataclass
 class TestDefinition:
+    """A LAVA test definition, checked and normalised."""
+
     name: str
     source: str
     description: str = ""
@@ -187,6 +189,7 @@ def case_id(name: str) -> str:
 
 
 def load_definition_file(path: str | Path, *, name: str | None = None) -> TestDefinition:
+    """Load and check a test definition file; JobError naming the file, line and problem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -275,6 +278,8 @@ def git_clone(repo: str, dest: Path, *, revision: str | None, deadline: float | 
 
 @dataclass
 class FetchedTest:
+    """One definition fetched into the overlay: its directory, uuid and parameters."""
+
     index: int
     name: str
     directory: Path
@@ -455,4 +460,5 @@ class PatternParser:
 
 
 def valid_name(name: str) -> bool:
+    """True when ``name`` is usable as it is in paths and signals."""
     return bool(_NAME_OK.match(name))

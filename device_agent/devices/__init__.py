@@ -65,6 +65,7 @@ def device_types() -> dict[str, type[Device]]:
 
 
 def get_device_class(device_type: str) -> type[Device]:
+    """The class of ``device_type``; ConfigurationError listing the known types."""
     types = device_types()
     try:
         return types[device_type]

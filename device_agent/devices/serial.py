@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class SerialDevice(Device):
+    """A real board on a serial line, powered by the host commands of its device dictionary."""
+
     device_type = "serial"
     known_settings: ClassVar[frozenset[str]] = frozenset({"answer_cursor_query", "encoding"})
 

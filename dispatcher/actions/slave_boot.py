@@ -33,6 +33,8 @@ MASTER_BOOTED = "lava_ms_boot_done"
 
 
 class SlaveBootAction(BootAction):
+    """Boot an ``is_slave`` node only once its master says so (LAVA 2014's lava_ms_* protocol)."""
+
     description = "wait for the master to boot this slave (lava_ms_* messages), then boot"
 
     def __init__(

@@ -215,6 +215,8 @@ def record_result(ctx: JobContext, rec: dict[str, Any]) -> None:
 
 
 class LavaTestShellAction(Action):
+    """``lava-test-shell``: install the overlay, run its definitions, turn signals into results."""
+
     name = "lava-test-shell"
     description = "run the test definitions with the lava-* helpers on the device"
 
