@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,17 @@ def start_barriers(url: str, count: int, tmp: Path) -> list[subprocess.Popen[str
             raise SystemExit("load: a barrier process did not start")
         procs.append(proc)
     return procs
+
+
+def _cpu_seconds(procs: list[subprocess.Popen[str]]) -> list[float]:
+    """CPU seconds so far of this process (every node's client) and of each barrier."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = [usage.ru_utime + usage.ru_stime]
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in procs:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out.append((int(fields[11]) + int(fields[12])) / tick)
+    return out
 
 
 def run_groups(url: str, k: int, n: int, rounds: int) -> dict[str, float]:
@@ -148,12 +160,18 @@ def measure(
             try:
                 alone = run_groups(url, 1, n, rounds)
                 for k in groups:
+                    cpu = _cpu_seconds(procs)
                     got = alone if k == 1 else run_groups(url, k, n, rounds)
+                    used = [
+                        after - before
+                        for before, after in zip(cpu, _cpu_seconds(procs), strict=True)
+                    ]
                     label = f"{where}, {count} barrier(s), K={k} x n={n}"
                     print(
                         f"{label}: {got['syncs_s']:.0f} syncs/s, {got['sends_s']:.0f} sends/s, "
                         f"release p50 {got['p50']:.1f} ms p99 {got['p99']:.1f} ms, "
-                        f"lost {got['lost']:.0f}",
+                        f"lost {got['lost']:.0f}; CPU s: nodes' process {used[0]:.1f}, "
+                        f"barriers {' '.join(f'{u:.1f}' for u in used[1:])}",
                         flush=True,
                     )
                     if got["lost"]:
