@@ -87,17 +87,19 @@ class JobView:
                 for rec in records:
                     self.timeline.add(node, rec)
 
-    def take_live(self, body: dict[str, Any]) -> list[dict[str, Any]] | None:
-        """A live ``log-batch``: its console lines, or None if read from the store already."""
+    def take_live(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+        """A live ``log-batch``: its console lines (none if read from the store already),
+        and whether the timeline changed."""
         node = str(body.get("node"))
         key = (node, str(body.get("subjob")), int(body.get("seq", -1)))
         if key in self.seen or node not in self.index:
-            return None
+            return [], False
         self.seen.add(key)
         records = [r for r in body.get("records") or [] if isinstance(r, dict)]
+        changed = False
         for rec in records:
-            self.timeline.add(node, rec)
-        return [line(self.index[node], r) for r in records]
+            changed = self.timeline.add(node, rec) or changed
+        return [line(self.index[node], r) for r in records], changed
 
     def timeline_data(self) -> dict[str, Any]:
         return self.timeline.to_dict(time.time())
@@ -167,9 +169,10 @@ async def events(
             if kind == "log-batch":
                 if str(body.get("node")) not in view.index:
                     await asyncio.to_thread(view.refresh)
-                lines = view.take_live(body)
+                lines, changed = view.take_live(body)
                 if lines:
                     yield _event("log", json.dumps(lines))
+                if changed:
                     yield _event("timeline", await asyncio.to_thread(render, view, "timeline"))
             else:
                 yield _event("nodes", await asyncio.to_thread(render, view, "nodes"))
