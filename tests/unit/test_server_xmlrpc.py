@@ -214,3 +214,45 @@ def test_user_store_names(tmp_path: Path) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [d for d in diff if "'users'" in repr(d) or "'tokens'" in repr(d)] == []
     users.close()
+
+
+def test_health_names_what_is_unreachable(tmp_path: Path) -> None:
+    settings = ServerSettings(
+        broker_url="amqp://guest:guest@127.0.0.1:1//",  # nothing listens on port 1
+        db_url=f"sqlite:///{tmp_path / 's.sqlite'}",
+        log_dir=str(tmp_path),
+    )
+    lab = Lab(settings)
+    try:
+        resp = TestClient(create_app(lab)).get("/health")
+        assert resp.status_code == 503
+        body = resp.json()
+        assert body["ok"] is False and body["store"] == "ok"
+        assert body["broker"].startswith("unreachable")
+    finally:
+        lab.close()
+
+
+def test_private_server_needs_a_login_to_read(tmp_path: Path) -> None:
+    settings = ServerSettings(
+        broker_url="memory://",
+        db_url=f"sqlite:///{tmp_path / 's.sqlite'}",
+        log_dir=str(tmp_path),
+        anonymous_read=False,
+    )
+    lab = Lab(settings)
+    try:
+        client = TestClient(create_app(lab))
+        for method in ("scheduler.jobs.list", "scheduler.devices.list", "scheduler.workers.list"):
+            fault = call(client, request(method))
+            assert isinstance(fault, xmlrpc.client.Fault) and fault.faultCode == 401, method
+        assert client.get("/api/v1/jobs").status_code == 401
+        lab.users.add_user("carol")
+        token = lab.users.create_token("carol")
+        assert call(client, request("scheduler.jobs.list"), basic("carol", token)) == []
+        assert (
+            client.get("/api/v1/jobs", headers={"Authorization": f"Bearer {token}"}).json()["items"]
+            == []
+        )
+    finally:
+        lab.close()
