@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterable
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -35,6 +36,13 @@ class ReadyServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         announce(s for srv in self.servers for s in (srv.sockets or ()))
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn raises a caught SIGTERM again once it has stopped, which would kill
+        # the process before ``lavamq server`` stops its embedded lab (boards powered
+        # off): the signal was handled, the command returns and exits 0
+        self._captured_signals.clear()
 
 
 def serve(app: FastAPI, host: str, port: int, *, access_log: bool = True) -> None:

@@ -405,3 +405,18 @@ def test_rest_metrics_and_the_cli_through_the_server(
     # (each of --workers 2 consumes its own copy of the stream: either one has it all)
     assert float(samples["lavamq_console_bytes_total"]) > 0
     assert float(samples["lavamq_sync_release_seconds_count"]) >= 1
+
+
+def test_sigterm_stops_the_server_and_its_lab_gracefully(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'lavamq.sqlite'}"
+    proc = server_process(
+        "--embedded", "--db", db_url, "--log-dir", str(tmp_path / "logs"), "--board", "local:1",
+        cwd=tmp_path,
+    ).start(120)  # fmt: skip
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server_url(proc)}/health", timeout=10) as resp:
+        assert resp.status == 200
+    assert proc.stop(60) == 0, proc.text()[-3000:]
+    text = proc.text()
+    assert "Finished server process" in text and "Traceback" not in text
