@@ -5,7 +5,7 @@ waited for if it is not)::
 
     python bench/web.py [--jobs 10000] [--nodes 64] [--seconds 10] [--baud 115200]
 
-It fills an SQLite store with ``--jobs`` jobs (as bench/server.py does) and
+It fills an SQLite store with ``--jobs`` jobs (as bench/lab_server.py does) and
 one group of ``--nodes`` nodes, starts ``python -m lavamq server`` on it and
 on a throw-away vhost, and measures:
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
 import sys
 import threading
@@ -37,13 +36,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import lab_server  # noqa: E402
 from common import bench_vhost, percentile  # noqa: E402
-
-# bench/server.py is a module named "server" beside the package of that name: load it so
-_spec = importlib.util.spec_from_file_location("bench_server", HERE / "server.py")
-assert _spec is not None and _spec.loader is not None
-bench_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_server)
 
 LINE_BYTES = 100
 BATCH_SECONDS = 0.05
@@ -200,7 +194,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="lavamq-bench-web-"))
     print(f"filling {opts.jobs} jobs and a {opts.nodes}-node group in {tmp} ...", flush=True)
-    db_url = bench_server.fill_store(tmp, opts.jobs, 1)
+    db_url = lab_server.fill_store(tmp, opts.jobs, 1)
     group = add_group(db_url, opts.nodes)
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     with bench_vhost("lavamq-bench-web") as url:
@@ -209,7 +203,7 @@ def main() -> None:
 
         with Broker(url) as broker:
             broker.declare(*topology.static_exchanges(), *topology.static_queues())
-        server, port = bench_server.start(
+        server, port = lab_server.start(
             [sys.executable, "-m", "lavamq", "server", "--listen", "127.0.0.1:0", "--db", db_url,
              "--broker", url, "--log-dir", str(tmp / "logs"), "--no-access-log"],
             env, r"lavamq server ready on http://[\d.]+:(\d+)",

@@ -2,7 +2,7 @@
 
 Run by hand (no broker needed: the server reads a store made here)::
 
-    python bench/server.py [--jobs 10000] [--log-mb 50] [--clients 50]
+    python bench/lab_server.py [--jobs 10000] [--log-mb 50] [--clients 50]
 
 It fills an SQLite store with ``--jobs`` two-node jobs and one node's log of
 ``--log-mb`` MB in the log store, starts ``python -m lavamq server`` on it,
@@ -35,6 +35,7 @@ import time
 import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -200,7 +201,7 @@ def main() -> None:
         ("jobs logs (1000 lines of 50 MB)", lambda r: xmlrpc.client.dumps(
             ("1.0", (n := r.randint(0, 400_000)), n + 1000), "scheduler.jobs.logs").encode()),
     ]  # fmt: skip
-    rows = []
+    rows: list[tuple[str, list[float], float, list[float], float]] = []
     try:
         for name, bodies in cases:
             # the answer's size, so the floor sends as many bytes
@@ -226,7 +227,8 @@ def main() -> None:
         rss_before = peak_rss_mb(server.pid)
         t0 = time.perf_counter()
         proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2", allow_none=True)
-        _, data = proxy.scheduler.jobs.logs("1.0", 0, None)
+        answer: Any = proxy.scheduler.jobs.logs("1.0", 0, None)
+        data: xmlrpc.client.Binary = answer[1]
         whole = time.perf_counter() - t0
         rss_after = peak_rss_mb(server.pid)
     finally:
