@@ -259,11 +259,22 @@ def _state(cli: Lavacli, node: str) -> dict[str, Any]:
     return data
 
 
+def _wait_running(cli: Lavacli, node: str) -> None:
+    """Until the node runs; fails at once, with its error, if it finished without running."""
+
+    def running() -> bool:
+        shown = _state(cli, node)
+        assert shown["state"] != "Finished", f"{node} ended before running: {shown}"
+        return shown["state"] == "Running"
+
+    wait_for(running, 120, f"{node} running")
+
+
 def test_follow_a_running_job_and_cancel_another(
     cli: Lavacli, server: dict[str, Any], tmp_path: Path
 ) -> None:
     ids, gate = _gated(cli, tmp_path, "follow")
-    wait_for(lambda: _state(cli, ids[0])["state"] == "Running", 120, f"{ids[0]} running")
+    _wait_running(cli, ids[0])
     follower = cli.popen("jobs", "logs", ids[0], "--polling", "1")
     try:
         assert follower.stdout is not None
@@ -289,7 +300,7 @@ def test_follow_a_running_job_and_cancel_another(
     never = "lava-wait never-sent"
     ids, gate = _gated(cli, tmp_path, "cancel", then=never)
     gate.touch()
-    wait_for(lambda: _state(cli, ids[1])["state"] == "Running", 120, f"{ids[1]} running")
+    _wait_running(cli, ids[1])
     denied = cli("-i", "bob", "jobs", "cancel", ids[1], check=False)
     assert denied.returncode == 1 and "403" in denied.stderr
     anonymous = cli("-i", "anon", "jobs", "cancel", ids[1], check=False)
@@ -420,3 +431,24 @@ def test_sigterm_stops_the_server_and_its_lab_gracefully(tmp_path: Path) -> None
     assert proc.stop(60) == 0, proc.text()[-3000:]
     text = proc.text()
     assert "Finished server process" in text and "Traceback" not in text
+
+
+def test_an_unquoted_true_step_fails_clearly_and_never_hangs(
+    cli: Lavacli, server: dict[str, Any], tmp_path: Path
+) -> None:
+    """``- true`` in run.steps is YAML's boolean, not the command: the job is refused at
+    submit naming the step, or its nodes end Incomplete at once naming it (never Running)."""
+    job = tmp_path / "boolean-step.yaml"
+    job.write_text(GATED.format(name="boolean", gate=tmp_path / "gate-boolean", then="true"))
+    submitted = cli("jobs", "submit", str(job), check=False)
+    if submitted.returncode != 0:
+        assert "run.steps[2]" in submitted.stderr, submitted.stderr
+        return
+    ids = _ids(submitted.stdout)
+    assert len(ids) == 2, ids
+    for node in ids:
+        cli("jobs", "wait", node, "--polling", "1", timeout=180)
+        shown = _state(cli, node)
+        assert (shown["state"], shown["health"]) == ("Finished", "Incomplete"), shown
+        assert "run.steps[2]: must be a string, got bool" in shown["error_msg"], shown
+        assert shown["error_type"] == "job", shown
