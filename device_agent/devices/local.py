@@ -12,7 +12,8 @@ board, so the same console driver serves both — and the board side keeps a
 normal cooked tty (echo, ``ICRNL``...), as a real board's getty does.
 
 Where the host allows it (root, ``ip netns``, ``unshare``), the shell runs in
-its own network namespace and UTS namespace: ``eth0`` is one end of a veth
+its own network namespace and UTS namespace (``device_agent/board_network.py``):
+``eth0`` is one end of a veth
 pair whose other end is on a host bridge without an address (boards on the
 bridge reach each other, nothing else), with an address from the
 documentation range 192.0.2.0/24. ``settings.network`` chooses: ``auto``
@@ -20,8 +21,9 @@ documentation range 192.0.2.0/24. ``settings.network`` chooses: ``auto``
 (required), ``none``.
 
 Power off kills every process of the board's session, its descendants and
-everything left in its network namespace, then removes the namespace and
-stops the relay.
+everything left in its network namespace (found in ``/proc`` by
+``device_agent/board_processes.py``), then removes the namespace and stops
+the relay.
 
 A dispatcher killed with SIGKILL cannot power off: ``board.pid`` in the
 device's work dir (pid, start time, namespace and the board's
@@ -45,103 +47,38 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import tty
 import uuid
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from device_agent.board_network import BoardNetwork, delete_netns, netns_pids, netns_supported
+from device_agent.board_processes import (
+    is_zombie_or_gone,
+    marked_processes,
+    proc_stat,
+    session_processes,
+    start_time,
+)
 from device_agent.console import Console, ConsoleBase
 from device_agent.devices.base import Capabilities, Device
 from schemas.errors import ConfigurationError, InfrastructureError
 
 log = logging.getLogger(__name__)
 
-_bridge_lock = threading.Lock()
 #: the directory holding the ``device_agent`` package (for the relay process)
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
-
-def proc_stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, session id) of a process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return int(fields[1]), int(fields[3])
-
-
-def session_processes(session: int) -> set[int]:
-    """Every process of ``session`` and all their descendants (even those that left it)."""
-    table: dict[int, tuple[int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = proc_stat(int(entry))
-            if stat is not None:
-                table[int(entry)] = stat
-    members = {pid for pid, (_, sid) in table.items() if sid == session}
-    changed = True
-    while changed:
-        changed = False
-        for pid, (ppid, _) in table.items():
-            if ppid in members and pid not in members:
-                members.add(pid)
-                changed = True
-    return members
-
-
-def marked_processes(marker: str) -> set[int]:
-    """Processes whose environment carries ``LAVAMQ_BOARD=<marker>``.
-
-    A process that double-forks out of the board's session (``setsid cmd &``)
-    is reparented to init and leaves the session: neither its session id nor
-    its parent link lead back to the board any more, but its environment does.
-    """
-    needle = f"\0LAVAMQ_BOARD={marker}\0".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                environ = b"\0" + fh.read()
-        except OSError:
-            continue
-        if needle in environ:
-            found.add(int(entry))
-    return found
-
-
-def start_time(pid: int) -> int | None:
-    """A process's start time (clock ticks since boot): tells a pid from its reuse."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    return int(raw[raw.rfind(")") + 2 :].split()[19])
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=30)
-    if check and proc.returncode != 0:
-        raise InfrastructureError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc
-
-
-def netns_supported() -> bool:
-    """Root, ``ip`` with netns support and ``unshare``: detected, not assumed."""
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
-        return False
-    try:
-        return _ip("netns", "list", check=False).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+__all__ = [
+    "LocalDevice",
+    "marked_processes",
+    "netns_supported",
+    "proc_stat",
+    "session_processes",
+    "start_time",
+]
 
 
 class LocalDevice(Device):
@@ -159,7 +96,7 @@ class LocalDevice(Device):
         self.root = self.workdir
         self.shell: str = self.settings.get("shell", "/bin/sh")
         self.ps1 = f"lavamq@{self.name}# "
-        self.netns: str | None = None
+        self.network = BoardNetwork(self.name, self.settings)
         self.proc: subprocess.Popen[bytes] | None = None
         # inherited by everything the board starts, so power off finds escapees
         self.marker = f"{self.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
@@ -194,6 +131,15 @@ class LocalDevice(Device):
 
     def default_prompts(self) -> list[str]:
         return [re.escape(f"lavamq@{self.name}# ")]
+
+    @property
+    def netns(self) -> str | None:
+        """The board's network namespace while it has one."""
+        return self.network.netns
+
+    def address(self) -> str:
+        """This board's eth0 address (settings.ipv4, or derived from its name)."""
+        return self.network.address()
 
     # --- power ----------------------------------------------------------------
     @property
@@ -250,9 +196,8 @@ class LocalDevice(Device):
             # even when its session leader's pid has been reused since
             victims |= marked_processes(marker)
         netns = record.get("netns")
-        if netns and os.geteuid() == 0 and shutil.which("ip"):
-            listed = _ip("netns", "pids", str(netns), check=False).stdout.split()
-            victims |= {int(p) for p in listed if p.isdigit()}
+        if netns:
+            victims |= netns_pids(str(netns))
         victims.discard(os.getpid())
         killed = []
         for victim in sorted(victims):
@@ -268,10 +213,10 @@ class LocalDevice(Device):
                 killed,
             )
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not all(self._is_zombie_or_gone(v) for v in killed):
+        while time.monotonic() < deadline and not all(is_zombie_or_gone(v) for v in killed):
             time.sleep(0.01)
-        if netns and os.geteuid() == 0 and shutil.which("ip"):
-            _ip("netns", "del", str(netns), check=False)
+        if netns:
+            delete_netns(str(netns))
         self.pidfile.unlink(missing_ok=True)
         return killed
 
@@ -298,7 +243,7 @@ class LocalDevice(Device):
         argv = ["setsid", "--ctty"]
         if network != "none":
             if netns_supported():
-                self._setup_netns()
+                self.network.setup()
             elif network == "netns":
                 raise InfrastructureError(
                     f"device {self.name}: settings.network = 'netns' but this host cannot "
@@ -351,7 +296,7 @@ class LocalDevice(Device):
             )
         except OSError as exc:
             os.close(board_master)
-            self._teardown_netns()
+            self.network.teardown()
             raise InfrastructureError(f"device {self.name}: cannot start {argv}: {exc}") from exc
         finally:
             os.close(board_slave)
@@ -417,22 +362,20 @@ class LocalDevice(Device):
             with contextlib.suppress(OSError):
                 os.close(self._board_master)
             self._board_master = None
-        self._teardown_netns()
+        self.network.teardown()
 
     def _kill_board(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + 10
         while True:
             victims = session_processes(proc.pid) | marked_processes(self.marker) | {proc.pid}
-            if self.netns:
-                listed = _ip("netns", "pids", self.netns, check=False).stdout.split()
-                victims |= {int(p) for p in listed if p.isdigit()}
+            victims |= self.network.pids()
             alive = [pid for pid in victims if proc_stat(pid) is not None]
             for pid in alive:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.05)
-            if not alive or all(self._is_zombie_or_gone(pid) for pid in alive):
+            if not alive or all(is_zombie_or_gone(pid) for pid in alive):
                 break
             if time.monotonic() > deadline:
                 raise InfrastructureError(
@@ -444,69 +387,7 @@ class LocalDevice(Device):
 
     @staticmethod
     def _is_zombie_or_gone(pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                raw = fh.read().decode("ascii", "replace")
-        except OSError:
-            return True
-        return raw[raw.rfind(")") + 2 :].startswith("Z")
-
-    # --- network namespace ----------------------------------------------------
-    def _names(self) -> tuple[str, str, str]:
-        digest = f"{zlib.crc32(self.name.encode()):08x}"
-        return f"lavamq-{self.name}", f"lmqh{digest}", f"lmqp{digest}"
-
-    def address(self) -> str:
-        """This board's eth0 address (settings.ipv4, or derived from its name)."""
-        if "ipv4" in self.settings:
-            return str(self.settings["ipv4"])
-        return f"192.0.2.{2 + zlib.crc32(self.name.encode()) % 250}/24"
-
-    def _setup_netns(self) -> None:
-        netns, host_if, peer_if = self._names()
-        bridge = str(self.settings.get("bridge", "lavamq0"))
-        # a crash may have left the namespace behind: start clean
-        _ip("netns", "del", netns, check=False)
-        _ip("link", "del", host_if, check=False)
-        try:
-            _ip("netns", "add", netns)
-            self.netns = netns
-            _ip("link", "add", host_if, "type", "veth", "peer", "name", peer_if)
-            _ip("link", "set", peer_if, "netns", netns)
-            _ip("-n", netns, "link", "set", peer_if, "name", "eth0")
-            _ip("-n", netns, "addr", "add", self.address(), "dev", "eth0")
-            _ip("-n", netns, "link", "set", "lo", "up")
-            _ip("-n", netns, "link", "set", "eth0", "up")
-            with _bridge_lock:
-                if _ip("link", "show", bridge, check=False).returncode != 0:
-                    created = _ip("link", "add", bridge, "type", "bridge", check=False)
-                    if created.returncode != 0 and "exists" not in created.stderr:
-                        raise InfrastructureError(
-                            f"ip link add {bridge} type bridge failed: {created.stderr.strip()}"
-                        )
-                _ip("link", "set", bridge, "up")
-                _ip("link", "set", host_if, "master", bridge)
-                _ip("link", "set", host_if, "up")
-        except InfrastructureError as exc:
-            self._teardown_netns()
-            if self.settings.get("network", "auto") == "netns":
-                raise InfrastructureError(f"device {self.name}: network setup: {exc}") from exc
-            log.warning(
-                "device %s: no network namespace (%s); sharing the host's network", self.name, exc
-            )
-
-    def _teardown_netns(self) -> None:
-        if self.netns is None:
-            return
-        _, host_if, _ = self._names()
-        _ip("netns", "del", self.netns, check=False)
-        _ip("link", "del", host_if, check=False)
-        self.netns = None
-        bridge = str(self.settings.get("bridge", "lavamq0"))
-        with _bridge_lock:
-            ports = _ip("-o", "link", "show", "master", bridge, check=False)
-            if ports.returncode == 0 and not ports.stdout.strip():
-                _ip("link", "del", bridge, check=False)
+        return is_zombie_or_gone(pid)
 
     # --- console and overlay --------------------------------------------------
     def _open_console(self) -> ConsoleBase:
