@@ -343,9 +343,13 @@ class QueueConsumer(DeliveryHandling):
                 try:
                     self.connection.drain_events(timeout=self.poll_interval)
                 except TimeoutError:
-                    if self.idle_callback is not None:
-                        self.idle_callback()
-                    continue
+                    # deliveries taken while kombu waited for something else (the
+                    # consume-ok of the next queue at a (re)connect) are handled
+                    # now: left waiting, a full prefetch window never refills
+                    if not self._pending:
+                        if self.idle_callback is not None:
+                            self.idle_callback()
+                        continue
                 # a batch handler: take what else is already here (one store
                 # transaction for many); one-by-one handlers go on at once
                 while self.batch_handler is not None and len(self._pending) < self.prefetch:

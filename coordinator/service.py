@@ -27,14 +27,16 @@ Crash safety (the store is the truth, the broker side is redone):
   side of that state; a redelivered ``submit`` gets the job it made, not a
   second one; test results are stored once per message id;
 * deadlines (heartbeats, joins) are judged only once the ``lava.control``
-  backlog left while it was down has been read.
+  backlog left while it was down (or disconnected) has been read, and after a
+  lost broker connection every host then gets a full heartbeat period
+  (``coordinator/deadlines.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,7 @@ from broker_config.identity import check_sender, delivery_user
 from coordinator import groups
 from coordinator.aggregate import ResultsAggregator
 from coordinator.db import store_error_text, store_unavailable
+from coordinator.deadlines import DeadlineHold
 from coordinator.scheduler import (
     DEFAULT_STARVATION_SECONDS,
     SubJobRequest,
@@ -107,8 +110,8 @@ class CoordinatorService:
         self._dirty = True
         self._last_pass = 0.0
         self._last_checks = 0.0
-        #: deadlines wait until the control messages queued while it was down are read
-        self._caught_up = False
+        #: deadlines wait while it is away and until what was queued meanwhile is read
+        self.deadlines = DeadlineHold(settings.heartbeat_timeout)
 
     # --- life cycle -------------------------------------------------------
 
@@ -137,6 +140,7 @@ class CoordinatorService:
                 handler=self._handle,
                 authorize=self._authorize,
                 idle_callback=self._tick,
+                on_consume=self.deadlines.consuming,
                 poll_interval=min(0.25, s.schedule_interval),
                 prefetch=20,
             )
@@ -381,8 +385,14 @@ class CoordinatorService:
                 raise
             log.warning("coordinator events: store unavailable: %s", store_error_text(exc))
 
-    def _control_backlog(self) -> int:
-        """Messages waiting in ``lava.control`` (0 when it cannot tell)."""
+    def broker_link(self) -> Hashable:
+        """The publishing connection now (a new one after it broke)."""
+        assert self.broker is not None
+        link: Hashable = self.broker.connection
+        return link
+
+    def _control_backlog(self) -> int | None:
+        """Messages waiting in ``lava.control``; None when it cannot tell (the broker away)."""
         assert self.broker is not None
         try:
             ok = self.broker.channel().queue_declare(
@@ -390,18 +400,14 @@ class CoordinatorService:
             )
             return int(getattr(ok, "message_count", 0) or 0)
         except Exception as exc:
-            log.debug("cannot read the control backlog: %s", exc)
+            log.warning("cannot read the lava.control backlog (deadlines wait): %s", exc)
             self.broker._reset()
-            return 0
+            return None
 
     def _check_deadlines(self, now: float) -> None:
         assert self.store is not None
-        if not self._caught_up:
-            # heartbeats and acceptances sent while we were down are still queued:
-            # judging hosts and joins before reading them would fail healthy groups
-            if self._control_backlog():
-                return
-            self._caught_up = True
+        if self.deadlines.held(now, self._control_backlog, self.broker_link):
+            return
         for host in self.store.silent_hosts(now, self.settings.heartbeat_timeout):
             cause = f"stopped heartbeating (no heartbeat for {self.settings.heartbeat_timeout:g} s)"
             for outcome in self.store.host_lost(host, now, cause):
