@@ -37,8 +37,17 @@ MAX_SIGNAL_CHARS = 0xFFFE
 #: LAVA's regular expressions for the two signal families
 MULTINODE_RE = re.compile(r"<LAVA_MULTI_NODE> <LAVA_(\S+) ([^>]+)>")
 SIGNAL_RE = re.compile(r"<LAVA_SIGNAL_(\S+?)(?: ([^>]*))?>")
-#: the SEND parameters split before each ``key=`` so values may hold spaces
-PARAM_SPLIT_RE = re.compile(r"\s+(?=[\w.-]+=)")
+#: the SEND parameters split at the blanks before each ``key=`` (or lavamq's
+#: ``key:esc=``), so values may hold spaces (and other whitespace, kept as it is)
+PARAM_SPLIT_RE = re.compile(r"[ \t]+(?=[\w.-]+(?::esc)?=)")
+BLANKS = " \t"
+#: a SEND key whose value lavamq's lava-send wrote with :func:`escape` (``key:esc=...``)
+ESCAPED_KEY_SUFFIX = ":esc"
+#: what :func:`escape` writes as printf's ``%b`` octal escapes, and what it always writes
+_ESCAPED = {"\\": "\\0134", "<": "\\0074", ">": "\\0076", " ": "\\0040", "\t": "\\0011"}
+#: what the dispatcher escapes in the values it types (a typed line never holds a signal)
+TYPED_ESCAPES = "\\<>"
+_ESCAPE_RE = re.compile(r"\\0([0-7]{1,3})")
 _API_GUESS_RE = re.compile(r"<LAVA_MULTI_NODE> <LAVA_(\w+)")
 APIS = ("SEND", "WAIT", "WAIT_ALL", "SYNC")
 BLOCKING = ("WAIT", "WAIT_ALL", "SYNC")
@@ -182,9 +191,25 @@ def quote(text: str, limit: int = 120) -> str:
     return repr(shown.replace("<", "(").replace(">", ")"))
 
 
+def escape(text: str, chars: str = "\\<> \t") -> str:
+    """``text`` with each of ``chars`` as a ``%b`` octal escape (``>`` → ``\\0076``).
+
+    The helpers and the bridge carry values LAVA's one-line grammar cannot
+    (a ``>``, a blank before ``=``) this way; ``printf '%b'`` on the board and
+    :func:`unescape` here give the raw bytes back. A backslash is always
+    escaped, so every backslash in escaped text starts an escape.
+    """
+    return "".join(_ESCAPED.get(ch, ch) if ch in chars else ch for ch in text)
+
+
+def unescape(text: str) -> str:
+    """The raw text of :func:`escape`'s output (``\\0ooo`` → the character)."""
+    return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
 def split_params(text: str) -> list[str]:
     """``a=1 b=two words c=3`` → ``['a=1', 'b=two words', 'c=3']``."""
-    return [item for item in PARAM_SPLIT_RE.split(text.strip()) if item]
+    return [item for item in PARAM_SPLIT_RE.split(text.strip(BLANKS)) if item]
 
 
 def parse_multinode(line: str, *, max_chars: int = MAX_SIGNAL_CHARS) -> MultinodeCall | None:
@@ -206,7 +231,7 @@ def parse_multinode(line: str, *, max_chars: int = MAX_SIGNAL_CHARS) -> Multinod
         raise SignalError(
             f"{operation_name(api)}: malformed MultiNode signal {quote(text)}", api=api
         )
-    params = match.group(2).strip()
+    params = match.group(2).strip(BLANKS)
     if api not in APIS:
         raise SignalError(f"unknown MultiNode call LAVA_{api} in {quote(text)}", api=api)
     if api == "SEND":
@@ -218,6 +243,8 @@ def parse_multinode(line: str, *, max_chars: int = MAX_SIGNAL_CHARS) -> Multinod
         data: dict[str, str] = {}
         for item in rest:
             key, sep, value = item.partition("=")
+            if key.endswith(ESCAPED_KEY_SUFFIX):
+                key, value = key[: -len(ESCAPED_KEY_SUFFIX)], unescape(value)
             if sep and key:
                 data[key] = value
         _check_id(api, message_id)
@@ -313,22 +340,37 @@ def reply_lines(
 ) -> list[str]:
     """What the dispatcher types back for a blocking call: data lines, then LAVA's reply.
 
-    Each received pair first gets a line of its own, ``<LAVA_WAIT_DATA>node:key=value``,
-    raw to the end of the line: lavamq's helpers write exactly these to the cache, so a
-    value can never read as another sender's pair. Then LAVA's one-line reply
-    (``<LAVA_WAIT_COMPLETE node:key=value ...>``, values raw, as LAVA types it) ends
-    the answer; it is all a helper written for LAVA reads.
+    Each received pair first gets a line of its own, ``<LAVA_WAIT_DATA>node:key=value``
+    to the end of the line, with ``\\``, ``<`` and ``>`` escaped (:func:`escape`):
+    lavamq's helpers unescape these and write them to the cache, so a value arrives
+    byte for byte and can never read as another sender's pair. Then LAVA's one-line
+    reply (``<LAVA_WAIT_COMPLETE node:key=value ...>``, values raw, as LAVA types it)
+    ends the answer; it is all a helper written for LAVA reads. No typed line can hold
+    a signal (a value with ``>`` or ``<LAVA_`` is escaped in the one-line reply too),
+    so its echo on the board's console is never read as one.
     """
     if nack:
         return [f"<LAVA_{api}_COMPLETE nack>"]
-    items = [
-        f"{node}:{key}={value}"
+    pairs = [
+        (node, key, value)
         for node, values in sorted((data or {}).items())
         for key, value in values.items()
     ]
-    lines = [f"<LAVA_{api}_DATA>{item}" for item in items]
+    lines = [
+        f"<LAVA_{api}_DATA>{node}:{key}={escape(value, TYPED_ESCAPES)}"
+        for node, key, value in pairs
+    ]
+    items = [f"{node}:{key}={_one_line_value(value)}" for node, key, value in pairs]
     lines.append(f"<LAVA_{api}_COMPLETE {' '.join(items)}>" if items else f"<LAVA_{api}_COMPLETE>")
     return lines
+
+
+def _one_line_value(value: str) -> str:
+    """A value as LAVA's one-line reply carries it: raw, unless it could end or forge a
+    signal (only lavamq's lava-send can send such a value)."""
+    if ">" in value or "<LAVA_" in value:
+        return escape(value, TYPED_ESCAPES)
+    return value
 
 
 def format_reply(

@@ -350,7 +350,9 @@ class LavaTestShellAction(Action):
         from device_agent.console import ConsoleClosed, ConsoleTimeout
 
         exit_re = re.compile(re.escape(RUNNER_EXIT))
-        prompts = list(getattr(ctx.device, "prompts", []) or [])
+        # a prompt counts only at the start of a line: a test that prints its
+        # environment (``PS1=...``) has not returned to the prompt
+        prompts = [re.compile(f"(?m)^(?:{p})") for p in getattr(ctx.device, "prompts", []) or []]
         patterns: list[Any] = [exit_re, *prompts]
         while True:
             if ctx.cancelled():

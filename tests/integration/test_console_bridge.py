@@ -105,9 +105,11 @@ def test_send_wait_sync_and_results_between_two_boards(nodes: dict[str, Node]) -
             " && lava-test-case a-done --result pass"
         ),
         lambda: b.run(
-            'lava-wait ready && cat "$LAVA_MULTI_NODE_CACHE" && lava-sync both'
-            ' && lava-test-case port --result pass --measurement "$(cut -d = -f 2 '
-            '"$LAVA_MULTI_NODE_CACHE" | head -n 1)"'
+            'lava-wait ready && cat "$LAVA_MULTI_NODE_CACHE"'
+            ' && port=$(cut -d = -f 2 "$LAVA_MULTI_NODE_CACHE" | head -n 1)'
+            # as on LAVA, a sync removes the cache, as every wait does
+            ' && lava-sync both && ! test -e "$LAVA_MULTI_NODE_CACHE"'
+            ' && lava-test-case port --result pass --measurement "$port"'
         ),
     )
     assert out_a[1] == 0, out_a

@@ -15,7 +15,7 @@ from device_agent.bridge import (
     parse_signal,
 )
 from device_agent.console import ScriptedConsole
-from device_agent.signals import reply_lines
+from device_agent.signals import parse_line, reply_lines
 from schemas.errors import GroupFailed, MultinodeTimeout
 
 
@@ -58,14 +58,24 @@ def test_parse_errors_name_the_problem(line: str, message: str) -> None:
 
 
 def test_format_reply() -> None:
-    data = {"b": {"k": "v 2"}, "a": {"ip": "192.0.2.1", "x": "1>2"}}
-    assert format_reply("WAIT", data) == "<LAVA_WAIT_COMPLETE a:ip=192.0.2.1 a:x=1>2 b:k=v 2>"
-    # each pair also has a line of its own, raw to its end: no value reads as another pair
+    data = {"b": {"k": "v 2"}, "a": {"ip": "192.0.2.1", "lt": "1<2"}}
+    assert format_reply("WAIT", data) == "<LAVA_WAIT_COMPLETE a:ip=192.0.2.1 a:lt=1<2 b:k=v 2>"
+    # each pair also has a line of its own, to its end: no value reads as another pair
     forged = {"n1": {"v": "x n2:ready=yes"}}
     assert reply_lines("WAIT", forged) == [
         "<LAVA_WAIT_DATA>n1:v=x n2:ready=yes",
         "<LAVA_WAIT_COMPLETE n1:v=x n2:ready=yes>",
     ]
+    # no typed line can hold (or complete) a signal: '\\', '<', '>' of such values escaped
+    hostile = {"n1": {"gt": "1>2", "sig": "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x RESULT=pass"}}
+    lines = reply_lines("WAIT", hostile)
+    assert lines == [
+        r"<LAVA_WAIT_DATA>n1:gt=1\00762",
+        r"<LAVA_WAIT_DATA>n1:sig=\0074LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x RESULT=pass",
+        r"<LAVA_WAIT_COMPLETE n1:gt=1\00762 n1:sig=\0074LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x"
+        " RESULT=pass>",
+    ]
+    assert all(parse_line(line) is None for line in lines)
     assert format_reply("WAIT_ALL", {}) == "<LAVA_WAIT_ALL_COMPLETE>"
     assert format_reply("SYNC") == "<LAVA_SYNC_COMPLETE>"
     assert format_reply("SYNC", nack=True) == "<LAVA_SYNC_COMPLETE nack>"

@@ -80,7 +80,8 @@ def dut(request: pytest.FixtureRequest, tmp_path: Path, busybox_path: str | None
 def test_self_role_group(dut: Dut) -> None:
     assert dut.run("lava-self") == (0, "node-b\n", "")
     assert dut.run("lava-role") == (0, "client", "")
-    assert dut.run("lava-role", "list") == (0, "server\nclient\n", "")
+    # as LAVA: the second column of lava-group, one line per node
+    assert dut.run("lava-role", "list") == (0, "server\nclient\nclient\n", "")
     assert dut.run("lava-group") == (0, "node-a\tserver\nnode-b\tclient\nnode-c\tclient\n", "")
     assert dut.run("lava-group", "client") == (0, "node-b\nnode-c\n", "")
     assert dut.run("lava-group", "nobody") == (1, "", "")
@@ -93,9 +94,9 @@ def test_send_prints_the_signal_keeping_only_key_values(dut: Dut) -> None:
     rc, out, err = dut.run("lava-send", "bad=id", "a=b")
     assert (rc, out) == (1, "")
     assert "must not contain '='" in err
-    rc, out, err = dut.run("lava-send", "id", "a=b>c")
+    rc, out, err = dut.run("lava-send", "id", "a=b\nc")
     assert (rc, out) == (1, "")
-    assert "cannot contain '>'" in err
+    assert "cannot contain a newline" in err
 
 
 def test_debug_lines_when_asked(dut: Dut) -> None:
@@ -277,20 +278,42 @@ def test_send_refuses_what_the_grammar_cannot_carry_and_keeps_the_rest_raw(dut: 
     rc, out, err = dut.run("lava-send", "id", "v=" + "x" * 70_000)
     assert (rc, out) == (1, "") and "at most 65534" in err
     # printf, not echo: a backslash is a backslash
-    rc, out, _ = dut.run("lava-send", "id", r"v=a\cb\tc", "p=100% <ok=1")
-    assert (rc, out) == (0, "<LAVA_MULTI_NODE> <LAVA_SEND id v=a\\cb\\tc p=100% <ok=1>\n")
+    rc, out, _ = dut.run("lava-send", "id", r"v=a\cb\tc", "p=100% <ok", "q=k=v")
+    assert (rc, out) == (0, "<LAVA_MULTI_NODE> <LAVA_SEND id v=a\\cb\\tc p=100% <ok q=k=v>\n")
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        ("a>b", r"gt:esc=a\0076b"),  # '>' would end the signal
+        ("x b=c", r"gt:esc=x\0040b=c"),  # the dispatcher would split a key 'b' there
+        (" lead", r"gt:esc=\0040lead"),  # blanks at either end would be lost
+        ("trail\t", r"gt:esc=trail\0011"),
+        ("a\\b>", r"gt:esc=a\0134b\0076"),  # an escaped value escapes its backslashes
+        ("grüße ✓>", r"gt:esc=grüße\0040✓\0076"),
+    ],
+)
+def test_send_escapes_what_the_one_line_grammar_would_change(
+    dut: Dut, value: str, sent: str
+) -> None:
+    rc, out, err = dut.run("lava-send", "id", f"gt={value}")
+    assert (rc, out) == (0, f"<LAVA_MULTI_NODE> <LAVA_SEND id {sent}>\n"), err
+    # and the dispatcher reads back the raw value
+    from device_agent.signals import parse_multinode
+
+    call = parse_multinode(out.strip())
+    assert call is not None and call.data == {"gt": value}
 
 
 def test_data_lines_reach_the_cache_byte_for_byte_and_cannot_be_forged(dut: Dut) -> None:
-    reply = (
-        "<LAVA_WAIT_DATA>node-a:v=x node-c:ready=yes\n"
-        "<LAVA_WAIT_DATA>node-a:p=100% <ok>\n"
-        "<LAVA_WAIT_COMPLETE node-a:v=x node-c:ready=yes node-a:p=100% <ok>>\n"
-    )
+    from device_agent.signals import reply_lines
+
+    values = {"v": "x node-c:ready=yes", "p": "100% <ok>", "b": "a\\cb\\0076 ", "t": "a\tb"}
+    reply = "\n".join(reply_lines("WAIT", {"node-a": values})) + "\n"
+    assert ">ok>" not in reply  # no typed line holds a '>' of a value
     assert dut.run("lava-wait", "go", stdin=reply)[0] == 0
-    assert dut.cache.read_text().splitlines() == [
-        "node-a:v=x node-c:ready=yes",
-        "node-a:p=100% <ok>",
+    assert dut.cache.read_text(encoding="utf-8").splitlines() == [
+        f"node-a:{key}={value}" for key, value in values.items()
     ]
 
 

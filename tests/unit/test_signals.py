@@ -196,3 +196,35 @@ def test_fuzz_chunk_boundaries_never_change_what_is_read(evs: list[Any], cuts: l
         at = cut
     reader.feed(stream[at:])
     assert seen == evs
+
+
+#: what a lava-send value may hold: anything the console keeps (no newline, no
+#: control character but TAB; the console removes those)
+values = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), whitelist_characters="\t"),
+    max_size=40,
+)
+
+
+def sent(key: str, value: str) -> str:
+    """``key=value`` as lavamq's lava-send prints it (lava-multi-node-common)."""
+    if ">" in value or value[:1] in (" ", "\t") or value[-1:] in (" ", "\t"):
+        return f"{key}:esc={signals.escape(value)}"
+    blank = min((value.find(b) for b in " \t" if b in value), default=-1)
+    if blank >= 0 and "=" in value[blank:]:
+        return f"{key}:esc={signals.escape(value)}"
+    return f"{key}={value}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=values.filter(bool), other=values.filter(bool))
+def test_fuzz_any_value_sent_and_typed_back_arrives_raw(value: str, other: str) -> None:
+    # lava-send writes a value raw or as key:esc=...; the dispatcher reads the raw value
+    line = f"<LAVA_MULTI_NODE> <LAVA_SEND id {sent('k', value)} {sent('o', other)}>"
+    call = parse_line(line)
+    assert isinstance(call, MultinodeCall) and call.data == {"k": value, "o": other}
+    # typed back, no line holds a signal, and each data line unescapes to the pair
+    lines = signals.reply_lines("WAIT", {"n1": {"k": value, "o": other}})
+    assert all(parse_line(typed) is None for typed in lines)
+    data = [signals.unescape(typed.removeprefix("<LAVA_WAIT_DATA>")) for typed in lines[:-1]]
+    assert data == [f"n1:k={value}", f"n1:o={other}"]
