@@ -23,6 +23,7 @@ from schemas.job_checks import (
     kind_of,
 )
 from schemas.job_json import load_2014
+from schemas.job_paths import job_dir, resolve_paths
 from schemas.job_yaml import load_yaml_job
 from schemas.jobmodel import (
     FORMAT_2014,
@@ -263,8 +264,12 @@ def detect_format(data: dict[str, Any], syntax: str) -> str:
     return FORMAT_2014 if syntax == "json" else FORMAT_YAML
 
 
-def load_job(text: str | bytes, source: str = "<job>") -> JobPlan:
-    """Load a job file's text (JSON or YAML) into a plan, or raise JobValidationError."""
+def load_job(text: str | bytes, source: str = "<job>", *, base_dir: Path | None = None) -> JobPlan:
+    """Load a job file's text (JSON or YAML) into a plan, or raise JobValidationError.
+
+    Relative paths in it are taken from ``base_dir``, by default the directory
+    of ``source`` when that is an absolute path (``schemas.job_paths``).
+    """
     problems = Problems()
     data, syntax = parse_document(text, problems)
     plan: JobPlan | None = None
@@ -281,6 +286,8 @@ def load_job(text: str | bytes, source: str = "<job>") -> JobPlan:
             plan = load_2014(data, problems, source)
         else:
             plan = load_yaml_job(data, problems, source)
+    if plan is not None:
+        plan = resolve_paths(plan, base_dir or job_dir(source), problems)
     if problems or plan is None:
         log.debug("%s: %d problem(s)", source, len(problems))
         raise JobValidationError(problems.items, source)
@@ -298,4 +305,4 @@ def load_job_file(path: str | os.PathLike[str]) -> JobPlan:
         raise JobValidationError(
             [f"file: cannot read it ({exc.strerror or exc})"], source
         ) from None
-    return load_job(text, source=str(Path(source)))
+    return load_job(text, source=str(Path(source)), base_dir=Path(source).resolve().parent)

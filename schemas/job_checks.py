@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from marshmallow import Schema, ValidationError, fields, validate
 
@@ -310,8 +310,11 @@ def check_device_choice(
     return ok
 
 
-def role_plan(name: str, item: Mapping[str, Any]) -> RolePlan:
-    """The role ``name`` from its loaded, valid entry (``count`` present)."""
+def role_plan(
+    name: str, item: Mapping[str, Any], context: Mapping[str, Any] | None = None
+) -> RolePlan:
+    """The role ``name`` from its loaded, valid entry (``count`` present); ``context``
+    is the job's, under the role's own."""
     return RolePlan(
         name=name,
         count=item["count"],
@@ -320,6 +323,7 @@ def role_plan(name: str, item: Mapping[str, Any]) -> RolePlan:
         tags=tuple(item.get("tags", ())),
         is_slave=item.get("is_slave", False),
         essential=item.get("essential", False),
+        context={**(context or {}), **(item.get("context") or {})},
     )
 
 
@@ -355,11 +359,26 @@ def compression_from_url(url: str) -> str | None:
     return None
 
 
+def local_path(location: str) -> str | None:
+    """The path of a plain or ``file:`` (no ``//``) location; None for a URL."""
+    if location.startswith("file://"):
+        return None
+    if location.startswith("file:"):
+        return unquote(location[len("file:") :]) or None
+    head = location.split("/", 1)[0]
+    if ":" in head:  # a scheme, or git's user@host:path
+        return None
+    return location or None
+
+
 def check_url(url: Any, location: str, problems: Problems) -> bool:
-    """A URL string with a scheme the dispatcher can fetch."""
+    """A URL string with a scheme the dispatcher can fetch, or a local path
+    (resolved by ``schemas.job_paths``)."""
     if not isinstance(url, str) or not url.strip():
         problems.add(location, f"must be a URL string (got {kind_of(url)})")
         return False
+    if local_path(url) is not None:
+        return True
     scheme = urlsplit(url).scheme
     if scheme not in URL_SCHEMES:
         shown = f"scheme {scheme!r}" if scheme else "no scheme"

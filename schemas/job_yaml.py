@@ -25,6 +25,7 @@ from schemas.job_checks import (
     check_role_name,
     count_field,
     join,
+    jsonable,
     kind_of,
     known_list,
     priority_value,
@@ -123,7 +124,11 @@ def load_yaml_job(data: dict[str, Any], problems: Problems, source: str) -> JobP
         return None
     priority = priority_value(data.get("priority"), "priority", problems)
     timeouts, action_timeouts = _timeouts(data.get("timeouts"), problems)
-    roles, role_names, multinode = _protocols(data.get("protocols"), problems)
+    context = data.get("context")
+    if context is not None and not isinstance(context, dict):
+        problems.add("context", "must be a mapping")
+    context = jsonable(context or {}, "context", problems) if isinstance(context, dict) else {}
+    roles, role_names, multinode = _protocols(data.get("protocols"), context, problems)
     if multinode is not None:
         timeouts = Timeouts(
             job=timeouts.job,
@@ -179,7 +184,9 @@ def _timeouts(value: Any, problems: Problems) -> tuple[Timeouts, dict[str, float
     ), per_kind
 
 
-def _protocols(value: Any, problems: Problems) -> tuple[list[RolePlan], list[str], float | None]:
+def _protocols(
+    value: Any, context: dict[str, Any], problems: Problems
+) -> tuple[list[RolePlan], list[str], float | None]:
     if value is None:
         problems.add(
             "protocols",
@@ -207,10 +214,10 @@ def _protocols(value: Any, problems: Problems) -> tuple[list[RolePlan], list[str
     declared = (
         [k for k in roles_value if isinstance(k, str)] if isinstance(roles_value, dict) else []
     )
-    return _roles(roles_value, join(loc, "roles"), problems), declared, multinode
+    return _roles(roles_value, join(loc, "roles"), context, problems), declared, multinode
 
 
-def _roles(value: Any, loc: str, problems: Problems) -> list[RolePlan]:
+def _roles(value: Any, loc: str, context: dict[str, Any], problems: Problems) -> list[RolePlan]:
     if value is None:
         return []
     if not isinstance(value, dict):
@@ -242,8 +249,11 @@ def _roles(value: Any, loc: str, problems: Problems) -> list[RolePlan]:
                 )
         if "context" in item and not isinstance(item["context"], dict):
             problems.add(join(rloc, "context"), "must be a mapping")
+            ok = False
+        elif "context" in item:
+            item["context"] = jsonable(item["context"], join(rloc, "context"), problems)
         if not ok or "count" not in item:
             continue
-        roles.append(role_plan(name, item))
+        roles.append(role_plan(name, item, context))
     check_group_size(roles, loc, problems)
     return roles

@@ -10,7 +10,7 @@ from a job file are in ``schemas.job_checks``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_2014 = "lava-2014-json"
@@ -107,10 +107,12 @@ class RolePlan:
     tags: tuple[str, ...]
     is_slave: bool
     essential: bool
+    #: the job's ``context:`` for this role (LAVA's device-template variables: arch ...)
+    context: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON-safe data."""
-        return {
+        out = {
             "name": self.name,
             "count": self.count,
             "device_type": self.device_type,
@@ -119,6 +121,7 @@ class RolePlan:
             "is_slave": self.is_slave,
             "essential": self.essential,
         }
+        return _with_context(out, self.context)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RolePlan:
@@ -131,6 +134,7 @@ class RolePlan:
             tags=tuple(d.get("tags") or ()),
             is_slave=bool(d.get("is_slave", False)),
             essential=bool(d.get("essential", False)),
+            context=dict(d.get("context") or {}),
         )
 
 
@@ -146,10 +150,12 @@ class SubJobPlan:
     is_slave: bool
     essential: bool
     actions: tuple[ActionPlan, ...]
+    #: its role's ``context:`` (the device reads it: ``arch``, ``extra_options`` ...)
+    context: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON-safe data."""
-        return {
+        out = {
             "role": self.role,
             "index": self.index,
             "device_type": self.device_type,
@@ -159,6 +165,7 @@ class SubJobPlan:
             "essential": self.essential,
             "actions": [a.to_dict() for a in self.actions],
         }
+        return _with_context(out, self.context)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SubJobPlan:
@@ -172,7 +179,15 @@ class SubJobPlan:
             is_slave=bool(d.get("is_slave", False)),
             essential=bool(d.get("essential", False)),
             actions=tuple(ActionPlan.from_dict(a) for a in d.get("actions") or ()),
+            context=dict(d.get("context") or {}),
         )
+
+
+def _with_context(out: dict[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    # only when there is one: plans without a context keep their shape
+    if context:
+        out["context"] = dict(context)
+    return out
 
 
 @dataclass(frozen=True)
@@ -262,6 +277,7 @@ def build_plan(
                     is_slave=role.is_slave,
                     essential=role.essential,
                     actions=mine,
+                    context=dict(role.context),
                 )
             )
     return JobPlan(

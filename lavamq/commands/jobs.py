@@ -93,7 +93,8 @@ def submit(
         broker_url,
         timeout,
         as_json,
-        lambda c: c.submit(text, source=str(file), submitter=getpass.getuser()),
+        # absolute: relative locations in the job resolve against its directory
+        lambda c: c.submit(text, source=str(file.absolute()), submitter=getpass.getuser()),
         url,
     )
     if as_json and not wait_:

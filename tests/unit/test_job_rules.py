@@ -199,11 +199,12 @@ CASES_2014: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ],
     ),
     (
-        "image-not-url",
-        _set("actions[0].parameters.image", "/images/y.img"),
+        "image-relative-without-a-directory",
+        _set("actions[0].parameters.image", "images/y.img"),
         [
-            "actions[0].parameters.image: unsupported URL '/images/y.img': no scheme "
-            "(known: file://, http://, https://)"
+            "actions[0].deploy.images.image.url: 'images/y.img' is relative to the job "
+            "file's directory, which this submission does not have: give the file itself "
+            "(lavamq run FILE, lavamq submit FILE) or an absolute file:// URL"
         ],
     ),
     (
