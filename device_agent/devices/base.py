@@ -20,7 +20,7 @@ import tarfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +48,22 @@ class Capabilities:
     private_tmp: bool = True
     #: the board has a network interface of its own for ``lava-network``
     network: bool = False
+
+
+@dataclass(frozen=True)
+class BootRequest:
+    """What a job's deploy and boot actions ask of the next boot, in LAVA's terms."""
+
+    #: deployed image name → local file
+    images: Mapping[str, Path] = field(default_factory=dict)
+    #: image name → its ``image_arg:`` (``-kernel {kernel}``), for those that have one
+    image_args: Mapping[str, str] = field(default_factory=dict)
+    #: the boot action's ``prompts:`` (regular expressions), empty: the device's own
+    prompts: tuple[str, ...] = ()
+    #: the boot action's ``auto_login:`` (login_prompt, username, password_prompt ...)
+    auto_login: Mapping[str, Any] = field(default_factory=dict)
+    #: the role's ``context:`` (arch, extra_options ...)
+    context: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Device(ABC):
@@ -82,6 +98,11 @@ class Device(ABC):
         ]
 
     def default_prompts(self) -> list[str]:
+        return []
+
+    def prepare_boot(self, request: BootRequest) -> list[str]:
+        """Take what the job asks of the next boot; returns warnings for the job log
+        (what the device cannot honour). The default boots the device's own way."""
         return []
 
     def describe(self) -> dict[str, Any]:

@@ -35,11 +35,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from device_agent.console import Console, ConsoleBase
-from device_agent.devices.base import Device
+from device_agent.console import Console, ConsoleBase, ConsoleTimeout
+from device_agent.devices.base import BootRequest, Device, remaining
 from device_agent.qemu.accel import choose_accel
 from device_agent.qemu.host import find_qemu, free_port, qemu_pids, runtime_root
 from device_agent.qemu.initrd import OVERLAY_TARGET, build_initrd
+from device_agent.qemu.job_shape import (
+    ContextOptions,
+    add_kernel_args,
+    arg_label,
+    auto_login,
+    context_options,
+    image_arguments,
+)
 from device_agent.qemu.process import PortInUse, QemuProcess, reap_leftover_vms
 from device_agent.vmnet import GroupNetwork, VmNic
 from schemas.errors import InfrastructureError, JobError
@@ -96,6 +104,13 @@ class QemuDevice(Device):
         self.vmnet_dir = self.settings.get("vmnet_dir")
         self.network_enabled = bool(self.settings.get("network", True))
         self.images: dict[str, Path] = {}
+        #: image name → LAVA's ``image_arg`` (the job's own command line pieces)
+        self.image_args: dict[str, str] = {}
+        #: the role's ``context:`` (arch, memory, extra_options ...)
+        self.options = ContextOptions()
+        #: ``auto_login:`` as expect/send steps, then its login_commands
+        self.login_steps: list[dict[str, str]] | None = None
+        self.login_commands: list[str] = []
         self.overlay_dir: Path | None = None
         self.overlay_in_initrd = False
         self.job_kernel_args: list[str] = []
@@ -142,6 +157,27 @@ class QemuDevice(Device):
         return data
 
     # --- what the job hands over -----------------------------------------------
+    def prepare_boot(self, request: BootRequest) -> list[str]:
+        """The job's images (with their ``image_arg``), prompts, ``auto_login`` and
+        ``context`` for the next boot; warnings for what it does not use."""
+        self.set_images(request.images)
+        self.image_args = {k: v for k, v in request.image_args.items() if k in request.images}
+        self.prompts = list(request.prompts) or list(
+            self.config.get("prompts") or self.default_prompts()
+        )
+        login = auto_login(request.auto_login)
+        self.login_steps = login.steps() if login is not None else None
+        self.login_commands = list(login.login_commands) if login is not None else []
+        self.options, warnings = context_options(request.context)
+        if self.image_args:
+            warnings += image_arguments(self.image_args, self.images).warnings
+        return warnings
+
+    @property
+    def job_arch(self) -> str:
+        """The architecture this boot runs: the job's ``context: arch``, else the setting."""
+        return self.options.arch or self.arch
+
     def set_images(self, images: Mapping[str, str | Path]) -> None:
         """The deploy action's local image paths, by image name (kernel, ramdisk, ...)."""
         self.images = {name: Path(path) for name, path in images.items()}
@@ -170,7 +206,17 @@ class QemuDevice(Device):
         return None
 
     def boot_media(self) -> tuple[Path | None, Path | None, Path | None]:
-        """(kernel, ramdisk, disk) from the deployed images; JobError if unbootable."""
+        """(kernel, ramdisk, disk) from the deployed images; JobError if unbootable.
+
+        With LAVA's ``image_arg`` the job's arguments say what is what; the
+        kernel found there is the one the KVM probe boots.
+        """
+        if self.image_args:
+            for label in self.image_args:
+                self._image((label,))
+            labels = [arg_label(self.image_args, opt) for opt in ("-kernel", "-initrd")]
+            found = [self.images[label] if label else None for label in labels]
+            return found[0], found[1], None
         kernel = self._image(KERNEL_IMAGE_KEYS)
         ramdisk = self._image(RAMDISK_IMAGE_KEYS)
         disk = self._image(DISK_IMAGE_KEYS)
@@ -189,44 +235,19 @@ class QemuDevice(Device):
             return "qcow2" if fh.read(4) == b"QFI\xfb" else "raw"
 
     def command_line(self, port: int, accel: str) -> list[str]:
+        """The whole QEMU command: lavamq's console, QMP and network around the job's
+        images (LAVA's ``image_arg`` pieces when the job gives them)."""
+        if self.image_args:
+            return self._job_command_line(port, accel)
         kernel, ramdisk, disk = self.boot_media()
-        qemu = find_qemu(self.arch, self.settings.get("qemu_binary"))
-        pidfile = self.runtime_dir / f"{self.name}.pid"
-        qmp = self.runtime_dir / f"{self.name}.qmp"
-        cmd = [
-            qemu,
-            "-name",
-            f"lavamq-{self.name}",
-            "-accel",
-            accel,
-            "-m",
-            str(self.memory),
-            "-smp",
-            str(self.cpus),
-            "-nodefaults",
-            "-display",
-            "none",
-            "-vga",
-            "none",
-            "-no-reboot",
-            "-pidfile",
-            str(pidfile),
-            "-qmp",
-            f"unix:{qmp},server=on,wait=off",
-            "-serial",
-            f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
-        ]
+        cmd = self._base_args(port, accel)
         if kernel is not None:
             append = [
                 "console=ttyS0,115200",
                 "panic=-1",
                 "quiet",
-                f"lavamq.hostname={self.node}",
+                *self._kernel_args(),
             ]
-            if self.nic is not None:
-                append += self.nic.kernel_args()
-            append += str(self.settings.get("kernel_args", "")).split()
-            append += self.job_kernel_args
             if disk is not None and not any(a.startswith("root=") for a in append):
                 append.append("root=/dev/vda")
             cmd += ["-kernel", str(kernel), "-append", " ".join(append)]
@@ -244,6 +265,62 @@ class QemuDevice(Device):
             cmd += self.nic.qemu_args()
         cmd += list(self.settings.get("extra_args", []))
         return cmd
+
+    def _job_command_line(self, port: int, accel: str) -> list[str]:
+        """LAVA's shape: the job's ``image_arg`` pieces, filled in, and its
+        ``context`` options; the overlay joins the ``-initrd`` image."""
+        self.boot_media()
+        images: dict[str, Path | str] = dict(self.images)
+        ramdisk = arg_label(self.image_args, "-initrd")
+        self.overlay_in_initrd = False
+        if ramdisk is not None:
+            initrd = self._initrd(self.images[ramdisk])
+            assert initrd is not None
+            images[ramdisk] = initrd
+        job_args = image_arguments(self.image_args, images).args
+        cmd = self._base_args(port, accel)
+        if self.nic is not None:
+            cmd += self.nic.qemu_args()
+        cmd += list(self.settings.get("extra_args", []))
+        cmd += self.options.qemu_args()
+        return cmd + add_kernel_args(job_args, self._kernel_args())
+
+    def _kernel_args(self) -> list[str]:
+        """What lavamq adds to the kernel command line: the node's name and address."""
+        args = [f"lavamq.hostname={self.node}"]
+        if self.nic is not None:
+            args += self.nic.kernel_args()
+        args += str(self.settings.get("kernel_args", "")).split()
+        return args + self.job_kernel_args
+
+    def _base_args(self, port: int, accel: str) -> list[str]:
+        """QEMU with lavamq's console port, QMP socket and pidfile; no media yet."""
+        qemu = find_qemu(self.job_arch, self.settings.get("qemu_binary"))
+        pidfile = self.runtime_dir / f"{self.name}.pid"
+        qmp = self.runtime_dir / f"{self.name}.qmp"
+        return [
+            qemu,
+            "-name",
+            f"lavamq-{self.name}",
+            "-accel",
+            accel,
+            "-m",
+            str(self.options.memory or self.memory),
+            "-smp",
+            str(self.options.cpus or self.cpus),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-no-reboot",
+            "-pidfile",
+            str(pidfile),
+            "-qmp",
+            f"unix:{qmp},server=on,wait=off",
+            "-serial",
+            f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
+        ]
 
     def _initrd(self, ramdisk: Path | None) -> Path | None:
         self.overlay_in_initrd = False
@@ -264,9 +341,12 @@ class QemuDevice(Device):
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         reap_leftover_vms(self.runtime_dir)
         kernel, _, _ = self.boot_media()
-        qemu = find_qemu(self.arch, self.settings.get("qemu_binary"))
-        self.accel = choose_accel(self.accel_setting, qemu, kernel)
-        if self.network_enabled and self.group and self.nic is None:
+        qemu = find_qemu(self.job_arch, self.settings.get("qemu_binary"))
+        # context no_kvm: the job asks for TCG (LAVA's template drops -enable-kvm)
+        accel = "tcg" if self.options.no_kvm else self.accel_setting
+        self.accel = choose_accel(accel, qemu, kernel)
+        network = self.network_enabled and not self.options.no_network
+        if network and self.group and self.nic is None:
             self._network = GroupNetwork(self.group, self.vmnet_dir)
             self.nic = self._network.attach(self.node, self.members)
         last_error: InfrastructureError | None = None
@@ -347,8 +427,11 @@ class QemuDevice(Device):
         try:
             self.power_on()
             console = self.connect()
-            self.login(console, deadline)
-            self.wait_for_prompt(console, deadline)
+            try:
+                self.login(console, deadline)
+                self.wait_for_prompt(console, deadline)
+            except ConsoleTimeout as exc:
+                raise self._no_prompt(console, timeout, exc) from None
         except BaseException as exc:
             tail = self.process.log_tail(300) if self.process is not None else ""
             self.power_off()
@@ -359,8 +442,31 @@ class QemuDevice(Device):
         log.info(
             "device %s: prompt after %.2f s (%s)", self.name, self.last_boot_seconds, self.accel
         )
-        self.run_setup(console, setup, deadline)
+        self.run_setup(console, [*self.login_commands, *setup], deadline)
         return console
+
+    def _no_prompt(
+        self, console: ConsoleBase, timeout: float, exc: ConsoleTimeout
+    ) -> ConsoleTimeout:
+        """The boot's timeout as the job writer needs it: what it waited for, what came."""
+        waited = exc.details.get("patterns") or self.prompts
+        lines = [ln for ln in console.recent_output(2000).splitlines() if ln.strip()][-8:]
+        shown = "\n".join(f"  | {ln[:200]}" for ln in lines) or "  (no console output at all)"
+        return ConsoleTimeout(
+            f"device {self.name}: no {' or '.join(repr(p) for p in waited)} on the console "
+            f"within the boot's {timeout:g} s; the last console lines:\n{shown}",
+            console=self.name,
+            patterns=list(waited),
+        )
+
+    def login(self, console: ConsoleBase, deadline: float) -> None:
+        """The job's ``auto_login`` when it gives one, else the device's own ``login``."""
+        if self.login_steps is None:
+            super().login(console, deadline)
+            return
+        for step in self.login_steps:
+            console.expect(step["expect"], remaining(deadline, f"device {self.name}: login"))
+            console.sendline(step["send"])
 
     def install_overlay(self, overlay_dir: Path, timeout: float, target: str = "") -> str:
         """Where the overlay is in the VM: in the initramfs if it went in at boot."""

@@ -17,14 +17,51 @@ def runtime_root() -> Path:
     return lavamq_runtime_dir("qemu", "LAVAMQ_QEMU_RUNTIME_DIR")
 
 
+#: LAVA's ``context: arch`` values → the suffix of ``qemu-system-*``
+QEMU_ARCH = {
+    "amd64": "x86_64",
+    "x86_64": "x86_64",
+    "i386": "i386",
+    "arm64": "aarch64",
+    "aarch64": "aarch64",
+    "arm": "arm",
+    "armhf": "arm",
+    "armel": "arm",
+}
+
+#: the Debian package holding ``qemu-system-<arch>``
+_DEBIAN_PACKAGES = (
+    (("x86_64", "i386"), "qemu-system-x86"),
+    (("aarch64", "arm"), "qemu-system-arm"),
+    (("ppc", "ppc64", "ppc64le"), "qemu-system-ppc"),
+    (("mips", "mipsel", "mips64", "mips64el"), "qemu-system-mips"),
+    (("sparc", "sparc64"), "qemu-system-sparc"),
+)
+
+
+def qemu_arch(arch: str) -> str:
+    """The ``qemu-system-*`` suffix for a LAVA ``context: arch`` (``amd64`` → ``x86_64``)."""
+    return QEMU_ARCH.get(arch, arch)
+
+
+def debian_package(arch: str) -> str:
+    """The Debian package that installs ``qemu-system-<arch>``."""
+    arch = qemu_arch(arch)
+    for arches, package in _DEBIAN_PACKAGES:
+        if arch in arches:
+            return package
+    return "qemu-system-misc"
+
+
 def find_qemu(arch: str = "x86_64", binary: str | None = None) -> str:
-    """Path of the QEMU system emulator; InfrastructureError if missing."""
-    name = binary or f"qemu-system-{arch}"
+    """Path of the QEMU system emulator; InfrastructureError naming the package if missing."""
+    name = binary or f"qemu-system-{qemu_arch(arch)}"
     path = shutil.which(name)
     if path is None:
         raise InfrastructureError(
-            f"qemu: '{name}' not found on this host (install qemu-system-x86 or set "
-            "settings.qemu_binary)"
+            f"qemu: '{name}' is not installed on this host: install the Debian package "
+            f"{debian_package(arch)} (apt-get install {debian_package(arch)}) or set "
+            "settings.qemu_binary"
         )
     return path
 

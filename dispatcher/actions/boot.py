@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+from device_agent.devices.base import BootRequest
 from dispatcher.action import Action, ActionTimeout, JobContext, remaining, timeout_detail
 from schemas.errors import JobError
 
@@ -39,8 +41,8 @@ class BootAction(Action):
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
         left = remaining(deadline)
         timeout = 600.0 if left is None else left
-        if hasattr(ctx.device, "set_images"):
-            ctx.device.set_images(dict(ctx.data.get("images", {})))
+        for warning in ctx.device.prepare_boot(self.request(ctx)):
+            ctx.log.warning(f"{self.name}: {warning}")
         if hasattr(ctx.device, "set_group"):
             # a VM joins its group's network (device_agent/vmnet.py)
             ctx.device.set_group(ctx.group, ctx.node, list(ctx.members) or None)
@@ -73,6 +75,18 @@ class BootAction(Action):
             raise JobError(f"{self.name}: device {ctx.device.name} gave no console after boot")
         ctx.data["console"] = console
         return console
+
+    def request(self, ctx: JobContext) -> BootRequest:
+        """What the job's deploy and this boot action ask of the device."""
+        prompts = self.parameters.get("prompts") or []
+        auto_login = self.parameters.get("auto_login")
+        return BootRequest(
+            images={k: Path(v) for k, v in ctx.data.get("images", {}).items()},
+            image_args=dict(ctx.data.get("image_args", {})),
+            prompts=tuple([prompts] if isinstance(prompts, str) else prompts),
+            auto_login=dict(auto_login) if isinstance(auto_login, dict) else {},
+            context=dict(ctx.job_context),
+        )
 
     def _overlay_at_boot(self, ctx: JobContext, deadline: float | None) -> None:
         """A device that takes the test overlay at boot (QEMU: in its initramfs) gets the

@@ -54,6 +54,9 @@ class DownloadAction(Action):
             if self.image.get(key):
                 ctx.log.info(f"{self.image_name}: {key} {getattr(got, key)} verified")
         ctx.data.setdefault("images", {})[self.image_name] = str(got.path)
+        if self.image.get("image_arg"):
+            # LAVA's QEMU command line piece for this image (``-kernel {kernel}``)
+            ctx.data.setdefault("image_args", {})[self.image_name] = str(self.image["image_arg"])
         return connection
 
     def cleanup(self, ctx: JobContext) -> None:

@@ -53,6 +53,9 @@ class TimingOutDevice:
     def __init__(self, exc: Exception | None = None) -> None:
         self.exc = exc or ConsoleTimeout("console board-x: timed out waiting for 'board-x# '")
 
+    def prepare_boot(self, request: Any) -> list[str]:
+        return []
+
     def connect(self) -> None:
         return None
 
