@@ -4,12 +4,13 @@
 result aggregator) and one dispatcher on kombu's ``memory://`` transport with
 a short polling interval, and the store in SQLite in a workspace directory.
 They are the same classes a real lab runs as separate processes; only the
-URLs differ. The dispatcher owns one ``local`` board per sub-job of the job,
-created on the fly: a board for a device type lavamq does not know (``panda``,
-``beaglexm`` ...) is a local board that *emulates* that type (it registers,
-is scheduled and boots under that name, see ``settings.emulates`` in
-device_agent/devices/local.py). ``--device-config`` replaces the boards by a
-real host configuration (schemas/device.py).
+URLs differ. The dispatcher owns one board per sub-job of the job, made on
+the fly (lavamq/boards.py): a QEMU VM for a ``qemu`` role when QEMU is
+installed, else a ``local`` board, which *emulates* a device type lavamq does
+not know (``panda``, ``beaglexm`` ...: it registers, is scheduled and boots
+under that name, see ``settings.emulates`` in device_agent/devices/local.py).
+``--device-config`` replaces the boards by a real host configuration
+(schemas/device.py).
 
 ``memory://`` is global to a process: one embedded lab runs at a time, and
 starting one empties the in-memory broker first.
@@ -20,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from broker_config.broker import Broker, is_amqp_url
 from coordinator.barrier import BarrierService
 from coordinator.rpc import CoordinatorClient
 from coordinator.service import CoordinatorService, CoordinatorSettings
+from lavamq.boards import Board, boards_for_plan, describe_boards, plan_boards
 from schemas.errors import InfrastructureError, LavamqError, MultinodeTimeout
 from schemas.jobmodel import JobPlan
 
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 
 MEMORY_URL = "memory://"
 HOST_NAME = "embedded"
-#: device types that are real implementations used as they are
-NATIVE_TYPES = ("local",)
 
 
 def reset_memory_broker() -> None:
@@ -55,63 +53,18 @@ def reset_memory_broker() -> None:
     memory.Transport.global_state.clear()
 
 
-def _safe(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")
-    return cleaned or "board"
-
-
-def boards_for_plan(plan: JobPlan, *, network: str = "none") -> list[dict[str, Any]]:
-    """One local board per sub-job: ``<device type>-NN`` with the sub-job's tags.
-
-    A sub-job that names its device (``device`` in a 2014 ``device_group``)
-    gets a board of that name. Boards see the lab's Python on their PATH so
-    that test definitions may use ``python3`` wherever lavamq runs.
-    """
-    counters: dict[str, int] = {}
-    taken: set[str] = set()
-    boards: list[dict[str, Any]] = []
-    path = os.pathsep.join(
-        dict.fromkeys(
-            [
-                os.path.dirname(sys.executable),
-                "/usr/local/sbin",
-                "/usr/local/bin",
-                "/usr/sbin",
-                "/usr/bin",
-                "/sbin",
-                "/bin",
-            ]
-        )
-    )
-    for sub in plan.subjobs:
-        device_type = sub.device_type or "local"
-        if sub.device:
-            name = _safe(sub.device)
-        else:
-            while True:
-                counters[device_type] = counters.get(device_type, 0) + 1
-                name = f"{_safe(device_type)}-{counters[device_type]:02d}"
-                if name not in taken:
-                    break
-        taken.add(name)
-        settings: dict[str, Any] = {"network": network, "env": {"PATH": path}}
-        if device_type not in NATIVE_TYPES:
-            settings["emulates"] = device_type
-        boards.append(
-            {
-                "name": name,
-                "device_type": "local",
-                "tags": sorted(set(sub.tags)),
-                "settings": settings,
-            }
-        )
-    return boards
-
-
 def host_config_for(
-    plan: JobPlan, workspace: Path, broker_url: str, *, network: str = "none"
+    plan: JobPlan,
+    workspace: Path,
+    broker_url: str,
+    *,
+    network: str = "none",
+    boards: list[Board] | None = None,
 ) -> dict[str, Any]:
-    """The embedded dispatcher's host configuration (the shape of schemas/device.py)."""
+    """The embedded dispatcher's host configuration (the shape of schemas/device.py);
+    local boards unless ``boards`` (lavamq/boards.py) are given."""
+    if boards is None:
+        boards = plan_boards(plan, network=network)
     return {
         "host": {
             "name": HOST_NAME,
@@ -119,7 +72,7 @@ def host_config_for(
             "workdir": str(workspace / "dispatcher"),
             "heartbeat_interval": 5.0,
         },
-        "device": boards_for_plan(plan, network=network),
+        "device": [b.config for b in boards],
     }
 
 
@@ -316,39 +269,45 @@ def run_job(
     emit: Callable[[str], None] | None = None,
     network: str = "none",
     timeout: float | None = None,
+    boards: str = "auto",
 ) -> RunOutcome:
     """Run one job file end to end in an embedded lab; returns its result bundle.
 
-    ``emit`` receives live progress lines. The workspace (a temporary
-    directory unless given) is removed afterwards unless ``keep``.
+    ``emit`` receives live progress lines. ``boards`` (auto, local, qemu) picks
+    the kind of board of each sub-job (lavamq/boards.py). The workspace (a
+    temporary directory unless given) is removed afterwards unless ``keep``.
     """
     from lavamq.progress import ProgressWatcher
+    from lavamq.qemu_image import ensure_images
     from schemas.device import load_host_config
     from schemas.job import load_job_file
 
-    path = Path(job_path)
+    path = Path(job_path).absolute()
     plan = load_job_file(path)
     text = path.read_text(encoding="utf-8")
-    ws = Path(workspace) if workspace else Path(tempfile.mkdtemp(prefix="lavamq-run-"))
-    ws.mkdir(parents=True, exist_ok=True)
-    if device_config is not None:
-        config = load_host_config(device_config)
-        config["host"]["workdir"] = str(ws / "dispatcher")
-    else:
-        config = host_config_for(plan, ws, MEMORY_URL, network=network)
     say = emit or (lambda line: None)
-    lab = EmbeddedLab(ws, config)
+    ensure_images(plan, say)
+    ws = Path(workspace) if workspace else Path(tempfile.mkdtemp(prefix="lavamq-run-"))
     watcher: ProgressWatcher | None = None
+    lab: EmbeddedLab | None = None
     try:
+        ws.mkdir(parents=True, exist_ok=True)
+        if device_config is not None:
+            config = load_host_config(device_config)
+            config["host"]["workdir"] = str(ws / "dispatcher")
+            devices = config["device"]
+            header = [f"  {d['name']}  {d['device_type']}: {device_config}" for d in devices]
+        else:
+            chosen = plan_boards(plan, boards=boards, network=network, runtime=ws)
+            config = host_config_for(plan, ws, MEMORY_URL, boards=chosen)
+            header = describe_boards(chosen)
+        lab = EmbeddedLab(ws, config)
         lab.start()
-        say(
-            f"embedded lab in {ws}: boards "
-            + ", ".join(
-                f"{d['name']} ({d.get('settings', {}).get('emulates') or d['device_type']})"
-                for d in config.get("device", [])
-            )
-        )
+        say(f"embedded lab in {ws}, boards:")
+        for line in header:
+            say(line)
         watcher = ProgressWatcher(lab.broker_url, None, say).start()
+        # the absolute path: relative locations in the job resolve against its directory
         receipt = lab.submit(text, str(path))
         job_id = int(receipt["job_id"])
         watcher.printer.set_job(job_id)
@@ -357,7 +316,8 @@ def run_job(
     finally:
         if watcher is not None:
             watcher.stop()
-        lab.stop()
+        if lab is not None:
+            lab.stop()
         if not keep:
             shutil.rmtree(ws, ignore_errors=True)
     return RunOutcome(job_id, bundle, ws, keep)

@@ -80,8 +80,8 @@ class ProgressPrinter:
                 self._out(f"[{node}] lava-{what} {verdict}")
             elif level == "results":
                 self._out(f"[{node}] result {message}")
-            elif level == "error":
-                self._out(f"[{node}] error: {message}")
+            elif level in ("error", "warning"):
+                self._out(f"[{node}] {level}: {message}")
 
     def event(self, body: dict[str, Any]) -> None:
         if self._held("event", body):

@@ -41,6 +41,14 @@ def write_exports(bundle: dict[str, object], as_json: bool, junit: Path | None) 
     show_default=True,
     help="Local boards' network: the host's (none) or a namespace each (auto/netns, root).",
 )
+@click.option(
+    "--boards",
+    type=click.Choice(["auto", "local", "qemu"]),
+    default="auto",
+    show_default=True,
+    help="Boards of device_type qemu roles: a QEMU VM when QEMU is installed (auto), "
+    "always (qemu), or a local board (local).",
+)
 @click.option("--timeout", type=float, help="Give up after this many seconds.")
 def run(
     job_file: Path,
@@ -49,9 +57,11 @@ def run(
     as_json: bool,
     junit: Path | None,
     network: str,
+    boards: str,
     timeout: float | None,
 ) -> None:
-    """Run JOB_FILE in one process: coordinator, barrier and a dispatcher with local boards.
+    """Run JOB_FILE in one process: coordinator, barrier and a dispatcher with a board
+    for each node (QEMU VMs for qemu roles, local boards for the others).
 
     Shows live progress (with --json: on stderr), then the result table. The
     exit code is 0 only when every node completed and every test passed.
@@ -69,6 +79,7 @@ def run(
         emit=emit,
         network=network,
         timeout=timeout,
+        boards=boards,
     )
     bundle = outcome.bundle
     click.echo("", err=as_json)

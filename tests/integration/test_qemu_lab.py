@@ -2,9 +2,10 @@
 
 Real processes: ``lavamq coordinator``, ``lavamq barrier`` and two
 ``lavamq dispatcher`` hosts whose devices are QEMU VMs (the project's test
-image). The example job files are submitted unchanged except for two URLs:
-the images (``make test-image``) and the git repository holding the test
-definitions (a throw-away repository with this checkout's examples/).
+image). The example job files are submitted unchanged:
+the example files as they are, named by their absolute path, so that their
+relative paths (the test image in images/, this checkout as the test
+definitions' repository) resolve against them.
 Results are the coordinator's own: ``lavamq wait JOB --json --junit`` (the
 bundle it aggregated from ``lava.results``), checked as JSON and as JUnit XML.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import xml.etree.ElementTree as ET
@@ -23,11 +23,9 @@ from typing import Any
 
 import pytest
 from lab import (
-    IMAGES,
     LAVAMQ,
     ROOT,
     Device,
-    GitRepo,
     barrier_process,
     coordinator_process,
     dispatcher_process,
@@ -43,9 +41,6 @@ from device_agent.devices.qemu import qemu_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EXAMPLE_IMAGES = "file:///var/lib/lavamq/images"
-EXAMPLE_REPO = "https://git.example.org/lavamq.git"
-
 
 def host_config(tmp_path: Path, url: str, host: str, devices: list[str]) -> Path:
     settings = {
@@ -56,21 +51,6 @@ def host_config(tmp_path: Path, url: str, host: str, devices: list[str]) -> Path
     return lab_host_config(
         tmp_path, url, host, [Device(name, "qemu", (), settings) for name in devices]
     )
-
-
-def examples_repo(tmp_path: Path) -> str:
-    """A git repository holding this checkout's QEMU examples, as a job would clone it."""
-    repo = GitRepo(tmp_path / "examples-repo")
-    for example in ("qemu-client-server", "qemu-network"):
-        shutil.copytree(ROOT / "examples" / example, repo.path / "examples" / example)
-    repo.commit("examples")
-    return repo.url
-
-
-def job_text(example: str, repo: str) -> str:
-    text = (ROOT / "examples" / example / "job.yaml").read_text()
-    assert EXAMPLE_IMAGES in text and EXAMPLE_REPO in text
-    return text.replace(EXAMPLE_IMAGES, IMAGES.resolve().as_uri()).replace(EXAMPLE_REPO, repo)
 
 
 class QemuLab:
@@ -89,10 +69,10 @@ class QemuLab:
             service.start()
         self.client = CoordinatorClient(url, timeout=20)
         wait_for(lambda: len(self.client.devices()) == 3, 30, "three QEMU devices registered")
-        self.repo = examples_repo(tmp_path)
 
     def submit(self, example: str) -> int:
-        reply = self.client.submit(job_text(example, self.repo), f"{example}/job.yaml", "lab-test")
+        job = ROOT / "examples" / example / "job.yaml"
+        reply = self.client.submit(job.read_text(), str(job), "lab-test")
         return int(reply["job_id"])
 
     def results(self, job_id: int, timeout: float) -> tuple[dict[str, Any], ET.Element]:
