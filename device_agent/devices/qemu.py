@@ -435,7 +435,13 @@ class QemuDevice(Device):
         except BaseException as exc:
             tail = self.process.log_tail(300) if self.process is not None else ""
             self.power_off()
-            if isinstance(exc, InfrastructureError) and tail and tail != "(no QEMU output)":
+            # a console timeout says all there is (what it waited for, what came);
+            # anything else of the lab's (QEMU died ...) gets what QEMU printed
+            if (
+                isinstance(exc, InfrastructureError)
+                and not isinstance(exc, ConsoleTimeout)
+                and tail != "(no QEMU output)"
+            ):
                 raise InfrastructureError(f"{exc} (QEMU said: {tail})") from exc
             raise
         self.last_boot_seconds = time.monotonic() - self._qemu_started
@@ -454,7 +460,7 @@ class QemuDevice(Device):
         shown = "\n".join(f"  | {ln[:200]}" for ln in lines) or "  (no console output at all)"
         return ConsoleTimeout(
             f"device {self.name}: no {' or '.join(repr(p) for p in waited)} on the console "
-            f"within the boot's {timeout:g} s; the last console lines:\n{shown}",
+            f"within the boot's {round(timeout, 1):g} s; the last console lines:\n{shown}",
             console=self.name,
             patterns=list(waited),
         )

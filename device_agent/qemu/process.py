@@ -165,11 +165,17 @@ class QemuProcess:
             time.sleep(0.01)
 
     def log_tail(self, size: int = 600) -> str:
+        """The end of what QEMU printed (not its notice that it waits for the console)."""
         try:
             data = self.logfile.read_bytes()[-size:]
         except OSError:
             return "(no QEMU output)"
-        return data.decode(errors="replace").strip() or "(no QEMU output)"
+        lines = [
+            line
+            for line in data.decode(errors="replace").splitlines()
+            if line.strip() and "QEMU waiting for connection on" not in line
+        ]
+        return "\n".join(lines) or "(no QEMU output)"
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None

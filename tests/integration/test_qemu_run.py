@@ -146,6 +146,8 @@ def test_a_vm_that_never_shows_its_prompt_fails_naming_it(tmp_path: Path) -> Non
     )
     code, output = lavamq_run([str(job)], cwd=tmp_path)
     assert code == 1, output[-3000:]
+    # the job's fault (its prompt or its timeout), as in LAVA
+    assert "job: boot-qemu timed out booting qemu-0" in output, output[-3000:]
     # which prompt, how long, and what the console showed last (the image's real prompt)
     assert re.search(
         r"no 'never-this-prompt# ' on the console within the boot's \d+(\.\d+)? s; "
