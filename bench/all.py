@@ -23,6 +23,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 import console  # noqa: E402
 import load  # noqa: E402
+import qemu  # noqa: E402
 import scheduler  # noqa: E402
 import sync_latency  # noqa: E402
 from common import ROOT, MissingPiece, Row, print_rows  # noqa: E402
@@ -51,6 +52,7 @@ def plan(smallest: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
             ("scheduler", lambda: scheduler.rows([0.01, 0.02], 1)),
             ("console", lambda: console.run(1, 1)),
             ("load", lambda: load.run([1, 2], 2, 2, [1])),
+            ("qemu", lambda: qemu.run(1, "2-node", anchor=False)),
         ]
     return [
         (
@@ -62,6 +64,7 @@ def plan(smallest: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
         ("scheduler", lambda: scheduler.rows([1, 2, 10], 1)),
         ("console", lambda: console.run(8, 16)),
         ("load", lambda: load.run([1, 10, 50], 4, 8, [1, 2], cluster=cluster_running())),
+        ("qemu", lambda: qemu.run(1, None, anchor=True)),
     ]
 
 

@@ -32,6 +32,8 @@ def test_every_bench_runs_and_prints_its_ratios() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     benches = {line.split("|")[1].strip() for line in table[1:]}
-    assert {"sync", "send", "scheduler", "console", "deploy", "load"} <= benches, done.stdout
+    assert {"sync", "send", "scheduler", "console", "deploy", "load", "qemu"} <= benches, (
+        done.stdout
+    )
     assert any("lava-coordinator p50 / lavamq p50" in line for line in table), done.stdout
     assert "Traceback" not in done.stdout + done.stderr
