@@ -218,12 +218,20 @@ class MultinodeClient:
             )
 
     def sync(self, message_id: str, timeout: float | None = None) -> None:
-        """``lava-sync``: a global barrier; the n-th sync of an id is its generation n."""
+        """``lava-sync``: a global barrier; the n-th sync of an id is its generation n.
+
+        As LAVA documents it, ``lava-sync ID`` is ``lava-send ID`` then
+        ``lava-wait-all ID``: the first sync of an id also sends it (no data), so
+        a ``lava-wait ID`` or ``lava-wait-all ID`` after it returns (on LAVA the
+        latter crashes the dispatcher).
+        """
         check_message_id("lava-sync", message_id)
         with self._cond:
             self._check_failed()
             generation = self._sync_generation.get(message_id, 0) + 1
             self._sync_generation[message_id] = generation
+        if generation == 1:
+            self.send(message_id, {})
         connects = self._receiver.connects
         self._publish_barrier(
             MultinodeSyncSchema(),

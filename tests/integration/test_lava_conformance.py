@@ -17,9 +17,9 @@ JOBS = Path(__file__).resolve().parents[1] / "lava_jobs"
 LAVAMQ = [sys.executable, "-c", "from lavamq.cli import main; main()"]
 
 
-def run(job: str) -> tuple[int, dict[str, Any], str]:
+def run(job: str | Path, *args: str) -> tuple[int, dict[str, Any], str]:
     proc = subprocess.run(
-        [*LAVAMQ, "run", str(JOBS / job), "--json"],
+        [*LAVAMQ, "run", str(JOBS / job), "--json", *args],
         capture_output=True,
         text=True,
         timeout=280,
@@ -104,3 +104,28 @@ def test_an_over_long_sync_id_fails_and_its_result_is_recorded_truncated() -> No
         assert len(failed) == 1 and failed[0].startswith("multinode-sync-xxxx"), runs
         assert len(failed[0]) == 200
         assert runs["0_long"]["after"] == "pass"
+
+
+def test_lavas_own_defects_are_done_as_its_documentation_says(tmp_path: Path) -> None:
+    # the rounds' log is one file all boards of this host append to
+    job = (JOBS / "lava-defects.yaml").read_text(encoding="utf-8")
+    job = job.replace("/nonexistent/set-by-the-test", str(tmp_path / "rounds.log"))
+    (tmp_path / "lava-defects.yaml").write_text(job, encoding="utf-8")
+    rc, bundle, err = run(tmp_path / "lava-defects.yaml")
+    assert rc == 0, err[-3000:]
+    for role in ("server", "client"):
+        for node in (n for n in bundle["nodes"] if n["role"] == role):
+            runs = {r["name"]: r["cases"] for r in node["test_runs"]}
+            got = {c["name"]: c["result"] for c in runs["0_defects"]}
+            # (a) a key with '-', LAVA's own documented example
+            if role == "client":
+                assert got["dash-key"] == got["multinode-wait-server-ready"] == "pass", got
+            # (b) lava-wait-all after lava-sync with the same id
+            assert got["multinode-wait_all-both-ways"] == "pass", got
+            assert got["wait-all-after-sync"] == "pass", got
+            # (d) a reused sync id: 25 barriers, each one held
+            synced = [c["result"] for c in runs["0_defects"] if c["name"] == "multinode-sync-again"]
+            assert synced == ["pass"] * 25
+            assert got["reused-sync-is-a-barrier"] == "pass", got
+    lines = (tmp_path / "rounds.log").read_text().splitlines()
+    assert len(lines) == 25 * 2 * 3

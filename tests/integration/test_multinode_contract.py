@@ -171,6 +171,16 @@ def test_sync_three_nodes_and_reuse_of_the_id(lab: Lab) -> None:
     assert "client (n2), client (n3); 1 of 3 arrived" in text
 
 
+def test_a_sync_is_a_send_then_a_wait_all_as_lava_documents(lab: Lab) -> None:
+    # LAVA's dispatcher crashes on lava-wait-all ID after lava-sync ID; its docs say
+    # lava-sync ID is lava-send ID then lava-wait-all ID
+    _, c = lab.group(THREE)
+    in_threads(*(lambda n=n: c[n].sync("both-ways", timeout=15) for n in c))
+    for name, client in c.items():
+        assert client.wait_all("both-ways", timeout=5) == {n: {} for n in c}
+        assert client.wait("both-ways", timeout=5) == {n: {} for n in c if n != name}
+
+
 def test_reuse_of_a_message_id_accumulates_data(lab: Lab) -> None:
     _, c = lab.group({"a": "server", "b": "client"})
     c["a"].send("info", {"k1": "v1"})
