@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,31 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 JOBS = Path(__file__).resolve().parents[1] / "lava_jobs"
 LAVAMQ = [sys.executable, "-c", "from lavamq.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def defs_repo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/lava_jobs/defs as a git repository, fetched as test definitions are."""
+    repo = tmp_path_factory.mktemp("defs") / "repo"
+    shutil.copytree(JOBS / "defs", repo)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "test definitions"]):
+        subprocess.run(
+            ["git", "-c", "user.name=lavamq", "-c", "user.email=lavamq@example.org", *args],
+            cwd=repo,
+            check=True,
+        )
+    return f"file://{repo}"
+
+
+def job_file(name: str, tmp_path: Path, **replace: str) -> Path:
+    """A copy of a job of tests/lava_jobs with the placeholders given filled in."""
+    text = (JOBS / name).read_text(encoding="utf-8")
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def run(job: str | Path, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -81,7 +107,16 @@ def test_lava_helpers_and_variables_work_as_a_definition_uses_them() -> None:
     for role in ("server", "client"):
         got = cases(bundle, role)["0_helpers"]
         assert got == dict.fromkeys(
-            ["in-set", "docs", "vars", "group-var", "params", "unsupported-refused"], "pass"
+            [
+                "in-set",
+                "docs",
+                "vars",
+                "group-var",
+                "params",
+                "params-not-exported",
+                "unsupported-refused",
+            ],
+            "pass",
         ), (role, got)
 
 
@@ -108,10 +143,12 @@ def test_an_over_long_sync_id_fails_and_its_result_is_recorded_truncated() -> No
 
 def test_lavas_own_defects_are_done_as_its_documentation_says(tmp_path: Path) -> None:
     # the rounds' log is one file all boards of this host append to
-    job = (JOBS / "lava-defects.yaml").read_text(encoding="utf-8")
-    job = job.replace("/nonexistent/set-by-the-test", str(tmp_path / "rounds.log"))
-    (tmp_path / "lava-defects.yaml").write_text(job, encoding="utf-8")
-    rc, bundle, err = run(tmp_path / "lava-defects.yaml")
+    job = job_file(
+        "lava-defects.yaml",
+        tmp_path,
+        **{"/nonexistent/set-by-the-test": str(tmp_path / "rounds.log")},
+    )
+    rc, bundle, err = run(job)
     assert rc == 0, err[-3000:]
     for role in ("server", "client"):
         for node in (n for n in bundle["nodes"] if n["role"] == role):
@@ -129,3 +166,17 @@ def test_lavas_own_defects_are_done_as_its_documentation_says(tmp_path: Path) ->
             assert got["reused-sync-is-a-barrier"] == "pass", got
     lines = (tmp_path / "rounds.log").read_text().splitlines()
     assert len(lines) == 25 * 2 * 3
+
+
+def test_lavas_own_helper_grammar_gets_the_answers_lava_gives(
+    tmp_path: Path, defs_repo: str
+) -> None:
+    # a script that speaks as lava-multi-node.lib does (not lavamq's helpers) sends,
+    # waits, waits for all, syncs and acknowledges; the replies it read, with node
+    # names normalised, must be the ones LAVA gave the same definition
+    job = job_file("lib-style.yaml", tmp_path, **{"file:///nonexistent/lava-jobs-defs": defs_repo})
+    rc, bundle, err = run(job)
+    assert rc == 0, err[-3000:]
+    for node in bundle["nodes"]:
+        got = {c["name"]: c["result"] for r in node["test_runs"] for c in r["cases"]}
+        assert got["same-answers-as-lava"] == "pass", (node["node"], got)
