@@ -177,6 +177,16 @@ def test_lavas_own_helper_grammar_gets_the_answers_lava_gives(
     job = job_file("lib-style.yaml", tmp_path, **{"file:///nonexistent/lava-jobs-defs": defs_repo})
     rc, bundle, err = run(job)
     assert rc == 0, err[-3000:]
+    # the cases LAVA recorded for the same definition, in its order
+    lava_cases = {
+        "server": ["send-values", "send-multi", "send-nodata", "send-everyone", "sync-sent"]
+        + ["wait_all-fromclients", "wait_all-everyone", "sync-done"],
+        "client": ["wait-values", "wait-multi", "wait-nodata", "send-fromclients"]
+        + ["send-everyone", "sync-sent", "wait_all-everyone", "sync-done"],
+    }
     for node in bundle["nodes"]:
-        got = {c["name"]: c["result"] for r in node["test_runs"] for c in r["cases"]}
-        assert got["same-answers-as-lava"] == "pass", (node["node"], got)
+        run_cases = next(r["cases"] for r in node["test_runs"] if r["name"] == "0_lib-style")
+        assert [(c["name"], c["result"]) for c in run_cases] == [
+            *((f"multinode-{call}", "pass") for call in lava_cases[node["role"]]),
+            ("same-answers-as-lava", "pass"),
+        ], node["node"]
