@@ -179,10 +179,26 @@ def test_lavas_own_helper_grammar_gets_the_answers_lava_gives(
     assert rc == 0, err[-3000:]
     # the cases LAVA recorded for the same definition, in its order
     lava_cases = {
-        "server": ["send-values", "send-multi", "send-nodata", "send-everyone", "sync-sent"]
-        + ["wait_all-fromclients", "wait_all-everyone", "sync-done"],
-        "client": ["wait-values", "wait-multi", "wait-nodata", "send-fromclients"]
-        + ["send-everyone", "sync-sent", "wait_all-everyone", "sync-done"],
+        "server": [
+            "send-values",
+            "send-multi",
+            "send-nodata",
+            "send-everyone",
+            "sync-sent",
+            "wait_all-fromclients",
+            "wait_all-everyone",
+            "sync-done",
+        ],
+        "client": [
+            "wait-values",
+            "wait-multi",
+            "wait-nodata",
+            "send-fromclients",
+            "send-everyone",
+            "sync-sent",
+            "wait_all-everyone",
+            "sync-done",
+        ],
     }
     for node in bundle["nodes"]:
         run_cases = next(r["cases"] for r in node["test_runs"] if r["name"] == "0_lib-style")
