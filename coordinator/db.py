@@ -32,10 +32,17 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout for concurrent services."""
+def make_engine(url: str, *, pool_size: int | None = None) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout for concurrent services.
+
+    ``pool_size``: connections kept open, for a process with that many threads reading
+    at once (beyond the pool, each connection is opened and closed per use).
+    """
+    pool: dict[str, Any] = {} if pool_size is None else {"pool_size": pool_size}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **pool
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -46,7 +53,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

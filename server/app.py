@@ -54,7 +54,6 @@ def create_app(lab: Lab, *, live: bool = False) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(lab_routes.router)
     common.install_errors(app)
-    common.install_allow(app)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(pages.HERE / "static")), name="static")
 

@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from anyio import CapacityLimiter, to_thread
+from anyio.lowlevel import RunVar
+
 from broker_config.messaging import connection_for
 from coordinator.aggregate import ResultsAggregator
 from coordinator.rpc import CoordinatorClient
@@ -23,12 +26,30 @@ from schemas.errors import InfrastructureError
 from server import lava
 from server.errors import LoginRequired, NotFound, PermissionDenied
 from server.logs import LogIndex
-from server.queries import LabReader, NodeRow
+from server.node_rows import NodeRow
+from server.queries import LabReader
 from server.users import ANONYMOUS, Identity, UserStore
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: threads for the XML-RPC calls' blocking work (store reads, coordinator RPC): the
+#: store's connection pool keeps as many connections open, so no call sets one up
+#: (anyio's default of 40 threads outgrew the pool: a connection opened per call)
+CALL_THREADS = 16
+_LIMITER: RunVar[CapacityLimiter] = RunVar("lavamq_server_threads")
+
+
+async def in_thread(fun: Callable[..., T], *args: Any) -> T:
+    """``fun(*args)`` in one of :data:`CALL_THREADS` worker threads."""
+    try:
+        limiter = _LIMITER.get()
+    except LookupError:
+        limiter = CapacityLimiter(CALL_THREADS)
+        _LIMITER.set(limiter)
+    return await to_thread.run_sync(fun, *args, limiter=limiter)
+
 
 #: the LAVA version lavacli is told (it picks call forms by it; see docs/server.md)
 LAVA_VERSION = "2026.07"
@@ -49,8 +70,10 @@ class Lab:
 
     def __init__(self, settings: ServerSettings, *, run_migrations: bool = True) -> None:
         self.settings = settings
-        self.reader = LabReader(settings.db_url, run_migrations=run_migrations)
-        self.users = UserStore(settings.db_url, run_migrations=False)
+        self.reader = LabReader(
+            settings.db_url, run_migrations=run_migrations, pool_size=CALL_THREADS
+        )
+        self.users = UserStore(settings.db_url, run_migrations=False, pool_size=CALL_THREADS)
         self.logs = LogIndex(settings.log_dir)
         # the coordinator's own bundle builder, reading the same store (it writes nothing)
         self._store = Store(settings.db_url, run_migrations=False)

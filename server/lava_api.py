@@ -9,6 +9,7 @@ are the edge's job (server/xmlrpc.py); these only raise our errors.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import inspect
 import xmlrpc.client
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from schemas.job import load_job
 from server import lava
 from server.errors import BadRequest, LoginRequired, NotFound
 from server.lab import LAVA_VERSION, Lab
-from server.queries import NodeRow
+from server.node_rows import NodeRow
 from server.users import Identity
 
 #: LAVA's ``system.api_version`` (lavacli only prints it)
@@ -60,10 +61,15 @@ def bind(name: str, params: tuple[Any, ...]) -> Callable[[Call], Any]:
     if fun is None:
         raise NoSuchMethod(f"No such method: {name!r}")
     try:
-        inspect.signature(fun).bind(None, *params)
+        _signature(fun).bind(None, *params)
     except TypeError as exc:
         raise BadParams(f"{name}: {exc}") from None
     return lambda call: fun(call, *params)
+
+
+@functools.cache
+def _signature(fun: Method) -> inspect.Signature:
+    return inspect.signature(fun)
 
 
 class NoSuchMethod(Exception):

@@ -8,118 +8,34 @@ store holding 10k jobs costs the same as one of 10. Nothing here writes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, func, select
 from sqlalchemy.orm import Session
 
 from coordinator.db import make_engine, migrate, session_factory
-from coordinator.store import (
-    FINAL_SUBJOB_STATES,
-    Device,
-    DeviceType,
-    Group,
-    Host,
-    Job,
-    Result,
-    SubJob,
-)
-from server import lava
+from coordinator.store import Device, DeviceType, Group, Host, Job, Result, SubJob
+from server import lava, node_rows
 from server.errors import NotFound
+from server.node_rows import NodeRow, Visibilities, state_condition
 from server.users import Identity
 
 T = TypeVar("T")
-
-#: top-level ``visibility:`` of a LAVA YAML job (2014 JSON jobs have none: public)
-_VISIBILITY = re.compile(r"^visibility:\s*['\"]?(\w+)", re.MULTILINE)
-
-
-def visibility_of(definition: str) -> str:
-    """``public``, ``personal`` or ``group`` from a job file's text."""
-    match = _VISIBILITY.search(definition)
-    if match is None:
-        return "group" if re.search(r"^visibility:\s*$", definition, re.MULTILINE) else "public"
-    return match.group(1).lower()
-
-
-@dataclass
-class NodeRow:
-    """One node of a job, as LAVA shows a job: the sub-job with its job around it."""
-
-    job_id: int
-    index: int
-    nodes: int
-    subjob_id: int
-    role: str
-    state: str  # the sub-job's state
-    job_state: str
-    job_name: str
-    submitter: str
-    device_type: str | None
-    device: str | None
-    host: str | None
-    tags: list[str]
-    submit_time: float
-    start_time: float | None
-    end_time: float | None
-    error_type: str | None
-    message: str | None
-    failure_cause: str | None
-    visibility: str
-    job_end_time: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def display_id(self) -> int | str:
-        return lava.display_id(self.job_id, self.index, self.nodes)
-
-    @property
-    def lava_state(self) -> tuple[str, str]:
-        after = (self.end_time or 0.0) >= (self.job_end_time or 0.0)
-        return lava.node_state(self.state, self.job_state, ended_after_cancel=after)
-
-
-def state_condition(state: str | None, health: str | None) -> ColumnElement[bool]:
-    """The SQL behind LAVA's state and health filters on a node (sub-job joined to its job)."""
-    final = SubJob.state.in_(FINAL_SUBJOB_STATES)
-    not_canceled = Job.state != "canceled"
-    conds: list[ColumnElement[bool]] = []
-    if state:
-        wanted = state.capitalize()
-        if wanted == "Finished":
-            conds.append(final)
-        elif wanted == "Canceling":
-            conds.append(and_(not_(final), Job.state == "canceled"))
-        elif wanted == "Scheduling":
-            conds.append(false())  # groups start all at once: no node waits for its peers
-        else:
-            conds.append(and_(SubJob.state.in_(lava.subjob_states_for(state)), not_canceled))
-    if health:
-        states = lava.subjob_healths_for(health)
-        # a node that ended after its job was canceled shows Canceled (lava.node_state)
-        by_cancel = and_(final, Job.state == "canceled", SubJob.ended_at >= Job.end_time)
-        if health.capitalize() == "Canceled":
-            conds.append(or_(SubJob.state.in_(states), by_cancel))
-        elif health.capitalize() == "Unknown":
-            conds.append(SubJob.state.in_(states))
-        else:
-            conds.append(and_(SubJob.state.in_(states), not_(by_cancel)))
-    return and_(*conds) if conds else and_(True)
 
 
 class LabReader:
     """Read-only queries on the store (the lab's tables and the server's users)."""
 
-    def __init__(self, db_url: str, *, run_migrations: bool = True) -> None:
+    def __init__(
+        self, db_url: str, *, run_migrations: bool = True, pool_size: int | None = None
+    ) -> None:
         if run_migrations:
             migrate(db_url)
-        self.engine = make_engine(db_url)
+        self.engine = make_engine(db_url, pool_size=pool_size)
         self.sessions = session_factory(self.engine)
-        self._visibility: dict[int, str] = {}
+        self.visibilities = Visibilities()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -129,6 +45,12 @@ class LabReader:
         with self.sessions.begin() as s:
             yield s
 
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A pooled connection for one read (no ORM session: the node reads' fast path)."""
+        with self.engine.connect() as conn:
+            yield conn
+
     def ping(self) -> None:
         """Raise unless the store answers."""
         with self.session() as s:
@@ -137,10 +59,7 @@ class LabReader:
     # --- visibility -----------------------------------------------------
 
     def _job_visibility(self, s: Session, job_id: int) -> str:
-        if job_id not in self._visibility:
-            text = s.scalar(select(Job.definition).where(Job.id == job_id)) or ""
-            self._visibility[job_id] = visibility_of(text)
-        return self._visibility[job_id]
+        return self.visibilities.of(s.connection(), [job_id]).get(job_id, "public")
 
     @staticmethod
     def can_view(row: NodeRow, who: Identity, anonymous_read: bool) -> bool:
@@ -152,55 +71,12 @@ class LabReader:
 
     # --- nodes ------------------------------------------------------------
 
-    def _rows(self, s: Session, subs: Iterable[tuple[SubJob, Job]]) -> list[NodeRow]:
-        pairs = list(subs)
-        job_ids = {j.id for _, j in pairs}
-        order: dict[int, list[int]] = {}
-        if job_ids:
-            for job_id, sub_id in s.execute(
-                select(SubJob.job_id, SubJob.id)
-                .where(SubJob.job_id.in_(job_ids))
-                .order_by(SubJob.id)
-            ):
-                order.setdefault(job_id, []).append(sub_id)
-        devices = {x.device for x, _ in pairs if x.device}
-        hosts: dict[str, str | None] = {}
-        if devices:
-            for name, host in s.execute(
-                select(Device.name, Host.name)
-                .outerjoin(Host, Device.host_id == Host.id)
-                .where(Device.name.in_(devices))
-            ):
-                hosts[name] = host
-        rows = []
-        for sub, job in pairs:
-            ids = order.get(job.id, [sub.id])
-            rows.append(
-                NodeRow(
-                    job_id=job.id,
-                    index=ids.index(sub.id),
-                    nodes=len(ids),
-                    subjob_id=sub.id,
-                    role=sub.role,
-                    state=sub.state,
-                    job_state=job.state,
-                    job_name=job.job_name,
-                    submitter=job.submitter,
-                    device_type=sub.device_type,
-                    device=sub.device,
-                    host=hosts.get(sub.device) if sub.device else None,
-                    tags=list(sub.tags or ()),
-                    submit_time=job.submit_time,
-                    start_time=sub.accepted_at or sub.assigned_at,
-                    end_time=sub.ended_at,
-                    error_type=sub.error_type,
-                    message=sub.message,
-                    failure_cause=job.failure_cause,
-                    visibility=self._job_visibility(s, job.id),
-                    job_end_time=job.end_time,
-                )
-            )
-        return rows
+    def _rows(self, conn: Connection, rows: list[Any], places: list[int]) -> list[NodeRow]:
+        seen = self.visibilities.of(conn, {r.job_id for r in rows})
+        return [
+            node_rows.node_row(r, place, seen.get(r.job_id, "public"))
+            for r, place in zip(rows, places, strict=True)
+        ]
 
     def nodes(
         self,
@@ -214,54 +90,20 @@ class LabReader:
         anonymous_read: bool = True,
     ) -> list[NodeRow]:
         """Nodes newest first (LAVA's ``scheduler.jobs.list``), filtered and paged."""
-        cond = state_condition(state, health)
-        if since is not None:
-            cond = and_(cond, SubJob.ended_at >= since)
+        statement = node_rows.nodes_page(state, health, since is not None)
 
-        def fetch(s: Session, offset: int, count: int) -> list[NodeRow]:
-            q = (
-                select(SubJob, Job)
-                .join(Job, SubJob.job_id == Job.id)
-                .where(cond)
-                .order_by(SubJob.id.desc())
-                .offset(offset)
-                .limit(count)
-            )
-            return self._rows(s, list(s.execute(q).all()))
+        def fetch(conn: Connection, offset: int, count: int) -> list[NodeRow]:
+            page: dict[str, Any] = {"offset": offset, "count": count}
+            if since is not None:
+                page["since"] = since
+            rows = list(conn.execute(statement, page))
+            return self._rows(conn, rows, [r.place for r in rows])
 
         def keep(row: NodeRow) -> bool:
             return viewer is None or self.can_view(row, viewer, anonymous_read)
 
-        return self._page(fetch, keep, start, limit)
-
-    def _page(
-        self,
-        fetch: Callable[[Session, int, int], list[T]],
-        keep: Callable[[T], bool],
-        start: int,
-        limit: int,
-    ) -> list[T]:
-        """Items ``start`` .. ``start + limit`` of those ``keep`` lets through, read in chunks."""
-        start, limit = max(0, int(start)), max(0, int(limit))
-        out: list[T] = []
-        skipped = offset = 0
-        chunk = max(limit + start, 25)
-        with self.session() as s:
-            while len(out) < limit:
-                batch = fetch(s, offset, chunk)
-                if not batch:
-                    break
-                offset += len(batch)
-                for item in batch:
-                    if not keep(item):
-                        continue
-                    if skipped < start:
-                        skipped += 1
-                        continue
-                    out.append(item)
-                    if len(out) >= limit:
-                        break
-        return out
+        with self.connection() as conn:
+            return _page(lambda offset, count: fetch(conn, offset, count), keep, start, limit)
 
     def jobs_page(
         self,
@@ -284,6 +126,8 @@ class LabReader:
 
         def fetch(s: Session, first: int, count: int) -> list[dict[str, Any]]:
             q = select(Job).where(cond).order_by(Job.id.desc()).offset(first).limit(count)
+            jobs = list(s.scalars(q))
+            seen = self.visibilities.of(s.connection(), [j.id for j in jobs])
             return [
                 {
                     "id": j.id,
@@ -296,9 +140,9 @@ class LabReader:
                     "start_time": j.start_time,
                     "end_time": j.end_time,
                     "failure_cause": j.failure_cause,
-                    "visibility": self._job_visibility(s, j.id),
+                    "visibility": seen.get(j.id, "public"),
                 }
-                for j in s.scalars(q)
+                for j in jobs
             ]
 
         def keep(job: dict[str, Any]) -> bool:
@@ -306,45 +150,33 @@ class LabReader:
                 return True
             return job["visibility"] == "public" and (anonymous_read or not viewer.anonymous)
 
-        items = self._page(fetch, keep, offset, limit)
         with self.session() as s:
+            items = _page(lambda first, count: fetch(s, first, count), keep, offset, limit)
             total = int(s.scalar(select(func.count(Job.id)).where(cond)) or 0)
         return items, total
 
     def count_nodes(self, *, state: str | None = None, health: str | None = None) -> int:
-        with self.session() as s:
-            q = select(func.count(SubJob.id)).join(Job, SubJob.job_id == Job.id)
-            return int(s.scalar(q.where(state_condition(state, health))) or 0)
+        sub, job = node_rows.SUB, node_rows.JOB
+        q = select(func.count()).select_from(sub).join(job, sub.c.job_id == job.c.id)
+        with self.connection() as conn:
+            return int(conn.scalar(q.where(state_condition(state, health))) or 0)
 
     def node(self, job: lava.LavaJobId) -> NodeRow:
         """One node; NotFound for an unknown job or node number."""
-        with self.session() as s:
-            pairs = list(
-                s.execute(
-                    select(SubJob, Job)
-                    .join(Job, SubJob.job_id == Job.id)
-                    .where(Job.id == job.job_id)
-                    .order_by(SubJob.id)
-                ).all()
-            )
-            if not pairs or job.index >= len(pairs):
+        with self.connection() as conn:
+            found = conn.execute(node_rows.NODE, {"job_id": job.job_id, "index": job.index})
+            row = found.first()
+            if row is None:
                 raise NotFound(f"Job '{_shown(job)}' was not found.")
-            return self._rows(s, [pairs[job.index]])[0]
+            return self._rows(conn, [row], [job.index])[0]
 
     def job_nodes(self, job_id: int) -> list[NodeRow]:
         """Every node of a job, in group order; NotFound for an unknown job."""
-        with self.session() as s:
-            pairs = list(
-                s.execute(
-                    select(SubJob, Job)
-                    .join(Job, SubJob.job_id == Job.id)
-                    .where(Job.id == job_id)
-                    .order_by(SubJob.id)
-                ).all()
-            )
-            if not pairs:
+        with self.connection() as conn:
+            rows = list(conn.execute(node_rows.JOB_NODES, {"job_id": job_id}))
+            if not rows:
                 raise NotFound(f"Job '{job_id}' was not found.")
-            return self._rows(s, pairs)
+            return self._rows(conn, rows, list(range(len(rows))))
 
     def job(self, job_id: int) -> dict[str, Any]:
         """The job (group) itself: name, state, times, definition, group name."""
@@ -510,6 +342,32 @@ class LabReader:
             if h["name"] == name:
                 return h
         raise NotFound(f"Worker '{name}' was not found.")
+
+
+def _page(
+    fetch: Callable[[int, int], list[T]], keep: Callable[[T], bool], start: int, limit: int
+) -> list[T]:
+    """Items ``start`` .. ``start + limit`` of those ``keep`` lets through, read in chunks
+    (``fetch(offset, count)``)."""
+    start, limit = max(0, int(start)), max(0, int(limit))
+    out: list[T] = []
+    skipped = offset = 0
+    chunk = max(limit + start, 25)
+    while len(out) < limit:
+        batch = fetch(offset, chunk)
+        if not batch:
+            break
+        offset += len(batch)
+        for item in batch:
+            if not keep(item):
+                continue
+            if skipped < start:
+                skipped += 1
+                continue
+            out.append(item)
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _shown(job: lava.LavaJobId) -> str:

@@ -17,7 +17,7 @@ import string
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, select
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -62,6 +62,15 @@ class Identity:
 ANONYMOUS = Identity()
 
 
+_USERS, _TOKENS = User.__table__, Token.__table__
+#: the user holding the token of digest ``digest``
+_HOLDER = (
+    select(_USERS.c.name, _USERS.c.is_admin, _TOKENS.c.digest)
+    .join(_TOKENS, _TOKENS.c.user_id == _USERS.c.id)
+    .where(_TOKENS.c.digest == bindparam("digest"))
+)
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -69,10 +78,12 @@ def token_digest(token: str) -> str:
 class UserStore:
     """Adds users and tokens, and finds the user a (name, token) pair belongs to."""
 
-    def __init__(self, db_url: str, *, run_migrations: bool = True) -> None:
+    def __init__(
+        self, db_url: str, *, run_migrations: bool = True, pool_size: int | None = None
+    ) -> None:
         if run_migrations:
             migrate(db_url)
-        self.engine = make_engine(db_url)
+        self.engine = make_engine(db_url, pool_size=pool_size)
         self.sessions = session_factory(self.engine)
 
     def close(self) -> None:
@@ -115,12 +126,9 @@ class UserStore:
     def authenticate(self, token: str, name: str | None = None) -> Identity | None:
         """The user holding ``token`` (and named ``name`` when given), or None."""
         digest = token_digest(token)
-        with self.sessions.begin() as s:
-            row = s.execute(
-                select(User.name, User.is_admin, Token.digest)
-                .join(Token, Token.user_id == User.id)
-                .where(Token.digest == digest)
-            ).first()
+        # every call with a token asks this: one prepared statement on a pooled connection
+        with self.engine.connect() as conn:
+            row = conn.execute(_HOLDER, {"digest": digest}).first()
         if row is None or not hmac.compare_digest(row[2], digest):
             return None
         if name is not None and not hmac.compare_digest(row[0].encode(), name.encode()):

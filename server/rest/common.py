@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -82,6 +83,7 @@ def error_response(exc: BaseException) -> JSONResponse:
 
 def install_errors(app: FastAPI) -> None:
     """Our errors (and bugs) as :class:`ErrorBody` JSON with the status of ERROR_ANSWERS."""
+    allowed = _allowed_methods(app)
 
     @app.exception_handler(LavamqError)
     async def lavamq_error(request: Request, exc: LavamqError) -> JSONResponse:
@@ -93,12 +95,16 @@ def install_errors(app: FastAPI) -> None:
         body = ErrorBody(
             error_type=kinds.get(exc.status_code, "bad-request"), message=str(exc.detail)
         )
-        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed(request.url.path) or headers.get("Allow", "")
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=headers)
 
 
-def install_allow(app: FastAPI) -> None:
-    """A 405's ``Allow`` names every method the schema has for the path (Starlette names
-    only the first route's, though ``GET /jobs`` and ``POST /jobs`` are two routes)."""
+def _allowed_methods(app: FastAPI) -> Callable[[str], str | None]:
+    """A 405's ``Allow``: every method the schema has for the path (Starlette names only
+    the first route's, though ``GET /jobs`` and ``POST /jobs`` are two routes). Done in
+    the 405's handler, not in a middleware, which would cost every request."""
     table: list[tuple[re.Pattern[str], str]] = []
 
     def allowed(path: str) -> str | None:
@@ -108,11 +114,4 @@ def install_allow(app: FastAPI) -> None:
                 table.append((re.compile(f"^{pattern}$"), ", ".join(m.upper() for m in ops)))
         return next((methods for pattern, methods in table if pattern.match(path)), None)
 
-    @app.middleware("http")
-    async def allow_header(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        if response.status_code == 405:
-            methods = allowed(request.url.path)
-            if methods:
-                response.headers["Allow"] = methods
-        return response
+    return allowed

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from coordinator.results import bundle_junit
 from server import lava
 from server.lab import Lab
-from server.queries import NodeRow
+from server.node_rows import NodeRow
 from server.rest.common import ERRORS, MAX_ID, Caller, LabDep, Limit, Offset
 from server.users import Identity
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from server.lab import Lab
 from server.live import LiveTap
-from server.queries import NodeRow
+from server.node_rows import NodeRow
 from server.timeline import Timeline
 
 _BATCH_NAME = re.compile(r"^(\d+)-(\d+)\.json$")
