@@ -80,9 +80,12 @@ def end_group(broker: Broker, group: str, nodes: Iterable[str]) -> None:
     log.info("group %s ended", group)
 
 
-def fail_group(broker: Broker, group: str, reason: str, *, node: str | None = None) -> None:
-    """Fail the group: every node's waiters (now and later) get GroupFailed(reason)."""
-    body = {"group": group, "reason": reason, "node": node, "cause": "failed"}
+def fail_group(
+    broker: Broker, group: str, reason: str, *, node: str | None = None, cause: str = "failed"
+) -> None:
+    """Fail the group: every node's waiters (now and later) get GroupFailed(reason);
+    ``cause`` "canceled" also stops each running node's current step (its job was canceled)."""
+    body = {"group": group, "reason": reason, "node": node, "cause": cause}
     broker.publish(topology.group_exchange_name(group), "", GroupFailedSchema(), body)
     broker.publish(
         topology.BARRIER_EXCHANGE_NAME,
@@ -142,7 +145,13 @@ def apply_outcome(broker: Broker, outcome: GroupOutcome) -> None:
         return
     if outcome.fail_reason:
         try:
-            fail_group(broker, outcome.group, outcome.fail_reason, node=outcome.fail_node)
+            fail_group(
+                broker,
+                outcome.group,
+                outcome.fail_reason,
+                node=outcome.fail_node,
+                cause=outcome.fail_cause,
+            )
         except LavamqError as exc:
             log.warning("group %s: cannot publish its failure: %s", outcome.group, exc)
     if outcome.ended:

@@ -40,6 +40,9 @@ class GroupState:
         self.messages: dict[str, dict[str, dict[str, str]]] = {}
         self.releases: set[ReleaseKey] = set()
         self.failure: dict[str, Any] | None = None
+        #: the group's job was canceled (a ``group-failed`` of cause "canceled"), even
+        #: when another failure came first: its nodes stop whatever they run
+        self.canceled: dict[str, Any] | None = None
         #: broker message ids applied: a redelivery (or a queue read again) counts once
         self.applied: set[str] = set()
         self.duplicates = 0
@@ -65,8 +68,10 @@ class GroupState:
                 self.releases.add(
                     ReleaseKey(body["kind"], body["message_id"], body["generation"], body["role"])
                 )
-            elif delivery.message_type == "group-failed" and self.failure is None:
-                self.failure = body
+            elif delivery.message_type == "group-failed":
+                self.failure = self.failure or body
+                if body.get("cause") == "canceled":
+                    self.canceled = self.canceled or body
             self.cond.notify_all()
         for hook in list(self._hooks):
             hook(delivery)

@@ -151,6 +151,12 @@ class MultinodeClient:
                 body,
             )
 
+    @property
+    def canceled(self) -> str | None:
+        """Why the group's job was canceled, once it was (the node must stop at once)."""
+        canceled = self._state.canceled
+        return None if canceled is None else str(canceled["reason"])
+
     def _check_failed(self) -> None:
         failure = self._state.failure
         if failure is not None:

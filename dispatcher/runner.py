@@ -25,7 +25,7 @@ from dispatcher.assignment import Assignment, load_assignment
 from dispatcher.joblog import JobLog
 from dispatcher.publisher import dropped_note
 from dispatcher.registry import build_pipeline, pipeline_for
-from schemas.errors import JobError, LavamqError, classify
+from schemas.errors import JobCanceled, JobError, LavamqError, classify
 
 __all__ = ["Outcome", "SubJobRunner", "build_pipeline"]
 
@@ -43,6 +43,12 @@ class Outcome:
     state: str  # complete | incomplete | canceled
     error: LavamqError | None
     log_path: Path
+
+
+def _canceled_reason(ctx: JobContext) -> str | None:
+    """Why the node's group was canceled, if it was."""
+    reason = getattr(ctx.multinode, "canceled", None)
+    return reason if isinstance(reason, str) else None
 
 
 class SubJobRunner:
@@ -90,6 +96,12 @@ class SubJobRunner:
             ).start()
             joblog.add_json_listener(publisher.log_json)
         start = time.monotonic()
+
+        def cancelled() -> bool:
+            # the dispatcher is stopping, or the group's job was canceled (every running
+            # node stops now, not at its next MultiNode call)
+            return self.cancelled() or _canceled_reason(ctx) is not None
+
         ctx = JobContext(
             job_id=job,
             subjob_id=subjob,
@@ -105,7 +117,7 @@ class SubJobRunner:
             secrets=dict(a.secrets),
             job_context=dict(a.context),
             publish_result=publisher.result if publisher is not None else None,
-            cancelled=self.cancelled,
+            cancelled=cancelled,
         )
         ctx.data["attach_console"] = lambda console: self._attach_console(console, joblog)
         joblog.event(
@@ -150,7 +162,10 @@ class SubJobRunner:
             from schemas.errors import InfrastructureError
 
             error = InfrastructureError("finalize: " + "; ".join(finalize.problems))
-        if self.cancelled() and error is not None:
+        reason = _canceled_reason(ctx)
+        if reason is not None and error is not None:
+            error = JobCanceled(f"{reason} ({error.message})")
+        if cancelled() and error is not None:
             state = "canceled"
         else:
             state = "complete" if error is None else "incomplete"

@@ -295,6 +295,7 @@ class LifecycleStore(StoreBase):
                     outcome = self._end_subjob(s, sub, SubJobState.CANCELED, error_type, cause, now)
             if was != JobState.QUEUED:
                 outcome.fail_reason = f"job {job_id} canceled: {cause}"
+                outcome.fail_cause = "canceled"
             return outcome
 
     def expired_joins(self, now: float) -> list[tuple[int, list[str]]]:

@@ -61,6 +61,8 @@ class GroupOutcome:
     #: the group must be failed on the broker (peers released with this reason)
     fail_reason: str | None = None
     fail_node: str | None = None
+    #: the failure's ``cause`` on the broker: "canceled" stops the running nodes at once
+    fail_cause: str = "failed"
     #: every sub-job has ended: delete the group's topology
     ended: bool = False
     job_state: str | None = None
@@ -88,6 +90,7 @@ def merge_outcomes(outcomes: list[GroupOutcome]) -> list[GroupOutcome]:
             continue
         m.ended = m.ended or o.ended
         m.job_state = o.job_state
-        m.fail_reason = m.fail_reason or o.fail_reason
+        if not m.fail_reason:
+            m.fail_reason, m.fail_cause = o.fail_reason, o.fail_cause
         m.fail_node = m.fail_node or o.fail_node
     return list(merged.values())

@@ -119,8 +119,11 @@ class GroupFailedSchema(MessageSchema):
     group = _name
     reason = fields.String(required=True)
     node = fields.String(load_default=None, allow_none=True)
-    #: "timeout" when a wait timed out (that node raises MultinodeTimeout)
-    cause = fields.String(load_default="failed", validate=validate.OneOf(["failed", "timeout"]))
+    #: "timeout" when a wait timed out (that node raises MultinodeTimeout); "canceled"
+    #: when the job was canceled (every running node stops now, not at its next call)
+    cause = fields.String(
+        load_default="failed", validate=validate.OneOf(["failed", "timeout", "canceled"])
+    )
 
 
 #: what each queue accepts, by AMQP ``type``

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from lab import (
@@ -125,7 +126,15 @@ def server(
                 ).start(60)
             )
         base = server_url(procs[-1])
-        yield {"url": base, "tokens": tokens, "tmp": tmp, "mode": request.param, "procs": procs}
+        broker = url if request.param == "rabbitmq" else None
+        yield {
+            "url": base,
+            "tokens": tokens,
+            "tmp": tmp,
+            "mode": request.param,
+            "procs": procs,
+            "broker": broker,
+        }
     finally:
         stop_all(procs)
         for undo in reversed(cleanup):
@@ -315,6 +324,85 @@ def test_follow_a_running_job_and_cancel_another(
     cli("-i", "admin", "jobs", "cancel", ids[0])
     cli("jobs", "wait", ids[0], "--polling", "1", timeout=180)
     assert _state(cli, ids[0])["health"] == "Canceled"
+
+
+#: a two-node job whose nodes sleep ten minutes in one shell step (no MultiNode call)
+SLEEPER = """\
+job_name: sleeper {name}
+visibility: public
+timeouts:
+  job: {{minutes: 20}}
+  action: {{minutes: 15}}
+protocols:
+  lava-multinode:
+    roles:
+      server: {{device_type: local, count: 1}}
+      client: {{device_type: local, count: 1}}
+    timeout: {{minutes: 15}}
+actions:
+- boot: {{role: [server, client]}}
+- test:
+    definitions:
+    - from: inline
+      name: sleeper
+      path: inline/sleeper.yaml
+      repository:
+        metadata: {{format: Lava-Test Test Definition 1.0, name: sleeper}}
+        run:
+          steps:
+          - echo "sleeping-$((6 * 100))"
+          - sleep 600
+          - lava-test-case after-the-sleep --shell true
+"""
+
+
+def _asleep(cli: Lavacli, node: str) -> bool:
+    """The node's shell is in its ``sleep 600`` (the echo's output, not its command line)."""
+    return "sleeping-600" in cli("jobs", "logs", node, "--no-follow").stdout
+
+
+@pytest.mark.parametrize("how", ["lavacli", "other"])
+def test_a_cancel_stops_nodes_busy_in_a_long_shell_step(
+    cli: Lavacli, server: dict[str, Any], tmp_path: Path, how: str
+) -> None:
+    """Canceling a job whose nodes sleep in a shell step ends every node Canceled, each
+    finalized (powered off), without waiting for the step: LAVA ends such a job at once.
+    Canceled with lavacli, else with ``lavamq cancel`` (RabbitMQ) or REST (embedded: its
+    broker lives in the server's process)."""
+    if how == "other":
+        how = "rest" if server["broker"] is None else "lavamq"
+    job = tmp_path / "sleeper.yaml"
+    job.write_text(SLEEPER.format(name=how))
+    ids = _ids(cli("jobs", "submit", str(job)).stdout)
+    assert len(ids) == 2, ids
+    for node in ids:
+        wait_for(lambda node=node: _asleep(cli, node), 120, f"{node} in its sleep 600")
+    job_id = ids[0].split(".")[0]
+    if how == "lavacli":
+        cli("jobs", "cancel", ids[1])
+    elif how == "rest":
+        answer = httpx.post(
+            f"{server['url']}/api/v1/jobs/{job_id}/cancel",
+            headers={"Authorization": f"Bearer {server['tokens']['alice']}"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+    else:
+        subprocess.run(
+            [*LAVAMQ, "cancel", job_id, "--broker", server["broker"]],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    # far less than the sleep: a node left in it would make this wait fail
+    for node in ids:
+        cli("jobs", "wait", node, "--polling", "1", timeout=120)
+    for node in ids:
+        shown = _state(cli, node)
+        assert (shown["state"], shown["health"]) == ("Finished", "Canceled"), shown
+        assert f"job {job_id} canceled" in shown["error_msg"], shown
+        logs = cli("jobs", "logs", node, "--no-follow").stdout
+        assert "powered off" in logs and "after-the-sleep" not in logs, logs[-2000:]
 
 
 def test_who_may_call(cli: Lavacli, server: dict[str, Any], tmp_path: Path) -> None:

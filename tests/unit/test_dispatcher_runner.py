@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lab import wait_for
 
 from device_agent.devices import create_device
 from dispatcher.joblog import read_records
@@ -219,3 +221,58 @@ def test_a_device_that_boots_with_the_overlay_gets_it_built_before_boot(tmp_path
     # built once, before power on; the test action then used that very overlay
     assert seen == [("set_overlay", overlay, False), ("install_overlay", overlay, True)]
     assert "0_smoke/always-pass: pass" in [r["message"] for r in records]
+
+
+def test_a_canceled_group_stops_a_node_busy_in_a_long_shell_step(tmp_path: Path) -> None:
+    """The job's cancel reaches the node through its group (memory://) while its shell
+    sleeps: the step is cut short, the board powered off, the sub-job ends canceled."""
+    from kombu.transport import memory
+
+    from broker_config.broker import Broker
+    from broker_config.declare import declare_topology
+    from coordinator.groups import create_group, fail_group
+    from device_agent.multinode import MultinodeClient
+
+    memory.Transport.global_state.clear()
+    memory.Channel.queues.clear()
+    url, sha = image(tmp_path)
+    a = assignment(url, sha)
+    started = tmp_path / "sleeping"
+    definition = a["plan"]["actions"][2]["parameters"]["definitions"][0]
+    definition["repository"] = {
+        "metadata": {"name": "sleeper"},
+        "run": {"steps": [f"touch {started}", "sleep 600", "lava-test-case after --shell true"]},
+    }
+    broker = Broker("memory://")
+    declare_topology(broker)
+    create_group(broker, a["group"], a["members"], timeout=30)
+
+    def cancel_once_asleep() -> None:
+        wait_for(started.exists, 60, "the shell in its sleep")
+        fail_group(broker, a["group"], "job 7 canceled: canceled by alice", cause="canceled")
+
+    canceler = threading.Thread(target=cancel_once_asleep, daemon=True)
+    canceler.start()
+    states: list[tuple[str, Any, Any]] = []
+    dev = board(tmp_path)
+    outcome = SubJobRunner(
+        a,
+        dev,
+        workdir=tmp_path / "job",
+        report_state=lambda *s: states.append(s),
+        broker_url="memory://",
+        multinode_factory=lambda asg: MultinodeClient(
+            "memory://", asg.group, asg.node, dict(asg.members), timeout=30
+        ),
+    ).run()
+    canceler.join(5)
+    broker.close()
+    messages = [r["message"] for r in read_records(outcome.log_path)]
+    assert outcome.state == "canceled", messages[-10:]
+    assert states[-1][0] == "canceled" and "job 7 canceled: canceled by alice" in states[-1][2]
+    # stopped by the cancel in its sleep, not by the test action's timeout after it
+    assert "cancelled while the tests ran" in states[-1][2], states[-1]
+    assert any(m.startswith("start: 4 finalize") for m in messages)
+    assert not any(m.endswith("/after: pass") for m in messages)
+    assert not dev.powered
+    assert processes_in((tmp_path / "board1").resolve()) == []
