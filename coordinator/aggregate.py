@@ -127,6 +127,8 @@ class ResultsAggregator:
                     measurement=body.get("measurement"),
                     units=body.get("units"),
                     time=now,
+                    extra=dict(body.get("extra") or {}) or None,
+                    attachments=list(body.get("attachments") or []) or None,
                 )
                 s.add(row)
                 s.flush()
@@ -200,6 +202,8 @@ class ResultsAggregator:
                     result=r.result,
                     measurement=r.measurement,
                     units=r.units,
+                    extra=r.extra,
+                    attachments=r.attachments or (),
                 )
                 for r in rows
             ]

@@ -8,7 +8,7 @@ and JUnit XML that Jenkins and GitLab read. It does no I/O.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,10 @@ class CaseResult:
     result: str
     measurement: float | None = None
     units: str | None = None
+    #: what the test said about the case (test set, reference ...); in the bundle if any
+    extra: Mapping[str, str] | None = None
+    #: files attached to ``test_run`` (or to one of its cases): on the test run
+    attachments: Sequence[Mapping[str, Any]] = ()
 
 
 def build_bundle(
@@ -50,19 +54,29 @@ def build_bundle(
     among nodes that ended with an error) is named at the top.
     """
     by_node: dict[str, dict[str, list[dict[str, Any]]]] = {n.node: {} for n in nodes}
+    #: node → test run → the files attached to it (a test run's own result brings them)
+    attached: dict[str, dict[str, list[dict[str, Any]]]] = {}
     summary = dict.fromkeys(RESULT_VALUES, 0)
     for case in cases:
         result = case.result if case.result in RESULT_VALUES else "unknown"
         summary[result] += 1
         runs = by_node.setdefault(case.node, {})
-        runs.setdefault(case.test_run, []).append(
-            {
-                "name": case.case,
-                "result": result,
-                "measurement": case.measurement,
-                "units": case.units,
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": case.case,
+            "result": result,
+            "measurement": case.measurement,
+            "units": case.units,
+        }
+        if case.extra:
+            entry["extra"] = dict(case.extra)
+        runs.setdefault(case.test_run, []).append(entry)
+        if case.attachments:
+            # the files belong to the run the result is about (suite lava, case <run>)
+            run = case.case if case.test_run == "lava" else case.test_run
+            runs.setdefault(run, [])
+            attached.setdefault(case.node, {}).setdefault(run, []).extend(
+                dict(a) for a in case.attachments
+            )
     failed_nodes = [n for n in nodes if n.state != "complete"]
     first = min(
         (n for n in failed_nodes if n.error_type or n.message),
@@ -85,7 +99,8 @@ def build_bundle(
                 "error_type": n.error_type,
                 "message": n.message,
                 "test_runs": [
-                    {"name": name, "cases": run_cases} for name, run_cases in runs.items()
+                    _test_run(name, run_cases, attached.get(n.node, {}).get(name))
+                    for name, run_cases in runs.items()
                 ],
             }
         )
@@ -203,3 +218,13 @@ def bundle_junit(bundle: dict[str, Any]) -> bytes:
         root.set(key, str(value))
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _test_run(
+    name: str, cases: list[dict[str, Any]], attachments: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """One test run of the bundle; ``attachments`` only when it has some."""
+    run: dict[str, Any] = {"name": name, "cases": cases}
+    if attachments:
+        run["attachments"] = attachments
+    return run

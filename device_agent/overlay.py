@@ -22,6 +22,8 @@ from schemas.errors import JobError
 
 HELPERS_DIR = Path(__file__).parent / "helpers"
 COMMON = "lava-multi-node-common"
+#: the helpers' shared code, sourced (not run) by the others
+SOURCED = frozenset({COMMON, "lava-common-functions"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def write_overlay(dest: str | Path, context: MultinodeContext | None = None) -> 
     for name in helper_names():
         target = bin_dir / name
         shutil.copyfile(HELPERS_DIR / name, target)
-        target.chmod(0o644 if name == COMMON else 0o755)
+        target.chmod(0o644 if name in SOURCED else 0o755)
     if context is not None:
         context.check()
         ctx_dir = bin_dir / "multinode"

@@ -8,7 +8,8 @@ A DUT talks to the dispatcher only by printing lines. LAVA's grammar has:
 * test-shell signals ``<LAVA_SIGNAL_NAME params>``: ``STARTRUN``/``ENDRUN``
   (a test definition's frame), ``TESTCASE``, ``STARTTC``/``ENDTC``,
   ``TESTSET START name``/``STOP``, ``TESTREFERENCE``, ``TESTRAISE``,
-  ``TESTEVENT``;
+  ``TESTEVENT``, and lavamq's ``ATTACH START``/``DATA``/``END`` (a file of
+  ``lava-test-case-attach``/``lava-test-run-attach``, base64 over the console);
 * the runner's last line ``<LAVA_TEST_RUNNER EXIT>``.
 
 :func:`parse_line` turns one line into one event (or ``None``);
@@ -148,6 +149,34 @@ class TestEvent:
 
 
 @dataclass(frozen=True)
+class AttachStart:
+    """A file attached to a test case (``case``) or to the test run (``case`` None) begins.
+
+    Printed by ``lava-test-case-attach``/``lava-test-run-attach`` as
+    ``<LAVA_SIGNAL_ATTACH START <case|-> <mime|-> <bytes> <pathname>>``, then one
+    ``<LAVA_SIGNAL_ATTACH DATA <base64>>`` per line of the file's base64 and
+    ``<LAVA_SIGNAL_ATTACH END>``.
+    """
+
+    case: str | None
+    mime_type: str | None
+    size: int
+    pathname: str
+
+
+@dataclass(frozen=True)
+class AttachData:
+    """One line of an attachment's base64."""
+
+    chunk: str
+
+
+@dataclass(frozen=True)
+class AttachEnd:
+    """The attachment's last line has been printed."""
+
+
+@dataclass(frozen=True)
 class RunnerExit:
     """``<LAVA_TEST_RUNNER EXIT>``: every definition has run."""
 
@@ -175,6 +204,9 @@ Event = (
     | TestReference
     | TestRaise
     | TestEvent
+    | AttachStart
+    | AttachData
+    | AttachEnd
     | RunnerExit
     | Invalid
 )
@@ -305,7 +337,24 @@ def _lava_signal(name: str, params: str) -> Event:
         return TestRaise(params.strip())
     if name == "TESTEVENT":
         return TestEvent(params.strip())
+    if name == "ATTACH":
+        return _attach(params)
     return Invalid(f"unknown or malformed signal LAVA_SIGNAL_{name} {quote(params)}")
+
+
+_BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _attach(params: str) -> Event:
+    words = params.split(" ", 4)
+    if words[:1] == ["DATA"] and len(words) == 2 and _BASE64_RE.fullmatch(words[1]):
+        return AttachData(words[1])
+    if words == ["END"]:
+        return AttachEnd()
+    if words[:1] == ["START"] and len(words) == 5 and words[3].isdigit() and words[4]:
+        case, mime = (None if w == "-" else w for w in words[1:3])
+        return AttachStart(case, mime, int(words[3]), words[4])
+    return Invalid(f"malformed attachment signal {quote(params)}")
 
 
 def parse_line(line: str, *, max_chars: int = MAX_SIGNAL_CHARS) -> Event | None:

@@ -14,6 +14,7 @@ action only installs it, runs the runner and turns signals into results.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,19 +66,31 @@ class Overlay:
             },
         )
 
-    def setup_commands(self, target: str, cache_dir: str) -> list[str]:
-        """The shell lines that prepare the test shell (exports, PATH, ``LAVA_GROUP``)."""
-        lines = list(helpers.setup_commands(self.environment(target, cache_dir)))
-        # LAVA's name<TAB>role lines; built by printf on the board so that no
-        # newline is typed inside a quoted value at the prompt
+    def setup_commands(
+        self, target: str, cache_dir: str, device_env: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """The shell lines that prepare the test shell (exports, PATH, ``LAVA_GROUP``, and
+        what the device tells the test: ``TARGET_DEVICE_IP``...)."""
+        one_line = {k: v for k, v in (device_env or {}).items() if not {"\n", "\t"} & set(v)}
+        lines = list(helpers.setup_commands({**self.environment(target, cache_dir), **one_line}))
+        # LAVA's name<TAB>role lines
         group = dict(self.spec.members or {self.spec.node: self.spec.role})
-        table = "\\n".join(f"{node}\\t{role}" for node, role in group.items())
-        lines.append(f"LAVA_GROUP=\"$(printf '{table}')\"; export LAVA_GROUP")
+        table = "\n".join(f"{node}\t{role}" for node, role in group.items())
+        lines.append(printf_export("LAVA_GROUP", table))
+        lines += [printf_export(k, v) for k, v in (device_env or {}).items() if k not in one_line]
         return lines
 
     def runner(self, target: str) -> str:
         """The command that runs every definition, as the board sees it."""
         return f"{target}/bin/lava-test-runner"
+
+
+def printf_export(name: str, text: str) -> str:
+    """``export NAME`` of a value with newlines or TABs, made by printf on the board: no
+    newline (a continuation prompt) nor TAB (completion) is typed at the prompt."""
+    escaped = text.replace("\\", "\\\\").replace("%", "%%")
+    escaped = escaped.replace("\n", "\\n").replace("\t", "\\t")
+    return f'{name}="$(printf {shlex.quote(escaped)})"; export {name}'
 
 
 def build_overlay(spec: OverlaySpec, dest: Path, *, deadline: float | None, say: Logger) -> Overlay:

@@ -96,6 +96,22 @@ class DeviceSchema(Schema):
         load_default=60.0, validate=validate.Range(min=0, min_inclusive=False)
     )
     settings = fields.Dict(keys=fields.String(), load_default=dict)
+    #: the device's own address and MAC for lava-target-ip / lava-target-mac
+    #: (LAVA's device dictionary ``parameters: interfaces: target``)
+    target_ip = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
+    target_mac = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Regexp(
+            r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$", error="not a MAC address"
+        ),
+    )
+    #: what lava-echo-config prints: "key value" lines (LAVA's shared device config)
+    shared_config = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(r"^[^\s]+$", error="no blanks in a key")),
+        values=fields.String(validate=validate.Regexp(r"^[^\n]*$", error="one line")),
+        load_default=dict,
+    )
 
 
 class HostSchema(Schema):

@@ -130,6 +130,10 @@ class Result(Base):
     measurement: Mapped[float | None] = mapped_column(Float, nullable=True)
     units: Mapped[str | None] = mapped_column(String(100), nullable=True)
     time: Mapped[float] = mapped_column(Float)
+    #: the result's details (test set, reference, why a run stopped)
+    extra: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    #: files attached to the test run or its cases (base64 content)
+    attachments: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class Event(Base):

@@ -42,8 +42,10 @@ def remaining(deadline: float, what: str) -> float:
 class Capabilities:
     """What a device type can do for a test shell, declared by the type (never probed)."""
 
-    #: ``install: deps`` and ``lava-install-packages`` may run the board OS's package manager
-    installs_packages: bool = False
+    #: ``install: deps`` and ``lava-install-packages`` may run the board OS's package
+    #: manager: the device runs the job's own OS (a board that is the dispatcher host
+    #: does not, unless its host config allows it)
+    installs_packages: bool = True
     #: the board has its own ``/tmp`` (not shared with the dispatcher host or other boards)
     private_tmp: bool = True
     #: the board has a network interface of its own for ``lava-network``
@@ -64,6 +66,16 @@ class BootRequest:
     auto_login: Mapping[str, Any] = field(default_factory=dict)
     #: the role's ``context:`` (arch, extra_options ...)
     context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetInterface:
+    """The device's own address for ``lava-target-ip``/``lava-target-mac`` ("" unknown),
+    and why there is none when one is missing."""
+
+    ip: str = ""
+    mac: str = ""
+    why: str = "the device dictionary gives no target_ip/target_mac"
 
 
 class Device(ABC):
@@ -112,6 +124,35 @@ class Device(ABC):
     def cache_dir(self) -> str:
         """Where the test shell finds LAVA's MultiNode cache files, as the board sees it."""
         return "/tmp"
+
+    def target_interface(self) -> TargetInterface:
+        """The device's address and MAC: the device dictionary's ``target_ip``/``target_mac``
+        (LAVA's ``parameters: interfaces: target``); a type that knows them says so."""
+        return TargetInterface(
+            str(self.config.get("target_ip") or ""), str(self.config.get("target_mac") or "")
+        )
+
+    def packages_refused(self) -> str:
+        """Why ``lava-install-packages`` may not run on this device ("" when it may)."""
+        if self.capabilities.installs_packages:
+            return ""
+        return f"device type {self.device_type} does not install the OS's packages"
+
+    def test_shell_environment(self) -> dict[str, str]:
+        """What the device tells the test shell: LAVA's ``TARGET_DEVICE_IP``/``_MAC``,
+        ``LAVA_SHARED_CONFIG`` ("key value" lines of the device dictionary's
+        ``shared_config``) and, where packages may not be installed, why."""
+        target = self.target_interface()
+        env = {"TARGET_DEVICE_IP": target.ip, "TARGET_DEVICE_MAC": target.mac}
+        if not (target.ip and target.mac):
+            env["TARGET_DEVICE_WHY"] = target.why
+        refused = self.packages_refused()
+        if refused:
+            env["LAVA_PACKAGES_REFUSED"] = refused
+        shared = self.config.get("shared_config") or {}
+        if shared:
+            env["LAVA_SHARED_CONFIG"] = "\n".join(f"{k} {v}" for k, v in shared.items())
+        return env
 
     # --- power ----------------------------------------------------------------
     @abstractmethod

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from device_agent.console import Console, ConsoleBase, ConsoleTimeout
-from device_agent.devices.base import BootRequest, Device, remaining
+from device_agent.devices.base import BootRequest, Device, TargetInterface, remaining
 from device_agent.qemu.accel import choose_accel
 from device_agent.qemu.host import find_qemu, free_port, qemu_pids, runtime_root
 from device_agent.qemu.initrd import OVERLAY_TARGET, build_initrd
@@ -187,6 +187,12 @@ class QemuDevice(Device):
         self.group = group
         self.node = node
         self.members = list(members) if members is not None else None
+
+    def target_interface(self) -> TargetInterface:
+        """The VM's address and MAC on its group network (lava-target-ip/-mac)."""
+        if self.nic is None:
+            return TargetInterface(why="the VM has no network of its own (no group network)")
+        return TargetInterface(str(self.nic.address.ip), self.nic.mac)
 
     def set_kernel_args(self, args: Sequence[str] | str) -> None:
         self.job_kernel_args = args.split() if isinstance(args, str) else list(args)

@@ -25,6 +25,7 @@ from typing import Any
 
 from device_agent import signals
 from dispatcher.action import Action, ActionTimeout, JobContext, remaining
+from dispatcher.attachments import AttachmentCollector
 from dispatcher.joblog import now_iso
 from dispatcher.overlay import Overlay, OverlaySpec, build_overlay
 from dispatcher.testdef import RUNNER_EXIT, FetchedTest, PatternParser, case_id, validate_spec
@@ -67,6 +68,8 @@ class ResultTracker:
         #: run id → where its run.sh stopped (``step N exit RC``, from its EXIT trap)
         self.stopped: dict[str, str] = {}
         self.cases = 0
+        #: files attached by the test (they go with each test run's own result)
+        self.files = AttachmentCollector(say)
         self._lock = threading.Lock()
         self._parsers = {
             run_id: PatternParser(t.definition.parse_pattern, t.definition.fixupdict)
@@ -104,7 +107,13 @@ class ResultTracker:
             self.test_set = None
             self.say(f"test run {event.run_id} ended")
             result = "fail" if event.run_id in self.failed_runs else "pass"
-            self._result("lava", event.run_id, result, extra={"uuid": event.uuid})
+            self._result(
+                "lava",
+                event.run_id,
+                result,
+                extra={"uuid": event.uuid},
+                attachments=self.files.take(event.run_id),
+            )
             self.current = None
         elif isinstance(event, signals.TestEvent) and STOPPED_RE.match(event.text):
             stop = STOPPED_RE.match(event.text)
@@ -113,6 +122,8 @@ class ResultTracker:
             self.say(f"test run {stop['run']} stopped at {self.stopped[stop['run']]} (set -e)")
         elif isinstance(event, signals.TestEvent):
             self.say(f"test event: {event.text}")
+        elif isinstance(event, (signals.AttachStart, signals.AttachData, signals.AttachEnd)):
+            self.files.handle(event, self.current)
         elif isinstance(event, signals.TestSet):
             self.test_set = event.name
             self.say(f"test set {event.name} started" if event.name else "test set stopped")
@@ -158,20 +169,22 @@ class ResultTracker:
         measurement: float | None = None,
         units: str | None = None,
         extra: dict[str, str] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
     ) -> None:
         self.cases += 1
         if self.test_set is not None:
             extra = {**(extra or {}), "set": self.test_set}
-        self.emit(
-            {
-                "suite": suite,
-                "case": case_id(case),
-                "result": result,
-                "measurement": measurement,
-                "units": units,
-                "extra": extra or {},
-            }
-        )
+        rec: dict[str, Any] = {
+            "suite": suite,
+            "case": case_id(case),
+            "result": result,
+            "measurement": measurement,
+            "units": units,
+            "extra": extra or {},
+        }
+        if attachments:
+            rec["attachments"] = attachments
+        self.emit(rec)
 
     def call_result(self, rec: dict[str, Any]) -> None:
         """The bridge's ``multinode-<call>-<id>`` result, in the test run in progress."""
@@ -201,6 +214,7 @@ def result_body(ctx: JobContext, rec: dict[str, Any]) -> dict[str, Any]:
         "units": rec.get("units"),
         "time": now_iso(),
         "extra": {str(k): str(v) for k, v in (rec.get("extra") or {}).items()},
+        "attachments": list(rec.get("attachments") or []),
     }
 
 
@@ -253,7 +267,8 @@ class LavaTestShellAction(Action):
         left = remaining(deadline)
         target = ctx.device.install_overlay(overlay.root, 300.0 if left is None else left)
         ctx.log.info(f"overlay installed on {ctx.device.name} at {target}")
-        for command in overlay.setup_commands(target, ctx.device.cache_dir()):
+        device_env = ctx.device.test_shell_environment()
+        for command in overlay.setup_commands(target, ctx.device.cache_dir(), device_env):
             self._run_checked(connection, command, deadline, ctx)
 
         failures: list[Exception] = []
@@ -282,7 +297,16 @@ class LavaTestShellAction(Action):
         for run_id in unfinished + missing:
             reason = tracker.stopped.get(run_id)
             extra = {"reason": f"ended at {reason} before its last step"} if reason else {}
-            record_result(ctx, {"suite": "lava", "case": run_id, "result": "fail", "extra": extra})
+            record_result(
+                ctx,
+                {
+                    "suite": "lava",
+                    "case": run_id,
+                    "result": "fail",
+                    "extra": extra,
+                    "attachments": tracker.files.take(run_id),
+                },
+            )
         # a definition that a failing step ended (set -e) is a failed test run, as on
         # LAVA; one that never started or stopped without saying where is the job's error
         unexplained = [r for r in unfinished if r not in tracker.stopped] + missing

@@ -7,6 +7,9 @@
 - ``test-result`` on ``lava.results``: one test case (``lava-test-case``, a
   ``parse: pattern`` match, ``lava-sync`` ...) or one test run's own result
   (suite ``lava``). ``id`` is unique per result so consumers are idempotent.
+  A test run's own result carries the files attached to it or to its cases
+  (``lava-test-run-attach``, ``lava-test-case-attach``), base64, each at most
+  :data:`MAX_ATTACHMENT_BYTES`.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from marshmallow import ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from schemas.messages.base import MessageSchema
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "target", "input", "results", "event")
 RESULTS = ("pass", "fail", "skip", "unknown")
+#: the largest file a test may attach (as LAVA 2014's bundles, base64 in the result)
+MAX_ATTACHMENT_BYTES = 1024 * 1024
+#: attachments per test run
+MAX_ATTACHMENTS = 100
 
 
 _DICT = frozenset({dict})
@@ -95,6 +102,19 @@ class LogBatchSchema(MessageSchema):
     final = fields.Boolean(load_default=False)
 
 
+class AttachmentSchema(Schema):
+    """One attached file, as LAVA 2014's bundles held it (``pathname``, ``mime_type``,
+    ``content`` in base64), with the test case it belongs to, if any."""
+
+    pathname = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    mime_type = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    case = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    #: base64 of at most MAX_ATTACHMENT_BYTES bytes
+    content = fields.String(
+        required=True, validate=validate.Length(max=(MAX_ATTACHMENT_BYTES + 2) // 3 * 4)
+    )
+
+
 class TestResultSchema(MessageSchema):
     """One test case's result from one node, on ``lava.results``."""
 
@@ -113,3 +133,8 @@ class TestResultSchema(MessageSchema):
     units = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
     time = fields.String(required=True)
     extra = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    attachments = fields.List(
+        fields.Nested(AttachmentSchema),
+        load_default=list,
+        validate=validate.Length(max=MAX_ATTACHMENTS),
+    )

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import subprocess
@@ -105,6 +107,11 @@ def test_lava_helpers_and_variables_work_as_a_definition_uses_them() -> None:
     rc, bundle, err = run("helpers.yaml")
     assert rc == 0, err[-3000:]
     for role in ("server", "client"):
+        node = next(n for n in bundle["nodes"] if n["role"] == role)
+        details = {c["name"]: c.get("extra") for r in node["test_runs"] for c in r["cases"]}
+        # what the test said about a case is in the bundle: its test set, its reference
+        assert details["in-set"] == {"set": "network"}
+        assert details["docs"] == {"reference": "https://example.org/doc"}
         got = cases(bundle, role)["0_helpers"]
         assert got == dict.fromkeys(
             [
@@ -206,3 +213,29 @@ def test_lavas_own_helper_grammar_gets_the_answers_lava_gives(
             *((f"multinode-{call}", "pass") for call in lava_cases[node["role"]]),
             ("same-answers-as-lava", "pass"),
         ], node["node"]
+
+
+def test_lava_dut_helpers_work_where_the_device_can_honour_them() -> None:
+    rc, bundle, err = run("dut-helpers.yaml")
+    assert rc == 0, err[-3000:]
+    for node in bundle["nodes"]:
+        runs = {r["name"]: r for r in node["test_runs"]}
+        run_ = runs["0_dut-helpers"]
+        assert all(c["result"] == "pass" for c in run_["cases"]), run_["cases"]
+        names = {c["name"] for c in run_["cases"]}
+        assert {"background-runs", "background-stopped", "os-build", "install-refused"} <= names
+        assert {"target-ip-refused", "echo-config-none", "vms-done", "output"} <= names
+        # the files attached (LAVA 2014) are in the bundle, on the test run, byte for byte
+        files = {a["pathname"]: a for a in run_["attachments"]}
+        assert (files["uname.txt"]["case"], files["uname.txt"]["mime_type"]) == (
+            "uname",
+            "text/plain",
+        )
+        assert base64.b64decode(files["uname.txt"]["content"]).startswith(b"Linux ")
+        random = base64.b64decode(files["random.bin"]["content"])
+        assert len(random) == 3000 and files["random.bin"]["mime_type"] is None
+        digest = base64.b64decode(files["random.sum"]["content"]).decode().strip()
+        assert digest == hashlib.md5(random).hexdigest()
+        # the VM-group messages went between the two nodes as on LAVA
+        calls = {"host": "send-lava_vm_start", "guest": "wait-lava_vm_start"}[node["role"]]
+        assert f"multinode-{calls}" in names

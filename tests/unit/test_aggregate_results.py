@@ -213,3 +213,26 @@ def test_bundle_names_the_first_failed_node_and_why(store: Store) -> None:
 def test_bundle_of_an_unknown_job_is_a_job_error(store: Store) -> None:
     with pytest.raises(JobError, match="no job 42"):
         ResultsAggregator(store).bundle(42)
+
+
+def test_details_and_attachments_reach_the_bundle_on_their_test_run(store: Store) -> None:
+    from schemas.messages.base import decode, encode
+    from schemas.messages.console import TestResultSchema
+
+    receipt = started_job(store)
+    agg = ResultsAggregator(store)
+    in_set = {**result(receipt, 0, "0_smoke", "ping", "pass"), "extra": {"set": "network"}}
+    files = [
+        {"pathname": "boot.log", "mime_type": "text/plain", "case": "ping", "content": "aGk="},
+        {"pathname": "/tmp/x", "mime_type": None, "case": None, "content": ""},
+    ]
+    run_end = {**result(receipt, 0, "lava", "0_smoke", "pass"), "attachments": files}
+    for body in (in_set, run_end):
+        # as they travel: through the message schema
+        agg.record(decode(TestResultSchema(), encode(TestResultSchema(), body)), T0 + 2)
+    bundle = agg.bundle(receipt.job_id, T0 + 3)
+    node = next(n for n in bundle["nodes"] if n["node"] == node_of(store, receipt, 0))
+    runs = {r["name"]: r for r in node["test_runs"]}
+    assert runs["0_smoke"]["cases"][0]["extra"] == {"set": "network"}
+    assert runs["0_smoke"]["attachments"] == files
+    assert "attachments" not in runs["lava"] and "extra" not in runs["lava"]["cases"][0]

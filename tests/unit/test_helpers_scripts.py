@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,7 +55,7 @@ class Dut:
             self.argv = [f"{busybox_path}/sh"]
         else:
             self.env["PATH"] = f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin"
-            self.argv = [shell]
+            self.argv = [str(shutil.which(shell))]
 
     def run(self, helper: str, *args: str, stdin: str = "", **env: str) -> tuple[int, str, str]:
         proc = subprocess.run(
@@ -317,6 +319,173 @@ def test_data_lines_reach_the_cache_byte_for_byte_and_cannot_be_forged(dut: Dut)
     ]
 
 
-def test_unsupported_helpers_say_so_and_fail(dut: Dut) -> None:
-    rc, _, err = dut.run("lava-os-build", LAVA_DEVICE_TYPE="local")
-    assert rc == 1 and "lava-os-build: not supported on local:" in err
+@pytest.mark.parametrize(
+    ("helper", "why"),
+    [
+        ("lava-target-storage", "describes no storage"),
+        ("lava-probe-ip", "no energy probes"),
+        ("lava-test-feedback", "one test shell per device"),
+    ],
+)
+def test_helpers_no_device_can_honour_say_why_and_fail(dut: Dut, helper: str, why: str) -> None:
+    rc, out, err = dut.run(helper, LAVA_DEVICE_TYPE="local")
+    assert (rc, out) == (1, "") and f"{helper}: not supported on local: " in err and why in err
+
+
+def attached(out: str) -> list[dict[str, Any]]:
+    """What the dispatcher makes of the attachment signals in ``out``."""
+    from device_agent.signals import SignalReader
+    from dispatcher.attachments import AttachmentCollector
+
+    said: list[str] = []
+    files = AttachmentCollector(said.append)
+    reader = SignalReader()
+    reader.subscribe(lambda line, event: files.handle(event, "0_run"))  # type: ignore[arg-type]
+    reader.feed(out)
+    return files.take("0_run")
+
+
+def test_attachments_reach_the_dispatcher_byte_for_byte(dut: Dut) -> None:
+    data = bytes(range(256)) * 40 + "grüße\n".encode()
+    (dut.root / "log file.bin").write_bytes(data)
+    rc, out, err = dut.run("lava-test-case-attach", "boot", "log file.bin", "application/x-log")
+    assert rc == 0, err
+    rc, out2, err = dut.run("lava-test-run-attach", "log file.bin")
+    assert rc == 0, err
+    files = attached(out + out2)
+    assert [(f["pathname"], f["case"], f["mime_type"]) for f in files] == [
+        ("log file.bin", "boot", "application/x-log"),
+        ("log file.bin", None, None),
+    ]
+    assert all(base64.b64decode(f["content"]) == data for f in files)
+
+
+def test_attachments_refuse_what_they_cannot_send(dut: Dut) -> None:
+    rc, _, err = dut.run("lava-test-run-attach", "missing.txt")
+    assert rc == 1 and "missing.txt not found" in err
+    (dut.root / "big").write_bytes(b"x" * (1024 * 1024 + 1))
+    rc, out, err = dut.run("lava-test-case-attach", "c", "big")
+    assert (rc, out) == (1, "") and "at most 1048576" in err
+    assert dut.run("lava-test-case-attach", "only-one-arg")[0] == 1
+
+
+def test_background_process_starts_and_stops_with_what_it_started(dut: Dut) -> None:
+    rc, out, err = dut.run("lava-background-process-start", "ticker", "--cmd", "sleep 60 | cat")
+    assert rc == 0 and "started" in out, err
+    pid = int((dut.root / "overlay/results/results/ticker/pid").read_text())
+    os.kill(pid, 0)  # running
+    assert dut.run("lava-background-process-start", "ticker", "--cmd", "true")[0] == 1
+    rc, out, err = dut.run("lava-background-process-stop", "ticker")
+    assert rc == 0 and "stopped" in out, err
+    for _ in range(200):
+        try:
+            os.waitpid(pid, os.WNOHANG)
+            os.kill(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            break
+        subprocess.run(["sleep", "0.05"], check=True)
+    else:
+        pytest.fail(f"background process {pid} still runs")
+    rc, _, err = dut.run("lava-background-process-stop", "ticker")
+    assert rc == 1 and "no background process 'ticker'" in err
+    assert dut.run("lava-background-process-start", "x")[0] == 1
+
+
+def test_target_ip_and_mac_as_the_device_gives_them(dut: Dut) -> None:
+    env = {"TARGET_DEVICE_IP": "192.0.2.7", "TARGET_DEVICE_MAC": "52:54:00:12:34:56"}
+    assert dut.run("lava-target-ip", **env) == (0, "192.0.2.7\n", "")
+    assert dut.run("lava-target-mac", **env) == (0, "52:54:00:12:34:56\n", "")
+    why = {"TARGET_DEVICE_WHY": "the board shares the host's network", "LAVA_DEVICE_TYPE": "local"}
+    rc, out, err = dut.run("lava-target-mac", TARGET_DEVICE_IP="192.0.2.7", **why)
+    assert (rc, out) == (1, "")
+    assert err == "lava-target-mac: not supported on local: the board shares the host's network\n"
+
+
+def test_os_build_and_installed_packages_of_the_os_they_run_on(dut: Dut) -> None:
+    rc, out, err = dut.run("lava-os-build")
+    assert rc == 0 and out.strip(), err
+    if shutil.which("dpkg-query") and not dut.argv[0].endswith("/sh"):  # not busybox's PATH
+        rc, out, err = dut.run("lava-installed-packages")
+        assert rc == 0, err
+        assert any(line.startswith("package: dash : ") for line in out.splitlines())
+
+
+def test_packages_are_installed_only_where_the_device_allows(dut: Dut) -> None:
+    refused = {
+        "LAVA_PACKAGES_REFUSED": "this board is the dispatcher host",
+        "LAVA_DEVICE_TYPE": "local",
+    }
+    for helper in ("lava-install-packages", "lava-add-sources", "lava-add-keys"):
+        rc, _, err = dut.run(helper, "iperf3", **refused)
+        assert (
+            rc == 1
+            and f"{helper}: not supported on local: this board is the dispatcher host" in err
+        )
+        assert dut.run(helper)[0] == 1  # usage
+    # allowed, but an OS without a package manager (only busybox's applets, or none)
+    rc, _, err = dut.run("lava-install-packages", "iperf3", PATH=str(dut.bin) + ":/nonexistent")
+    assert rc == 1 and "no package manager on the device" in err
+
+
+def test_echo_config_prints_what_the_device_dictionary_shares(dut: Dut) -> None:
+    assert dut.run("lava-echo-config") == (1, "", "no shared config\n")
+    shared = "switch-port 12\npdu-outlet 3 (rack b)"
+    assert dut.run("lava-echo-config", LAVA_SHARED_CONFIG=shared) == (0, shared + "\n", "")
+    assert dut.run("lava-echo-config", "pdu-outlet", LAVA_SHARED_CONFIG=shared) == (
+        0,
+        "3 (rack b)\n",
+        "",
+    )
+    assert dut.run("lava-echo-config", "nope", LAVA_SHARED_CONFIG=shared)[0] == 1
+
+
+def test_vm_helpers_are_the_messages_lava_sends(dut: Dut) -> None:
+    rc, out, _ = dut.run("lava-start-vms", TARGET_DEVICE_IP="192.0.2.7")
+    assert (rc, out) == (0, "<LAVA_MULTI_NODE> <LAVA_SEND lava_vm_start host_ip=192.0.2.7>\n")
+    assert dut.run("lava-start-vms")[1] == "<LAVA_MULTI_NODE> <LAVA_SEND lava_vm_start>\n"
+    rc, out, _ = dut.run("lava-wait-for-vms", stdin="<LAVA_WAIT_ALL_COMPLETE>\n")
+    assert (rc, out) == (
+        0,
+        "<LAVA_MULTI_NODE> <LAVA_SEND lava_vm_stop>\n"
+        "<LAVA_MULTI_NODE> <LAVA_WAIT_ALL lava_vm_stop>\n",
+    )
+
+
+def test_test_case_output_file_goes_in_the_log_between_its_markers(dut: Dut) -> None:
+    (dut.root / "out.txt").write_text("line 1\nline 2\n")
+    rc, out, _ = dut.run("lava-test-case", "t", "--result", "pass", "--output", "out.txt")
+    assert (rc, out) == (
+        0,
+        "<LAVA_SIGNAL_STARTTC t>\nline 1\nline 2\n<LAVA_SIGNAL_ENDTC t>\n"
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=t RESULT=pass>\n",
+    )
+    rc, _, err = dut.run("lava-test-case", "t", "--result", "pass", "--output", "nope.txt")
+    assert rc == 1 and "nope.txt" in err
+
+
+def test_the_collector_keeps_only_whole_attachments() -> None:
+    from device_agent.signals import parse_line
+    from dispatcher.attachments import AttachmentCollector
+
+    said: list[str] = []
+    files = AttachmentCollector(said.append)
+
+    def feed(*lines: str) -> None:
+        for line in lines:
+            files.handle(parse_line(line), "0_run")  # type: ignore[arg-type]
+
+    ok = base64.b64encode(b"hello").decode()
+    feed("<LAVA_SIGNAL_ATTACH START - - 6 short>", f"<LAVA_SIGNAL_ATTACH DATA {ok}>")
+    feed("<LAVA_SIGNAL_ATTACH END>")  # 5 bytes arrived, 6 announced
+    feed("<LAVA_SIGNAL_ATTACH START - - 5 cut>", f"<LAVA_SIGNAL_ATTACH DATA {ok[:-1]}>")
+    feed("<LAVA_SIGNAL_ATTACH END>")  # damaged base64
+    feed("<LAVA_SIGNAL_ATTACH START - - 9999999 huge>", "<LAVA_SIGNAL_ATTACH END>")
+    feed("<LAVA_SIGNAL_ATTACH START c text/plain 5 good>", f"<LAVA_SIGNAL_ATTACH DATA {ok}>")
+    feed("<LAVA_SIGNAL_ATTACH END>", "<LAVA_SIGNAL_ATTACH DATA AAAA>")
+    kept = files.take("0_run")
+    assert [(f["pathname"], base64.b64decode(f["content"])) for f in kept] == [("good", b"hello")]
+    assert files.take("0_run") == []  # handed over once
+    assert any("short: not kept: 5 bytes arrived, 6 were announced" in s for s in said)
+    assert any("cut: not kept: its base64 is damaged" in s for s in said)
+    assert any("huge: not kept: over the limit of 1048576 bytes" in s for s in said)
+    assert any("without a start" in s for s in said)

@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 
 from device_agent import signals
 from device_agent.signals import (
+    AttachData,
+    AttachEnd,
+    AttachStart,
     EndRun,
     EndTestCase,
     Invalid,
@@ -59,6 +62,13 @@ def test_every_signal_of_the_grammar_is_a_typed_event() -> None:
         ("<LAVA_SIGNAL_TESTRAISE disk is full>", RaiseSignal("disk is full")),
         ("<LAVA_SIGNAL_TESTEVENT firmware loaded>", EventSignal("firmware loaded")),
         ("<LAVA_TEST_RUNNER EXIT>", RunnerExit()),
+        (
+            "<LAVA_SIGNAL_ATTACH START boot text/plain 12 /var/log/boot log.txt>",
+            AttachStart("boot", "text/plain", 12, "/var/log/boot log.txt"),
+        ),
+        ("<LAVA_SIGNAL_ATTACH START - - 0 dmesg>", AttachStart(None, None, 0, "dmesg")),
+        ("<LAVA_SIGNAL_ATTACH DATA aGVsbG8K>", AttachData("aGVsbG8K")),
+        ("<LAVA_SIGNAL_ATTACH END>", AttachEnd()),
         ("xx<LAVA_MULTI_NODE> <LAVA_WAIT go>", MultinodeCall("WAIT", "go")),
         (
             "<LAVA_MULTI_NODE> <LAVA_WAIT_ALL done client>",
