@@ -13,7 +13,6 @@ others go on; the exit code is then 1.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,18 +25,7 @@ import load  # noqa: E402
 import qemu  # noqa: E402
 import scheduler  # noqa: E402
 import sync_latency  # noqa: E402
-from common import ROOT, MissingPiece, Row, print_rows  # noqa: E402
-
-
-def cluster_running() -> bool:
-    script = ROOT / "scripts" / "rabbitmq-cluster.sh"
-    try:
-        out = subprocess.run(
-            ["bash", str(script), "status"], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "running members: 3 of 3" in out.stdout
+from common import MissingPiece, Row, print_rows, running_cluster  # noqa: E402
 
 
 def plan(smallest: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
@@ -63,7 +51,10 @@ def plan(smallest: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
         ),
         ("scheduler", lambda: scheduler.rows([1, 2, 10], 1)),
         ("console", lambda: console.run(8, 16)),
-        ("load", lambda: load.run([1, 10, 50], 4, 8, [1, 2], cluster=cluster_running())),
+        (
+            "load",
+            lambda: load.run([1, 10, 50], 4, 8, [1, 2], cluster=running_cluster() is not None),
+        ),
         ("qemu", lambda: qemu.run(1, None, anchor=True)),
     ]
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
+import functools
 import json
 import os
 import shutil
@@ -105,6 +107,52 @@ def bench_vhost(
     finally:
         with contextlib.suppress(OSError):
             mgmt("DELETE", f"/vhosts/{q}", base=base)
+
+
+CLUSTER_SCRIPT = ROOT / "scripts" / "rabbitmq-cluster.sh"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The 3-node cluster of ``scripts/rabbitmq-cluster.sh`` (``$LAVAMQ_CLUSTER_PORT``: which)."""
+
+    port: int
+    dir: Path
+
+    @property
+    def amqp(self) -> list[str]:
+        return [f"127.0.0.1:{self.port + i}" for i in range(3)]
+
+    @property
+    def mgmt(self) -> str:
+        return f"http://127.0.0.1:{self.port + 10000}"
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Use the cluster while no test kills its nodes (tests/cluster.py's lock, shared side)."""
+        with (self.dir / "use.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def running_cluster() -> Cluster | None:
+    """The cluster, if all three of its nodes run here."""
+    try:
+        run = functools.partial(
+            subprocess.run, capture_output=True, text=True, timeout=60, check=False
+        )
+        status = run(["bash", str(CLUSTER_SCRIPT), "status"]).stdout
+        info = dict(
+            f.split("=", 1) for f in run(["bash", str(CLUSTER_SCRIPT), "info"]).stdout.split()
+        )
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if "running members: 3 of 3" not in status:
+        return None
+    return Cluster(int(info["port"]), Path(info["dir"]))
 
 
 def percentile(values: list[float], p: float) -> float:

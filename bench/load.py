@@ -35,7 +35,16 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from common import LAVAMQ, ROOT, Row, bench_vhost, percentile, print_rows  # noqa: E402
+from common import (  # noqa: E402
+    LAVAMQ,
+    ROOT,
+    MissingPiece,
+    Row,
+    bench_vhost,
+    percentile,
+    print_rows,
+    running_cluster,
+)
 from sync_latency import timed_sync  # noqa: E402
 
 from broker_config import topology  # noqa: E402
@@ -43,9 +52,6 @@ from broker_config.broker import Broker  # noqa: E402
 from broker_config.declare import declare_topology  # noqa: E402
 from coordinator.groups import create_group, end_group  # noqa: E402
 from device_agent.multinode import MultinodeClient  # noqa: E402
-
-CLUSTER_MGMT = "http://127.0.0.1:15781"
-CLUSTER_AMQP = ["127.0.0.1:5781", "127.0.0.1:5782", "127.0.0.1:5783"]
 
 
 def start_barriers(url: str, count: int, tmp: Path) -> list[subprocess.Popen[str]]:
@@ -142,6 +148,7 @@ def run_groups(url: str, k: int, n: int, rounds: int) -> dict[str, float]:
         "sends_s": k * n * rounds / elapsed,
         "p50": statistics.median(latencies) * 1000,
         "p99": percentile(latencies, 99) * 1000,
+        "max": max(latencies) * 1000,
         "lost": lost,
     }
 
@@ -200,8 +207,14 @@ def run(
     with bench_vhost("lavamq-load") as url:
         rows = measure(url, "one node", groups, n, rounds, barriers)
     if cluster:
-        with bench_vhost("lavamq-load", base=CLUSTER_MGMT, amqp=CLUSTER_AMQP[0]) as url:
-            nodes = ",".join(url.replace(CLUSTER_AMQP[0], a) for a in CLUSTER_AMQP)
+        where = running_cluster()
+        if where is None:
+            raise MissingPiece(
+                "load: the 3-node cluster is not running (scripts/rabbitmq-cluster.sh start)"
+            )
+        # no failover test kills its nodes meanwhile
+        with where.shared(), bench_vhost("lavamq-load", base=where.mgmt, amqp=where.amqp[0]) as url:
+            nodes = ",".join(url.replace(where.amqp[0], a) for a in where.amqp)
             rows += measure(nodes, "3-node cluster", groups, n, rounds, barriers)
     return rows
 

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
+class _BrokerFailure(Exception):
+    """Internal: the broker closed the connection on its own failure (541); retried."""
+
+
 def is_amqp_url(url: str) -> bool:
     return url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
 
@@ -164,8 +168,13 @@ class Broker:
         attempt = 0
         while True:
             try:
-                return fun()
-            except self.connection.recoverable_connection_errors as exc:
+                try:
+                    return fun()
+                except self.connection.connection_errors as exc:
+                    if errors.is_broker_failure(exc):  # 541: the broker's failure
+                        raise _BrokerFailure(str(exc)) from exc
+                    raise
+            except (*self.connection.recoverable_connection_errors, _BrokerFailure) as exc:
                 attempt += 1
                 if attempt > self.max_retries:
                     raise errors.ConnectionLost(

@@ -29,7 +29,7 @@ from kombu.message import Message
 
 from broker_config import cluster
 from broker_config.broker import Broker, connection_for, is_amqp_url
-from broker_config.errors import NotFound, is_not_found
+from broker_config.errors import NotFound, is_broker_failure, is_not_found
 from broker_config.handling import (
     TRANSIENT_BACKOFF_MAX,
     BatchHandler,
@@ -263,8 +263,11 @@ class QueueConsumer(DeliveryHandling):
                     (*tuple(conn.recoverable_connection_errors), OSError) if conn else (OSError,)
                 )
                 # a 404 not explained by a missing queue (re-created meanwhile?
-                # the check failed?): try again like after a lost connection
-                if not isinstance(exc, recoverable) and not is_not_found(exc):
+                # the check failed?) or the broker's own failure (541): try
+                # again like after a lost connection
+                if not (
+                    isinstance(exc, recoverable) or is_not_found(exc) or is_broker_failure(exc)
+                ):
                     raise
                 if self._consuming:
                     # it was consuming: a new outage, not the same one going on

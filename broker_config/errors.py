@@ -18,6 +18,11 @@ from schemas.errors import InfrastructureError
 NOT_FOUND = 404
 ACCESS_REFUSED = 403
 PRECONDITION_FAILED = 406
+#: the broker closed the connection because IT failed, not the client: 541
+#: INTERNAL_ERROR is what RabbitMQ sends when a quorum queue's operation timed
+#: out with the queue's majority away (a consume after two of three nodes
+#: died: about 65 s). Clients reconnect, as after any lost connection.
+INTERNAL_ERROR = 541
 
 
 class BrokerError(InfrastructureError):
@@ -86,6 +91,11 @@ def from_amqp(exc: BaseException, what: str) -> BrokerError:
 def from_http(status: int, message: str) -> BrokerError:
     """The typed error for a management HTTP API answer with ``status``."""
     return _BY_HTTP_STATUS.get(status, BrokerError)(message, reply_code=status)
+
+
+def is_broker_failure(exc: BaseException) -> bool:
+    """True for a connection the broker closed on its own failure (541): reconnect."""
+    return reply_code(exc) == INTERNAL_ERROR
 
 
 def is_not_found(exc: BaseException) -> bool:

@@ -9,15 +9,22 @@
 #   scripts/rabbitmq-cluster.sh status   one line per node, then the cluster's members
 #   scripts/rabbitmq-cluster.sh urls     the AMQP URLs, comma-separated (lavamq --broker takes them)
 #   scripts/rabbitmq-cluster.sh pid N    the OS pid of node N (tests kill -9 it)
+#   scripts/rabbitmq-cluster.sh info     base port, data dir and node name prefix (for tests)
 #
-# Node N (1..3) is lavamq-cN@localhost: AMQP on $LAVAMQ_CLUSTER_PORT+N-1
-# (default 5781..5783), management on 10000 above, Erlang distribution on
-# 20000 above; data under $LAVAMQ_CLUSTER_DIR (default /tmp/lavamq-rabbitmq-cluster).
+# Node N (1..3) listens for AMQP on $LAVAMQ_CLUSTER_PORT+N-1 (default
+# 5781..5783), management on 10000 above, Erlang distribution on 20000 above.
+# Another base port makes another cluster beside it (for a test session of
+# its own): its node names and data dir follow the port unless given.
+#   default port 5781:  nodes lavamq-c1..3@localhost, data /tmp/lavamq-rabbitmq-cluster
+#   LAVAMQ_CLUSTER_PORT=5881: nodes lavamq-5881-c1..3@localhost, data /tmp/lavamq-rabbitmq-cluster-5881
+# $LAVAMQ_CLUSTER_NAME sets the node name prefix, $LAVAMQ_CLUSTER_DIR the data dir.
 set -euo pipefail
 
 NODES=3
 BASE_PORT=${LAVAMQ_CLUSTER_PORT:-5781}
-DIR=${LAVAMQ_CLUSTER_DIR:-/tmp/lavamq-rabbitmq-cluster}
+if [ "$BASE_PORT" = 5781 ]; then suffix=""; else suffix="-$BASE_PORT"; fi
+NAME=${LAVAMQ_CLUSTER_NAME:-lavamq$suffix}
+DIR=${LAVAMQ_CLUSTER_DIR:-/tmp/lavamq-rabbitmq-cluster$suffix}
 BIN=${RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}
 WAIT=${LAVAMQ_CLUSTER_WAIT:-120}
 
@@ -30,7 +37,7 @@ export RABBITMQ_USE_LONGNAME=false
 export ERL_EPMD_ADDRESS=127.0.0.1
 export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
 
-node_name() { echo "lavamq-c$1@localhost"; }
+node_name() { echo "$NAME-c$1@localhost"; }
 amqp_port() { echo $((BASE_PORT + $1 - 1)); }
 
 node_env() {
@@ -89,14 +96,25 @@ running() {  # running N: is node N's process alive?
   [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
 
+serialised() {  # two sessions starting or stopping the same cluster take turns
+  mkdir -p "$DIR"
+  exec 9>"$DIR/.script.lock"
+  flock -w "$WAIT" 9 || {
+    echo "another rabbitmq-cluster.sh holds $DIR/.script.lock" >&2
+    exit 1
+  }
+}
+
 start() {
+  serialised
   prepare
   local n started=()
   for n in $(seq 1 $NODES); do
     running "$n" && continue
     rm -f "$DIR/n$n/pid"
     # every missing node at once: a restarted node waits for its peers
-    setsid env $(node_env "$n") "$BIN/rabbitmq-server" </dev/null >>"$DIR/n$n/log/startup.log" 2>&1 &
+    # (without the script's lock: fd 9 would keep it held for the node's life)
+    setsid env $(node_env "$n") "$BIN/rabbitmq-server" </dev/null >>"$DIR/n$n/log/startup.log" 2>&1 9>&- &
     started+=("$n")
   done
   for n in "${started[@]}"; do
@@ -132,6 +150,7 @@ members_running() {  # how many nodes the first running node sees running
 }
 
 stop() {
+  serialised
   local n
   for n in $(seq 1 $NODES); do
     if running "$n"; then
@@ -176,8 +195,9 @@ stop) stop ;;
 status) status ;;
 urls) urls ;;
 pid) cat "$DIR/n${2:?node number}/pid" ;;
+info) echo "port=$BASE_PORT dir=$DIR name=$NAME" ;;
 *)
-  echo "usage: $0 start|stop|status|urls|pid N" >&2
+  echo "usage: $0 start|stop|status|urls|pid N|info" >&2
   exit 2
   ;;
 esac

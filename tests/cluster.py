@@ -2,15 +2,25 @@
 
 ``.ci/run`` starts it; on a laptop without it the tests skip, under CI they
 fail. Each test gets its own vhost (cluster-wide), made through node 1's
-management API. Node N listens on ``BASE_PORT + N - 1``.
+management API. Node N listens on ``BASE_PORT + N - 1``; ``$LAVAMQ_CLUSTER_PORT``
+picks another cluster of the script (a session of its own: start it with the
+same variable set).
+
+Several suites on one machine share a cluster: a test that kills its nodes
+holds :func:`exclusive` (a lock file in the cluster's data dir) for as long
+as nodes may be down, so two such tests never kill each other's nodes, and a
+benchmark on the cluster holds the shared side of the same lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "rabbitmq-cluster.sh"
 BASE_PORT = int(os.environ.get("LAVAMQ_CLUSTER_PORT", "5781"))
 NODES = 3
+#: the name of the lock file in the cluster's data dir (bench/load.py uses it too)
+LOCK_FILE = "use.lock"
 
 
 def _script(*args: str, timeout: float = 300) -> str:
@@ -35,6 +47,36 @@ def running() -> bool:
         return f"running members: {NODES} of {NODES}" in _script("status", timeout=60)
     except (subprocess.SubprocessError, OSError):
         return False
+
+
+def info() -> dict[str, str]:
+    """The script's ``port``, ``dir`` and ``name`` (node name prefix) for this cluster."""
+    return dict(item.split("=", 1) for item in _script("info", timeout=30).split())
+
+
+@contextlib.contextmanager
+def exclusive(timeout: float = 600) -> Iterator[None]:
+    """Hold the cluster for a test that kills its nodes (other holders wait)."""
+    directory = Path(info()["dir"])
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / LOCK_FILE).open("a") as fh:
+        # flock has no timeout: poll, so a stuck holder fails the test, not the suite
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the cluster's {directory / LOCK_FILE} is held by another run "
+                        f"for over {timeout:g} s"
+                    ) from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def node_of_port(port: int) -> int:
@@ -74,7 +116,8 @@ class ClusterVhost:
         """The node leading a quorum queue."""
         info = self.api("GET", f"/queues/{services.quote(self.name)}/{services.quote(queue)}")
         name = str(info.get("leader") or info["node"])
-        return int(name.split("@", 1)[0].removeprefix("lavamq-c"))
+        # <prefix>-c<N>@localhost
+        return int(name.split("@", 1)[0].rsplit("-c", 1)[1])
 
     def delete(self) -> None:
         with contextlib.suppress(OSError):

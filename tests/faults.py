@@ -4,6 +4,10 @@
 RabbitMQ. ``outage()`` closes every client connection at once (what clients
 see when the broker stops) and refuses new ones until enough reconnect
 attempts were turned away, so the outage is measured in events, not seconds.
+``broker_failure()`` closes every client connection the way RabbitMQ does
+when it fails itself: an AMQP ``connection.close`` with 541 INTERNAL_ERROR
+(what a consumer of a quorum queue gets when the queue's majority is away
+for about a minute).
 Other tests share the real broker, so an outage of our own clients is the
 only broker fault a test may cause.
 
@@ -22,10 +26,12 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,52 @@ from broker_config.consumer import Delivery
 from device_agent.multinode import MultinodeClient
 
 __all__ = ["BrokerProxy", "ServiceProcess", "record_reliability", "wait_for"]
+
+FRAME_METHOD, FRAME_END = 1, 0xCE
+
+
+def connection_close_frame(code: int, text: str) -> bytes:
+    """An AMQP 0-9-1 ``connection.close`` (class 10, method 50) method frame on channel 0."""
+    reason = text.encode()
+    payload = struct.pack(">HHHB", 10, 50, code, len(reason)) + reason + struct.pack(">HH", 0, 0)
+    return struct.pack(">BHI", FRAME_METHOD, 0, len(payload)) + payload + bytes([FRAME_END])
+
+
+class _Downstream:
+    """The broker → client half of one proxied connection, forwarded whole frame by
+    whole frame, so a frame of our own can be put between two of the broker's."""
+
+    def __init__(self, client: socket.socket) -> None:
+        self.client = client
+        self.lock = threading.Lock()
+        self.buffer = b""
+        self.closed = False
+
+    def forward(self, data: bytes) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.buffer += data
+            end = 0
+            while len(self.buffer) - end >= 7:
+                size = struct.unpack_from(">I", self.buffer, end + 3)[0]
+                if len(self.buffer) - end < 8 + size:
+                    break
+                end += 8 + size
+            if end:
+                self.client.sendall(self.buffer[:end])
+                self.buffer = self.buffer[end:]
+
+    def inject_close(self, code: int, text: str) -> None:
+        """Send ``connection.close`` between two frames, then end the stream (a FIN, not a
+        reset: the client reads the close first, whenever it next reads)."""
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                with contextlib.suppress(OSError):
+                    self.client.sendall(connection_close_frame(code, text))
+                    self.client.shutdown(socket.SHUT_WR)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(os.environ.get("LAVAMQ_RESULTS_DIR", ROOT / "build" / "results"))
@@ -51,6 +103,8 @@ class BrokerProxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        #: client socket → its broker → client half
+        self._downstream: dict[socket.socket, _Downstream] = {}
         self._down = threading.Event()
         self._closed = threading.Event()
         self.accepted = 0
@@ -98,6 +152,23 @@ class BrokerProxy:
         self._down.clear()
         return cut
 
+    def broker_failure(self, code: int = 541) -> int:
+        """Close every proxied connection as a failing RabbitMQ does: ``connection.close``
+        with ``code`` (541 INTERNAL_ERROR) after the broker's last whole frame, then
+        end of stream; the broker's side is cut. Returns how many."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            halves = [self._downstream.pop(client, None) for client, _ in pairs]
+        for (_, upstream), half in zip(pairs, halves, strict=True):
+            if half is not None:
+                half.inject_close(code, "INTERNAL_ERROR - injected by the test's broker proxy")
+            with contextlib.suppress(OSError):
+                upstream.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                upstream.close()
+        self.cuts += 1
+        return len(pairs)
+
     def down(self) -> int:
         """Cut everything and refuse new connections until ``up()``; returns how many were cut."""
         self._down.set()
@@ -127,19 +198,25 @@ class BrokerProxy:
                 continue
             for sock in (client, upstream):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            downstream = _Downstream(client)
             with self._lock:
                 self._pairs.append((client, upstream))
+                self._downstream[client] = downstream
                 self.accepted += 1
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(client, upstream, upstream.sendall), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, client, downstream.forward), daemon=True
+            ).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, send: Callable[[bytes], None]) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                dst.sendall(data)
+                send(data)
         except OSError:
             pass
         finally:
@@ -148,6 +225,8 @@ class BrokerProxy:
                     sock.shutdown(socket.SHUT_RDWR)
             with self._lock:
                 self._pairs = [p for p in self._pairs if src not in p]
+                self._downstream.pop(src, None)
+                self._downstream.pop(dst, None)
 
     def close(self) -> None:
         self._closed.set()

@@ -48,12 +48,15 @@ GATE = 10
 def cluster_vhost() -> Iterator[cluster.ClusterVhost]:
     if not cluster.running():
         services.missing_service("the 3-node RabbitMQ cluster (scripts/rabbitmq-cluster.sh start)")
-    vhost = cluster.ClusterVhost()
-    try:
-        yield vhost
-    finally:
-        cluster.start_missing_nodes()  # a failed test leaves no node down for the next
-        vhost.delete()
+    # another run's kills would be this test's stalls (and ours theirs)
+    with cluster.exclusive():
+        cluster.start_missing_nodes()  # a node another run left down
+        vhost = cluster.ClusterVhost()
+        try:
+            yield vhost
+        finally:
+            cluster.start_missing_nodes()  # a failed test leaves no node down for the next
+            vhost.delete()
 
 
 class TimedClient(CountingClient):
