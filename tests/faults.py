@@ -255,11 +255,23 @@ class CountingClient(MultinodeClient):
             key: tuple[str, ...] = ("send", body["node"], body["message_id"])
         elif delivery.message_type == "multinode-release":
             key = ("release", body["kind"], body["message_id"], str(body["generation"]))
+            if body.get("role"):
+                key += (body["role"],)  # a wait-all of one role: its own release
         else:
             key = (delivery.message_type, body.get("reason", ""))
         with self.seen_lock:
             self.seen[key] += 1
         super()._on_message(delivery)
+
+
+def first_sync_sends(members: dict[str, str], sync_id: str) -> set[tuple[str, ...]]:
+    """What a group's first ``lava-sync`` of an id delivers besides its release: as
+    LAVA documents it, each node's first sync also sends the id, so the id's
+    wait-all releases (the group's and each role's) follow (``MultinodeClient.sync``)."""
+    releases = {("release", "wait-all", sync_id, "0")} | {
+        ("release", "wait-all", sync_id, "0", role) for role in set(members.values())
+    }
+    return {("send", n, sync_id) for n in members} | releases
 
 
 class Progress:

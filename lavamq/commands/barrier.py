@@ -22,9 +22,23 @@ log = logging.getLogger(__name__)
     "--prefer-shards",
     default="",
     help="Shards (0-based, comma-separated) to take at once; the others after "
-    f"{STANDBY_DELAY:g} s, standing by (with $LAVAMQ_BARRIER_SHARDS > 1).",
+    "--standby-delay, standing by (with $LAVAMQ_BARRIER_SHARDS > 1).",
 )
-def barrier(broker_url: str | None, db_url: str | None, prefetch: int, prefer_shards: str) -> None:
+@click.option(
+    "--standby-delay",
+    type=click.FloatRange(min=0),
+    default=STANDBY_DELAY,
+    show_default=True,
+    help="Seconds before standing by for the shards not preferred (longer than the "
+    "other barriers take to start, or one takes theirs first).",
+)
+def barrier(
+    broker_url: str | None,
+    db_url: str | None,
+    prefetch: int,
+    prefer_shards: str,
+    standby_delay: float,
+) -> None:
     """Count lava-sync / lava-wait-all acknowledgements and release groups.
 
     Prints "lavamq barrier ready" once consuming. Each shard's queue has a
@@ -37,7 +51,13 @@ def barrier(broker_url: str | None, db_url: str | None, prefetch: int, prefer_sh
         prefer = {int(k) for k in prefer_shards.split(",") if k.strip()} or None
     except ValueError:
         raise click.BadParameter(f"{prefer_shards!r}: shard numbers, e.g. 0,2") from None
-    service = BarrierService(settings.broker_url, settings.db_url, prefetch=prefetch, prefer=prefer)
+    service = BarrierService(
+        settings.broker_url,
+        settings.db_url,
+        prefetch=prefetch,
+        prefer=prefer,
+        standby_delay=standby_delay,
+    )
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

@@ -18,6 +18,7 @@ from faults import (
     CountingClient,
     Progress,
     ServiceProcess,
+    first_sync_sends,
     record_reliability,
     wait_for,
 )
@@ -102,7 +103,8 @@ def test_faults_mid_group_lose_and_duplicate_nothing(
                 for k in range(SENDS_PER_ROUND)
             }
             expected_releases = {("release", "sync", "step", str(g)) for g in range(1, ROUNDS + 1)}
-            expected = expected_sends | expected_releases
+            first_sync = first_sync_sends({n: "peer" for n in NODES}, "step")
+            expected = expected_sends | expected_releases | first_sync
 
             def complete() -> bool:
                 return all(expected <= set(c.seen) for c in clients.values())
