@@ -157,7 +157,7 @@ def bundle_table(bundle: dict[str, Any]) -> str:
     s = bundle["summary"]
     lines.append("")
     lines.append(
-        f"job {job.get('id', '?')} {job.get('name', '')!s}: {job['status']}"
+        f"job {job.get('id') or '(never submitted)'} {job.get('name', '')!s}: {job['status']}"
         f" — {s['pass']} pass, {s['fail']} fail, {s['skip']} skip, {s['unknown']} unknown"
     )
     first = job.get("first_failure")

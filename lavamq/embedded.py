@@ -36,7 +36,8 @@ from coordinator.barrier import BarrierService
 from coordinator.rpc import CoordinatorClient
 from coordinator.service import CoordinatorService, CoordinatorSettings
 from lavamq.boards import Board, boards_for_plan, describe_boards, plan_boards
-from schemas.errors import InfrastructureError, LavamqError, MultinodeTimeout
+from lavamq.run_ending import end_early
+from schemas.errors import InfrastructureError, JobError, LavamqError, MultinodeTimeout
 from schemas.jobmodel import JobPlan
 
 log = logging.getLogger(__name__)
@@ -249,10 +250,14 @@ class EmbeddedLab:
 
 @dataclass
 class RunOutcome:
-    job_id: int
+    job_id: int | None
     bundle: dict[str, Any]
     workspace: Path
     kept: bool
+    #: why the run ended before the job did (its --timeout, Ctrl-C, the lab failing)
+    error: LavamqError | None = None
+    #: ended by Ctrl-C
+    interrupted: bool = False
 
 
 def default_timeout(plan: JobPlan) -> float | None:
@@ -290,6 +295,10 @@ def run_job(
     ws = Path(workspace) if workspace else Path(tempfile.mkdtemp(prefix="lavamq-run-"))
     watcher: ProgressWatcher | None = None
     lab: EmbeddedLab | None = None
+    job_id: int | None = None
+    error: LavamqError | None = None
+    interrupted = False
+    bundle: dict[str, Any] = {}
     try:
         ws.mkdir(parents=True, exist_ok=True)
         if device_config is not None:
@@ -313,6 +322,12 @@ def run_job(
         watcher.printer.set_job(job_id)
         say(f"job {job_id} ({receipt.get('job_name')}): {len(receipt['subjobs'])} sub-jobs")
         bundle = lab.wait(job_id, timeout if timeout is not None else default_timeout(plan))
+    except (LavamqError, KeyboardInterrupt) as exc:
+        if isinstance(exc, JobError) and not isinstance(exc, MultinodeTimeout):
+            raise  # the job file's fault: nothing ran
+        # the job did not end by itself: end it, and still give its bundle
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        error, bundle = end_early(exc, plan, lab, job_id, say)
     finally:
         if watcher is not None:
             watcher.stop()
@@ -320,7 +335,7 @@ def run_job(
             lab.stop()
         if not keep:
             shutil.rmtree(ws, ignore_errors=True)
-    return RunOutcome(job_id, bundle, ws, keep)
+    return RunOutcome(job_id, bundle, ws, keep, error, interrupted)
 
 
 __all__ = [

@@ -63,11 +63,14 @@ def run(
     """Run JOB_FILE in one process: coordinator, barrier and a dispatcher with a board
     for each node (QEMU VMs for qemu roles, local boards for the others).
 
-    Shows live progress (with --json: on stderr), then the result table. The
-    exit code is 0 only when every node completed and every test passed.
+    Shows live progress (with --json: on stderr), then the result table, and
+    the bundle with --json, also when the run ends before the job (--timeout,
+    Ctrl-C: the job is canceled first; the lab failing). The exit code is 0 only
+    when every node completed and every test passed (130 after Ctrl-C).
     """
     from coordinator.results import bundle_table
     from lavamq.embedded import run_job
+    from lavamq.exit_codes import exit_code_and_hint
 
     def emit(line: str) -> None:
         click.echo(line, err=as_json)
@@ -86,7 +89,14 @@ def run(
     click.echo(bundle_table(bundle), nl=False, err=as_json)
     if keep:
         click.echo(f"workspace kept: {outcome.workspace}", err=as_json)
+    # the bundle comes out however the run ended (its --timeout, Ctrl-C, the lab failing)
     write_exports(bundle, as_json, junit)
+    if outcome.error is not None:
+        code, hint = exit_code_and_hint(outcome.error)
+        click.echo(f"error ({outcome.error.error_type}): {outcome.error.message}", err=True)
+        if hint and outcome.error.error_type != "canceled":  # this run ended it: no hint
+            click.echo(f"hint: {hint}", err=True)
+        sys.exit(130 if outcome.interrupted else code)
     sys.exit(0 if bundle["job"]["passed"] else 1)
 
 
