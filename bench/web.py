@@ -4,6 +4,7 @@ Run by hand on a host with RabbitMQ (management API on :15672; enabled and
 waited for if it is not)::
 
     python bench/web.py [--jobs 10000] [--nodes 64] [--seconds 10] [--baud 115200]
+                        [--writers 4]
 
 It fills an SQLite store with ``--jobs`` jobs (as bench/lab_server.py does) and
 one group of ``--nodes`` nodes, starts ``python -m lavamq server`` on it and
@@ -13,19 +14,27 @@ on a throw-away vhost, and measures:
   10k jobs) and of the group's page (64 nodes), 20 loads each;
 - the latency from a board's console line to its arrival in the group
   page's server-sent event stream: one thread per board publishes its
-  console as the dispatcher does (``log-batch`` on ``lava.logs``, with
-  publisher confirms, a batch every 50 ms at ``--baud`` of 100-byte lines),
-  each line carrying its send time; one reader follows ``/jobs/J/events``.
-  The floor is the broker's own publish→consume of the very same messages,
-  read by a plain consumer of a queue bound to ``lava.logs`` in the same
-  run. Target: console-to-browser p99 <= 3x the floor's p99.
+  console as the dispatcher does (``log-batch`` on ``lava.logs`` with
+  publisher confirms, every 0.1 s as its sub-job publisher, the lines that
+  ``--baud`` brought meanwhile: 115.2 100-byte lines/s at 115200 baud, 8N1),
+  each line carrying its send time. The board threads are spread over
+  ``--writers`` processes (one process's GIL held 64 of them to half the
+  rate), and the run prints the rate they really sent. One process follows
+  ``/jobs/J/events``; the floor is the broker's own publish→consume of the
+  very same messages, read by a plain consumer of a queue bound to
+  ``lava.logs`` in another process, in the same run. Target:
+  console-to-browser p99 <= 3x the floor's p99. It also prints the CPU the
+  server and the floor's consumer spent per 1000 lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import inspect
 import json
+import multiprocessing
+import os
 import sys
 import threading
 import time
@@ -39,8 +48,13 @@ sys.path.insert(0, str(HERE.parent))
 import lab_server  # noqa: E402
 from common import bench_vhost, percentile  # noqa: E402
 
+from dispatcher.runner import SubJobRunner  # noqa: E402
+
 LINE_BYTES = 100
-BATCH_SECONDS = 0.05
+#: how often a board's console goes out: what a dispatcher's sub-job publisher does
+BATCH_SECONDS = float(
+    inspect.signature(SubJobRunner.__init__).parameters["publisher_interval"].default
+)
 
 
 def add_group(db_url: str, nodes: int) -> int:
@@ -93,87 +107,110 @@ def page_times(port: int, path: str, rounds: int = 20) -> tuple[list[float], lis
     return first, whole
 
 
-class Reader(threading.Thread):
-    """Follows the page's event stream; the latency of every console line in it."""
+def _sent_at(message: str) -> float:
+    """The send time a bench console line carries (``l <time> <padding>``)."""
+    return float(message.split(" ", 2)[1])
 
-    def __init__(self, port: int, job_id: int) -> None:
-        super().__init__(daemon=True)
-        self.port, self.job_id = port, job_id
-        self.latencies: list[float] = []
-        self.ready = threading.Event()
-        self.stop = False
 
-    def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        conn.request("GET", f"/jobs/{self.job_id}/events")
+def follow_stream(port: int, job_id: int, ready: Any, stop: Any, seen: Any, out: Any) -> None:
+    """(A process.) Follows the page's event stream; the latency of every console line."""
+    latencies: list[float] = []
+
+    def read() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        conn.request("GET", f"/jobs/{job_id}/events")
         resp = conn.getresponse()
         event = ""
-        while not self.stop:
+        while True:
             raw = resp.readline()
             if not raw:
                 return
             text = raw.decode("utf-8").rstrip("\n")
             if text.startswith("event: "):
                 event = text[7:]
-                self.ready.set()
+                ready.set()
             elif text.startswith("data: ") and event == "log":
                 now = time.time()
-                for line in json.loads(text[6:]):
-                    sent = line["message"].split(" ", 2)[1]
-                    self.latencies.append(now - float(sent))
+                lines = json.loads(text[6:])
+                latencies.extend(now - _sent_at(line["message"]) for line in lines)
+                with seen.get_lock():
+                    seen.value += len(lines)
+
+    # the reading thread blocks in the stream: it ends with the process
+    threading.Thread(target=read, daemon=True).start()
+    stop.wait()
+    out.put(list(latencies))
 
 
-def floor_consumer(url: str, latencies: list[float], ready: threading.Event) -> Any:
-    """A plain consumer of the same messages (the broker's publish → consume)."""
+def follow_broker(url: str, ready: Any, stop: Any, seen: Any, out: Any) -> None:
+    """(A process.) A plain consumer of the same messages: the broker's publish → consume."""
     from kombu import Connection, Exchange, Queue
 
-    conn = Connection(url)
+    latencies: list[float] = []
     queue = Queue(f"bench.floor.{uuid.uuid4().hex[:8]}", Exchange("lava.logs", "topic"),
                   routing_key="#", exclusive=True, auto_delete=True)  # fmt: skip
 
     def on_message(body: Any, message: Any) -> None:
         now = time.time()
-        data = json.loads(message.body)
-        for rec in data["records"]:
-            latencies.append(now - float(rec["message"].split(" ", 2)[1]))
+        records = json.loads(message.body)["records"]
+        latencies.extend(now - _sent_at(rec["message"]) for rec in records)
         message.ack()
+        with seen.get_lock():
+            seen.value += len(records)
 
-    def run() -> None:
-        with conn.Consumer([queue], callbacks=[on_message], accept=None):
-            ready.set()
-            while not getattr(run, "stop", False):
-                try:
-                    conn.drain_events(timeout=0.5)
-                except TimeoutError:
-                    continue
-        conn.release()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return run, thread
+    with Connection(url) as conn, conn.Consumer([queue], callbacks=[on_message], accept=None):
+        ready.set()
+        while not stop.is_set():
+            try:
+                conn.drain_events(timeout=0.5)
+            except TimeoutError:
+                continue
+    out.put(latencies)
 
 
-def board(url: str, job_id: int, node: int, baud: int, seconds: float) -> None:
-    from broker_config import topology
-    from broker_config.messaging import Broker
-    from schemas.messages.console import LogBatchSchema
+def boards(
+    url: str, job_id: int, nodes: list[int], baud: int, start: float, end: float, out: Any
+) -> None:
+    """(A process.) One thread per board of ``nodes``, each publishing its console as a
+    dispatcher does from ``start`` to ``end``: every ``BATCH_SECONDS`` a confirmed
+    ``log-batch`` of the lines ``baud`` brought since the last one. Puts how many lines
+    they sent."""
+    sent = [0] * len(nodes)
 
-    lines_per_batch = max(1, int(baud / 10 / LINE_BYTES * BATCH_SECONDS))
-    name = f"board{node:02d}"
-    pad = "x" * (LINE_BYTES - 40)
-    with Broker(url) as broker:
-        seq, end = 0, time.monotonic() + seconds
-        while time.monotonic() < end:
-            stamp = dt_now()
-            records = [
-                {"time": stamp, "level": "target", "message": f"l {time.time():.6f} {pad}"}
-                for _ in range(lines_per_batch)
-            ]
-            body = {"job": str(job_id), "subjob": str(node + 1), "node": name, "seq": seq,
-                    "records": records, "final": False}  # fmt: skip
-            broker.publish(topology.LOGS_EXCHANGE_NAME, f"{job_id}.{name}", LogBatchSchema(), body)
-            seq += 1
-            time.sleep(BATCH_SECONDS)
+    def board(k: int) -> None:
+        from broker_config import topology
+        from broker_config.broker import Broker
+        from schemas.messages.console import LogBatchSchema
+
+        node = nodes[k]
+        name = f"board{node:02d}"
+        rate = baud / 10 / LINE_BYTES  # 10 bits a byte on a serial line (8N1)
+        with Broker(url) as broker:
+            time.sleep(max(0.0, start - time.time()))
+            seq = 0
+            while (now := time.time()) < end:
+                # lines owed since the start: a slow publish is caught up, never dropped
+                due = int(rate * (now - start)) - sent[k]
+                if due > 0:
+                    stamp = f"l {now:.6f} "
+                    message = stamp + "x" * (LINE_BYTES - 1 - len(stamp))
+                    records = [{"time": dt_now(), "level": "target", "message": message}] * due
+                    body = {"job": str(job_id), "subjob": str(node + 1), "node": name,
+                            "seq": seq, "records": records, "final": False}  # fmt: skip
+                    broker.publish(
+                        topology.LOGS_EXCHANGE_NAME, f"{job_id}.{name}", LogBatchSchema(), body
+                    )
+                    sent[k] += due
+                    seq += 1
+                ticks = int((time.time() - start) / BATCH_SECONDS) + 1
+                time.sleep(max(0.0, start + ticks * BATCH_SECONDS - time.time()))
+
+    threads = [threading.Thread(target=board, args=(k,)) for k in range(len(nodes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    out.put(sum(sent))
 
 
 def dt_now() -> str:
@@ -188,8 +225,8 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--baud", type=int, default=115_200)
+    ap.add_argument("--writers", type=int, default=4, help="processes publishing the consoles")
     opts = ap.parse_args()
-    import os
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="lavamq-bench-web-"))
@@ -212,25 +249,7 @@ def main() -> None:
             pages = [("/jobs (10k jobs)", "/jobs"), (f"group page ({opts.nodes} nodes)",
                      f"/jobs/{group}")]  # fmt: skip
             timings = [(name, *page_times(port, path)) for name, path in pages]
-            reader = Reader(port, group)
-            reader.start()
-            assert reader.ready.wait(60), "no event stream"
-            floor: list[float] = []
-            floor_ready = threading.Event()
-            stopper, floor_thread = floor_consumer(url, floor, floor_ready)
-            assert floor_ready.wait(30)
-            boards = [
-                threading.Thread(target=board, args=(url, group, i, opts.baud, opts.seconds))
-                for i in range(opts.nodes)
-            ]
-            for b in boards:
-                b.start()
-            for b in boards:
-                b.join()
-            time.sleep(2.0)  # the last lines drain (a bench, not a test: no timed assertion)
-            reader.stop = True
-            stopper.stop = True
-            floor_thread.join(5)
+            stream, floor, sent, cpu = stream_and_floor(url, port, group, opts, server.pid)
         finally:
             server.terminate()
             server.wait(30)
@@ -242,18 +261,75 @@ def main() -> None:
         print(f"{name:<28} {f50:15.1f} {f99:8.1f} {w50:15.1f} {w99:8.1f}")
     print()
     rate = opts.baud / 10 / LINE_BYTES
+    achieved = sent / opts.nodes / opts.seconds
     print(f"console line -> event stream, {opts.nodes} boards at {opts.baud} baud "
-          f"({rate:.0f} lines/s each), {opts.seconds:g} s")  # fmt: skip
+          f"({rate:.1f} lines/s each) from {opts.writers} processes, {opts.seconds:g} s: "
+          f"{achieved:.1f} lines/s per board sent ({achieved / rate:.0%} of the rate)")  # fmt: skip
     print(f"{'path':<34} {'lines':>7} {'p50 ms':>8} {'p99 ms':>8}")
     for name, values in (("broker publish -> consume (floor)", floor),
-                         ("board -> browser event stream", reader.latencies)):  # fmt: skip
+                         ("board -> browser event stream", stream)):  # fmt: skip
         print(f"{name:<34} {len(values):7d} {percentile(values, 50) * 1e3:8.1f} "
               f"{percentile(values, 99) * 1e3:8.1f}")  # fmt: skip
-    ratio = percentile(reader.latencies, 99) / percentile(floor, 99)
+    ratio = percentile(stream, 99) / percentile(floor, 99)
     print(
         f"p99 ratio to the floor: {ratio:.2f} (target <= 3): {'met' if ratio <= 3 else 'NOT met'}"
     )
-    print(f"lines seen by the stream: {len(reader.latencies)} of {len(floor)} the floor saw")
+    print(f"lines sent {sent}; seen by the floor {len(floor)}, by the stream {len(stream)}")
+    per = 1000 / max(1, sent) * 1e3
+    print(f"CPU per 1000 lines: the server {cpu[0] * per:.1f} ms (all of it: consumer, "
+          f"stream, metrics), the floor's consumer {cpu[1] * per:.1f} ms")  # fmt: skip
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
+def stream_and_floor(
+    url: str, port: int, group: int, opts: argparse.Namespace, server_pid: int
+) -> tuple[list[float], list[float], int, tuple[float, float]]:
+    """Boards stream for ``opts.seconds``; the stream's and the floor's latencies, lines
+    sent, and the CPU seconds the server and the floor's consumer spent meanwhile.
+
+    The boards' threads are spread over ``opts.writers`` processes, so the bench is not
+    what limits the rate; the stream's reader and the floor's consumer have one each.
+    """
+    mp = multiprocessing.get_context("spawn")
+    stop = mp.Event()
+    readers = []
+    for target, args in ((follow_stream, (port, group)), (follow_broker, (url,))):
+        ready, seen, out = mp.Event(), mp.Value("q", 0), mp.Queue()
+        proc = mp.Process(target=target, args=(*args, ready, stop, seen, out), daemon=True)
+        proc.start()
+        if not ready.wait(60):
+            raise SystemExit(f"bench: {target.__name__} did not start")
+        readers.append((proc, seen, out))
+    start = time.time() + 5.0  # every writer process imported and connected by then
+    counts = mp.Queue()
+    writers = [
+        mp.Process(target=boards, args=(url, group, list(range(opts.nodes))[k :: opts.writers],
+                                        opts.baud, start, start + opts.seconds, counts))
+        for k in range(opts.writers)
+    ]  # fmt: skip
+    floor_pid = readers[1][0].pid
+    assert floor_pid is not None
+    before = lab_server.cpu_seconds(server_pid), lab_server.cpu_seconds(floor_pid)
+    for proc in writers:
+        proc.start()
+    sent = sum(counts.get(timeout=opts.seconds + 120) for _ in writers)
+    for proc in writers:
+        proc.join(30)
+    # until both readers have every line sent, or 30 s (a line lost is then reported)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(seen.value < sent for _, seen, _ in readers):
+        time.sleep(0.2)
+    cpu = (
+        lab_server.cpu_seconds(server_pid) - before[0],
+        lab_server.cpu_seconds(floor_pid) - before[1],
+    )
+    stop.set()
+    stream, floor = (out.get(timeout=60) for _, _, out in readers)
+    for proc, _, _ in readers:
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+    return stream, floor, sent, cpu
 
 
 if __name__ == "__main__":

@@ -73,8 +73,10 @@ class Timeline:
         """Read one record; True when the timeline changed."""
         level = rec.get("level")
         message = str(rec.get("message", ""))
-        when = epoch(str(rec.get("time", "")))
         lane = self.lanes.setdefault(node, [])
+        if level == "target" and "<LAVA_MULTI_NODE>" not in message:
+            return False  # plain console output, most of a log: not even its time is read
+        when = epoch(str(rec.get("time", "")))
         if level == "info":
             match = _ACTION.match(message)
             if match and "boot" in match.group(3):

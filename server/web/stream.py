@@ -24,6 +24,8 @@ from server.timeline import Timeline
 _BATCH_NAME = re.compile(r"^(\d+)-(\d+)\.json$")
 #: console lines shown per page of a node's log
 PAGE_LINES = 500
+#: live batches sent in one wake-up of a stream at most
+MAX_BATCHES_PER_EVENT = 500
 
 
 def css_class(rec: dict[str, Any]) -> str:
@@ -162,23 +164,45 @@ async def events(
         yield _event("timeline", await asyncio.to_thread(render, view, "timeline"))
         while True:
             try:
-                kind, body = await asyncio.wait_for(queue.get(), keepalive)
+                first = await asyncio.wait_for(queue.get(), keepalive)
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            if kind == "log-batch":
-                if str(body.get("node")) not in view.index:
-                    await asyncio.to_thread(view.refresh)
-                lines, changed = view.take_live(body)
-                if lines:
-                    yield _event("log", json.dumps(lines))
-                if changed:
-                    yield _event("timeline", await asyncio.to_thread(render, view, "timeline"))
-            else:
-                yield _event("nodes", await asyncio.to_thread(render, view, "nodes"))
+            # what else has arrived meanwhile goes out in the same events: a busy group
+            # (64 boards at 115200 baud) costs one event per wake-up, not one per batch
+            items = [first]
+            while len(items) < MAX_BATCHES_PER_EVENT and not queue.empty():
+                items.append(queue.get_nowait())
+            async for event in _live_events(view, render, items):
+                yield event
     finally:
         if handle is not None and tap is not None:
             tap.unsubscribe(view.job_id, handle)
+
+
+async def _live_events(
+    view: JobView, render: Any, items: list[tuple[str, dict[str, Any]]]
+) -> AsyncIterator[str]:
+    """The events for live ``items`` in their order: console lines together, the timeline
+    once if they changed it, the node table for each job event."""
+    lines: list[dict[str, Any]] = []
+    changed = False
+    for kind, body in items:
+        if kind == "log-batch":
+            if str(body.get("node")) not in view.index:
+                await asyncio.to_thread(view.refresh)
+            new, moved = view.take_live(body)
+            lines += new
+            changed = changed or moved
+            continue
+        if lines:
+            yield _event("log", json.dumps(lines))
+            lines = []
+        yield _event("nodes", await asyncio.to_thread(render, view, "nodes"))
+    if lines:
+        yield _event("log", json.dumps(lines))
+    if changed:
+        yield _event("timeline", await asyncio.to_thread(render, view, "timeline"))
 
 
 def _offer(queue: asyncio.Queue[tuple[str, dict[str, Any]]], item: tuple[str, Any]) -> None:
