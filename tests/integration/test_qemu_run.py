@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -113,13 +114,24 @@ def lava_shaped_job(tmp_path: Path, **changes: str) -> Path:
 
 
 def test_a_job_in_lavas_qemu_shape_runs_on_vms(tmp_path: Path) -> None:
+    sums = dict(reversed(line.split()) for line in (IMAGES / "SHA256SUMS").read_text().splitlines())
     job = lava_shaped_job(
         tmp_path,
-        **{"          memory: 256\n": "          memory: 256\n          frobnicate: 1\n"},
+        **{
+            "          memory: 256\n": "          memory: 256\n          frobnicate: 1\n",
+            # checked as LAVA checks it: the file as downloaded, before decompression
+            "        compression: gz\n": "        compression: gz\n"
+            f"        sha256sum: {sums['initramfs.cpio.gz']}\n",
+        },
     )
-    code, output = lavamq_run([str(job), "--json"], cwd=tmp_path)
+    code, output = lavamq_run([str(job), "--json", "--keep"], cwd=tmp_path)
     bundle = json.loads(output[output.index("{\n") : output.rindex("}") + 1])
     assert code == 0 and bundle["job"]["passed"], output[-4000:]
+    workspace = workspace_of(output)
+    logs = [p.read_text() for p in workspace.glob("dispatcher/jobs/*/job.log")]
+    shutil.rmtree(workspace)
+    assert len(logs) == 2
+    assert all(f"initrd: sha256sum {sums['initramfs.cpio.gz']} verified" in log for log in logs)
     got = cases(bundle)
     # auto_login logged in and ran its login_commands; the prompt was the job's
     assert got[("qemu-01", "login-commands-ran")] == "pass"
@@ -132,7 +144,7 @@ def test_a_job_in_lavas_qemu_shape_runs_on_vms(tmp_path: Path) -> None:
         "[qemu-01] warning: boot-qemu: context 'frobnicate' is not a qemu setting lavamq "
         "knows: ignored" in output
     )
-    cleaned_up(workspace_of(output))
+    cleaned_up(workspace)
 
 
 def test_a_vm_that_never_shows_its_prompt_fails_naming_it(tmp_path: Path) -> None:
