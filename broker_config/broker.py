@@ -223,6 +223,16 @@ class Broker:
                 ),
             )
 
+    def consumer_count(self, name: str) -> int:
+        """How many consumers queue ``name`` has now (a passive declare: no
+        configure permission needed); ``NotFound`` if it does not exist."""
+        with self._lock:
+            ok = self._retrying(
+                f"look up queue {name!r}",
+                lambda: self.channel().queue_declare(queue=name, passive=True),
+            )
+            return int(ok.consumer_count)
+
     def delete_queue(self, name: str) -> None:
         """Delete a queue; a queue that does not exist is not an error."""
         with self._lock:

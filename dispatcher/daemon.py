@@ -30,11 +30,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from broker_config import identity, topology
 from broker_config.broker import Broker, is_amqp_url
 from broker_config.consumer import Delivery, QueueConsumer
+from dispatcher import claim
 from dispatcher.assignment import Assignment, load_assignment
 from dispatcher.journal import FINAL, Journal
 from dispatcher.runner import SubJobRunner
@@ -217,6 +218,8 @@ class Dispatcher:
             for d in config.get("device", [])
         }
         self.stopping = threading.Event()
+        #: held while :meth:`run` runs (the process's claim on its workdir)
+        self.workdir_lock: TextIO | None = None
         self.control = ControlPublisher(
             self.broker_url, self.host, self.heartbeat_interval, on_reconnect=self.register
         )
@@ -408,6 +411,18 @@ class Dispatcher:
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until :meth:`stop`; ``on_ready`` once the device queues are consumed."""
+        # before touching a device: the workdir and the devices are this process's
+        # alone (several dispatchers on one machine, dispatcher/claim.py)
+        self.workdir_lock = claim.lock_workdir(self.workdir, self.host)
+        try:
+            if is_amqp_url(self.broker_url):
+                with Broker(self.broker_url) as broker:
+                    claim.check_devices_unserved(broker, self.host, self.devices)
+            self._serve(on_ready)
+        finally:
+            self.workdir_lock.close()
+
+    def _serve(self, on_ready: Callable[[], None] | None) -> None:
         self.reap_leftovers()
         for device in self.devices.values():
             with contextlib.suppress(Exception):

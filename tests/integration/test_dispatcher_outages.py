@@ -270,6 +270,8 @@ def test_final_state_is_published_after_a_restart_during_a_broker_outage(
             ]
             assert len(notes) == 1 and "log record(s)" in notes[0], notes
 
+            assert first_d.workdir_lock is not None
+            first_d.workdir_lock.close()  # what the kill of its process would release
             second_d = dispatcher(second.url(rabbit_url), tmp_path)
             t2 = start(second_d)
             try:
