@@ -239,3 +239,60 @@ def test_lava_dut_helpers_work_where_the_device_can_honour_them() -> None:
         # the VM-group messages went between the two nodes as on LAVA
         calls = {"host": "send-lava_vm_start", "guest": "wait-lava_vm_start"}[node["role"]]
         assert f"multinode-{calls}" in names
+
+
+#: the cases LAVA 2026.07 recorded for tests/lava_jobs/qemu-send-wait.yaml (each node's
+#: test run, in order), on two QEMU VMs of its own qemu device type
+LAVA_QEMU_SEND_WAIT = {
+    "server": [
+        ("network-broadcast", "fail"),
+        ("network-collect", "fail"),
+        ("multinode-send-server-ready", "pass"),
+        ("multinode-wait-client-done", "pass"),
+        ("client-said-pass", "pass"),
+        ("multinode-sync-finished", "pass"),
+        ("after-sync", "pass"),
+    ],
+    "client": [
+        ("network-broadcast", "fail"),
+        ("network-collect", "fail"),
+        ("multinode-wait-server-ready", "pass"),
+        ("got-port", "pass"),
+        ("multinode-send-client-done", "pass"),
+        ("multinode-sync-finished", "pass"),
+        ("after-sync", "pass"),
+    ],
+}
+
+#: LAVA 2026.07 has no lava-network on the DUT (`lava-network: not found`, so the case
+#: fails); lavamq keeps LAVA's 2014 helper, whose calls are MultiNode calls recorded as
+#: every other one is, just before the case that made them
+LAVA_NETWORK_ON_LAVAMQ = {
+    "network-broadcast": [("multinode-send-network_info", "pass"), ("network-broadcast", "pass")],
+    "network-collect": [
+        ("multinode-wait_all-network_info", "pass"),
+        ("network-collect", "pass"),
+    ],
+}
+
+
+@pytest.mark.slow
+def test_a_lava_shaped_qemu_job_records_the_cases_lava_records() -> None:
+    from lab import require_qemu
+
+    require_qemu("the LAVA-shaped qemu job")
+    rc, bundle, err = run("qemu-send-wait.yaml")
+    assert rc == 0, err[-3000:]
+    assert bundle["job"]["passed"], err[-3000:]
+    assert sorted(n["role"] for n in bundle["nodes"]) == ["client", "server"]
+    for node in bundle["nodes"]:
+        role = node["role"]
+        expected = []
+        for case in LAVA_QEMU_SEND_WAIT[role]:
+            expected += LAVA_NETWORK_ON_LAVAMQ.get(case[0], [case])
+        runs = {
+            r["name"]: [(c["name"], c["result"]) for c in r["cases"]] for r in node["test_runs"]
+        }
+        assert runs[f"0_{role}"] == expected, node["node"]
+        # as LAVA: the test run passed, and the job
+        assert runs["lava"] == [(f"0_{role}", "pass"), ("job", "pass")], node["node"]
