@@ -26,9 +26,8 @@ from kombu.message import Message
 
 from broker_config import topology
 from broker_config.broker import Broker, is_amqp_url
-from broker_config.identity import Unauthorized
-from schemas.errors import InfrastructureError, LavamqError
-from schemas.messages.base import InvalidMessage, MessageSchema, decode
+from schemas.errors import InfrastructureError, InvalidMessage, LavamqError, Unauthorized
+from schemas.messages.base import MessageSchema, decode
 
 log = logging.getLogger(__name__)
 

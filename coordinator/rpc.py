@@ -11,9 +11,9 @@ from typing import Any
 
 from broker_config import topology
 from broker_config.rpc import NoReply, RpcClient
-from schemas.errors import InfrastructureError, error_from_dict
+from schemas.errors import InfrastructureError, InvalidMessage, error_from_dict
 from schemas.job import JobValidationError
-from schemas.messages.base import InvalidMessage, MessageSchema, decode
+from schemas.messages.base import MessageSchema, decode
 from schemas.messages.jobs import (
     CancelRequestSchema,
     DeviceHealthRequestSchema,

@@ -99,7 +99,7 @@ class _ActionSchema(Schema):
         return PlannedAction(**data)
 
 
-class _Id(fields.Field):
+class _Id(fields.Field[str]):
     """An id given as an integer or as text, kept as text."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:

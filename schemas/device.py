@@ -47,7 +47,7 @@ name_validator = validate.Regexp(
 )
 
 
-class CommandList(fields.Field):
+class CommandList(fields.Field[list[str]]):
     """A shell command, or a list of them, loaded as a list."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:

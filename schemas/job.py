@@ -86,7 +86,8 @@ def _construct_mapping(loader: _StrictYamlLoader, node: yaml.MappingNode) -> dic
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
-    return loader.construct_mapping(node, deep=True)
+    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
+    return mapping
 
 
 _StrictYamlLoader.add_constructor(

@@ -106,7 +106,7 @@ def known_list(names: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- strict fields
 
 
-class _Strict(fields.Field):
+class _Strict(fields.Field[Any]):
     default_error_messages = {"required": "is required", "null": "must not be null"}
 
 

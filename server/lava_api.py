@@ -14,7 +14,7 @@ import inspect
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -44,11 +44,12 @@ class StreamedLog:
 
 
 Method = Callable[..., Any]
+_M = TypeVar("_M", bound=Method)
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str) -> Callable[[Method], Method]:
-    def register(fun: Method) -> Method:
+def method(name: str) -> Callable[[_M], _M]:
+    def register(fun: _M) -> _M:
         METHODS[name] = fun
         return fun
 

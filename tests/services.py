@@ -81,7 +81,7 @@ class RabbitVhost:
         )
 
     def queue(self, name: str) -> dict[str, Any]:
-        return mgmt("GET", f"/queues/{quote(self.name)}/{quote(name)}")  # type: ignore[no-any-return]
+        return mgmt("GET", f"/queues/{quote(self.name)}/{quote(name)}")
 
     def delete(self) -> None:
         with contextlib.suppress(urllib.error.HTTPError):

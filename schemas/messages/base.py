@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from schemas.errors import InvalidMessage
+from schemas.errors import InvalidMessage as InvalidMessage  # raised by decode(), re-exported
 
 SCHEMA_VERSION = 1
 

@@ -37,7 +37,7 @@ _MESSAGE = operator.itemgetter("message")
 _ACTION = operator.methodcaller("get", "action", "")
 
 
-class LogRecords(fields.Field):
+class LogRecords(fields.Field[list[dict[str, Any]]]):
     """A list of ``{time, level, message[, action]}`` records.
 
     Checked by hand rather than with a nested schema: a batch holds up to

@@ -20,7 +20,8 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from schemas.messages.base import InvalidMessage, MessageSchema, decode
+from schemas.errors import InvalidMessage
+from schemas.messages.base import MessageSchema, decode
 from schemas.states import REPORTED_SUBJOB_STATES as REPORTED
 from schemas.states import JobState
 

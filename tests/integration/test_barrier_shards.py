@@ -149,7 +149,10 @@ def test_two_barriers_split_the_shards_and_one_takes_over_a_dead_ones(
     for cs in clients.values():
         for c in cs:
             releases = {k: n for k, n in c.seen.items() if k[0] == "release"}
-            expected = {("release", "sync", "first", "1"), ("release", "sync", "second", "1")}
+            expected: set[tuple[str, ...]] = {
+                ("release", "sync", "first", "1"),
+                ("release", "sync", "second", "1"),
+            }
             expected |= {k for k in first_sync_sends(MEMBERS, "first") if k[0] == "release"}
             expected |= {k for k in first_sync_sends(MEMBERS, "second") if k[0] == "release"}
             assert releases == dict.fromkeys(expected, 1), releases

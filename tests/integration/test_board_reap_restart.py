@@ -49,6 +49,7 @@ def test_restart_reaps_a_process_that_left_the_board_session(tmp_path: Path) -> 
         console.run("(setsid sleep 4242.5 </dev/null >/dev/null 2>&1 &)", 10.0)
         wait_for(lambda: _pids_running("sleep 4242.5"), 5, "the daemon to start")
         new = create_device(board_config("rvboard"), tmp_path / "rvboard")
+        assert isinstance(new, LocalDevice)
         killed = new.reap_leftover()
         wait_for(
             lambda: not _pids_running("sleep 4242.5"),

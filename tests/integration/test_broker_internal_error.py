@@ -89,7 +89,9 @@ def test_connections_closed_with_internal_error_reconnect_and_release(
                 30,
                 "every release at every node",
             )
-            assert barrier.proc.poll() is None, "the barrier exited: " + barrier.text()[-2000:]
+            assert barrier.proc is not None and barrier.proc.poll() is None, (
+                "the barrier exited: " + barrier.text()[-2000:]
+            )
             assert "lavamq bug" not in barrier.text()
         finally:
             for c in clients.values():

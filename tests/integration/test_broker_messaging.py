@@ -158,7 +158,7 @@ def test_publish_survives_connection_loss(rabbit_url: str) -> None:
     with broker:
         broker.publish("lava.test", "k", PingSchema(), {"text": "1"})
         # drop the TCP connection under the broker's feet
-        broker.connection.connection.sock.close()  # type: ignore[union-attr]
+        broker.connection.connection.sock.close()
         broker.publish("lava.test", "k", PingSchema(), {"text": "2"})
         channel = broker.channel()
         _, count, _ = channel.queue_declare(queue=queue.name, passive=True)

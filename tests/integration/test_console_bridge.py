@@ -37,8 +37,9 @@ MEMBERS = {"board-a": "server", "board-b": "client"}
 
 class Node:
     def __init__(self, name: str, root: Path, url: str, group: str, timeout: float) -> None:
-        self.device = create_device({"name": name, "device_type": "local"}, root)
-        assert isinstance(self.device, LocalDevice)
+        device = create_device({"name": name, "device_type": "local"}, root)
+        assert isinstance(device, LocalDevice)
+        self.device = device
         self.client = MultinodeClient(url, group, name, MEMBERS, timeout=timeout)
         target = self.device.install_overlay(
             write_overlay(root / "overlay", MultinodeContext.from_client(self.client)).parent, 10

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,7 +129,7 @@ def _group_messages(url: str, group: str, node: str) -> list[dict[str, object]]:
 
 
 def test_node_canceled_by_its_stopping_dispatcher_fails_the_group_for_its_peers(
-    rabbit_url: str, tmp_path
+    rabbit_url: str, tmp_path: Path
 ) -> None:
     """Every node joined and runs; panda02's dispatcher is stopped (SIGTERM) and
     reports its sub-job 'canceled' (dispatcher/runner.py: cancelled() -> canceled).
@@ -159,9 +160,14 @@ def test_node_canceled_by_its_stopping_dispatcher_fails_the_group_for_its_peers(
             what="panda02 canceled",
         )
         msgs: list[dict[str, object]] = []
+
+        def collected() -> list[dict[str, object]]:
+            msgs.extend(_group_messages(rabbit_url, group, "panda01"))
+            return msgs
+
         with contextlib.suppress(AssertionError):  # the assertion below says what is missing
             wait_for(
-                lambda: msgs.extend(_group_messages(rabbit_url, group, "panda01")) or msgs,
+                collected,
                 5,
                 "a message to panda01",
             )
@@ -176,7 +182,7 @@ def test_node_canceled_by_its_stopping_dispatcher_fails_the_group_for_its_peers(
 
 
 def test_a_store_outage_while_handling_a_final_state_does_not_lose_it(
-    rabbit_url: str, tmp_path
+    rabbit_url: str, tmp_path: Path
 ) -> None:
     """The store is briefly away (PostgreSQL restarting, connection cut, SQLite
     busy) while the coordinator handles panda01's 'complete'. The barrier turns

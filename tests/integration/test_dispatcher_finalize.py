@@ -85,9 +85,12 @@ def test_finalize_powers_off_when_the_dispatcher_cancels(tmp_path: Path) -> None
         workdir=tmp_path / "job",
         cancelled=cancel.is_set,
     )
-    watcher = threading.Thread(
-        target=lambda: (wait_for(marker.exists, 30, "the first command running"), cancel.set())
-    )
+
+    def cancel_once_running() -> None:
+        wait_for(marker.exists, 30, "the first command running")
+        cancel.set()
+
+    watcher = threading.Thread(target=cancel_once_running)
     watcher.start()
     try:
         outcome = runner.run()

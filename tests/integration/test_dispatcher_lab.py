@@ -9,6 +9,7 @@ assignments to ``lava.device.<device>`` and collects ``subjob-state`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import os
@@ -340,8 +341,11 @@ def test_two_hosts_run_a_multinode_group(lab: Lab, rabbit_url: str, tmp_path: Pa
         def stored(node: str) -> list[dict[str, Any]]:
             return [b for b in stored_batches(tmp_path / "logs", "101") if b["node"] == node]
 
+        def stored_final(node: str) -> bool:
+            return any(b["final"] for b in stored(node))
+
         for host, node, subjob in (("host-a", "board-a1", 1011), ("host-b", "board-b1", 1012)):
-            wait_for(lambda n=node: any(b["final"] for b in stored(n)), 20, f"{node} final")
+            wait_for(functools.partial(stored_final, node), 20, f"{node} final")
             batches = stored(node)
             assert [b["seq"] for b in batches] == list(range(len(batches)))
             from_store = [(r["level"], r["message"]) for b in batches for r in b["records"]]

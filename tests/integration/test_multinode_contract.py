@@ -7,6 +7,7 @@ transport state is per process), creates a group, and drives one
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -129,11 +130,12 @@ def _eventually(fn: Callable[[], Any], ok: Callable[[Any], bool], timeout: float
 
 def test_wait_all_without_role(lab: Lab) -> None:
     _, c = lab.group(THREE)
-    results = in_threads(
-        lambda: (c["n1"].send("up", {"n": "1"}), c["n1"].wait_all("up", timeout=15))[1],
-        lambda: (c["n2"].send("up", {"n": "2"}), c["n2"].wait_all("up", timeout=15))[1],
-        lambda: (c["n3"].send("up", {"n": "3"}), c["n3"].wait_all("up", timeout=15))[1],
-    )
+
+    def send_then_wait(node: str) -> Any:
+        c[node].send("up", {"n": node[1:]})
+        return c[node].wait_all("up", timeout=15)
+
+    results = in_threads(*(functools.partial(send_then_wait, node) for node in ("n1", "n2", "n3")))
     expected = {"n1": {"n": "1"}, "n2": {"n": "2"}, "n3": {"n": "3"}}
     assert results == [expected, expected, expected]
 

@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lab import IMAGES, ROOT, require_qemu, wait_for
@@ -28,7 +30,7 @@ RAMDISK = IMAGES / "initramfs.cpio.gz"
 
 
 @pytest.fixture
-def runtime(tmp_path: Path):
+def runtime(tmp_path: Path) -> Iterator[Path]:
     require_qemu("QEMU test", vde=False)
     rt = tmp_path / "rt"
     yield rt
@@ -39,7 +41,7 @@ def runtime(tmp_path: Path):
     assert not leftovers, f"QEMU processes left behind: {leftovers}"
 
 
-def make_vm(tmp_path: Path, runtime: Path, name: str = "qemu-01", **settings) -> QemuDevice:
+def make_vm(tmp_path: Path, runtime: Path, name: str = "qemu-01", **settings: Any) -> QemuDevice:
     config = {
         "name": name,
         "device_type": "qemu",
@@ -108,7 +110,7 @@ def test_job_timed_out_mid_boot_leaves_no_qemu(tmp_path: Path, runtime: Path) ->
     seen: list[int] = []
     original = vm.connect
 
-    def connect_and_record():
+    def connect_and_record() -> Any:
         console = original()
         assert vm.process is not None and vm.process.pid is not None
         seen.append(vm.process.pid)

@@ -114,7 +114,12 @@ def lava_shaped_job(tmp_path: Path, **changes: str) -> Path:
 
 
 def test_a_job_in_lavas_qemu_shape_runs_on_vms(tmp_path: Path) -> None:
-    sums = dict(reversed(line.split()) for line in (IMAGES / "SHA256SUMS").read_text().splitlines())
+    sums = {
+        name: digest
+        for digest, name in (
+            line.split() for line in (IMAGES / "SHA256SUMS").read_text().splitlines()
+        )
+    }
     job = lava_shaped_job(
         tmp_path,
         **{

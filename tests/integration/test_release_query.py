@@ -203,7 +203,12 @@ def test_a_timeout_on_a_released_barrier_gets_the_release_not_a_failure(
     try:
         barrier.to_barrier(MultinodeSyncSchema(), {"node": "a", "message_id": "s", "generation": 1})
         result: list[Any] = []
-        waiter = threading.Thread(target=lambda: result.append(b.sync("s", timeout=3)))
+
+        def sync_b() -> None:
+            b.sync("s", timeout=3)
+            result.append("released")
+
+        waiter = threading.Thread(target=sync_b)
         # b's own release is consumed before b sees it: as if the broker lost it
         b._receiver.consumer.remove_queue(topology.group_queue_name(barrier.group, "b"))
         waiter.start()
@@ -211,7 +216,7 @@ def test_a_timeout_on_a_released_barrier_gets_the_release_not_a_failure(
         b._receiver.consumer.add_queue(topology.group_queue(barrier.group, "b"))
         waiter.join(20)
         assert not waiter.is_alive()
-        assert result == [None]  # sync returned: released, not failed
+        assert result == ["released"]  # sync returned: released, not failed
         assert b._state.failure is None
     finally:
         b.close()
@@ -228,7 +233,12 @@ def test_a_release_lost_with_the_broker_is_asked_for_after_reconnecting(
         a = MultinodeClient(proxy.url(rabbit_url), barrier.group, "a", PAIR, timeout=60)
         try:
             result: list[Any] = []
-            waiter = threading.Thread(target=lambda: result.append(a.sync("s")))
+
+            def sync_a() -> None:
+                a.sync("s")
+                result.append("released")
+
+            waiter = threading.Thread(target=sync_a)
             waiter.start()
             wait_for(lambda: a.waiting_for(), 10, "a waiting in lava-sync")
             proxy.down()
@@ -242,7 +252,7 @@ def test_a_release_lost_with_the_broker_is_asked_for_after_reconnecting(
             proxy.up()
             waiter.join(30)
             assert not waiter.is_alive(), "a's sync was not released after reconnecting"
-            assert result == [None]
+            assert result == ["released"]
             assert a._receiver.connects >= 2
         finally:
             a.close()

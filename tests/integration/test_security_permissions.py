@@ -246,7 +246,12 @@ def test_host_cannot_release_a_barrier_nor_speak_as_another_node(lab: Lab, tmp_p
         # the genuine sync still works: only the barrier's release counts,
         # and it needs both real acknowledgements
         done: list[str] = []
-        t = threading.Thread(target=lambda: (client_b.sync("go"), done.append("b")))
+
+        def sync_b() -> None:
+            client_b.sync("go")
+            done.append("b")
+
+        t = threading.Thread(target=sync_b)
         t.start()
         client_a.sync("go")
         t.join(15)

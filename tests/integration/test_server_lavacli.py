@@ -9,6 +9,7 @@ and who may do what is LAVA's.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import xmlrpc.client
@@ -376,7 +377,7 @@ def test_a_cancel_stops_nodes_busy_in_a_long_shell_step(
     ids = _ids(cli("jobs", "submit", str(job)).stdout)
     assert len(ids) == 2, ids
     for node in ids:
-        wait_for(lambda node=node: _asleep(cli, node), 120, f"{node} in its sleep 600")
+        wait_for(functools.partial(_asleep, cli, node), 120, f"{node} in its sleep 600")
     job_id = ids[0].split(".")[0]
     if how == "lavacli":
         cli("jobs", "cancel", ids[1])

@@ -27,7 +27,7 @@ from schemas.errors import ERROR_TYPES, JobCanceled, LavamqError, error_from_dic
 PRODUCT = ("schemas", "broker_config", "coordinator", "dispatcher", "device_agent", "lavamq")
 
 
-def _subclasses(cls: type) -> Iterator[type]:
+def _subclasses(cls: type[LavamqError]) -> Iterator[type[LavamqError]]:
     for sub in cls.__subclasses__():
         yield sub
         yield from _subclasses(sub)

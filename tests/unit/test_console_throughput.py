@@ -229,7 +229,7 @@ def test_follower_json_lines_takes_any_stored_value_like_json_dumps() -> None:
     records: list[Any] = [{"time": 3, "level": "target", "message": ["a", {"b": 1}]}]
     assert json_lines("n", records) == [json.dumps({"node": "n", **records[0]})]
     with pytest.raises(TypeError):
-        json_lines("n", ["not a record"])
+        json_lines("n", ["not a record"])  # type: ignore[list-item]
 
 
 def test_logs_prints_the_stored_log_plain_and_as_json(tmp_path: Path) -> None:

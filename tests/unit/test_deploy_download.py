@@ -6,7 +6,7 @@ import hashlib
 import lzma
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from schemas.errors import InfrastructureError, JobError
 
 PAYLOAD = os.urandom(1 << 16) + b"lavamq image\n" * 50_000
 
-COMPRESS = {
+COMPRESS: dict[str | None, Callable[[bytes], bytes]] = {
     "gz": gzip.compress,
     "xz": lzma.compress,
     "bz2": bz2.compress,

@@ -62,8 +62,13 @@ def test_boot_power_cycles_logs_in_and_reaches_the_prompt(tmp_path: Path) -> Non
     board = FakeBoard(tmp_path / "power")
     device = create_device(config(tmp_path, board.port), tmp_path / "work")
     console = device.connect()
+
     # poke the fake board once power is on (a real board prints by itself)
-    device.power_on = lambda: (type(device).power_on(device), console.sendline("boot-check"))  # type: ignore[method-assign]
+    def power_on_then_poke() -> None:
+        type(device).power_on(device)
+        console.sendline("boot-check")
+
+    device.power_on = power_on_then_poke  # type: ignore[method-assign]
     try:
         console = device.boot(timeout=10, setup=["echo setup-done"])
         assert (tmp_path / "power").exists()

@@ -262,7 +262,7 @@ def test_a_canceled_group_stops_a_node_busy_in_a_long_shell_step(tmp_path: Path)
         report_state=lambda *s: states.append(s),
         broker_url="memory://",
         multinode_factory=lambda asg: MultinodeClient(
-            "memory://", asg.group, asg.node, dict(asg.members), timeout=30
+            "memory://", asg.group or "", asg.node, dict(asg.members), timeout=30
         ),
     ).run()
     canceler.join(5)

@@ -189,7 +189,7 @@ def test_fuzz_signal_lines_parse_or_signal_error(line: str) -> None:
             assert signal.api in ("SEND", "WAIT", "WAIT_ALL", "SYNC")
             assert signal.message_id and " " not in signal.message_id
     event = signals.parse_line(line)
-    assert event is None or isinstance(event, signals.Event)  # type: ignore[arg-type,misc]
+    assert event is None or isinstance(event, signals.Event)
 
 
 class RecordingClient:

@@ -25,7 +25,10 @@ KERNEL_ARG = '-kernel {kernel} -append "console=ttyS0,115200 root=/dev/ram0"'
 
 
 def test_placeholders_are_filled_as_lava_fills_them() -> None:
-    files = {"rootfs": Path("/w/images/rootfs"), "kernel": "/w/images/kernel"}
+    files: dict[str, Path | str] = {
+        "rootfs": Path("/w/images/rootfs"),
+        "kernel": "/w/images/kernel",
+    }
     assert substitute("-drive format=raw,file={rootfs}", files) == (
         "-drive format=raw,file=/w/images/rootfs"
     )

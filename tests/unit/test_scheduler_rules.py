@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -25,7 +27,7 @@ def dev(name: str, dtype: str, *tags: str, state: str = "idle", **kw: object) ->
 
 def group(
     job_id: int,
-    roles: list[tuple[int, str, tuple[str, ...]]] | list[tuple[int, str, tuple[str, ...], str]],
+    roles: Sequence[tuple[Any, ...]],
     *,
     priority: int = 50,
     submitted: float = NOW - 10,
@@ -35,7 +37,7 @@ def group(
     n = 0
     for role in roles:
         count, dtype, tags = role[0], role[1], role[2]
-        device = role[3] if len(role) > 3 else None  # type: ignore[misc]
+        device = role[3] if len(role) > 3 else None
         for _ in range(count):
             n += 1
             subs.append(SubJobRequest(job_id * 100 + n, dtype, frozenset(tags), device))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import xmlrpc.client
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -21,12 +23,12 @@ from server.users import Token, UserStore
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Lab:
+def lab(tmp_path: Path) -> Iterator[Lab]:
     settings = ServerSettings(
         broker_url="memory://", db_url=f"sqlite:///{tmp_path / 's.sqlite'}", log_dir=str(tmp_path)
     )
     lab = Lab(settings)
-    yield lab  # type: ignore[misc]
+    yield lab
     lab.close()
 
 
@@ -48,7 +50,7 @@ def call(client: TestClient, body: bytes | str, auth: str | None = None) -> obje
         return fault
 
 
-def request(method: str, *params: object) -> str:
+def request(method: str, *params: Any) -> str:
     return xmlrpc.client.dumps(params, method, allow_none=True)
 
 
@@ -185,7 +187,7 @@ def test_streamed_log_answer_is_what_dumps_gives() -> None:
     data = bytes(range(256)) * 50
     chunks = [data[i : i + 1000] for i in range(0, len(data), 1000)]
     text = b"".join(streamed(StreamedLog(True, iter(chunks))))
-    finished, binary = xmlrpc.client.loads(text)[0][0]
+    finished, binary = cast(tuple[bool, xmlrpc.client.Binary], xmlrpc.client.loads(text)[0][0])
     assert finished is True and binary.data == data
 
 

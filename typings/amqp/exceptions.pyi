@@ -3,7 +3,7 @@ from typing import Any
 class AMQPError(Exception):
     code: int
     message: str | None
-    reply_code: int
+    reply_code: int | str  # kombu's memory:// transport passes the code as text
     reply_text: str | None
     method_sig: Any
     method_name: str
@@ -12,7 +12,7 @@ class AMQPError(Exception):
         reply_text: str | None = ...,
         method_sig: Any = ...,
         method_name: str | None = ...,
-        reply_code: int | None = ...,
+        reply_code: int | str | None = ...,
     ) -> None: ...
     @property
     def method(self) -> Any: ...

@@ -6,9 +6,12 @@ from pika import spec as spec
 from pika.spec import BasicProperties as BasicProperties
 
 class PlainCredentials:
+    username: str
+    password: str
     def __init__(self, username: str, password: str, erase_on_connect: bool = ...) -> None: ...
 
 class ConnectionParameters:
+    credentials: PlainCredentials | None
     def __init__(
         self,
         host: str = ...,
