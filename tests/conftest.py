@@ -60,3 +60,32 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         services.drop_pg_database(name)
+
+
+TESTS = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: every collected test is looked at
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests where they belong: a file in tests/integration has a test on a real
+    service (marked ``integration``); a test in tests/unit marked ``integration`` is
+    the real-service twin of one that runs on ``memory://`` (``lab.MEMORY_AND_RABBIT``)."""
+    real: dict[Path, bool] = {}
+    unit_twins: dict[tuple[Path, str], list[bool]] = {}
+    for item in items:
+        marked = item.get_closest_marker("integration") is not None
+        if item.path.parent == TESTS / "integration":
+            real[item.path] = real.get(item.path, False) or marked
+        elif item.path.parent == TESTS / "unit" and isinstance(item, pytest.Function):
+            unit_twins.setdefault((item.path, item.originalname), []).append(marked)
+    misplaced = [str(p.relative_to(TESTS)) for p, any_real in real.items() if not any_real]
+    misplaced += [
+        f"{p.relative_to(TESTS)}::{name}"
+        for (p, name), marks in unit_twins.items()
+        if all(marks) and marks
+    ]
+    if misplaced:
+        raise pytest.UsageError(
+            "tests on memory:// or no service belong in tests/unit, tests needing a real "
+            "service only in tests/integration: " + ", ".join(sorted(misplaced))
+        )
