@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SUBNET = ipaddress.IPv4Network("169.254.0.0/16")
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SWITCH_START_TIMEOUT = 10.0
+#: the longest unix socket path (sun_path less its NUL), and the most a VM's vde plug
+#: adds to the switch's directory for its own socket (``/vde.<pid>-<n>``: a pid of up
+#: to 7 digits)
+SOCKET_PATH_MAX = 107
+VDE_PORT_SUFFIX = len("/vde.0000000-00000")
 
 
 def lavamq_runtime_dir(kind: str, env_var: str) -> Path:
@@ -202,6 +207,15 @@ class GroupNetwork:
         """Put ``node`` on the group network (starting the switch if needed)."""
         if not SAFE_NAME_RE.match(node):
             raise ConfigurationError(f"vmnet: node name {node!r} is not a safe file name")
+        longest = len(str(self.socket)) + VDE_PORT_SUFFIX
+        if longest > SOCKET_PATH_MAX:
+            # vde_switch would start and never listen: say why at once
+            raise InfrastructureError(
+                f"vmnet {self.group}: the switch's socket directory {self.socket} is too "
+                f"long for unix sockets ({longest} > {SOCKET_PATH_MAX} characters with a "
+                "port's socket): use a shorter runtime directory (for lavamq run, a "
+                "shorter TMPDIR)"
+            )
         reap_stale_networks(self.runtime_dir)
         with self._locked():
             self.users.mkdir(parents=True, exist_ok=True)

@@ -3,20 +3,24 @@
 Each run is the real command (``lavamq run FILE``) in a process of its own,
 started from another directory than the checkout so that the job files'
 relative paths are seen to resolve against the files themselves. After every
-ending (complete, a failed boot, Ctrl-C, ``--timeout``) nothing may be left:
-no process naming the run's workspace (QEMU, vde_switch, board shells), and
-no workspace.
+ending (complete, a failed boot, Ctrl-C, ``--timeout``, QEMU missing) nothing
+may be left (:class:`Footprint`): no process the run started (by pid), no
+network link in the run's namespace, no temporary file, no workspace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import textwrap
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,9 @@ from device_agent.vmnet import process_cmdline
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HEADER = re.compile(r"^embedded lab in (\S+), boards:$", re.M)
+IP = shutil.which("ip") or "/usr/sbin/ip"
+#: the environment variable that marks a run's processes
+MARK = "LAVAMQ_TEST_RUN_MARK"
 
 
 @pytest.fixture(autouse=True)
@@ -35,14 +42,100 @@ def _qemu() -> None:
     require_qemu("lavamq run on QEMU")
 
 
-def lavamq_run(args: list[str], cwd: Path, timeout: float = 300, **kw: Any) -> tuple[int, str]:
+class Footprint:
+    """What one ``lavamq run`` leaves on the host, counted before and after it.
+
+    The run goes in a network namespace of its own (``ip netns``), so the links
+    counted there (tap devices, bridges) are the run's alone; its processes
+    carry a marker in their environment, so every one it started (QEMU,
+    vde_switch, board shells, daemonised or not) is found by pid; ``TMPDIR`` is
+    a directory of its own, so every temporary file it made is in there.
+    """
+
+    def __init__(self) -> None:
+        self.mark = f"lavamq-test-{uuid.uuid4().hex[:12]}"
+        self.netns = self.mark
+        # short: the VMs' switch sockets live under it (unix socket paths are short)
+        self.tmp = Path(tempfile.mkdtemp(prefix="lmq-", dir="/tmp"))
+        subprocess.run([IP, "netns", "add", self.netns], check=True)
+        subprocess.run([IP, "netns", "exec", self.netns, IP, "link", "set", "lo", "up"], check=True)
+        self.links_before = self.links()
+        assert self.pids() == [] and not list(self.tmp.iterdir())
+
+    def command(self, args: list[str]) -> list[str]:
+        """``lavamq run ARGS`` in the run's network namespace."""
+        return [IP, "netns", "exec", self.netns, *LAVAMQ, "run", *args]
+
+    def env(self, **changes: str) -> dict[str, str]:
+        return {**os.environ, "TMPDIR": str(self.tmp), MARK: self.mark, **changes}
+
+    def links(self) -> list[str]:
+        out = subprocess.run(
+            [IP, "netns", "exec", self.netns, IP, "-o", "link", "show"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return sorted(line.split(":")[1].strip() for line in out.splitlines())
+
+    def pids(self) -> list[int]:
+        """Every process whose environment holds this run's marker."""
+        needle = f"{MARK}={self.mark}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                with contextlib.suppress(OSError), open(f"/proc/{entry}/environ", "rb") as fh:
+                    if needle in fh.read().split(b"\0"):
+                        found.append(int(entry))
+        return found
+
+    def left_behind(self, workspace: Path | None) -> list[str]:
+        """The run's processes (by pid), links, temporary files and workspace still there."""
+        found = [f"pid {pid}: {' '.join(process_cmdline(pid))[:200]}" for pid in self.pids()]
+        if workspace is not None:
+            for entry in os.listdir("/proc"):
+                cmd = process_cmdline(int(entry)) if entry.isdigit() else []
+                if any(str(workspace) in part for part in cmd):
+                    found.append(f"pid {entry} names the workspace: {' '.join(cmd)[:200]}")
+            if workspace.exists():
+                found.append(f"{workspace} still exists")
+        found += [f"link {name}" for name in self.links() if name not in self.links_before]
+        found += [f"temporary file {path}" for path in sorted(self.tmp.rglob("*"))]
+        return found
+
+    def cleaned_up(self, workspace: Path | None) -> None:
+        """Assert nothing is left (killing what is, so the next test starts clean)."""
+        left = self.left_behind(workspace)
+        for line in left:
+            if line.startswith("pid "):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(line.split()[1].rstrip(":")), signal.SIGKILL)
+        assert not left, left
+
+    def close(self) -> None:
+        subprocess.run([IP, "netns", "del", self.netns], check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def footprint() -> Iterator[Footprint]:
+    fp = Footprint()
+    try:
+        yield fp
+    finally:
+        fp.close()
+
+
+def lavamq_run(
+    fp: Footprint, args: list[str], cwd: Path, timeout: float = 300, **env: str
+) -> tuple[int, str]:
     proc = subprocess.run(
-        [*LAVAMQ, "run", *args],
+        fp.command(args),
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        **kw,
+        env=fp.env(**env),
     )
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -51,27 +144,6 @@ def workspace_of(output: str) -> Path:
     found = HEADER.search(output)
     assert found, output[-3000:]
     return Path(found.group(1))
-
-
-def left_behind(workspace: Path) -> list[str]:
-    """Every process whose command line names the workspace, and the workspace itself."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            cmd = process_cmdline(int(entry))
-            if any(str(workspace) in part for part in cmd):
-                found.append(f"pid {entry}: {' '.join(cmd)[:200]}")
-    if workspace.exists():
-        found.append(f"{workspace} still exists")
-    return found
-
-
-def cleaned_up(workspace: Path) -> None:
-    left = left_behind(workspace)
-    for line in left:
-        if line.startswith("pid "):
-            os.kill(int(line.split()[1].rstrip(":")), signal.SIGKILL)
-    assert not left, left
 
 
 def cases(bundle: dict[str, Any]) -> dict[tuple[str, str], str]:
@@ -83,11 +155,11 @@ def cases(bundle: dict[str, Any]) -> dict[tuple[str, str], str]:
     }
 
 
-def test_the_qemu_examples_run_in_one_command(tmp_path: Path) -> None:
+def test_the_qemu_examples_run_in_one_command(tmp_path: Path, footprint: Footprint) -> None:
     # from elsewhere than the checkout: the job file's own directory counts
     for example, nodes in (("qemu-client-server", 2), ("qemu-network", 3)):
         job = ROOT / "examples" / example / "job.yaml"
-        code, output = lavamq_run([str(job), "--json"], cwd=tmp_path)
+        code, output = lavamq_run(footprint, [str(job), "--json"], cwd=tmp_path)
         workspace = workspace_of(output)
         bundle = json.loads(output[output.index("{\n") : output.rindex("}") + 1])
         assert code == 0 and bundle["job"]["passed"], output[-4000:]
@@ -96,7 +168,7 @@ def test_the_qemu_examples_run_in_one_command(tmp_path: Path) -> None:
         # the header says which kind of board each node got, and why
         for i in range(1, nodes + 1):
             assert f"  qemu-0{i}  qemu VM: qemu-system-x86_64 is installed" in output
-        cleaned_up(workspace)
+        footprint.cleaned_up(workspace)
     assert ("qemu-01", "ping-every-peer") in cases(bundle)
 
 
@@ -113,7 +185,7 @@ def lava_shaped_job(tmp_path: Path, **changes: str) -> Path:
     return job
 
 
-def test_a_job_in_lavas_qemu_shape_runs_on_vms(tmp_path: Path) -> None:
+def test_a_job_in_lavas_qemu_shape_runs_on_vms(tmp_path: Path, footprint: Footprint) -> None:
     sums = {
         name: digest
         for digest, name in (
@@ -129,7 +201,7 @@ def test_a_job_in_lavas_qemu_shape_runs_on_vms(tmp_path: Path) -> None:
             f"        sha256sum: {sums['initramfs.cpio.gz']}\n",
         },
     )
-    code, output = lavamq_run([str(job), "--json", "--keep"], cwd=tmp_path)
+    code, output = lavamq_run(footprint, [str(job), "--json", "--keep"], cwd=tmp_path)
     bundle = json.loads(output[output.index("{\n") : output.rindex("}") + 1])
     assert code == 0 and bundle["job"]["passed"], output[-4000:]
     workspace = workspace_of(output)
@@ -149,10 +221,12 @@ def test_a_job_in_lavas_qemu_shape_runs_on_vms(tmp_path: Path) -> None:
         "[qemu-01] warning: boot-qemu: context 'frobnicate' is not a qemu setting lavamq "
         "knows: ignored" in output
     )
-    cleaned_up(workspace)
+    footprint.cleaned_up(workspace)
 
 
-def test_a_vm_that_never_shows_its_prompt_fails_naming_it(tmp_path: Path) -> None:
+def test_a_vm_that_never_shows_its_prompt_fails_naming_it(
+    tmp_path: Path, footprint: Footprint
+) -> None:
     job = lava_shaped_job(
         tmp_path,
         **{
@@ -161,7 +235,7 @@ def test_a_vm_that_never_shows_its_prompt_fails_naming_it(tmp_path: Path) -> Non
             "    auto_login",
         },
     )
-    code, output = lavamq_run([str(job)], cwd=tmp_path)
+    code, output = lavamq_run(footprint, [str(job)], cwd=tmp_path)
     assert code == 1, output[-3000:]
     # the job's fault (its prompt or its timeout), as in LAVA
     assert "job: boot-qemu timed out booting qemu-0" in output, output[-3000:]
@@ -172,7 +246,7 @@ def test_a_vm_that_never_shows_its_prompt_fails_naming_it(tmp_path: Path) -> Non
         output,
     ), output[-3000:]
     assert "| root@lava-dut:~#" in output
-    cleaned_up(workspace_of(output))
+    footprint.cleaned_up(workspace_of(output))
 
 
 BLOCKING_JOB = """\
@@ -210,10 +284,11 @@ def blocking_job(tmp_path: Path) -> Path:
     return job
 
 
-def test_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_ctrl_c_leaves_nothing_behind(tmp_path: Path, footprint: Footprint) -> None:
     proc = subprocess.Popen(
-        [*LAVAMQ, "run", str(blocking_job(tmp_path))],
+        footprint.command([str(blocking_job(tmp_path))]),
         cwd=tmp_path,
+        env=footprint.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -234,19 +309,21 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode != 0, "".join(lines) + rest
-    cleaned_up(workspace)
+    footprint.cleaned_up(workspace)
 
 
-def test_timeout_leaves_nothing_behind(tmp_path: Path) -> None:
-    code, output = lavamq_run([str(blocking_job(tmp_path)), "--timeout", "30"], cwd=tmp_path)
+def test_timeout_leaves_nothing_behind(tmp_path: Path, footprint: Footprint) -> None:
+    code, output = lavamq_run(
+        footprint, [str(blocking_job(tmp_path)), "--timeout", "30"], cwd=tmp_path
+    )
     assert code == 1, output[-3000:]
     assert "waited 30 s for job 1 to end" in output, output[-3000:]
     assert output.count("lava-wait never-sent ...") == 2, output[-3000:]
-    cleaned_up(workspace_of(output))
+    footprint.cleaned_up(workspace_of(output))
 
 
 def test_without_qemu_it_says_what_to_install_and_local_boards_are_asked_for(
-    tmp_path: Path,
+    tmp_path: Path, footprint: Footprint
 ) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(
@@ -268,14 +345,18 @@ def test_without_qemu_it_says_what_to_install_and_local_boards_are_asked_for(
             """
         )
     )
-    no_qemu = {**os.environ, "PATH": str(tmp_path / "empty")}
-    code, output = lavamq_run([str(job)], cwd=tmp_path, env=no_qemu)
+    # no qemu-system-* on PATH: as on a host without the package
+    no_qemu = str(tmp_path / "empty")
+    code, output = lavamq_run(footprint, [str(job)], cwd=tmp_path, PATH=no_qemu)
     assert code == 1
     assert "qemu-system-x86_64 is not installed: install the Debian package qemu-system-x86" in (
         output
     )
     assert "--boards local" in output and "embedded lab in" not in output
-    code, output = lavamq_run([str(job), "--boards", "local"], cwd=tmp_path, env=no_qemu)
+    footprint.cleaned_up(None)  # refused before anything started
+    code, output = lavamq_run(
+        footprint, [str(job), "--boards", "local"], cwd=tmp_path, PATH=no_qemu
+    )
     assert code == 0, output[-3000:]
     assert "  qemu-01  local board: emulates qemu (--boards local)" in output
-    cleaned_up(workspace_of(output))
+    footprint.cleaned_up(workspace_of(output))

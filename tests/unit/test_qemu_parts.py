@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from device_agent.devices import create_device
 from device_agent.devices.qemu import QemuDevice, build_initrd
-from device_agent.vmnet import VmNic, node_address, node_mac
-from schemas.errors import ConfigurationError, JobError
+from device_agent.vmnet import GroupNetwork, VmNic, node_address, node_mac
+from schemas.errors import ConfigurationError, InfrastructureError, JobError
 
 NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
 
@@ -53,6 +53,16 @@ def test_nic_arguments(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")
+def test_a_switch_directory_too_long_for_unix_sockets_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    net = GroupNetwork("1-group", deep)
+    with pytest.raises(InfrastructureError, match=r"too long for unix sockets \(\d+ > 107"):
+        net.attach("qemu-01", ["qemu-01"])
+    assert not deep.exists()  # refused before anything was made
+
+
 def test_overlay_cpio_appended_to_a_ramdisk(tmp_path: Path) -> None:
     base = tmp_path / "base.cpio.gz"
     base.write_bytes(gzip.compress(b"not really a cpio, only the first part"))
