@@ -4,8 +4,10 @@ As LAVA's OverlayAction does, :func:`build_overlay` writes everything the
 board needs before anything runs on it::
 
     bin/                 the lava-* helpers, lava-test-runner, multinode/ context
-    tests/<n>_<name>/    each fetched definition, its uuid, run.sh (and install.sh)
+    tests/<n>_<name>/    each fetched definition, its uuid, run.sh (and install.sh),
+                         its install git-repos, testdef.yaml, testdef_metadata
     results/             where lava-test-case keeps a copy of each result
+    lava-test-runner.conf  the test runs in order
 
 and returns an :class:`Overlay`, which knows the shell lines that set the
 test shell up once the device has put the tree at its target. The test-shell
@@ -22,6 +24,7 @@ from typing import Any
 
 from device_agent import overlay as helpers
 from dispatcher.testdef import FetchedTest, fetch_test, write_run_script, write_runner
+from dispatcher.testdef_install import clone_git_repos, write_install_script
 
 Logger = Callable[[str], Any]
 
@@ -37,8 +40,9 @@ class OverlaySpec:
     #: node → role for the group (the node alone for a single-node job)
     members: Mapping[str, str]
     definitions: Sequence[Mapping[str, Any]]
-    #: the device may run the board OS's package manager for ``install: deps``
-    install_deps: bool = False
+    #: why the device may not run the board OS's package manager for ``install: deps``
+    #: ("" when it may)
+    packages_refused: str = "the device does not install the OS's packages"
     device_type: str = ""
 
 
@@ -106,7 +110,9 @@ def build_overlay(spec: OverlaySpec, dest: Path, *, deadline: float | None, say:
     overlay = Overlay(dest, spec)
     for i, definition in enumerate(spec.definitions):
         test = fetch_test(dict(definition), i, dest / "tests", deadline=deadline, say=say)
-        write_run_script(test, install_deps=spec.install_deps, say=say)
+        clone_git_repos(test, deadline=deadline, say=say)
+        write_install_script(test, refused=spec.packages_refused, say=say)
+        write_run_script(test)
         overlay.tests[test.testrun_id] = test
-    write_runner(dest)
+    write_runner(dest, list(overlay.tests))
     return overlay

@@ -1,13 +1,15 @@
 """LAVA test definitions: fetch (git, inline, url), load, turn into run scripts.
 
 A test definition is LAVA's YAML: ``metadata`` (name, format, description),
-``install`` (``deps``: distro packages, ``steps``: shell lines, ``git-repos``),
-``run: steps``, ``parse: pattern`` (+ ``fixupdict``) and ``params``. For
-each definition the overlay gets a directory ``tests/<n>_<name>/`` holding
-the fetched files, a ``uuid`` and a generated ``run.sh`` that frames the
-steps with ``<LAVA_SIGNAL_STARTRUN ...>``/``<LAVA_SIGNAL_ENDRUN ...>`` as
-LAVA does; ``bin/lava-test-runner`` runs them all in order and ends with
-``<LAVA_TEST_RUNNER EXIT>``.
+``install`` (``keys``, ``sources``, ``deps``: distro packages, ``steps``: shell
+lines, ``git-repos``), ``run: steps``, ``parse: pattern`` (+ ``fixupdict``) and
+``params``. For each definition the overlay gets a directory
+``tests/<n>_<name>/`` holding the fetched files, a ``uuid``, ``testdef.yaml``,
+``testdef_metadata``, the ``install.sh`` and a generated ``run.sh`` that frames
+the steps with ``<LAVA_SIGNAL_STARTRUN ...>``/``<LAVA_SIGNAL_ENDRUN ...>`` as
+LAVA does; ``bin/lava-test-runner`` runs each definition's install.sh (a
+failing one skips that definition's run.sh, as LAVA's runner does) and
+run.sh in order, and ends with ``<LAVA_TEST_RUNNER EXIT>``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tarfile
 import time
 import uuid as _uuid
 from collections.abc import Callable
@@ -35,7 +38,11 @@ log = logging.getLogger(__name__)
 
 RESULTS = ("pass", "fail", "skip", "unknown")
 RUNNER_EXIT = "<LAVA_TEST_RUNNER EXIT>"
-KNOWN_TOP_KEYS = {"metadata", "install", "run", "parse", "params", "expected"}
+KNOWN_TOP_KEYS = {"metadata", "install", "run", "parse", "params", "parameters", "expected"}
+#: what ``skip_install`` may name (LAVA's list; ``all`` is every other one)
+SKIP_INSTALL = ("keys", "sources", "deps", "steps", "git-repos", "all")
+#: the ``git-repos`` mapping keys whose value may name a parameter (as LAVA looks them up)
+GIT_REPO_PARAM_KEYS = ("url", "branch", "destination")
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -49,13 +56,21 @@ class TestDefinition:
     name: str
     source: str
     description: str = ""
+    install_keys: list[str] = field(default_factory=list)
+    install_sources: list[str] = field(default_factory=list)
     install_deps: list[str] = field(default_factory=list)
     install_steps: list[str] = field(default_factory=list)
-    install_git_repos: list[dict[str, str]] = field(default_factory=list)
+    #: a URL (cloned into the URL's name without ``.git``) or ``{url, branch, destination}``
+    install_git_repos: list[str | dict[str, str]] = field(default_factory=list)
     run_steps: list[str] = field(default_factory=list)
     parse_pattern: str | None = None
     fixupdict: dict[str, str] = field(default_factory=dict)
+    #: ``params`` then ``parameters`` of the definition (its defaults)
     params: dict[str, str] = field(default_factory=dict)
+    #: ``metadata`` as written (LAVA keeps ``os``, ``devices``, ``environment``)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: the whole document as loaded (written back as ``testdef.yaml``)
+    document: dict[str, Any] = field(default_factory=dict)
 
 
 def _or_empty(value: Any) -> Any:
@@ -103,12 +118,22 @@ def parse_definition(data: Any, source: str, *, name: str | None = None) -> Test
     if not isinstance(install, dict):
         problems.append("install: must be a mapping")
         install = {}
-    repos: list[dict[str, str]] = []
-    for i, entry in enumerate(install.get("git-repos") or []):
-        if isinstance(entry, str):
-            repos.append({"url": entry})
-        elif isinstance(entry, dict) and isinstance(entry.get("url"), str):
-            repos.append({k: str(v) for k, v in entry.items()})
+    repos: list[str | dict[str, str]] = []
+    raw_repos = install.get("git-repos") or []
+    if not isinstance(raw_repos, list):
+        problems.append("install.git-repos: must be a list of URLs or {url: ...} mappings")
+        raw_repos = []
+    for i, entry in enumerate(raw_repos):
+        if isinstance(entry, str) and entry:
+            repos.append(entry)
+        elif isinstance(entry, dict) and isinstance(entry.get("url"), str) and entry["url"]:
+            unknown_keys = sorted(set(map(str, entry)) - set(GIT_REPO_PARAM_KEYS))
+            if unknown_keys:
+                problems.append(
+                    f"install.git-repos[{i}]: unknown keys {', '.join(unknown_keys)} "
+                    f"(known: {', '.join(GIT_REPO_PARAM_KEYS)})"
+                )
+            repos.append({str(k): str(v) for k, v in entry.items()})
         else:
             problems.append(f"install.git-repos[{i}]: must be a URL or a mapping with 'url'")
     parse = _or_empty(data.get("parse"))
@@ -139,27 +164,38 @@ def parse_definition(data: Any, source: str, *, name: str | None = None) -> Test
                     problems.append(
                         f"parse.fixupdict.{k}: maps to {v!r}, not one of {', '.join(RESULTS)}"
                     )
-    params = _or_empty(data.get("params"))
-    if not isinstance(params, dict):
-        problems.append("params: must be a mapping")
-        params = {}
-    for key in params:
-        if not _PARAM_NAME.match(str(key)):
-            problems.append(f"params.{key}: not a valid shell variable name")
+    params: dict[Any, Any] = {}
+    for section in ("params", "parameters"):
+        block = _or_empty(data.get(section))
+        if not isinstance(block, dict):
+            problems.append(f"{section}: must be a mapping")
+            continue
+        for key in block:
+            if not _PARAM_NAME.match(str(key)):
+                problems.append(f"{section}.{key}: not a valid shell variable name")
+        params.update(block)
     def_name = name or str(meta.get("name") or "") or Path(source).stem
+    lists = {
+        part: _str_list(install.get(part), f"install.{part}", problems)
+        for part in ("keys", "sources", "deps", "steps")
+    }
     if problems:
         raise JobError(f"test definition {source}: " + "; ".join(problems))
     return TestDefinition(
         name=safe_name(def_name),
         source=source,
         description=str(meta.get("description") or ""),
-        install_deps=_str_list(install.get("deps"), "install.deps", problems),
-        install_steps=_str_list(install.get("steps"), "install.steps", problems),
+        install_keys=lists["keys"],
+        install_sources=lists["sources"],
+        install_deps=lists["deps"],
+        install_steps=lists["steps"],
         install_git_repos=repos,
         run_steps=steps,
         parse_pattern=pattern,
         fixupdict=fixup,
         params={str(k): "" if v is None else str(v) for k, v in params.items()},
+        metadata=dict(meta),
+        document=dict(data),
     )
 
 
@@ -233,7 +269,21 @@ def validate_spec(spec: Any, where: str) -> list[str]:
         for key in params:
             if not _PARAM_NAME.match(str(key)):
                 problems.append(f"{where}.parameters.{key}: not a valid shell variable name")
+    skip = spec.get("skip_install")
+    if skip is not None and (
+        not isinstance(skip, list) or not all(isinstance(x, str) for x in skip)
+    ):
+        problems.append(f"{where}.skip_install: must be a list of {', '.join(SKIP_INSTALL)}")
+    elif skip is not None and set(skip) - set(SKIP_INSTALL):
+        bad = ", ".join(sorted(set(skip) - set(SKIP_INSTALL)))
+        problems.append(f"{where}.skip_install: unknown {bad} (known: {', '.join(SKIP_INSTALL)})")
     return problems
+
+
+def skipped_install(spec: dict[str, Any]) -> set[str]:
+    """The install parts ``skip_install`` names (``all``: every one), as LAVA reads it."""
+    skip = set(spec.get("skip_install") or ())
+    return set(SKIP_INSTALL[:-1]) if "all" in skip else skip
 
 
 def _git(args: list[str], *, deadline: float | None, what: str, cwd: Path | None = None) -> None:
@@ -259,10 +309,19 @@ def _git(args: list[str], *, deadline: float | None, what: str, cwd: Path | None
         )
 
 
-def git_clone(repo: str, dest: Path, *, revision: str | None, deadline: float | None) -> str:
-    """Clone ``repo`` into ``dest`` (at ``revision`` when given); returns the commit id."""
+def git_clone(
+    repo: str,
+    dest: Path,
+    *,
+    revision: str | None,
+    deadline: float | None,
+    recursive: bool = False,
+) -> str:
+    """Clone ``repo`` into ``dest`` (at ``revision``, a commit or branch, when given; with
+    its submodules when ``recursive``); returns the commit id."""
     what = f"git repository {repo}"
-    _git(["clone", "--quiet", repo, str(dest)], deadline=deadline, what=what)
+    args = ["clone", "--quiet", *(["--recurse-submodules"] if recursive else []), repo, str(dest)]
+    _git(args, deadline=deadline, what=what)
     if revision:
         _git(
             ["checkout", "--quiet", revision],
@@ -285,12 +344,25 @@ class FetchedTest:
     directory: Path
     definition: TestDefinition
     uuid: str
+    #: the definition's defaults with the job's ``parameters`` over them
     parameters: dict[str, str]
     commit: str = ""
+    #: the job's ``definitions`` entry (repository, path, revision, skip_install ...)
+    spec: dict[str, Any] = field(default_factory=dict)
 
     @property
     def testrun_id(self) -> str:
         return f"{self.index}_{self.name}"
+
+    def run_extra(self) -> dict[str, str]:
+        """What LAVA's ``lava`` result of this test run carries besides its uuid."""
+        extra = {"uuid": self.uuid, "path": str(self.spec.get("path") or "")}
+        if self.spec.get("from") != "inline":
+            extra["repository"] = str(self.spec.get("repository") or "")
+        extra["revision"] = str(self.spec.get("revision") or "unspecified")
+        if self.commit:
+            extra["commit_id"] = self.commit
+        return extra
 
 
 def fetch_test(
@@ -310,11 +382,12 @@ def fetch_test(
     commit = ""
     if source == "git":
         repo = str(spec["repository"])
-        say(
-            f"cloning {repo} for test definition {name}"
-            + (f" at {spec['revision']}" if spec.get("revision") else "")
+        # LAVA: a revision (any commit), else a branch, else the default branch
+        at = spec.get("revision") or spec.get("branch")
+        say(f"cloning {repo} for test definition {name}" + (f" at {at}" if at else ""))
+        commit = git_clone(
+            repo, dest, revision=at, deadline=deadline, recursive=bool(spec.get("recursive"))
         )
-        commit = git_clone(repo, dest, revision=spec.get("revision"), deadline=deadline)
         shutil.rmtree(dest / ".git", ignore_errors=True)
         path = dest / str(spec.get("path") or "")
         if not path.is_file():
@@ -326,67 +399,115 @@ def fetch_test(
         (dest / "inline.yaml").write_text(yaml.safe_dump(spec["repository"]), encoding="utf-8")
         definition = parse_definition(spec["repository"], f"inline definition {name}", name=name)
     elif source == "url":
-        from dispatcher.download import fetch_image
-
-        dest.mkdir(parents=True)
-        url = str(spec["repository"])
-        target = dest / (Path(url).name or "testdef.yaml")
-        fetch_image(url, target, deadline=deadline, name=f"test definition {name}")
-        definition = load_definition_file(target, name=name)
+        definition = _fetch_url(spec, dest, name, deadline=deadline, say=say)
     else:
         raise JobError(f"test definition {name}: unknown source {source!r}")
-    for repo_entry in definition.install_git_repos:
-        sub = dest / repo_entry.get("destination", Path(repo_entry["url"].rstrip("/")).stem)
-        say(f"test definition {name}: install git-repo {repo_entry['url']}")
-        git_clone(repo_entry["url"], sub, revision=repo_entry.get("branch"), deadline=deadline)
     params = dict(definition.params)
     params.update(
         {str(k): "" if v is None else str(v) for k, v in (spec.get("parameters") or {}).items()}
     )
     run_uuid = str(_uuid.uuid4())
     (dest / "uuid").write_text(run_uuid + "\n", encoding="utf-8")
-    return FetchedTest(index, name, dest, definition, run_uuid, params, commit)
+    test = FetchedTest(index, name, dest, definition, run_uuid, params, commit, dict(spec))
+    write_metadata(test)
+    return test
 
 
-def write_run_script(test: FetchedTest, *, install_deps: bool, say: Logger = log.info) -> Path:
-    """Generate ``run.sh`` (and ``install.sh``) for one fetched test."""
+def _fetch_url(
+    spec: dict[str, Any], dest: Path, name: str, *, deadline: float | None, say: Logger
+) -> TestDefinition:
+    """``from: url``: as LAVA, a tar archive (any compression) unpacked into the test's
+    directory, ``strip-components`` leading parts dropped, ``path`` the definition in it;
+    a URL of a plain YAML file is that definition."""
+    from dispatcher.download import fetch_image
+
+    dest.mkdir(parents=True)
+    url = str(spec["repository"])
+    comp = spec.get("compression")
+    download = dest.parent / f".{dest.name}.download"
+    say(f"fetching test definition {name} from {url}")
+    fetch_image(url, download, compression=comp, deadline=deadline, name=f"test definition {name}")
+    try:
+        if tarfile.is_tarfile(download):
+            _untar(download, dest, int(spec.get("strip-components") or 0), name)
+            target = dest / str(spec.get("path") or "")
+            if not target.is_file():
+                raise JobError(
+                    f"test definition {name}: {spec.get('path')!r} not found in the archive {url}"
+                )
+        else:
+            target = dest / (Path(str(spec.get("path") or "")).name or "testdef.yaml")
+            shutil.move(download, target)
+    finally:
+        download.unlink(missing_ok=True)
+    return load_definition_file(target, name=name)
+
+
+def _untar(archive: Path, dest: Path, strip: int, name: str) -> None:
+    """Unpack ``archive`` into ``dest`` without its first ``strip`` path parts; members
+    that would land outside ``dest`` (or are links, devices) are a JobError."""
+    try:
+        with tarfile.open(archive) as tar:
+            members = []
+            for member in tar.getmembers():
+                parts = Path(member.name).parts[strip:]
+                if not parts:
+                    continue
+                member.name = str(Path(*parts))
+                members.append(member)
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise JobError(f"test definition {name}: cannot unpack its archive: {exc}") from None
+
+
+def write_metadata(test: FetchedTest) -> None:
+    """``testdef.yaml`` and ``testdef_metadata`` in the test's directory, as LAVA writes
+    them: the definition's ``os``, ``devices``, ``environment``, where it came from."""
+    meta = test.definition.metadata
+    summary: dict[str, Any] = {
+        "os": meta.get("os", ""),
+        "devices": meta.get("devices", ""),
+        "environment": meta.get("environment", ""),
+        "branch_vcs": str(test.spec.get("from") or ""),
+        "project_name": str(meta.get("name") or test.name),
+    }
+    if test.commit:
+        summary["commit_id"] = test.commit
+    (test.directory / "testdef.yaml").write_text(
+        yaml.safe_dump(test.definition.document, sort_keys=False), encoding="utf-8"
+    )
+    (test.directory / "testdef_metadata").write_text(
+        yaml.safe_dump(summary, sort_keys=False), encoding="utf-8"
+    )
+
+
+def parameter_lines(test: FetchedTest) -> list[str]:
+    """The parameters as LAVA writes them at the top of run.sh and install.sh: shell
+    variables (not exported), the definition's defaults, then the job's, which win."""
+    d = test.definition
+    lines = ["###default parameters from test definition###"]
+    lines += [f"{key}={shlex.quote(value)}" for key, value in d.params.items()]
+    lines += ["######", "###test parameters from job submission###"]
+    lines += [
+        f"{key}={shlex.quote(value)}"
+        for key, value in test.parameters.items()
+        if d.params.get(key) != value
+    ]
+    return [*lines, "######"]
+
+
+def write_run_script(test: FetchedTest) -> Path:
+    """Generate ``run.sh`` for one fetched test."""
     d = test.definition
     lines = [
         "#!/bin/sh",
         f"# generated by lavamq for test definition {test.name} ({d.source})",
-        "###default parameters from test definition###",
-    ]
-    # as LAVA writes them: shell variables of run.sh (not exported), the job's last
-    for key, value in d.params.items():
-        lines.append(f"{key}={shlex.quote(value)}")
-    lines += ["######", "###test parameters from job submission###"]
-    for key, value in test.parameters.items():
-        if d.params.get(key) != value:
-            lines.append(f"{key}={shlex.quote(value)}")
-    lines += [
-        "######",
+        *parameter_lines(test),
         f"export TESTRUN_ID={shlex.quote(test.testrun_id)}",
         'cd "$(dirname "$0")"',
         "UUID=$(cat uuid)",
         'echo "<LAVA_SIGNAL_STARTRUN $TESTRUN_ID $UUID>"',
     ]
-    install = ["#!/bin/sh", "set -e", 'cd "$(dirname "$0")"']
-    if d.install_deps:
-        if install_deps:
-            pkgs = " ".join(shlex.quote(p) for p in d.install_deps)
-            install.append(f"lava-install-packages {pkgs}")
-        else:
-            say(
-                f"test definition {test.name}: skipping install deps "
-                f"({', '.join(d.install_deps)}): this device type does not install distro packages"
-            )
-    install.extend(d.install_steps)
-    if len(install) > 3:
-        (test.directory / "install.sh").write_text("\n".join(install) + "\n", encoding="utf-8")
-        (test.directory / "install.sh").chmod(0o755)
-        lines.append(
-            './install.sh || echo "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=install RESULT=fail>"'
-        )
     # as LAVA's run.sh: a failing step ends this definition (the next one still runs);
     # the EXIT trap names the step, so the run shows as failed where it stopped
     lines += [
@@ -411,19 +532,43 @@ def run_step(step: str) -> str:
     return step
 
 
+#: as LAVA's lava-test-runner: each definition of ``lava-test-runner.conf`` in order,
+#: its install.sh first (run by sh, without -e: its last command's status counts; a
+#: failure skips that definition's run.sh and is told), then its run.sh
 RUNNER_SCRIPT = """#!/bin/sh
 # lava-test-runner (lavamq): run every test definition of this overlay in order.
 overlay="${LAVA_OVERLAY:-$(cd "$(dirname "$0")/.." && pwd)}"
-for t in "$overlay"/tests/*/; do
-    [ -f "$t/run.sh" ] || continue
-    sh "$t/run.sh"
+# (a for loop, not `while read`: the steps keep the console as their stdin)
+for t in $(cat "$overlay/lava-test-runner.conf"); do
+    [ -f "$overlay/tests/$t/run.sh" ] || continue
+    if [ -f "$overlay/tests/$t/install.sh" ]; then
+        /bin/sh "$overlay/tests/$t/install.sh"
+        rc=$?
+        if [ "$rc" -ne 0 ]; then
+            echo "<LAVA_SIGNAL_TESTEVENT install-failed $t exit $rc>"
+            continue
+        fi
+    fi
+    sh "$overlay/tests/$t/run.sh"
 done
 echo "<LAVA_TEST_RUNNER EXIT>"
 """
 
 
-def write_runner(overlay: Path) -> Path:
-    """Write ``bin/lava-test-runner`` into the overlay."""
+def _index_order(run_id: str) -> tuple[int, str]:
+    index = run_id.split("_", 1)[0]
+    return (int(index) if index.isdigit() else 1 << 30, run_id)
+
+
+def write_runner(overlay: Path, run_ids: list[str] | None = None) -> Path:
+    """Write ``bin/lava-test-runner`` and ``lava-test-runner.conf`` (the test runs in
+    order; by default every directory of ``tests/`` in index order) into the overlay."""
+    if run_ids is None:
+        found = [d.name for d in (overlay / "tests").glob("*_*") if d.is_dir()]
+        run_ids = sorted(found, key=_index_order)
+    (overlay / "lava-test-runner.conf").write_text(
+        "".join(f"{r}\n" for r in run_ids), encoding="utf-8"
+    )
     path = overlay / "bin" / "lava-test-runner"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(RUNNER_SCRIPT, encoding="utf-8")

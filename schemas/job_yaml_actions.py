@@ -81,8 +81,13 @@ DefinitionSchema = Schema.from_dict(
         "parameters": Anything(),
         "params": Anything(),
         "history": Flag(),
+        "recursive": Flag(),
         "lava-signal": Text(),
         "skip_install": Anything(),
+        "expected": Anything(),
+        "compression": Text(),
+        "strip-components": Whole(validate=validate.Range(min=0, error="must be at least {min}")),
+        "headers": Anything(),
     },
     name="DefinitionSchema",
 )
@@ -316,7 +321,28 @@ def _definition(entry: Any, loc: str, problems: Problems) -> dict[str, Any] | No
         revision=item.get("revision"),
         parameters=parameters,
     )
-    for key in ("branch", "history", "lava-signal", "skip_install"):
+    if "headers" in entry:
+        problems.add(
+            join(loc, "headers"),
+            "not supported: lavamq fetches a test definition without extra HTTP headers",
+        )
+        return None
+    expected = entry.get("expected")
+    if expected is not None and (
+        not isinstance(expected, list) or not all(isinstance(x, str) for x in expected)
+    ):
+        problems.add(join(loc, "expected"), "must be a list of test case names")
+        return None
+    for key in (
+        "branch",
+        "history",
+        "recursive",
+        "lava-signal",
+        "skip_install",
+        "expected",
+        "compression",
+        "strip-components",
+    ):
         if key in item:
             out[key] = item[key]
     return out

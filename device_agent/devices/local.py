@@ -88,7 +88,17 @@ class LocalDevice(Device):
     #: the host's package manager is the lab's, not the job's; /tmp is the host's
     capabilities = Capabilities(installs_packages=False, private_tmp=False, network=True)
     known_settings: ClassVar[frozenset[str]] = frozenset(
-        {"shell", "network", "ipv4", "bridge", "hostname", "env", "answer_cursor_query", "emulates"}
+        {
+            "shell",
+            "network",
+            "ipv4",
+            "bridge",
+            "hostname",
+            "env",
+            "answer_cursor_query",
+            "emulates",
+            "install_packages",
+        }
     )
 
     def __init__(self, config: Mapping[str, Any], workdir: str | Path) -> None:
@@ -127,7 +137,20 @@ class LocalDevice(Device):
             problems.append(f"settings.emulates: {emulates!r} is not a device type name")
         if config.get("console") not in (None, "pty"):
             problems.append("console: a local board's console is always 'pty'")
+        if not isinstance(settings.get("install_packages", False), bool):
+            problems.append("settings.install_packages: must be true or false")
         return problems
+
+    def packages_refused(self) -> str:
+        """A local board is the dispatcher host: its package manager is the lab's, so
+        ``install: deps`` and ``lava-install-packages`` run only where the host config
+        says ``install_packages = true``."""
+        if self.settings.get("install_packages") is True:
+            return ""
+        return (
+            "a local board is the dispatcher host (the host config does not set "
+            "install_packages = true for it)"
+        )
 
     def default_prompts(self) -> list[str]:
         return [re.escape(f"lavamq@{self.name}# ")]

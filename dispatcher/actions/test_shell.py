@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: what a run.sh's EXIT trap prints when a step failed (dispatcher/testdef.py)
 STOPPED_RE = re.compile(r"stopped (?P<run>\S+) step (?P<step>\d*) exit (?P<rc>\d+)$")
+#: what the test runner prints when a definition's install.sh failed (its run.sh is skipped)
+INSTALL_FAILED_RE = re.compile(r"install-failed (?P<run>\S+) exit (?P<rc>\d+)$")
 
 
 class ResultTracker:
@@ -67,7 +69,11 @@ class ResultTracker:
         self.failed_runs: set[str] = set()
         #: run id → where its run.sh stopped (``step N exit RC``, from its EXIT trap)
         self.stopped: dict[str, str] = {}
+        #: run id → the exit status of its failed install.sh (its run.sh did not run)
+        self.install_failed: dict[str, str] = {}
         self.cases = 0
+        #: run id → the cases it reported (for its ``expected`` list)
+        self.reported: dict[str, set[str]] = {}
         #: files attached by the test (they go with each test run's own result)
         self.files = AttachmentCollector(say)
         self._lock = threading.Lock()
@@ -106,12 +112,14 @@ class ResultTracker:
             self.ended.append(event.run_id)
             self.test_set = None
             self.say(f"test run {event.run_id} ended")
+            self._fail_missing(event.run_id)
             result = "fail" if event.run_id in self.failed_runs else "pass"
+            test = self.tests.get(event.run_id)
             self._result(
                 "lava",
                 event.run_id,
                 result,
-                extra={"uuid": event.uuid},
+                extra={**(test.run_extra() if test else {}), "uuid": event.uuid},
                 attachments=self.files.take(event.run_id),
             )
             self.current = None
@@ -120,6 +128,14 @@ class ResultTracker:
             assert stop is not None
             self.stopped[stop["run"]] = f"step {stop['step']} (exit {stop['rc']})"
             self.say(f"test run {stop['run']} stopped at {self.stopped[stop['run']]} (set -e)")
+        elif isinstance(event, signals.TestEvent) and INSTALL_FAILED_RE.match(event.text):
+            failed = INSTALL_FAILED_RE.match(event.text)
+            assert failed is not None
+            self.install_failed[failed["run"]] = failed["rc"]
+            self.say(
+                f"test run {failed['run']}: install.sh exited {failed['rc']}: "
+                "its run steps are skipped (as LAVA's test runner does)"
+            )
         elif isinstance(event, signals.TestEvent):
             self.say(f"test event: {event.text}")
         elif isinstance(event, (signals.AttachStart, signals.AttachData, signals.AttachEnd)):
@@ -141,10 +157,16 @@ class ResultTracker:
         elif isinstance(event, signals.TestCase):
             if event.bad_measurement is not None:
                 self.say(f"test case {event.case}: measurement {event.bad_measurement!r} ignored")
+            result = event.result
+            expected = self.expected(self.current)
+            if expected and event.case not in expected and result != "fail":
+                # as LAVA: a case the definition does not expect fails
+                self.say(f"test case {event.case} is not in the expected list: {result} -> fail")
+                result = "fail"
             self._result(
                 self.current or "lava",
                 event.case,
-                event.result,
+                result,
                 measurement=event.measurement,
                 units=event.units,
             )
@@ -160,6 +182,30 @@ class ResultTracker:
                     units=parsed.get("units"),
                 )
 
+    def expected(self, run_id: str | None) -> list[str]:
+        """The run's ``expected`` test cases (the job's list over the definition's)."""
+        test = self.tests.get(run_id or "")
+        if test is None:
+            return []
+        listed = test.spec.get("expected") or test.definition.document.get("expected") or []
+        return [str(x) for x in listed] if isinstance(listed, list) else []
+
+    def report_missing(self, run_id: str) -> None:
+        """Each expected case that ``run_id`` (which did not end) did not report fails."""
+        with self._lock:
+            self._fail_missing(run_id)
+
+    def _fail_missing(self, run_id: str) -> None:
+        # each expected case that the run did not report fails, as on LAVA
+        missing = sorted(set(self.expected(run_id)) - self.reported.get(run_id, set()))
+        for case in missing:
+            self._result(
+                run_id,
+                case,
+                "fail",
+                extra={"reason": "an expected test case that was not reported fails"},
+            )
+
     def _result(
         self,
         suite: str,
@@ -172,6 +218,7 @@ class ResultTracker:
         attachments: list[dict[str, Any]] | None = None,
     ) -> None:
         self.cases += 1
+        self.reported.setdefault(suite, set()).add(case)
         if self.test_set is not None:
             extra = {**(extra or {}), "set": self.test_set}
         rec: dict[str, Any] = {
@@ -295,8 +342,12 @@ class LavaTestShellAction(Action):
         missing = [run_id for run_id in tests if run_id not in tracker.started]
         unfinished = tracker.unfinished()
         for run_id in unfinished + missing:
+            tracker.report_missing(run_id)
             reason = tracker.stopped.get(run_id)
             extra = {"reason": f"ended at {reason} before its last step"} if reason else {}
+            if run_id in tracker.install_failed:
+                rc = tracker.install_failed[run_id]
+                extra = {"reason": f"install.sh exited {rc}: its run steps did not run"}
             record_result(
                 ctx,
                 {
@@ -309,7 +360,15 @@ class LavaTestShellAction(Action):
             )
         # a definition that a failing step ended (set -e) is a failed test run, as on
         # LAVA; one that never started or stopped without saying where is the job's error
-        unexplained = [r for r in unfinished if r not in tracker.stopped] + missing
+        installs = [r for r in missing if r in tracker.install_failed]
+        unexplained = [r for r in unfinished if r not in tracker.stopped]
+        unexplained += [r for r in missing if r not in tracker.install_failed]
+        if installs:
+            # LAVA's TestError "Unable to start test stage": the job is incomplete
+            raise JobError(
+                f"{self.name}: the install of test run(s) {', '.join(installs)} failed "
+                "(install.sh exited non-zero), so their steps did not run"
+            )
         if unexplained:
             raise JobError(
                 f"{self.name}: test run(s) {', '.join(unexplained)} "
@@ -331,7 +390,7 @@ class LavaTestShellAction(Action):
             role=ctx.role,
             members=dict(ctx.members),
             definitions=self.definitions,
-            install_deps=ctx.device.capabilities.installs_packages,
+            packages_refused=ctx.device.packages_refused(),
             device_type=ctx.device.device_type,
         )
         return build_overlay(spec, ctx.workdir / "overlay", deadline=deadline, say=ctx.log.info)

@@ -331,9 +331,9 @@ CASES_YAML: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         "definition-unknown-key",
         _set("actions[3].test.definitions[0].revison", "v1"),
         [
-            "actions[3].test.definitions[0]: unknown key 'revison' (known: branch, from, "
-            "history, lava-signal, name, parameters, params, path, repository, revision, "
-            "skip_install)"
+            "actions[3].test.definitions[0]: unknown key 'revison' (known: branch, "
+            "compression, expected, from, headers, history, lava-signal, name, parameters, "
+            "params, path, recursive, repository, revision, skip_install, strip-components)"
         ],
     ),
     (

@@ -12,9 +12,11 @@ from dispatcher.testdef import (
     PatternParser,
     fetch_test,
     parse_definition,
+    validate_spec,
     write_run_script,
     write_runner,
 )
+from dispatcher.testdef_install import repo_target, write_install_script
 from schemas.errors import JobError
 
 
@@ -87,8 +89,9 @@ def test_git_clone_at_revision_and_generated_run_script(tmp_path: Path) -> None:
     }
     test = fetch_test(spec, 0, tmp_path / "overlay" / "tests", say=said.append)
     assert test.commit == first
-    write_run_script(test, install_deps=False, say=said.append)
-    assert any("skipping install deps (curl)" in s for s in said)
+    write_install_script(test, refused="the board is the host", say=said.append)
+    write_run_script(test)
+    assert "test definition smoke: install deps (curl) skipped: the board is the host" in said
     bin_dir = tmp_path / "overlay" / "bin"
     write_runner(tmp_path / "overlay")
     # a stand-in lava-test-case so that the script runs in a plain shell
@@ -103,7 +106,9 @@ def test_git_clone_at_revision_and_generated_run_script(tmp_path: Path) -> None:
         check=True,
         env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
     ).stdout.splitlines()
-    assert out[0] == f"<LAVA_SIGNAL_STARTRUN 0_smoke {test.uuid}>"
+    # install.sh runs first, in the test's directory, as LAVA's does
+    assert out[0] == str(test.directory)
+    assert out.index("installing") < out.index(f"<LAVA_SIGNAL_STARTRUN 0_smoke {test.uuid}>")
     assert "installing" in out and "hello lab" in out
     assert "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=x RESULT=pass>" in out
     assert out[-2:] == [f"<LAVA_SIGNAL_ENDRUN 0_smoke {test.uuid}>", "<LAVA_TEST_RUNNER EXIT>"]
@@ -165,7 +170,7 @@ def test_run_sh_is_written_as_lava_writes_it(tmp_path: Path) -> None:
         },
     }
     test = fetch_test(spec, 0, tmp_path)
-    text = write_run_script(test, install_deps=False).read_text()
+    text = write_run_script(test).read_text()
     lines = text.splitlines()
     # after the parameters: set -e, then each step (with --shell, $<digit> stays for it)
     assert lines.index("set -e") < lines.index("echo $1")
@@ -176,3 +181,45 @@ def test_run_sh_is_written_as_lava_writes_it(tmp_path: Path) -> None:
     assert "<LAVA_SIGNAL_TESTEVENT stopped 0_steps step 3 exit 1>" in proc.stdout
     assert "ENDRUN" not in proc.stdout and "never" not in proc.stdout
     assert "x --shell echo $1 $23" in proc.stdout
+
+
+def test_git_repos_targets_as_lava_looks_them_up(tmp_path: Path) -> None:
+    spec = {
+        "from": "inline",
+        "name": "repos",
+        "parameters": {"URL": "file:///job/tools.git"},
+        "repository": {
+            "metadata": {"name": "repos"},
+            "params": {"URL": "file:///default/tools.git", "DEST": "here"},
+            "install": {"git-repos": ["https://example.org/a/b.git", {"url": "URL"}]},
+            "run": {"steps": ["true"]},
+        },
+    }
+    test = fetch_test(spec, 0, tmp_path)
+    string_form, mapping = test.definition.install_git_repos
+    assert repo_target(string_form, test) == ("https://example.org/a/b.git", None, "b")
+    # a value naming a parameter is the job's value (over the definition's default)
+    assert repo_target(mapping, test) == ("file:///job/tools.git", None, "tools")
+    assert repo_target({"url": "x.git", "destination": "DEST"}, test)[2] == "here"
+    for bad in ("../escape", "a/b", ".."):
+        with pytest.raises(JobError, match="not a directory name inside the test's directory"):
+            repo_target({"url": "file:///x.git", "destination": bad}, test)
+
+
+def test_bad_install_fields_are_named() -> None:
+    with pytest.raises(JobError) as err:
+        parse_definition(
+            {
+                "metadata": {"name": "x"},
+                "install": {"deps": "curl", "git-repos": [{"url": "u", "depth": 1}, 3]},
+                "run": {"steps": ["true"]},
+            },
+            "x.yaml",
+        )
+    text = err.value.message
+    assert "install.deps: must be a list of strings" in text
+    assert "install.git-repos[0]: unknown keys depth" in text
+    assert "install.git-repos[1]: must be a URL or a mapping with 'url'" in text
+    assert validate_spec({"from": "inline", "repository": {}, "skip_install": ["dep"]}, "d")[
+        -1
+    ].startswith("d.skip_install: unknown dep")
