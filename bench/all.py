@@ -38,7 +38,7 @@ def plan(smallest: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
                 ),
             ),
             ("scheduler", lambda: scheduler.rows([0.01, 0.02], 1)),
-            ("console", lambda: console.run(1, 1)),
+            ("console", lambda: console.run(1, 1, boards=4, seconds=2, writers=1)),
             ("load", lambda: load.run([1, 2], 2, 2, [1])),
             ("qemu", lambda: qemu.run(1, "2-node", anchor=False)),
         ]
@@ -50,7 +50,7 @@ def plan(smallest: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
             ),
         ),
         ("scheduler", lambda: scheduler.rows([1, 2, 10], 1)),
-        ("console", lambda: console.run(8, 16)),
+        ("console", lambda: console.run(8, 16, boards=64, seconds=10)),
         (
             "load",
             lambda: load.run([1, 10, 50], 4, 8, [1, 2], cluster=running_cluster() is not None),

@@ -19,12 +19,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,147 @@ def print_rows(rows: list[Row], title: str = "") -> None:
             f"| {r.bench} | {r.what} | {r.value:.4g} {r.unit} | {r.against}: "
             f"{r.reference:.4g} {r.unit} | {r.ratio:.3g}x | {r.target} | {r.verdict} |"
         )
+
+
+# --- boards writing at a serial line's speed (bench/web.py, bench/console.py) ---
+
+#: bytes of one console line the boards print, newline included
+LINE_BYTES = 100
+
+
+def line_rate(baud: int) -> float:
+    """Lines per second of ``LINE_BYTES`` on a serial line at ``baud`` (8N1: 10 bits a byte)."""
+    return baud / 10 / LINE_BYTES
+
+
+def stamped_line(at: float) -> str:
+    """A console line (no newline) carrying the time ``at`` it was written: ``l <time> xx…``."""
+    stamp = f"l {at:.6f} "
+    return stamp + "x" * (LINE_BYTES - 1 - len(stamp))
+
+
+def sent_at(message: str) -> float:
+    """The time a :func:`stamped_line` carries."""
+    return float(message.split(" ", 2)[1])
+
+
+#: ``emit(board, due, now)``: board index, the due time of each line owed, the time now
+Emit = Callable[[int, list[float], float], None]
+
+
+def pace(boards: int, rate: float, start: float, end: float, tick: float, emit: Emit) -> list[int]:
+    """Drive ``boards`` serial lines at ``rate`` lines/s each from ``start`` to ``end``.
+
+    Every ``tick`` s each board is handed the lines owed since ``start`` (with
+    the time each was due): a slow ``emit`` is caught up, never dropped, and the
+    count each board really sent comes back, so a bench says the rate it reached.
+    """
+    sent = [0] * boards
+    time.sleep(max(0.0, start - time.time()))
+    while (now := time.time()) < end:
+        owed = int(rate * (now - start))
+        for k in range(boards):
+            due = owed - sent[k]
+            if due > 0:
+                emit(k, [start + (sent[k] + i + 1) / rate for i in range(due)], now)
+                sent[k] += due
+        ticks = int((time.time() - start) / tick) + 1
+        time.sleep(max(0.0, start + ticks * tick - time.time()))
+    return sent
+
+
+def batch_seconds() -> float:
+    """How often a dispatcher's sub-job publisher sends a board's console (its default)."""
+    import inspect
+
+    from dispatcher.runner import SubJobRunner
+
+    interval = inspect.signature(SubJobRunner.__init__).parameters["publisher_interval"]
+    return float(interval.default)
+
+
+def log_batch_boards(
+    url: str,
+    job: str,
+    nodes: list[int],
+    baud: int,
+    start: float,
+    end: float,
+    out: Any,
+    stamp: str = "publish",
+) -> None:
+    """(A process.) One thread per board of ``nodes``, each publishing its console as a
+    dispatcher's sub-job publisher does from ``start`` to ``end``: every
+    ``batch_seconds()`` a confirmed ``log-batch`` on ``lava.logs`` (key
+    ``<job>.board<NN>``) of the lines ``baud`` brought since the last one, each
+    line stamped with the batch's publish time (``stamp="publish"``) or the
+    time it was due on the serial line (``"due"``: the batch's wait included).
+    Puts how many lines they sent on ``out``."""
+    import datetime as dt
+
+    from broker_config import topology
+    from broker_config.broker import Broker
+    from schemas.messages.console import LogBatchSchema
+
+    sent = [0] * len(nodes)
+
+    def board(k: int) -> None:
+        node = nodes[k]
+        name = f"board{node:02d}"
+        seq = [0]
+        with Broker(url) as broker:
+
+            def publish(_board: int, due: list[float], now: float) -> None:
+                when = dt.datetime.now(dt.UTC).isoformat()
+                records = [
+                    {"time": when, "level": "target", "message": stamped_line(now)}
+                ] * len(due) if stamp == "publish" else [
+                    {"time": when, "level": "target", "message": stamped_line(t)} for t in due
+                ]  # fmt: skip
+                body = {"job": job, "subjob": str(node + 1), "node": name, "seq": seq[0],
+                        "records": records, "final": False}  # fmt: skip
+                broker.publish(topology.LOGS_EXCHANGE_NAME, f"{job}.{name}", LogBatchSchema(), body)
+                seq[0] += 1
+
+            sent[k] = pace(1, line_rate(baud), start, end, batch_seconds(), publish)[0]
+
+    threads = [threading.Thread(target=board, args=(k,)) for k in range(len(nodes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    out.put(sum(sent))
+
+
+def follow_broker(url: str, key: str, ready: Any, stop: Any, seen: Any, out: Any) -> None:
+    """(A process.) A plain kombu consumer of ``lava.logs`` messages bound by ``key``:
+    the broker's own publish → consume, the floor under every console path. Puts
+    the latency of every line (now - the time its stamp carries) on ``out``."""
+    from kombu import Connection, Exchange, Queue
+
+    latencies: list[float] = []
+    queue = Queue(f"bench.floor.{uuid.uuid4().hex[:8]}", Exchange("lava.logs", "topic"),
+                  routing_key=key, exclusive=True, auto_delete=True)  # fmt: skip
+
+    def on_message(body: Any, message: Any) -> None:
+        now = time.time()
+        records = json.loads(message.body)["records"]
+        latencies.extend(now - sent_at(rec["message"]) for rec in records)
+        message.ack()
+        with seen.get_lock():
+            seen.value += len(records)
+
+    with Connection(url) as conn, conn.Consumer([queue], callbacks=[on_message], accept=None):
+        ready.set()
+        while not stop.is_set():
+            try:
+                conn.drain_events(timeout=0.5)
+            except TimeoutError:
+                continue
+    out.put(latencies)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import inspect
 import json
 import multiprocessing
 import os
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +44,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import lab_server  # noqa: E402
-from common import bench_vhost, percentile  # noqa: E402
-
-from dispatcher.runner import SubJobRunner  # noqa: E402
-
-LINE_BYTES = 100
-#: how often a board's console goes out: what a dispatcher's sub-job publisher does
-BATCH_SECONDS = float(
-    inspect.signature(SubJobRunner.__init__).parameters["publisher_interval"].default
+from common import (  # noqa: E402
+    bench_vhost,
+    follow_broker,
+    line_rate,
+    log_batch_boards,
+    percentile,
+    sent_at,
 )
 
 
@@ -107,11 +104,6 @@ def page_times(port: int, path: str, rounds: int = 20) -> tuple[list[float], lis
     return first, whole
 
 
-def _sent_at(message: str) -> float:
-    """The send time a bench console line carries (``l <time> <padding>``)."""
-    return float(message.split(" ", 2)[1])
-
-
 def follow_stream(port: int, job_id: int, ready: Any, stop: Any, seen: Any, out: Any) -> None:
     """(A process.) Follows the page's event stream; the latency of every console line."""
     latencies: list[float] = []
@@ -132,7 +124,7 @@ def follow_stream(port: int, job_id: int, ready: Any, stop: Any, seen: Any, out:
             elif text.startswith("data: ") and event == "log":
                 now = time.time()
                 lines = json.loads(text[6:])
-                latencies.extend(now - _sent_at(line["message"]) for line in lines)
+                latencies.extend(now - sent_at(line["message"]) for line in lines)
                 with seen.get_lock():
                     seen.value += len(lines)
 
@@ -140,83 +132,6 @@ def follow_stream(port: int, job_id: int, ready: Any, stop: Any, seen: Any, out:
     threading.Thread(target=read, daemon=True).start()
     stop.wait()
     out.put(list(latencies))
-
-
-def follow_broker(url: str, ready: Any, stop: Any, seen: Any, out: Any) -> None:
-    """(A process.) A plain consumer of the same messages: the broker's publish → consume."""
-    from kombu import Connection, Exchange, Queue
-
-    latencies: list[float] = []
-    queue = Queue(f"bench.floor.{uuid.uuid4().hex[:8]}", Exchange("lava.logs", "topic"),
-                  routing_key="#", exclusive=True, auto_delete=True)  # fmt: skip
-
-    def on_message(body: Any, message: Any) -> None:
-        now = time.time()
-        records = json.loads(message.body)["records"]
-        latencies.extend(now - _sent_at(rec["message"]) for rec in records)
-        message.ack()
-        with seen.get_lock():
-            seen.value += len(records)
-
-    with Connection(url) as conn, conn.Consumer([queue], callbacks=[on_message], accept=None):
-        ready.set()
-        while not stop.is_set():
-            try:
-                conn.drain_events(timeout=0.5)
-            except TimeoutError:
-                continue
-    out.put(latencies)
-
-
-def boards(
-    url: str, job_id: int, nodes: list[int], baud: int, start: float, end: float, out: Any
-) -> None:
-    """(A process.) One thread per board of ``nodes``, each publishing its console as a
-    dispatcher does from ``start`` to ``end``: every ``BATCH_SECONDS`` a confirmed
-    ``log-batch`` of the lines ``baud`` brought since the last one. Puts how many lines
-    they sent."""
-    sent = [0] * len(nodes)
-
-    def board(k: int) -> None:
-        from broker_config import topology
-        from broker_config.broker import Broker
-        from schemas.messages.console import LogBatchSchema
-
-        node = nodes[k]
-        name = f"board{node:02d}"
-        rate = baud / 10 / LINE_BYTES  # 10 bits a byte on a serial line (8N1)
-        with Broker(url) as broker:
-            time.sleep(max(0.0, start - time.time()))
-            seq = 0
-            while (now := time.time()) < end:
-                # lines owed since the start: a slow publish is caught up, never dropped
-                due = int(rate * (now - start)) - sent[k]
-                if due > 0:
-                    stamp = f"l {now:.6f} "
-                    message = stamp + "x" * (LINE_BYTES - 1 - len(stamp))
-                    records = [{"time": dt_now(), "level": "target", "message": message}] * due
-                    body = {"job": str(job_id), "subjob": str(node + 1), "node": name,
-                            "seq": seq, "records": records, "final": False}  # fmt: skip
-                    broker.publish(
-                        topology.LOGS_EXCHANGE_NAME, f"{job_id}.{name}", LogBatchSchema(), body
-                    )
-                    sent[k] += due
-                    seq += 1
-                ticks = int((time.time() - start) / BATCH_SECONDS) + 1
-                time.sleep(max(0.0, start + ticks * BATCH_SECONDS - time.time()))
-
-    threads = [threading.Thread(target=board, args=(k,)) for k in range(len(nodes))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    out.put(sum(sent))
-
-
-def dt_now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def main() -> None:
@@ -260,7 +175,7 @@ def main() -> None:
         w50, w99 = percentile(whole, 50) * 1e3, percentile(whole, 99) * 1e3
         print(f"{name:<28} {f50:15.1f} {f99:8.1f} {w50:15.1f} {w99:8.1f}")
     print()
-    rate = opts.baud / 10 / LINE_BYTES
+    rate = line_rate(opts.baud)
     achieved = sent / opts.nodes / opts.seconds
     print(f"console line -> event stream, {opts.nodes} boards at {opts.baud} baud "
           f"({rate:.1f} lines/s each) from {opts.writers} processes, {opts.seconds:g} s: "
@@ -293,7 +208,7 @@ def stream_and_floor(
     mp = multiprocessing.get_context("spawn")
     stop = mp.Event()
     readers = []
-    for target, args in ((follow_stream, (port, group)), (follow_broker, (url,))):
+    for target, args in ((follow_stream, (port, group)), (follow_broker, (url, "#"))):
         ready, seen, out = mp.Event(), mp.Value("q", 0), mp.Queue()
         proc = mp.Process(target=target, args=(*args, ready, stop, seen, out), daemon=True)
         proc.start()
@@ -303,8 +218,9 @@ def stream_and_floor(
     start = time.time() + 5.0  # every writer process imported and connected by then
     counts = mp.Queue()
     writers = [
-        mp.Process(target=boards, args=(url, group, list(range(opts.nodes))[k :: opts.writers],
-                                        opts.baud, start, start + opts.seconds, counts))
+        mp.Process(target=log_batch_boards, args=(url, str(group),
+                                                  list(range(opts.nodes))[k :: opts.writers],
+                                                  opts.baud, start, start + opts.seconds, counts))
         for k in range(opts.writers)
     ]  # fmt: skip
     floor_pid = readers[1][0].pid

@@ -67,15 +67,18 @@ def _encode_records(records: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def batch_payload(body: dict[str, Any], json_lines: list[str]) -> bytes:
+def batch_payload(
+    body: dict[str, Any], json_lines: list[str], schema: LogBatchSchema | None = None
+) -> bytes:
     """The ``log-batch`` message for ``body`` (its ``records`` empty) holding the
     records given as JSON lines, without decoding and encoding them again.
 
     The envelope is validated by the schema; the records are spliced in as
     they are (one JSON object per line, no raw newline inside one), which
-    gives the same message as encoding the records in ``body``.
+    gives the same message as encoding the records in ``body``. ``schema``: an
+    instance to reuse (building one costs more than validating the envelope).
     """
-    head = encode(LogBatchSchema(), body)
+    head = encode(schema or LogBatchSchema(), body)
     marker = b'"records": []'
     at = head.index(marker)
     text = "".join(json_lines)
@@ -123,6 +126,17 @@ class SubJobPublisher:
         self._abandon = threading.Event()
         self._broker: Broker | None = None
         self._queue: queue.Queue[Any] = queue.Queue()
+        #: set when the publishing thread must look at the queue before its batch is
+        #: due (a result, close(), a batch's worth of log bytes queued): log records
+        #: alone do not wake it, so a console costs one wake-up per batch, not per chunk
+        self._wake = threading.Event()
+        #: log bytes queued since the publishing thread last looked (guarded by _count_lock)
+        self._unread_bytes = 0
+        #: the publishing thread's own: one schema instance, and message ids made of
+        #: one random prefix and a counter (unique, and cheaper than a uuid4 each)
+        self._batch_schema = LogBatchSchema()
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._messages = 0
         self._thread = threading.Thread(
             target=self._run, name=f"publisher-{job}.{node}", daemon=True
         )
@@ -136,30 +150,35 @@ class SubJobPublisher:
     # --- producers (any thread) ---
     def log_record(self, record: dict[str, Any]) -> None:
         """A job log record listener (``JobLog.add_listener``)."""
-        self._count(records=1)
         self._queue.put(("logs", [record]))
+        self._count(records=1, size=len(str(record.get("message", ""))))
 
     def log_records(self, records: list[dict[str, Any]]) -> None:
         """A job log batch listener (``JobLog.add_batch_listener``): one queue item
         for a whole chunk of console lines."""
-        self._count(records=len(records))
         self._queue.put(("logs", records))
+        self._count(records=len(records), size=sum(len(str(r.get("message", ""))) for r in records))
 
     def log_json(self, text: str, count: int) -> None:
         """A job log JSON listener (``JobLog.add_json_listener``): ``count``
         records already encoded as JSON lines holding only the ``log-batch``
         record keys; they are sent as they are, not encoded again."""
-        self._count(records=count)
         self._queue.put(("json", (text, count)))
+        self._count(records=count, size=len(text))
 
     def result(self, body: dict[str, Any]) -> None:
         self._count(results=1)
         self._queue.put(("result", body))
+        self._wake.set()
 
-    def _count(self, *, records: int = 0, results: int = 0) -> None:
+    def _count(self, *, records: int = 0, results: int = 0, size: int = 0) -> None:
         with self._count_lock:
             self.queued_records += records
             self.queued_results += results
+            self._unread_bytes += size
+            full = self._unread_bytes >= self.max_bytes
+        if full:
+            self._wake.set()
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush everything (the last batch is marked ``final``) and stop.
@@ -169,6 +188,7 @@ class SubJobPublisher:
         dropped, counted (``dropped_records``/``dropped_results``) and logged.
         """
         self._queue.put(_STOP)
+        self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandon.set()
@@ -212,31 +232,40 @@ class SubJobPublisher:
         size = 0
         first_at = 0.0
         while True:
-            timeout = None
+            items: list[Any] = []
             if pending:
-                timeout = max(0.0, first_at + self.interval - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._send_logs(pending, count, final=True)
-                return
-            if item is not None:
+                # until the batch is due (or a result, close() or a full batch wakes us)
+                self._wake.wait(max(0.0, first_at + self.interval - time.monotonic()))
+            else:
+                items.append(self._queue.get())
+            # cleared before the queue is read: a wake-up set after this finds its item
+            self._wake.clear()
+            with self._count_lock:
+                self._unread_bytes = 0
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for item in items:
+                if item is _STOP:
+                    self._send_logs(pending, count, final=True)
+                    return
                 kind, body = item
                 if kind == "result":
                     self._send_result(body)
-                else:
-                    if not pending:
-                        first_at = time.monotonic()
-                    if kind == "json":
-                        text, n = body
-                    else:
-                        text, n = _encode_records(body), len(body)
-                    pending.append(text)
-                    count += n
-                    size += len(text)
-            if pending and (size >= self.max_bytes or time.monotonic() - first_at >= self.interval):
+                    continue
+                if not pending:
+                    first_at = time.monotonic()
+                text, n = body if kind == "json" else (_encode_records(body), len(body))
+                pending.append(text)
+                count += n
+                size += len(text)
+                if size >= self.max_bytes:
+                    self._send_logs(pending, count, final=False)
+                    pending = []
+                    count = size = 0
+            if pending and time.monotonic() - first_at >= self.interval:
                 self._send_logs(pending, count, final=False)
                 pending = []
                 count = size = 0
@@ -263,7 +292,8 @@ class SubJobPublisher:
         """Publish one message, retrying (with one message id) while the broker is
         unreachable; False when the broker refused it. Raises _Abandoned when close()
         gave up."""
-        message_id = uuid.uuid4().hex
+        self._messages += 1
+        message_id = f"{self._id_prefix}{self._messages:012x}"
         attempt = 0
         while True:
             if self._abandon.is_set():
@@ -319,7 +349,7 @@ class SubJobPublisher:
             "records": [],
             "final": final,
         }
-        payload = batch_payload(body, pending)
+        payload = batch_payload(body, pending, self._batch_schema)
 
         def publish(broker: Broker, message_id: str) -> None:
             broker.publish_raw(
