@@ -10,6 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from barrier_lab import BarrierLab
+from lab import MEMORY_AND_RABBIT, broker_url_for
+
 import services
 
 
@@ -60,6 +63,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         services.drop_pg_database(name)
+
+
+@pytest.fixture(params=MEMORY_AND_RABBIT)
+def barrier_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BarrierLab]:
+    """The barrier harness on memory:// and on the real RabbitMQ, its store a fresh SQLite."""
+    lab = BarrierLab(broker_url_for(request), f"sqlite:///{tmp_path / 'barrier.sqlite'}")
+    try:
+        yield lab
+    finally:
+        lab.close()
 
 
 TESTS = Path(__file__).parent

@@ -8,39 +8,34 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from barrier_lab import BarrierLab
 from lab import MEMORY_AND_RABBIT, broker_url_for, wait_for
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from broker_config import topology
-from broker_config.broker import Broker
 from broker_config.consumer import Delivery
-from broker_config.declare import declare_topology
 from coordinator.barrier import BarrierService
 from coordinator.barrier_models import BarrierOutbox, BarrierRelease
 from coordinator.barrier_outbox import Outbox
-from coordinator.groups import create_group, end_group
 from schemas.errors import InfrastructureError
 from schemas.messages.multinode import MultinodeSyncSchema
 
 PAIR = {"a": "server", "b": "client"}
 
 
-class Lab:
-    """A broker with the topology, one group of two nodes, a barrier service."""
+class Lab(BarrierLab):
+    """The barrier harness with one group of two nodes; the test starts the service,
+    and every batch that raised is recorded."""
 
     def __init__(self, url: str, db_url: str) -> None:
-        self.broker = Broker(url)
-        declare_topology(self.broker)
-        self.service = BarrierService(url, db_url)
-        self.group = f"f{uuid.uuid4().hex[:8]}"
-        create_group(self.broker, self.group, PAIR, timeout=30)
+        super().__init__(url, db_url, start=False)
+        self.create_group(PAIR, prefix="f")
         self.failures: list[BaseException] = []
 
     def start(self) -> None:
@@ -59,11 +54,8 @@ class Lab:
         self.service.consumer.batch_handler = recording
 
     def sync(self, node: str, message_id: str = "go") -> None:
-        self.broker.publish(
-            topology.BARRIER_EXCHANGE_NAME,
-            topology.BARRIER_ROUTING_KEY,
-            MultinodeSyncSchema(),
-            {"group": self.group, "node": node, "message_id": message_id, "generation": 1},
+        self.to_barrier(
+            MultinodeSyncSchema(), {"node": node, "message_id": message_id, "generation": 1}
         )
 
     def release(self, node: str = "a") -> Any:
@@ -79,12 +71,6 @@ class Lab:
     def count(self, model: Any, *where: Any) -> int:
         with self.service.sessions() as session:
             return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
-
-    def close(self) -> None:
-        self.service.stop()
-        with contextlib.suppress(Exception):
-            end_group(self.broker, self.group, PAIR)
-        self.broker.close()
 
 
 @pytest.fixture(params=MEMORY_AND_RABBIT)

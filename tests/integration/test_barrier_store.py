@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from barrier_lab import BarrierLab
 from kombu.transport import memory
 from sqlalchemy import func, select
 
-from broker_config.broker import Broker
 from broker_config.consumer import Delivery
-from broker_config.declare import declare_topology
-from coordinator.barrier import BarrierService
 from coordinator.barrier_models import BarrierArrival, BarrierOutbox, BarrierRelease
-from coordinator.groups import create_group
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +25,14 @@ class FakeMessage:
 def test_redelivered_acks_count_once_and_release_once(db_url: str) -> None:
     memory.Transport.global_state.clear()
     memory.Channel.queues.clear()
-    broker = Broker("memory://")
-    declare_topology(broker)
-    create_group(broker, "g", {"a": "x", "b": "y"}, timeout=10)
-    service = BarrierService("memory://", db_url)
-    service.start()
+    lab = BarrierLab("memory://", db_url)
+    service = lab.service
     try:
-        open_body = {"group": "g", "members": {"a": "x", "b": "y"}, "timeout": 10.0}
+        group = lab.create_group({"a": "x", "b": "y"}, timeout=10)
+        open_body = {"group": group, "members": {"a": "x", "b": "y"}, "timeout": 10.0}
 
         def sync(node: str, gen: int = 1) -> Delivery:
-            body = {"group": "g", "node": node, "message_id": "ready", "generation": gen}
+            body = {"group": group, "node": node, "message_id": "ready", "generation": gen}
             return Delivery("multinode-sync", body, FakeMessage())  # type: ignore[arg-type]
 
         service.handle_batch([Delivery("group-open", open_body, FakeMessage())])  # type: ignore[arg-type]
@@ -55,5 +50,4 @@ def test_redelivered_acks_count_once_and_release_once(db_url: str) -> None:
             )
         assert (arrivals, releases, unpublished) == (2, 1, 0)
     finally:
-        service.stop()
-        broker.close()
+        lab.close()

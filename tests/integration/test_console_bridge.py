@@ -8,19 +8,14 @@ client calls and type the replies back.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lab import MEMORY_AND_RABBIT, broker_url_for
+from barrier_lab import BarrierLab
 
-from broker_config.broker import Broker
-from broker_config.declare import declare_topology
-from coordinator.barrier import BarrierService
-from coordinator.groups import create_group
 from device_agent.bridge import Bridge
 from device_agent.devices import create_device
 from device_agent.devices.local import LocalDevice, session_processes
@@ -67,25 +62,17 @@ class Node:
         return session_processes(pid) if pid > 0 else set()
 
 
-@pytest.fixture(params=MEMORY_AND_RABBIT)
-def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Node]]:
-    url = broker_url_for(request)
-    broker = Broker(url)
-    declare_topology(broker)
-    barrier = BarrierService(url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
-    barrier.start()
-    group = f"g{uuid.uuid4().hex[:8]}"
-    create_group(broker, group, MEMBERS, timeout=30)
+@pytest.fixture
+def nodes(barrier_lab: BarrierLab, tmp_path: Path) -> Iterator[dict[str, Node]]:
+    group = barrier_lab.create_group(MEMBERS, timeout=30)
     made: dict[str, Node] = {}
     try:
         for name in MEMBERS:
-            made[name] = Node(name, tmp_path / name, url, group, timeout=20)
+            made[name] = Node(name, tmp_path / name, barrier_lab.url, group, timeout=20)
         yield made
     finally:
         for node in made.values():
             node.close()
-        barrier.stop()
-        broker.close()
 
 
 def both(a: Any, b: Any) -> list[Any]:

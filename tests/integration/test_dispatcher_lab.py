@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from barrier_lab import BarrierLab
 from lab import (
     LAVAMQ,
     ROOT,
@@ -37,8 +38,6 @@ from lab import host_config as lab_host_config
 from broker_config import topology
 from broker_config.broker import Broker
 from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
-from broker_config.declare import declare_topology
-from coordinator.barrier import BarrierService
 from coordinator.groups import create_group
 from dispatcher.joblog import read_records
 from dispatcher.logstore import LogStore, stored_batches
@@ -170,16 +169,12 @@ def assignment(
     }
 
 
-class Lab:
+class Lab(BarrierLab):
     """What the coordinator would run: barrier, log store, control and results consumers."""
 
     def __init__(self, url: str, tmp_path: Path) -> None:
-        self.url = url
-        self.broker = Broker(url)
-        declare_topology(self.broker)
+        super().__init__(url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
         self.broker.declare(topology.logs_store_queue())
-        self.barrier = BarrierService(url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
-        self.barrier.start()
         self.store = LogStore(url, tmp_path / "logs")
         self.store.start()
         self.states: list[dict[str, Any]] = []
@@ -224,8 +219,7 @@ class Lab:
         self.control.stop()
         self.results_consumer.stop()
         self.store.stop()
-        self.barrier.stop()
-        self.broker.close()
+        super().close()
 
 
 def kill_leftover_boards(root: Path) -> None:

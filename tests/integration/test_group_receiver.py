@@ -7,19 +7,17 @@ On memory:// and on the real RabbitMQ. No barrier service is needed:
 from __future__ import annotations
 
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from barrier_lab import BarrierLab
 from lab import MEMORY_AND_RABBIT, broker_url_for, wait_for
 
 from broker_config import topology
-from broker_config.broker import Broker
 from broker_config.consumer import Delivery
-from broker_config.declare import declare_topology
-from coordinator.groups import create_group, end_group, fail_group
+from coordinator.groups import end_group, fail_group
 from device_agent import group_receiver
 from device_agent.multinode import MultinodeClient
 from schemas.errors import GroupFailed, InfrastructureError
@@ -40,30 +38,21 @@ class CountingClient(MultinodeClient):
         super()._on_message(delivery)
 
 
-class Groups:
+class Groups(BarrierLab):
+    """The barrier harness without a barrier service, its clients counting."""
+
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.broker = Broker(url)
-        declare_topology(self.broker)
-        self.clients: list[MultinodeClient] = []
-        self.groups: list[str] = []
+        super().__init__(url, None)
 
     def create(self, members: dict[str, str] = MEMBERS) -> str:
-        name = f"r{uuid.uuid4().hex[:8]}"
-        create_group(self.broker, name, members, timeout=20)
-        self.groups.append(name)
-        return name
+        return self.create_group(members, timeout=20, prefix="r")
 
-    def client(self, group: str, node: str, members: dict[str, str] = MEMBERS) -> CountingClient:
-        client = CountingClient(self.url, group, node, members, timeout=20)
-        self.clients.append(client)
+    def client(
+        self, group: str, node: str, members: dict[str, str] = MEMBERS, **kwargs: Any
+    ) -> CountingClient:
+        client = super().client(group, node, members, cls=CountingClient, **kwargs)
+        assert isinstance(client, CountingClient)
         return client
-
-    def ready(self, group: str, node: str) -> int:
-        """Messages waiting in ``node``'s queue of ``group``."""
-        channel = self.broker.channel()
-        ok = channel.queue_declare(topology.group_queue_name(group, node), passive=True)
-        return int(ok.message_count)
 
     def send_as(self, group: str, node: str, message_id: str, exchange_group: str = "") -> None:
         """A node's ``lava-send`` published from outside this process's clients."""
@@ -73,13 +62,6 @@ class Groups:
             MultinodeSendSchema(),
             {"group": group, "node": node, "message_id": message_id, "data": {"k": "v"}},
         )
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-        for group in self.groups:
-            end_group(self.broker, group, MEMBERS)
-        self.broker.close()
 
 
 @pytest.fixture(params=MEMORY_AND_RABBIT)
@@ -101,9 +83,9 @@ def test_one_queue_is_read_per_group_for_all_local_nodes(groups: Groups) -> None
     assert n2.wait("hello") == {"n1": {"a": "1"}}
     assert n3.wait("hello") == {"n1": {"a": "1"}}
     # n1's queue is read and acknowledged; n2's and n3's keep their copy
-    wait_for(lambda: groups.ready(g, "n1") == 0, 10, "n1's queue drained")
-    assert groups.ready(g, "n2") == 1
-    assert groups.ready(g, "n3") == 1
+    wait_for(lambda: groups.ready("n1", g) == 0, 10, "n1's queue drained")
+    assert groups.ready("n2", g) == 1
+    assert groups.ready("n3", g) == 1
     assert n2.handled["hello"] == n3.handled["hello"] == 1
 
 
@@ -131,8 +113,8 @@ def test_when_the_lead_node_leaves_its_queue_is_still_read(groups: Groups) -> No
     groups.send_as(g, "n3", "after")
     assert n2.wait("after") == {"n3": {"k": "v"}}
     assert n2.handled == Counter({"before": 1, "after": 1})
-    assert groups.ready(g, "n2") == 2  # n2's own copies: never read here
-    assert groups.ready(g, "n1") == 0
+    assert groups.ready("n2", g) == 2  # n2's own copies: never read here
+    assert groups.ready("n1", g) == 0
 
 
 def test_a_local_node_whose_queue_expired_still_receives_after_the_lead_left(
@@ -251,7 +233,7 @@ def test_a_node_of_a_group_that_ended_stops_at_once_naming_it(rabbit_groups: Gro
     groups = rabbit_groups
     g = groups.create()
     end_group(groups.broker, g, MEMBERS)
-    groups.groups.remove(g)
+    groups.groups.remove((g, MEMBERS))
     with pytest.raises(InfrastructureError, match=f"group {g} has ended") as info:
         groups.client(g, "n1")
     assert "canceled or failed before this node started" in str(info.value)

@@ -10,21 +10,15 @@ from __future__ import annotations
 import functools
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
-from lab import MEMORY_AND_RABBIT, broker_url_for
+from barrier_lab import BarrierLab
 
-from broker_config.broker import Broker
-from broker_config.declare import declare_topology
-from coordinator.barrier import BarrierService
-from coordinator.groups import create_group, end_group, fail_group
+from coordinator.groups import end_group, fail_group
 from device_agent.multinode import (
-    MultinodeClient,
     network_hosts,
     network_query,
 )
@@ -32,41 +26,9 @@ from schemas.errors import GroupFailed, JobError, MultinodeTimeout
 from schemas.messages.multinode import MAX_PAYLOAD_BYTES
 
 
-class Lab:
-    """A broker URL with the topology declared and a running barrier service."""
-
-    def __init__(self, url: str, db_url: str) -> None:
-        self.url = url
-        self.broker = Broker(url)
-        declare_topology(self.broker)
-        self.barrier = BarrierService(url, db_url)
-        self.barrier.start()
-        self.clients: list[MultinodeClient] = []
-
-    def group(
-        self, members: dict[str, str], timeout: float = 20.0
-    ) -> tuple[str, dict[str, MultinodeClient]]:
-        name = f"g{uuid.uuid4().hex[:8]}"
-        create_group(self.broker, name, members, timeout=timeout)
-        clients = {n: MultinodeClient(self.url, name, n, members, timeout=timeout) for n in members}
-        self.clients.extend(clients.values())
-        return name, clients
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-        self.barrier.stop()
-        self.broker.close()
-
-
-@pytest.fixture(params=MEMORY_AND_RABBIT)
-def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
-    url = broker_url_for(request)
-    lab = Lab(url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
-    try:
-        yield lab
-    finally:
-        lab.close()
+@pytest.fixture
+def lab(barrier_lab: BarrierLab) -> BarrierLab:
+    return barrier_lab
 
 
 def in_threads(*calls: Callable[[], Any]) -> list[Any]:
@@ -78,8 +40,8 @@ def in_threads(*calls: Callable[[], Any]) -> list[Any]:
 THREE = {"n1": "server", "n2": "client", "n3": "client"}
 
 
-def test_identity(lab: Lab) -> None:
-    _, c = lab.group(THREE)
+def test_identity(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients(THREE)
     assert c["n2"].self_name == "n2"
     assert c["n2"].role == "client"
     assert c["n2"].group_members() == THREE
@@ -88,8 +50,8 @@ def test_identity(lab: Lab) -> None:
     assert c["n1"].nodes_with_role("nope") == []
 
 
-def test_message_sent_before_the_peer_waits_is_received(lab: Lab) -> None:
-    _, c = lab.group({"a": "server", "b": "client"})
+def test_message_sent_before_the_peer_waits_is_received(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients({"a": "server", "b": "client"})
     c["a"].send("ready", {"ip": "10.0.0.1"})
     # b waits only now: the message waited in b's queue
     assert c["b"].wait("ready", timeout=10) == {"a": {"ip": "10.0.0.1"}}
@@ -97,8 +59,8 @@ def test_message_sent_before_the_peer_waits_is_received(lab: Lab) -> None:
     assert c["b"].wait("ready", timeout=0.5) == {"a": {"ip": "10.0.0.1"}}
 
 
-def test_wait_ignores_own_sends(lab: Lab) -> None:
-    _, c = lab.group({"a": "server", "b": "client"}, timeout=2)
+def test_wait_ignores_own_sends(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients({"a": "server", "b": "client"}, timeout=2)
     c["a"].send("mine", {"k": "v"})
     with pytest.raises(MultinodeTimeout) as info:
         c["a"].wait("mine", timeout=0.5)
@@ -110,8 +72,8 @@ def test_wait_ignores_own_sends(lab: Lab) -> None:
         c["b"].wait("other", timeout=5)
 
 
-def test_wait_returns_data_of_every_other_sender(lab: Lab) -> None:
-    _, c = lab.group(THREE)
+def test_wait_returns_data_of_every_other_sender(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients(THREE)
     c["n2"].send("hello", {"from": "n2"})
     c["n3"].send("hello", {"from": "n3"})
     assert c["n1"].wait("hello", timeout=10)  # at least one
@@ -128,8 +90,8 @@ def _eventually(fn: Callable[[], Any], ok: Callable[[Any], bool], timeout: float
         time.sleep(0.005)
 
 
-def test_wait_all_without_role(lab: Lab) -> None:
-    _, c = lab.group(THREE)
+def test_wait_all_without_role(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients(THREE)
 
     def send_then_wait(node: str) -> Any:
         c[node].send("up", {"n": node[1:]})
@@ -140,8 +102,8 @@ def test_wait_all_without_role(lab: Lab) -> None:
     assert results == [expected, expected, expected]
 
 
-def test_wait_all_with_role(lab: Lab) -> None:
-    _, c = lab.group(THREE)
+def test_wait_all_with_role(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients(THREE)
     done = threading.Event()
     result: dict[str, Any] = {}
 
@@ -161,8 +123,8 @@ def test_wait_all_with_role(lab: Lab) -> None:
         c["n1"].wait_all("client-ready", "nope")
 
 
-def test_sync_three_nodes_and_reuse_of_the_id(lab: Lab) -> None:
-    _, c = lab.group(THREE)
+def test_sync_three_nodes_and_reuse_of_the_id(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients(THREE)
     for _ in range(2):  # the same id synced twice: generations 1 and 2
         in_threads(*(lambda n=n: c[n].sync("ready", timeout=15) for n in c))
     # a third sync by only one node does not pass the barrier
@@ -173,18 +135,18 @@ def test_sync_three_nodes_and_reuse_of_the_id(lab: Lab) -> None:
     assert "client (n2), client (n3); 1 of 3 arrived" in text
 
 
-def test_a_sync_is_a_send_then_a_wait_all_as_lava_documents(lab: Lab) -> None:
+def test_a_sync_is_a_send_then_a_wait_all_as_lava_documents(lab: BarrierLab) -> None:
     # LAVA's dispatcher crashes on lava-wait-all ID after lava-sync ID; its docs say
     # lava-sync ID is lava-send ID then lava-wait-all ID
-    _, c = lab.group(THREE)
+    _, c = lab.group_with_clients(THREE)
     in_threads(*(lambda n=n: c[n].sync("both-ways", timeout=15) for n in c))
     for name, client in c.items():
         assert client.wait_all("both-ways", timeout=5) == {n: {} for n in c}
         assert client.wait("both-ways", timeout=5) == {n: {} for n in c if n != name}
 
 
-def test_reuse_of_a_message_id_accumulates_data(lab: Lab) -> None:
-    _, c = lab.group({"a": "server", "b": "client"})
+def test_reuse_of_a_message_id_accumulates_data(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients({"a": "server", "b": "client"})
     c["a"].send("info", {"k1": "v1"})
     assert c["b"].wait("info", timeout=10) == {"a": {"k1": "v1"}}
     c["a"].send("info", {"k2": "v2"})
@@ -192,8 +154,8 @@ def test_reuse_of_a_message_id_accumulates_data(lab: Lab) -> None:
     assert got == {"a": {"k1": "v1", "k2": "v2"}}
 
 
-def test_payloads_of_any_text(lab: Lab) -> None:
-    _, c = lab.group({"a": "server", "b": "client"})
+def test_payloads_of_any_text(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients({"a": "server", "b": "client"})
     data = {
         "spaces": "a value with spaces",
         "equals": "x=y=z",
@@ -205,8 +167,8 @@ def test_payloads_of_any_text(lab: Lab) -> None:
     assert c["b"].wait("weird", timeout=10) == {"a": data}
 
 
-def test_oversize_payload_rejected(lab: Lab) -> None:
-    _, c = lab.group({"a": "server", "b": "client"})
+def test_oversize_payload_rejected(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients({"a": "server", "b": "client"})
     with pytest.raises(JobError) as info:
         c["a"].send("big", {"blob": "x" * MAX_PAYLOAD_BYTES})
     assert "lava-send 'big'" in str(info.value)
@@ -217,8 +179,10 @@ def test_oversize_payload_rejected(lab: Lab) -> None:
         c["a"].send("ok", {"k=1": "v"})
 
 
-def test_timeout_names_the_missing_node(lab: Lab) -> None:
-    _, c = lab.group({"beaglexm-01": "omap3", "panda-01": "omap4", "qemu-01": "server"})
+def test_timeout_names_the_missing_node(lab: BarrierLab) -> None:
+    _, c = lab.group_with_clients(
+        {"beaglexm-01": "omap3", "panda-01": "omap4", "qemu-01": "server"}
+    )
     errors: dict[str, BaseException] = {}
 
     def sync(node: str, timeout: float) -> None:
@@ -249,8 +213,8 @@ def test_timeout_names_the_missing_node(lab: Lab) -> None:
     assert time.monotonic() - started < 1
 
 
-def test_failed_group_releases_waiters_within_a_second(lab: Lab) -> None:
-    name, c = lab.group(THREE, timeout=60)
+def test_failed_group_releases_waiters_within_a_second(lab: BarrierLab) -> None:
+    name, c = lab.group_with_clients(THREE, timeout=60)
     released: dict[str, float] = {}
     errors: dict[str, BaseException] = {}
     waiting = threading.Barrier(4)
@@ -282,9 +246,9 @@ def test_failed_group_releases_waiters_within_a_second(lab: Lab) -> None:
         c["n2"].send("late")
 
 
-def test_network_broadcast_collect_query_hosts(lab: Lab) -> None:
+def test_network_broadcast_collect_query_hosts(lab: BarrierLab) -> None:
     members = {"a": "server", "b": "client"}
-    _, c = lab.group(members)
+    _, c = lab.group_with_clients(members)
     c["a"].broadcast({"ipv4": "10.0.0.1", "hostname": "alpha"})
     c["b"].broadcast({"ipv4": "10.0.0.2", "hostname": "beta"})
     collected = c["a"].collect(timeout=10)
@@ -298,8 +262,8 @@ def test_network_broadcast_collect_query_hosts(lab: Lab) -> None:
     assert c["b"].collect("server", timeout=10) == {"a": {"ipv4": "10.0.0.1", "hostname": "alpha"}}
 
 
-def test_end_group_removes_its_topology(lab: Lab) -> None:
-    name, c = lab.group({"a": "server", "b": "client"})
+def test_end_group_removes_its_topology(lab: BarrierLab) -> None:
+    name, c = lab.group_with_clients({"a": "server", "b": "client"})
     for client in c.values():
         client.close()
     lab.clients.clear()

@@ -8,22 +8,18 @@ barrier already released is sent the release instead of a failure.
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from barrier_lab import BarrierLab
 from faults import BrokerProxy
-from lab import MEMORY_AND_RABBIT, broker_url_for, wait_for
+from lab import wait_for
 from sqlalchemy import func, select
 
 from broker_config import topology
-from broker_config.broker import Broker
-from broker_config.declare import declare_topology
 from coordinator.barrier import BarrierService, release_message_id
 from coordinator.barrier_models import BarrierOutbox
-from coordinator.groups import create_group, end_group
 from device_agent.multinode import MultinodeClient
 from schemas.messages.base import decode
 from schemas.messages.multinode import (
@@ -36,59 +32,20 @@ from schemas.messages.multinode import (
 PAIR = {"a": "server", "b": "client"}
 
 
-class Barrier:
-    def __init__(self, url: str, tmp: Path) -> None:
-        self.url = url
-        self.broker = Broker(url)
-        declare_topology(self.broker)
-        self.service = BarrierService(url, f"sqlite:///{tmp / 'barrier.sqlite'}")
-        self.service.start()
-        self.group = f"q{uuid.uuid4().hex[:8]}"
-        create_group(self.broker, self.group, PAIR, timeout=30)
-
-    def to_barrier(self, schema: Any, body: dict[str, Any]) -> None:
-        body = {"group": self.group, **body}
-        self.broker.publish(
-            topology.BARRIER_EXCHANGE_NAME, topology.BARRIER_ROUTING_KEY, schema, body
-        )
-
-    def take(self, node: str, timeout: float = 10.0) -> Any:
-        """The next message of ``node``'s queue (read directly: no client runs)."""
-        queue = topology.group_queue_name(self.group, node)
-
-        def get() -> Any:
-            return self.broker.channel().basic_get(queue, no_ack=True)
-
-        return wait_for(get, timeout, f"a message in {queue}")
-
-    def ready(self, node: str) -> int:
-        channel = self.broker.channel()
-        return int(
-            channel.queue_declare(topology.group_queue_name(self.group, node), passive=True)[1]
-        )
-
-    def close(self) -> None:
-        end_group(self.broker, self.group, PAIR)
-        self.service.stop()
-        self.broker.close()
+@pytest.fixture
+def barrier(barrier_lab: BarrierLab) -> BarrierLab:
+    """The barrier harness with one group of ``PAIR``."""
+    barrier_lab.create_group(PAIR, prefix="q")
+    return barrier_lab
 
 
-@pytest.fixture(params=MEMORY_AND_RABBIT)
-def barrier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Barrier]:
-    b = Barrier(broker_url_for(request), tmp_path)
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-def _release(barrier: Barrier, node: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _release(barrier: BarrierLab, node: str) -> tuple[dict[str, Any], dict[str, Any]]:
     message = barrier.take(node)
     assert message.properties["type"] == "multinode-release"
     return decode(MultinodeReleaseSchema(), message.body), dict(message.properties)
 
 
-def _sync_release(barrier: Barrier, node: str) -> dict[str, Any]:
+def _sync_release(barrier: BarrierLab, node: str) -> dict[str, Any]:
     """The next sync release in ``node``'s queue.
 
     A client's first ``lava-sync`` of an id also sends it (as LAVA documents), so
@@ -102,7 +59,7 @@ def _sync_release(barrier: Barrier, node: str) -> dict[str, Any]:
                 return release
 
 
-def test_a_query_gets_a_decided_release_again_under_the_same_id(barrier: Barrier) -> None:
+def test_a_query_gets_a_decided_release_again_under_the_same_id(barrier: BarrierLab) -> None:
     sync = MultinodeSyncSchema()
     for node in PAIR:
         barrier.to_barrier(sync, {"node": node, "message_id": "go", "generation": 1})
@@ -144,7 +101,7 @@ def _unpublished(service: BarrierService) -> int:
 
 
 def test_a_release_is_marked_by_the_next_batch_or_published_again_after_a_crash(
-    barrier: Barrier, tmp_path: Path
+    barrier: BarrierLab, tmp_path: Path
 ) -> None:
     sync = MultinodeSyncSchema()
     for node in PAIR:
@@ -182,7 +139,7 @@ def test_a_release_is_marked_by_the_next_batch_or_published_again_after_a_crash(
     assert _unpublished(barrier.service) == 0
 
 
-def test_a_wait_all_release_is_asked_for_by_role(barrier: Barrier) -> None:
+def test_a_wait_all_release_is_asked_for_by_role(barrier: BarrierLab) -> None:
     barrier.to_barrier(
         MultinodeSendSchema(), {"node": "a", "message_id": "up", "data": {"ip": "10.0.0.1"}}
     )
@@ -196,7 +153,7 @@ def test_a_wait_all_release_is_asked_for_by_role(barrier: Barrier) -> None:
 
 
 def test_a_timeout_on_a_released_barrier_gets_the_release_not_a_failure(
-    barrier: Barrier,
+    barrier: BarrierLab,
 ) -> None:
     """A node whose release was lost reports a timeout; the barrier had it released."""
     b = MultinodeClient(barrier.url, barrier.group, "b", PAIR, timeout=30)
@@ -228,7 +185,8 @@ def test_a_release_lost_with_the_broker_is_asked_for_after_reconnecting(
 ) -> None:
     """Node a's receiver is cut off; its transient release is dropped meanwhile (what
     a broker restart does to it); after reconnecting, a asks and gets it."""
-    barrier = Barrier(rabbit_url, tmp_path)
+    barrier = BarrierLab(rabbit_url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
+    barrier.create_group(PAIR, prefix="q")
     with BrokerProxy() as proxy:
         a = MultinodeClient(proxy.url(rabbit_url), barrier.group, "a", PAIR, timeout=60)
         try:

@@ -14,16 +14,12 @@ from typing import Any
 
 import amqp
 import pytest
+from barrier_lab import BarrierLab
 from faults import dead_letters, raw_channel, wait_for
 
 from broker_config import topology
-from broker_config.broker import Broker
-from broker_config.declare import declare_topology
-from coordinator.barrier import BarrierService
-from coordinator.groups import create_group
 from coordinator.rpc import CoordinatorClient
 from coordinator.service import CoordinatorService, CoordinatorSettings
-from device_agent.multinode import MultinodeClient
 from dispatcher.daemon import Dispatcher
 
 pytestmark = pytest.mark.integration
@@ -52,10 +48,7 @@ def test_every_consumer_dead_letters_poison_and_keeps_working(
     """Failure covered: a garbled, non-UTF-8, oversized or mistyped body on any
     queue is acked and dropped, or crashes its consumer. Each must reach
     lava.dead with its reason, and each service must go on serving."""
-    with Broker(rabbit_url) as admin:
-        declare_topology(admin)
-    barrier = BarrierService(rabbit_url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
-    barrier.start()
+    barrier = BarrierLab(rabbit_url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
     coordinator = CoordinatorService(
         CoordinatorSettings(rabbit_url, f"sqlite:///{tmp_path / 'coord.sqlite'}")
     )
@@ -120,15 +113,13 @@ def test_every_consumer_dead_letters_poison_and_keeps_working(
                 "the dispatcher's device registered at the coordinator",
             )
             assert devices
-        with Broker(rabbit_url) as admin:
-            create_group(admin, "pg", {"solo": "r"}, timeout=10)
-        with MultinodeClient(rabbit_url, "pg", "solo", {"solo": "r"}, timeout=10) as client:
-            client.sync("after-poison")
-        assert barrier.consumer.dead_lettered == len(POISONS)
+        group = barrier.create_group({"solo": "r"}, timeout=10, prefix="pg")
+        barrier.client(group, "solo", {"solo": "r"}, timeout=10).sync("after-poison")
+        assert barrier.service.consumer.dead_lettered == len(POISONS)
         assert dispatcher.consumer.dead_lettered == len(POISONS)
     finally:
         dispatcher.stop()
         disp_thread.join(30)
         coordinator.stop()
         coord_thread.join(30)
-        barrier.stop()
+        barrier.close()

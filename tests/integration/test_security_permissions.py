@@ -15,6 +15,7 @@ from typing import Any
 
 import amqp
 import pytest
+from barrier_lab import BarrierLab
 from click.testing import CliRunner
 from faults import dead_letters, raw_channel
 
@@ -23,11 +24,8 @@ from broker_config import identity, permissions, topology
 from broker_config.broker import Broker
 from broker_config.declare import ManagementAPI, declare_topology
 from broker_config.errors import AccessRefused
-from coordinator.barrier import BarrierService
-from coordinator.groups import create_group
 from device_agent.bridge import Bridge
 from device_agent.console import ScriptedConsole
-from device_agent.multinode import MultinodeClient
 from lavamq.cli import main
 from schemas.messages.base import encode
 from schemas.messages.jobs import SubJobAssignmentSchema
@@ -190,16 +188,23 @@ def test_host_cannot_release_a_barrier_nor_speak_as_another_node(lab: Lab, tmp_p
     """Failure covered: host A releases a sync barrier for the group, or sends
     data / sync acknowledgements as host B's node; and a DUT's console text
     (``node=...`` in a lava-send) makes a node speak for another."""
-    group = f"secg-{uuid.uuid4().hex[:6]}"
     members = {lab.dev_a: "client", lab.dev_b: "server"}
     owners = {lab.dev_a: identity.host_user(lab.host_a), lab.dev_b: identity.host_user(lab.host_b)}
-    barrier = BarrierService(lab.barrier, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
-    barrier.start()
-    with Broker(lab.coordinator) as coordinator:
-        create_group(coordinator, group, members, timeout=30, owners=owners)
-    client_a = MultinodeClient(lab.url_a, group, lab.dev_a, members, timeout=10, owners=owners)
-    client_b = MultinodeClient(lab.url_b, group, lab.dev_b, members, timeout=10, owners=owners)
+    # the barrier as its own user; the group made by the coordinator's
+    barrier = BarrierLab(
+        lab.barrier,
+        f"sqlite:///{tmp_path / 'barrier.sqlite'}",
+        admin_url=lab.coordinator,
+        declare=False,
+    )
     try:
+        group = barrier.create_group(members, timeout=30, owners=owners, prefix="secg-")
+        client_a = barrier.client(
+            group, lab.dev_a, members, timeout=10, owners=owners, url=lab.url_a
+        )
+        client_b = barrier.client(
+            group, lab.dev_b, members, timeout=10, owners=owners, url=lab.url_b
+        )
         with Broker(lab.url_a) as host_a:
             # a fake release on the group exchange (host A may write there to lava-send)
             host_a.publish(
@@ -257,9 +262,7 @@ def test_host_cannot_release_a_barrier_nor_speak_as_another_node(lab: Lab, tmp_p
         t.join(15)
         assert done == ["b"]
     finally:
-        client_a.close()
-        client_b.close()
-        barrier.stop()
+        barrier.close()
 
 
 def test_service_users_reach_only_what_they_need(lab: Lab) -> None:
