@@ -20,6 +20,7 @@ from dispatcher.actions.slave_boot import SlaveBootAction
 from dispatcher.actions.test_shell import LavaTestShellAction
 from dispatcher.assignment import Assignment, load_assignment
 from schemas.errors import LavamqError
+from schemas.jobmodel import JobPlan
 
 
 @dataclass(frozen=True)
@@ -110,3 +111,35 @@ def pipeline_for(assignment: Assignment) -> tuple[Pipeline, list[str]]:
         booted = booted or kind == "boot"
         pipeline.add(action)
     return pipeline, problems
+
+
+def role_pipelines(plan: JobPlan) -> dict[str, dict[str, Any]]:
+    """Each role's pipeline as a dispatcher builds it from the coordinator's assignment.
+
+    What ``lavamq validate --describe`` prints, and what the example jobs' golden
+    files hold (LAVA keeps one such reference per sample job): a role's first
+    sub-job stands for the role, its device type the role's.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for role in plan.roles:
+        if role.count < 1:
+            continue
+        body = {
+            "job_id": 0,
+            "subjob_id": 0,
+            "node": f"{role.name}-0",
+            "role": role.name,
+            "device_type": role.device_type or "",
+            "device": role.device or "",
+            "plan": plan.subjob_dict(role.name, 0),
+            "timeouts": plan.timeouts.to_dict(),
+            "is_slave": role.is_slave,
+            "essential": role.essential,
+        }
+        pipeline, problems = pipeline_for(load_assignment(body))
+        out[role.name] = {
+            "device_type": role.device_type,
+            "pipeline": pipeline.describe(),
+            "problems": problems,
+        }
+    return out

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from dispatcher.registry import role_pipelines
 from schemas.job import ActionPlan, JobPlan, JobValidationError, load_job_file
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,25 @@ def render_plan(plan: JobPlan) -> list[str]:
     return lines
 
 
+def render_pipelines(pipelines: dict[str, dict[str, Any]]) -> list[str]:
+    """Each role's dispatcher pipeline as a tree of numbered actions (``--describe``)."""
+    lines: list[str] = []
+
+    def tree(actions: list[dict[str, Any]], depth: int) -> None:
+        for action in actions:
+            timeout = f"  timeout {duration(action['timeout'])}" if action["timeout"] else ""
+            lines.append(
+                f"    {'  ' * depth}{action['level']} {action['name']} ({action['class']}){timeout}"
+            )
+            tree(action.get("pipeline", []), depth + 1)
+
+    for role, described in pipelines.items():
+        lines.append(f"  pipeline of role {role} ({described['device_type'] or 'named device'}):")
+        tree(described["pipeline"], 0)
+        lines.extend(f"    problem: {problem}" for problem in described["problems"])
+    return lines
+
+
 def check_file(path: str) -> tuple[JobPlan | None, list[str]]:
     """Load one job file: (plan, []) or (None, problems)."""
     try:
@@ -106,7 +126,12 @@ def check_file(path: str) -> tuple[JobPlan | None, list[str]]:
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=False)
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for all files.")
-def validate_command(files: tuple[str, ...], as_json: bool) -> None:
+@click.option(
+    "--describe",
+    is_flag=True,
+    help="Also print the pipeline a dispatcher builds for each role (JSON: 'pipelines').",
+)
+def validate_command(files: tuple[str, ...], as_json: bool, describe: bool) -> None:
     """Check job files (LAVA 2014 JSON or LAVA YAML) and print each one's group plan.
 
     Exit status: 0 if every file is valid, 1 if any is not.
@@ -117,9 +142,13 @@ def validate_command(files: tuple[str, ...], as_json: bool) -> None:
     for path in files:
         plan, problems = check_file(path)
         if plan is not None:
-            report.append({"file": path, "valid": True, "plan": plan.to_dict()})
+            entry: dict[str, Any] = {"file": path, "valid": True, "plan": plan.to_dict()}
+            report.append(entry)
             human.append(f"{path}: valid")
             human.extend(render_plan(plan))
+            if describe:
+                entry["pipelines"] = role_pipelines(plan)
+                human.extend(render_pipelines(entry["pipelines"]))
         else:
             any_invalid = True
             report.append({"file": path, "valid": False, "errors": problems})

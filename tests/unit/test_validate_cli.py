@@ -89,6 +89,25 @@ def test_json_output(tmp_path: Path) -> None:
     }
 
 
+def test_describe_prints_each_roles_pipeline_as_a_tree() -> None:
+    """``--describe``: each role's pipeline, nested actions indented under their parent
+    (the JSON form is what tests/unit/test_example_pipelines.py keeps as goldens)."""
+    result = CliRunner().invoke(main, ["validate", "--describe", SEED_JSON])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = lines.index("  pipeline of role omap4 (panda):")
+    assert lines[start + 1 : start + 6] == [
+        "    1 deploy-image (DeployImagesAction)  timeout 15m",
+        "      1.1 download-retry (RetryAction)",
+        "        1.1.1 file-download (DownloadAction)",
+        "    2 boot-panda (BootAction)  timeout 15m",
+        "    3 lava-test-shell (LavaTestShellAction)  timeout 30m",
+    ]
+    assert "  pipeline of role omap3 (beaglexm):" in lines
+    plain = CliRunner().invoke(main, ["validate", SEED_JSON])
+    assert "pipeline of role" not in plain.output
+
+
 def test_all_valid_json_exit_zero() -> None:
     result = CliRunner().invoke(main, ["validate", "--json", SEED_JSON, SEED_YAML])
     assert result.exit_code == 0
