@@ -27,6 +27,11 @@ from schemas.messages.base import flatten_errors
 PRIORITY_NAMES = {"high": 100, "medium": 50, "low": 0}
 COMPRESSIONS = {"gz": "gz", "xz": "xz", "bz2": "bz2", "zst": "zst", "zstd": "zst"}
 URL_SCHEMES = ("file", "http", "https")
+#: the longest timeout (job, action, connection, MultiNode) a job may set: longer
+#: than any test run, far below what a deadline or a wait can hold (Python's
+#: ``threading.TIMEOUT_MAX`` is about 292 years)
+MAX_TIMEOUT_DAYS = 365
+MAX_TIMEOUT_SECONDS = MAX_TIMEOUT_DAYS * 86400
 DEFINITION_SOURCES = ("git", "inline", "url")
 
 #: the location of problems with the job file's top-level mapping itself
@@ -145,6 +150,9 @@ class Seconds(_Strict):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         if not is_number(value) or value <= 0:
             raise ValidationError("must be a positive number of seconds")
+        problem = timeout_problem(value)
+        if problem:
+            raise ValidationError(problem)
         return float(value)
 
 
@@ -171,11 +179,17 @@ class Anything(fields.Raw):
 
 def is_number(value: Any) -> bool:
     """A real, finite number (not a boolean, not NaN or infinity)."""
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
+    if isinstance(value, bool):
+        return False
+    # an int is finite however long (float() of a 400-digit one would overflow)
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def timeout_problem(seconds: float) -> str | None:
+    """Why a timeout of ``seconds`` is refused (past ``MAX_TIMEOUT_SECONDS``), or None."""
+    if seconds > MAX_TIMEOUT_SECONDS:
+        return f"is longer than {MAX_TIMEOUT_DAYS} days, the longest timeout a job may set"
+    return None
 
 
 def check_mapping(
@@ -389,6 +403,23 @@ def check_url(url: Any, location: str, problems: Problems) -> bool:
         )
         return False
     return True
+
+
+#: a space, a control character or DEL: no git or download URL holds one unescaped
+_NOT_IN_URL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def check_repository_url(url: str, source: str, location: str, problems: Problems) -> bool:
+    """A ``git`` or ``url`` repository holds no space or control character (git cannot
+    clone such a URL; before, it failed only when the job ran)."""
+    bad = _NOT_IN_URL.search(url)
+    if bad is None:
+        return True
+    what = "a space" if bad.group() == " " else f"the character {bad.group()!r}"
+    problems.add(
+        location, f"{url!r} holds {what}, which a {source} URL cannot (write a space as %20)"
+    )
+    return False
 
 
 def image_entry(

@@ -25,6 +25,7 @@ from schemas.job_checks import (
     check_device_choice,
     check_group_size,
     check_mapping,
+    check_repository_url,
     check_role_name,
     count_field,
     definition_entry,
@@ -385,6 +386,12 @@ def _test_shell(params: dict[str, Any], loc: str, problems: Problems) -> dict[st
             continue
         if not all(k in item for k in sources):
             continue  # the field itself was reported
+        source = "git" if "git-repo" in item else "url"
+        url = item["git-repo" if source == "git" else "url"]
+        if isinstance(url, str) and not check_repository_url(
+            url, source, join(rloc, sources[0]), problems
+        ):
+            continue
         if "git-repo" in item:
             path = item.get("testdef", "lavatest.yaml")
             definitions.append(
@@ -399,7 +406,10 @@ def _test_shell(params: dict[str, Any], loc: str, problems: Problems) -> dict[st
             )
         else:
             definitions.append(_url_definition(item["url"], parameters, item.get("revision")))
-    for url in params.get("testdef_urls", []):
+    for i, url in enumerate(params.get("testdef_urls", [])):
+        where = f"{loc}.testdef_urls[{i}]"
+        if isinstance(url, str) and not check_repository_url(url, "url", where, problems):
+            continue
         definitions.append(_url_definition(url, {}, None))
     if "testdef_repos" not in params and "testdef_urls" not in params:
         problems.add(loc, "needs 'testdef_repos' or 'testdef_urls'")

@@ -21,6 +21,7 @@ from schemas.job_checks import (
     Whole,
     action_roles,
     check_mapping,
+    check_repository_url,
     definition_entry,
     definition_name,
     image_entry,
@@ -30,6 +31,7 @@ from schemas.job_checks import (
     kind_of,
     known_list,
     listed,
+    timeout_problem,
 )
 from schemas.jobmodel import ActionPlan, Timeouts
 
@@ -115,7 +117,12 @@ def timeout_seconds(value: Any, location: str, problems: Problems) -> float | No
     if not is_number(amount) or amount <= 0:
         problems.add(join(location, units[0]), "must be a positive number")
         return None
-    return float(amount) * UNITS[units[0]] if ok else None
+    seconds = amount * UNITS[units[0]]  # exact for an int of any length
+    too_long = timeout_problem(seconds)
+    if too_long:
+        problems.add(join(location, units[0]), too_long)
+        return None
+    return float(seconds) if ok else None
 
 
 def yaml_actions(
@@ -297,6 +304,8 @@ def _definition(entry: Any, loc: str, problems: Problems) -> dict[str, Any] | No
             ok = False
     elif not isinstance(repository, str) or not repository:
         problems.add(join(loc, "repository"), f"must be a {source} URL string")
+        ok = False
+    elif not check_repository_url(repository, source, join(loc, "repository"), problems):
         ok = False
     if source == "git" and "path" not in item and "path" not in entry:
         problems.add(join(loc, "path"), "is required for a git test definition")

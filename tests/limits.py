@@ -4,8 +4,9 @@ A test that feeds a loader something built to blow up must not take the
 shared machine down with it when it fails: ``memory_ceiling`` caps this
 process's address space for the block (an allocation past it raises
 ``MemoryError`` in the code under test), ``time_ceiling`` interrupts the block
-with ``TimeCeiling``. Both are guards around one example, far above what a
-passing example needs, not measurements.
+with ``TimeCeiling``. ``within_limits`` holds one example to a memory and a
+time limit and fails it (``LimitExceeded``) past either: its traced peak is
+measured and asserted, the ceilings stop a runaway.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from __future__ import annotations
 import contextlib
 import resource
 import signal
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class TimeCeiling(Exception):
@@ -58,6 +63,46 @@ def time_ceiling(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+class LimitExceeded(AssertionError):
+    """One example used more memory or time than its limit: the test fails, naming which."""
+
+
+def within_limits(
+    fun: Callable[..., T], *args: Any, memory_bytes: int, seconds: float
+) -> tuple[T, int]:
+    """``fun(*args)`` held to ``memory_bytes`` and ``seconds``; (its result, its peak bytes).
+
+    Both limits are enforced and asserted: the Python allocations it makes are
+    traced (``tracemalloc``) and a peak over ``memory_bytes`` fails with
+    ``LimitExceeded``, even when it returned; so does running past ``seconds``
+    (``time_ceiling``), or an allocation past the address-space guard
+    (``memory_ceiling`` at four times the limit, so a runaway allocation stops
+    before it takes the machine). Whatever ``fun`` raises otherwise is raised.
+    """
+    raised: Exception | None = None
+    tracemalloc.start()
+    try:
+        with memory_ceiling(4 * memory_bytes), time_ceiling(seconds):
+            try:
+                result = fun(*args)
+            except (MemoryError, TimeCeiling):
+                raise
+            except Exception as exc:  # the example's own outcome, once its limits are judged
+                raised = exc
+    except MemoryError:
+        raise LimitExceeded(f"needed more than {4 * memory_bytes} bytes of address space") from None
+    except TimeCeiling:
+        raise LimitExceeded(f"ran more than {seconds:g} s") from None
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    if peak > memory_bytes:
+        raise LimitExceeded(f"allocated {peak} bytes at its peak, over {memory_bytes}")
+    if raised is not None:
+        raise raised
+    return result, peak
 
 
 def limit_child(memory_bytes: int) -> None:

@@ -17,7 +17,7 @@ from lavamq.config import load_settings
 from lavamq.exit_codes import exit_code_and_hint
 from lavamq.server_client import url_option
 from schemas.errors import LavamqError
-from schemas.job import MAX_JOB_BYTES
+from schemas.job_parse import read_job_bytes
 
 broker_option = click.option(
     "--broker", "broker_url", help="Broker URL (default: $LAVAMQ_BROKER_URL)."
@@ -84,10 +84,10 @@ def submit(
     file: Path, broker_url: str | None, url: str | None, timeout: float, as_json: bool, wait_: bool
 ) -> None:
     """Submit a job file (LAVA 2014 JSON or LAVA YAML) to the coordinator."""
+    raw = read_job_bytes(str(file))
     try:
-        raw = file.read_bytes()[: MAX_JOB_BYTES + 1]
         text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise click.ClickException(f"cannot read {file}: {exc}") from None
     result = _call(
         broker_url,

@@ -10,6 +10,7 @@ import click
 
 from dispatcher.registry import role_pipelines
 from schemas.job import ActionPlan, JobPlan, JobValidationError, load_job_file
+from schemas.job_definitions import local_definition_problems
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,14 @@ def render_pipelines(pipelines: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def check_file(path: str) -> tuple[JobPlan | None, list[str]]:
-    """Load one job file: (plan, []) or (None, problems)."""
+    """Load one job file: (plan, []) or (None, problems); a test definition this
+    machine can read (a local file or repository) is checked too."""
     try:
-        return load_job_file(path), []
+        plan = load_job_file(path)
     except JobValidationError as exc:
         return None, list(exc.problems)
+    problems = local_definition_problems(plan)
+    return (None, problems) if problems else (plan, [])
 
 
 @click.command("validate")

@@ -27,7 +27,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from job_seeds import seed_2014, seed_yaml
-from limits import limit_child, memory_ceiling, time_ceiling
+from limits import (
+    LimitExceeded,
+    hog,
+    limit_child,
+    memory_ceiling,
+    sleeper,
+    time_ceiling,
+    within_limits,
+)
 
 from schemas.job import MAX_JOB_DEPTH, MAX_JOB_VALUES, JobPlan, JobValidationError, load_job
 
@@ -35,6 +43,9 @@ ROOT = Path(__file__).resolve().parents[2]
 #: far above what any example needs (the seeds load in a few ms and a few MB)
 MEMORY = 256 << 20
 SECONDS = 10.0
+#: what one fuzzed example may allocate at its peak (measured: the seeds under 100 KB,
+#: a refused alias bomb under 40 KB, a 400 KB YAML list of 100,000 values 39 MB)
+PEAK = 64 << 20
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: ``location: message``, the location one line (a path, ``file``, ``line L, column C``)
 LOCATED = re.compile(r"^[^\n:][^\n]*?: \S")
@@ -61,12 +72,12 @@ def alias_bomb(width: int = 9, levels: int = 10, *, under: str = "boot") -> str:
 
 
 def check(text: str | bytes) -> JobPlan | None:
-    """Load ``text`` under the ceilings: a plan, or every problem located."""
-    with memory_ceiling(MEMORY), time_ceiling(SECONDS):
-        try:
-            return load_job(text, source="fuzz")
-        except JobValidationError as exc:
-            problems = exc.problems
+    """Load ``text`` within the limits (``within_limits``: its peak and its time
+    asserted): a plan, or every problem located."""
+    try:
+        return within_limits(load_job, text, "fuzz", memory_bytes=PEAK, seconds=SECONDS)[0]
+    except JobValidationError as exc:
+        problems = exc.problems
     assert problems
     for problem in problems:
         assert LOCATED.match(problem), f"not located: {problem!r}"
@@ -103,6 +114,31 @@ def test_lavamq_validate_refuses_the_bomb_within_a_memory_limit(tmp_path: Path) 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"{bomb}: line 15, column 9: holds more than {MAX_JOB_VALUES} values" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _spike(text: str, source: str) -> object:
+    """Allocates 100 MB once, frees it, and returns: within the address-space guard."""
+    held = bytearray(100 << 20)
+    del held
+    return load_job(text, source)
+
+
+@pytest.mark.parametrize(
+    ("loader", "why"),
+    [
+        (hog, "needed more than"),
+        (sleeper, "ran more than 1 s"),
+        (_spike, "bytes at its peak, over"),
+    ],
+)
+def test_an_example_over_its_limits_fails(loader: Any, why: str) -> None:
+    """The fuzz tests' limits are real: an example that allocates without end, runs
+    without end, or peaks over the limit and returns fails the test."""
+    text = alias_bomb(width=3, levels=4)
+    with pytest.raises(LimitExceeded, match=why):
+        within_limits(loader, text, "x", memory_bytes=PEAK, seconds=1.0)
+    plan, peak = within_limits(load_job, text, "x", memory_bytes=PEAK, seconds=1.0)
+    assert plan.job_name == "bomb" and 0 < peak < PEAK
 
 
 def test_aliases_used_a_few_times_are_fine() -> None:

@@ -36,7 +36,7 @@ def test_every_problem_of_a_definition_is_named() -> None:
     for part in (
         "unknown keys colour",
         "metadata: must be a mapping",
-        "run.steps: must be a list of strings",
+        "run.steps: must be a list of strings (got str)",
         "parse.pattern: not a valid regular",
         "parse.fixupdict.OK: maps to 'great'",
         "params.1BAD: not a valid shell",
