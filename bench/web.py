@@ -151,7 +151,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     with bench_vhost("lavamq-bench-web") as url:
         from broker_config import topology
-        from broker_config.messaging import Broker
+        from broker_config.broker import Broker
 
         with Broker(url) as broker:
             broker.declare(*topology.static_exchanges(), *topology.static_queues())

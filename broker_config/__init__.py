@@ -1,0 +1,1 @@
+"""The broker room: topology, confirmed publishing, validating consumers, RPC, users."""

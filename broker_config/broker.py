@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from amqp.exceptions import MessageNacked
 from kombu import Connection, Exchange, Queue
@@ -50,11 +50,29 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
+class PublishOptions(TypedDict, total=False):
+    """How one message is published (the options of ``publish`` and ``publish_raw``).
+
+    ``message_id``: give a stable one when the same decision may be published
+    again (an outbox after a crash) so receivers drop the copy.
+    ``persistent=False``: the broker keeps it in memory only (a broker restart
+    loses it); still confirmed once every queue has it. ``expiration`` in seconds.
+    """
+
+    headers: Mapping[str, Any] | None
+    correlation_id: str | None
+    reply_to: str | None
+    expiration: float | None
+    message_id: str | None
+    persistent: bool
+
+
 class _BrokerFailure(Exception):
     """Internal: the broker closed the connection on its own failure (541); retried."""
 
 
 def is_amqp_url(url: str) -> bool:
+    """Whether ``url`` is a real AMQP broker, where confirms, user ids and clusters apply."""
     return url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
 
 
@@ -261,13 +279,7 @@ class Broker:
         routing_key: str,
         schema: MessageSchema,
         body: Mapping[str, Any],
-        *,
-        headers: Mapping[str, Any] | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
-        expiration: float | None = None,
-        message_id: str | None = None,
-        persistent: bool = True,
+        **options: Unpack[PublishOptions],
     ) -> None:
         """Validate ``body`` with ``schema`` and publish it (persistently by default), confirmed.
 
@@ -277,16 +289,7 @@ class Broker:
         """
         payload = encode(schema, dict(body))
         self.publish_raw(
-            exchange,
-            routing_key,
-            payload,
-            message_type=schema.message_type,
-            headers=headers,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-            expiration=expiration,
-            message_id=message_id,
-            persistent=persistent,
+            exchange, routing_key, payload, message_type=schema.message_type, **options
         )
 
     def publish_raw(
@@ -297,20 +300,18 @@ class Broker:
         *,
         message_type: str = "",
         content_type: str = JSON,
-        headers: Mapping[str, Any] | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
-        expiration: float | None = None,
-        message_id: str | None = None,
-        persistent: bool = True,
+        **options: Unpack[PublishOptions],
     ) -> None:
         """Publish bytes as they are (used for dead-lettering); prefer ``publish``.
 
-        ``message_id``: give a stable one when the same decision may be
-        published again (an outbox after a crash) so receivers drop the copy.
-        ``persistent=False``: the broker keeps it in memory only (a broker
-        restart loses it); still confirmed once every queue has it.
+        ``options``: see :class:`PublishOptions`.
         """
+        headers = options.get("headers")
+        correlation_id = options.get("correlation_id")
+        reply_to = options.get("reply_to")
+        expiration = options.get("expiration")
+        message_id = options.get("message_id")
+        persistent = options.get("persistent", True)
         name = exchange.name if isinstance(exchange, Exchange) else exchange
         assert name, "lavamq never publishes to the default exchange"
         # one id for every retry of this publish: a copy that got through

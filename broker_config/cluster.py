@@ -47,6 +47,7 @@ def first_url(url: str) -> str:
 
 
 def is_cluster(url: str) -> bool:
+    """Whether ``url`` lists several broker nodes (then queues must be quorum queues)."""
     return len(broker_urls(url)) > 1
 
 

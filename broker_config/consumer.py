@@ -388,6 +388,7 @@ def run_in_thread(consumer: QueueConsumer, name: str, timeout: float = 30.0) -> 
 
 
 def classify_thread_error(name: str, exc: BaseException) -> LavamqError:
+    """A consumer thread's start-up failure as a lavamq error its caller can report."""
     if isinstance(exc, LavamqError):
         return exc
     return InfrastructureError(f"{name}: consumer failed to start: {exc}")

@@ -204,6 +204,7 @@ def definitions(
 
 
 def render_definitions(vhost: str = "/") -> str:
+    """``definitions.json`` as text, sorted: ``--check`` compares it with the file in git."""
     return json.dumps(definitions(vhost), indent=2, sort_keys=True) + "\n"
 
 

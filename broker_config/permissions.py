@@ -62,6 +62,8 @@ HOST_WRITE_EXCHANGES = (
 
 @dataclass(frozen=True)
 class TopicPermission:
+    """A RabbitMQ topic permission: the routing keys a user may write and read on an exchange."""
+
     exchange: str
     write: str
     read: str = ".*"
@@ -139,6 +141,7 @@ def barrier_permissions(user: str = identity.BARRIER_USER) -> UserPermissions:
 
 
 def generate_password() -> str:
+    """A random broker password for a new host or service user given none (printed once)."""
     return secrets.token_urlsafe(24)
 
 

@@ -119,42 +119,52 @@ def check_segment(kind: str, name: str) -> str:
 
 
 def barrier_exchange() -> Exchange:
+    """Where nodes send their lava-sync / lava-wait-all arrivals for the barrier service."""
     return Exchange(BARRIER_EXCHANGE_NAME, type="direct", durable=True)
 
 
 def rpc_exchange() -> Exchange:
+    """Where clients send requests to the coordinator (submit, cancel, job show ...)."""
     return Exchange(RPC_EXCHANGE_NAME, type="direct", durable=True)
 
 
 def reply_exchange() -> Exchange:
+    """Where the coordinator sends each RPC answer, routed to the caller's reply queue."""
     return Exchange(REPLY_EXCHANGE_NAME, type="direct", durable=True)
 
 
 def device_exchange() -> Exchange:
+    """Where the coordinator sends sub-job assignments, routed to one device's queue."""
     return Exchange(DEVICE_EXCHANGE_NAME, type="direct", durable=True)
 
 
 def control_exchange() -> Exchange:
+    """Where dispatchers report host registration, heartbeats and sub-job states."""
     return Exchange(CONTROL_EXCHANGE_NAME, type="direct", durable=True)
 
 
 def results_exchange() -> Exchange:
+    """Where dispatchers publish test results, keyed ``job.node`` for the results consumer."""
     return Exchange(RESULTS_EXCHANGE_NAME, type="topic", durable=True)
 
 
 def logs_exchange() -> Exchange:
+    """Where dispatchers publish job log batches (``job.node``) for the store and live readers."""
     return Exchange(LOGS_EXCHANGE_NAME, type="topic", durable=True)
 
 
 def events_exchange() -> Exchange:
+    """Where the coordinator announces job and device events for the web UI and watchers."""
     return Exchange(EVENTS_EXCHANGE_NAME, type="topic", durable=True)
 
 
 def dead_exchange() -> Exchange:
+    """Where every refused message goes (with its reason), so none is lost silently."""
     return Exchange(DEAD_EXCHANGE_NAME, type="fanout", durable=True)
 
 
 def static_exchanges() -> list[Exchange]:
+    """Every exchange that outlives a job: ``lavamq broker setup`` declares them all."""
     return [
         dead_exchange(),
         barrier_exchange(),
@@ -233,6 +243,7 @@ def barrier_queue(name: str = BARRIER_QUEUE_NAME, routing_key: str = BARRIER_ROU
 
 
 def rpc_queue() -> Queue:
+    """The coordinator's queue of RPC requests (dead-lettered when refused)."""
     return Queue(
         RPC_QUEUE_NAME,
         exchange=rpc_exchange(),
@@ -243,6 +254,7 @@ def rpc_queue() -> Queue:
 
 
 def control_queue() -> Queue:
+    """The coordinator's queue of dispatcher reports (dead-lettered when refused)."""
     return Queue(
         CONTROL_QUEUE_NAME,
         exchange=control_exchange(),
@@ -253,6 +265,7 @@ def control_queue() -> Queue:
 
 
 def results_queue() -> Queue:
+    """Every test result of every job (bound with ``#``) for the results consumer."""
     return Queue(
         RESULTS_QUEUE_NAME,
         exchange=results_exchange(),
@@ -274,6 +287,7 @@ def logs_store_queue() -> Queue:
 
 
 def dead_queue() -> Queue:
+    """Keeps the dead-lettered messages, each with its reason, for an operator to read."""
     return Queue(DEAD_QUEUE_NAME, exchange=dead_exchange(), routing_key="", durable=True)
 
 
@@ -294,6 +308,7 @@ def static_queues() -> list[Queue]:
 
 
 def group_exchange_name(group: str) -> str:
+    """The fanout exchange name of a MultiNode group, its name checked to be one segment."""
     return GROUP_PREFIX + check_segment("group", group)
 
 
@@ -303,6 +318,7 @@ def group_exchange(group: str) -> Exchange:
 
 
 def group_queue_name(group: str, node: str) -> str:
+    """The name of one node's queue in its group, both names checked."""
     return f"{group_exchange_name(group)}.{check_name('node', node)}"
 
 
@@ -331,10 +347,12 @@ def is_group_name(name: str) -> bool:
 
 
 def device_queue_name(device: str) -> str:
+    """The queue a device's dispatcher reads its assignments from."""
     return DEVICE_QUEUE_PREFIX + check_name("device", device)
 
 
 def device_routing_key(device: str) -> str:
+    """The routing key of one device's queue: the device's name, checked."""
     return check_name("device", device)
 
 

@@ -1,0 +1,1 @@
+"""The coordinator room: the store, the scheduler, groups, the barrier, results."""

@@ -58,13 +58,7 @@ from coordinator.barrier_models import (
     BarrierRelease,
 )
 from coordinator.barrier_outbox import Outbox, OutboxItem, outbox_message_id
-from coordinator.db import (
-    make_engine,
-    migrate,
-    session_factory,
-    store_error_text,
-    store_unavailable,
-)
+from coordinator.db import open_database, store_error_text, store_unavailable
 from schemas.errors import InfrastructureError
 from schemas.messages.multinode import (
     BARRIER_SCHEMAS,
@@ -117,10 +111,7 @@ class BarrierService:
     ) -> None:
         self.broker_url = broker_url
         self.db_url = db_url
-        if migrate_db:
-            migrate(db_url)
-        self.engine = make_engine(db_url)
-        self.sessions = session_factory(self.engine)
+        self.engine, self.sessions = open_database(db_url, run_migrations=migrate_db)
         self._groups: dict[str, GroupCounts] = {}
         #: group → node → broker user of its host, from ``group-open`` (when given)
         self._owners: dict[str, dict[str, str]] = {}

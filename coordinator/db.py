@@ -61,6 +61,17 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def open_database(
+    url: str, *, run_migrations: bool = True, pool_size: int | None = None
+) -> tuple[Engine, sessionmaker[Session]]:
+    """The engine and sessions every holder of the store opens it with (migrated first,
+    unless the caller knows another service does it)."""
+    if run_migrations:
+        migrate(url)
+    engine = make_engine(url, pool_size=pool_size)
+    return engine, session_factory(engine)
+
+
 def alembic_config(url: str) -> Any:
     """An Alembic configuration for ``url`` pointing at our migrations."""
     from alembic.config import Config

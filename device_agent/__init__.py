@@ -1,0 +1,1 @@
+"""The device room: devices, consoles, the lava-* helpers and MultiNode on the device side."""

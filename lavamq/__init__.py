@@ -1,0 +1,1 @@
+"""The ``lavamq`` command line: services, jobs, results, logs and local runs."""

@@ -250,6 +250,8 @@ class EmbeddedLab:
 
 @dataclass
 class RunOutcome:
+    """What a ``lavamq run`` ended with: job, bundle, workspace, and why it stopped early."""
+
     job_id: int | None
     bundle: dict[str, Any]
     workspace: Path

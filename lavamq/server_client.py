@@ -28,6 +28,7 @@ TOKEN_ENV = "LAVAMQ_TOKEN"
 
 
 def token_file() -> Path:
+    """The server token file, read when the environment gives none (``$XDG_CONFIG_HOME``)."""
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     return Path(base) / "lavamq" / "token"
 

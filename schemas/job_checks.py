@@ -84,22 +84,22 @@ def join(location: str, key: str | int) -> str:
     return f"{location}.{key}" if location else key
 
 
+#: what a problem calls a parsed value's type (``bool`` before ``int``: it is one)
+_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (type(None), "null"),
+    (bool, "a boolean"),
+    ((int, float), "a number"),
+    (str, "a string"),
+    (list, "a list"),
+    (dict, "a mapping"),
+)
+
+
 def kind_of(value: Any) -> str:
     """A user-facing name for the type of a parsed value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "a number"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
+    for types, name in _KINDS:
+        if isinstance(value, types):
+            return name
     return type(value).__name__
 
 

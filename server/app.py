@@ -83,4 +83,5 @@ def settings_from_env() -> ServerSettings:
 
 
 def app_from_env() -> FastAPI:
+    """The web application configured from the environment (for ``uvicorn --factory``)."""
     return create_app(Lab(settings_from_env(), run_migrations=False), live=True)

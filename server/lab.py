@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from anyio import CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
 
-from broker_config.messaging import connection_for
+from broker_config.broker import connection_for
 from coordinator.aggregate import ResultsAggregator
 from coordinator.rpc import CoordinatorClient
 from coordinator.store import Store
@@ -57,6 +57,8 @@ LAVA_VERSION = "2026.07"
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """How the web server reaches the lab: broker, store, log directory and who may read."""
+
     broker_url: str
     db_url: str
     log_dir: str

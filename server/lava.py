@@ -19,6 +19,8 @@ _JOB_ID = re.compile(r"^\s*(\d{1,12})(?:\.(\d{1,6}))?\s*$")
 
 @dataclass(frozen=True)
 class LavaJobId:
+    """A job id as LAVA writes it (``12`` or ``12.1``): the job and, for MultiNode, one node."""
+
     job_id: int
     node: int | None = None  # None: the job as a whole (its first node)
 
@@ -123,4 +125,5 @@ def device_health(state: str, health: str) -> str:
 
 
 def worker_state(state: str) -> str:
+    """A host's state as LAVA names a worker's (``Online``/``Offline``)."""
     return "Online" if state == "online" else "Offline"

@@ -31,6 +31,8 @@ API_VERSION = 2
 
 @dataclass(frozen=True)
 class Call:
+    """One XML-RPC call's context: the lab it reads and who is calling."""
+
     lab: Lab
     who: Identity
 
@@ -49,6 +51,8 @@ METHODS: dict[str, Method] = {}
 
 
 def method(name: str) -> Callable[[_M], _M]:
+    """Register a function as the XML-RPC method ``name`` of LAVA's API."""
+
     def register(fun: _M) -> _M:
         METHODS[name] = fun
         return fun
@@ -99,6 +103,7 @@ def when_text(ts: float | None) -> str | None:
 
 
 def number(value: Any, what: str, default: int | None = None) -> int | None:
+    """An integer argument as LAVA takes it (a boolean counts); BadRequest naming ``what``."""
     if value is None:
         return default
     if isinstance(value, bool):
@@ -110,6 +115,7 @@ def number(value: Any, what: str, default: int | None = None) -> int | None:
 
 
 def need_login(who: Identity) -> None:
+    """Refuse an anonymous caller, as LAVA does for the methods that need a user."""
     if who.anonymous:
         raise LoginRequired("Authentication with user and token required for this API.")
 
@@ -129,26 +135,31 @@ def _failure(row: NodeRow) -> str | None:
 
 @method("system.version")
 def system_version(call: Call) -> str:
+    """The LAVA version this API answers as."""
     return LAVA_VERSION
 
 
 @method("system.whoami")
 def system_whoami(call: Call) -> str | None:
+    """The calling user's name, or None when anonymous."""
     return call.who.name
 
 
 @method("system.api_version")
 def system_api_version(call: Call) -> int:
+    """The version of LAVA's XML-RPC API implemented here."""
     return API_VERSION
 
 
 @method("system.listMethods")
 def system_list_methods(call: Call) -> list[str]:
+    """Every method this API offers."""
     return sorted(METHODS)
 
 
 @method("system.methodHelp")
 def system_method_help(call: Call, name: str) -> str:
+    """A method's documentation (its docstring), as LAVA gives it."""
     fun = METHODS.get(str(name))
     if fun is None:
         raise NotFound(f"No such method: {name!r}")
@@ -157,6 +168,7 @@ def system_method_help(call: Call, name: str) -> str:
 
 @method("system.methodSignature")
 def system_method_signature(call: Call, name: str) -> str:
+    """LAVA answers 'undef' for every method's signature; so does this."""
     if str(name) not in METHODS:
         raise NotFound(f"No such method: {name!r}")
     return "undef"
@@ -379,6 +391,7 @@ def _dump(data: Any) -> str:
 
 @method("results.get_testjob_results_yaml")
 def results_job(call: Call, job_id: Any) -> str:
+    """Every test case of a job's node, as LAVA's YAML list."""
     row = _results_row(call, job_id)
     return _dump([_case(row, r) for r in call.lab.reader.results(row.subjob_id)])
 
@@ -387,6 +400,7 @@ def results_job(call: Call, job_id: Any) -> str:
 def results_suite(
     call: Call, job_id: Any, suite_name: Any, limit: Any = None, offset: Any = None
 ) -> str:
+    """The test cases of one suite of a node, paged with limit and offset as LAVA does."""
     row = _results_row(call, job_id)
     cases = call.lab.reader.results(row.subjob_id, suite=str(suite_name))
     if not cases and str(suite_name) not in call.lab.reader.suites(row.subjob_id):
@@ -399,6 +413,7 @@ def results_suite(
 
 @method("results.get_testcase_results_yaml")
 def results_case(call: Call, job_id: Any, suite_name: Any, case_name: Any) -> str:
+    """One test case of one suite (every result of that name), as LAVA's YAML list."""
     row = _results_row(call, job_id)
     if str(suite_name) not in call.lab.reader.suites(row.subjob_id):
         raise NotFound("Specified test suite not found.")
@@ -410,6 +425,7 @@ def results_case(call: Call, job_id: Any, suite_name: Any, case_name: Any) -> st
 
 @method("results.get_testjob_suites_list_yaml")
 def results_suites(call: Call, job_id: Any) -> str:
+    """The suites of a node's results, with the ids and URIs lavacli shows."""
     row = _results_row(call, job_id)
     shown = str(row.display_id)
     return _dump(
@@ -425,6 +441,7 @@ def results_suites(call: Call, job_id: Any) -> str:
 
 @method("scheduler.devices.list")
 def devices_list(call: Call, show_all: bool = False, offline_info: bool = False) -> list[Any]:
+    """The lab's devices with LAVA's health and state names."""
     call.lab.check_read(call.who)
     return [
         {
@@ -441,6 +458,7 @@ def devices_list(call: Call, show_all: bool = False, offline_info: bool = False)
 
 @method("scheduler.devices.show")
 def devices_show(call: Call, hostname: Any) -> dict[str, Any]:
+    """One device with the fields LAVA's ``scheduler.devices.show`` has."""
     call.lab.check_read(call.who)
     d = call.lab.device(str(hostname))
     return {
@@ -461,6 +479,7 @@ def devices_show(call: Call, hostname: Any) -> dict[str, Any]:
 
 @method("scheduler.devices.tags.list")
 def devices_tags_list(call: Call, hostname: Any) -> list[str]:
+    """One device's tags."""
     call.lab.check_read(call.who)
     tags: list[str] = call.lab.device(str(hostname))["tags"]
     return tags
@@ -468,6 +487,7 @@ def devices_tags_list(call: Call, hostname: Any) -> list[str]:
 
 @method("scheduler.device_types.list")
 def device_types_list(call: Call, show_all: bool = False) -> list[dict[str, Any]]:
+    """The device types (those with devices unless ``show_all``), as LAVA lists them."""
     call.lab.check_read(call.who)
     return [
         {"name": t["name"], "devices": t["devices"], "installed": True, "template": True}
@@ -478,12 +498,14 @@ def device_types_list(call: Call, show_all: bool = False) -> list[dict[str, Any]
 
 @method("scheduler.workers.list")
 def workers_list(call: Call, show_all: bool = False) -> list[str]:
+    """The dispatcher hosts' names, LAVA's workers."""
     call.lab.check_read(call.who)
     return [h["name"] for h in call.lab.reader.hosts()]
 
 
 @method("scheduler.workers.show")
 def workers_show(call: Call, hostname: Any) -> dict[str, Any]:
+    """One dispatcher host as LAVA shows a worker (state, devices, version)."""
     from importlib.metadata import PackageNotFoundError, version
 
     call.lab.check_read(call.who)

@@ -19,7 +19,8 @@ from typing import Any
 from kombu import Queue
 
 from broker_config import topology
-from broker_config.messaging import Delivery, QueueConsumer, is_amqp_url, run_in_thread
+from broker_config.broker import is_amqp_url
+from broker_config.consumer import Delivery, QueueConsumer, run_in_thread
 from schemas.messages.console import LogBatchSchema
 from schemas.messages.jobs import EventSchema
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Connection, and_, func, select
 from sqlalchemy.orm import Session
 
-from coordinator.db import make_engine, migrate, session_factory
+from coordinator.db import open_database
 from coordinator.store import Device, DeviceType, Group, Host, Job, Result, SubJob
 from server import lava, node_rows
 from server.errors import NotFound
@@ -31,10 +31,9 @@ class LabReader:
     def __init__(
         self, db_url: str, *, run_migrations: bool = True, pool_size: int | None = None
     ) -> None:
-        if run_migrations:
-            migrate(db_url)
-        self.engine = make_engine(db_url, pool_size=pool_size)
-        self.sessions = session_factory(self.engine)
+        self.engine, self.sessions = open_database(
+            db_url, run_migrations=run_migrations, pool_size=pool_size
+        )
         self.visibilities = Visibilities()
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ READY_LINE = "lavamq server ready on"
 
 
 def announce(sockets: Iterable[socket.socket], say: Callable[[str], None] = print) -> None:
+    """Print each listening socket's URL: a caller that asked for port 0 learns the port."""
     for sock in sockets:
         host, port = sock.getsockname()[:2]
         say(f"{READY_LINE} http://{host}:{port}")
@@ -46,6 +47,7 @@ class ReadyServer(uvicorn.Server):
 
 
 def serve(app: FastAPI, host: str, port: int, *, access_log: bool = True) -> None:
+    """Run the application with uvicorn until stopped, announcing where it listens."""
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level="info")
     ReadyServer(config).run()
 

@@ -26,6 +26,7 @@ _API_NAMES = {"SEND": "lava-send", "WAIT": "lava-wait", "WAIT_ALL": "lava-wait-a
 
 
 def epoch(text: str) -> float:
+    """A record's ISO time as seconds since the epoch, to order records of several nodes."""
     try:
         return dt.datetime.fromisoformat(text).timestamp()
     except ValueError:
@@ -168,6 +169,7 @@ class Timeline:
 
 
 def build(members: Mapping[str, str], records: Iterable[tuple[str, Mapping[str, Any]]]) -> Timeline:
+    """The group's timeline from the records of each node's job log."""
     timeline = Timeline(members)
     for node, rec in records:
         timeline.add(node, rec)

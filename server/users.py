@@ -21,7 +21,7 @@ from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, bindparam, s
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from coordinator.db import Base, make_engine, migrate, session_factory
+from coordinator.db import Base, open_database
 from schemas.errors import ConfigurationError
 
 #: LAVA's tokens are lower-case letters and digits: nothing a shell or argparse reads
@@ -31,6 +31,8 @@ _USER_NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,150}$")
 
 
 class User(Base):
+    """A web / XML-RPC user of the server."""
+
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(150), unique=True)
@@ -39,6 +41,8 @@ class User(Base):
 
 
 class Token(Base):
+    """An API token of a user, stored only as its digest."""
+
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -72,6 +76,7 @@ _HOLDER = (
 
 
 def token_digest(token: str) -> str:
+    """The stored form of a token (SHA-256): a leaked table gives no usable token."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
@@ -81,10 +86,9 @@ class UserStore:
     def __init__(
         self, db_url: str, *, run_migrations: bool = True, pool_size: int | None = None
     ) -> None:
-        if run_migrations:
-            migrate(db_url)
-        self.engine = make_engine(db_url, pool_size=pool_size)
-        self.sessions = session_factory(self.engine)
+        self.engine, self.sessions = open_database(
+            db_url, run_migrations=run_migrations, pool_size=pool_size
+        )
 
     def close(self) -> None:
         self.engine.dispose()

@@ -47,6 +47,7 @@ router = APIRouter(tags=["xmlrpc"])
 
 
 def fault_body(code: int, message: str) -> bytes:
+    """An XML-RPC fault as the response body LAVA's clients expect."""
     text = xmlrpc.client.dumps(
         xmlrpc.client.Fault(code, message), allow_none=True, encoding="utf-8"
     )
@@ -204,6 +205,7 @@ def answer_call(lab: Lab, header: str | None, body: bytes | None) -> Response | 
 
 
 async def rpc2(request: Request) -> Response:
+    """LAVA's ``/RPC2`` endpoint: one XML-RPC call, its answer streamed for a job log."""
     lab: Lab = request.app.state.lab
     body = await _read_body(request)
     answer = await in_thread(answer_call, lab, request.headers.get("authorization"), body)
@@ -215,6 +217,7 @@ async def rpc2(request: Request) -> Response:
 
 
 async def rpc2_help(request: Request) -> Response:
+    """``GET /RPC2``: the list of methods, as LAVA shows it to a browser."""
     methods = "\n".join(f"  {m}" for m in sorted(lava_api.METHODS))
     return PlainTextResponse(
         "LAVA XML-RPC API (lavamq). POST XML-RPC calls here, e.g. with lavacli.\n"

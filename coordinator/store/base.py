@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coordinator.db import make_engine, migrate, session_factory
+from coordinator.db import open_database
 from coordinator.store.models import Device, DeviceType, Event
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,7 @@ class StoreBase:
 
     def __init__(self, url: str, *, run_migrations: bool = True) -> None:
         self.url = url
-        if run_migrations:
-            migrate(url)
-        self.engine = make_engine(url)
-        self.sessions = session_factory(self.engine)
+        self.engine, self.sessions = open_database(url, run_migrations=run_migrations)
         self._events: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []
 

@@ -43,6 +43,7 @@ def wait_for_results(
 
 
 def show_bundle(bundle: dict[str, Any], as_json: bool, junit: Path | None) -> None:
+    """Print a results bundle as a table or JSON, and write it as JUnit XML when asked."""
     from coordinator.results import bundle_table
 
     if not as_json:

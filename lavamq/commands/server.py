@@ -25,6 +25,7 @@ db_option = click.option("--db", "db_url", help="Store URL (default: $LAVAMQ_DB_
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
+    """``--listen HOST:PORT`` as (host, port), refusing anything else with an example."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ConfigurationError(f"--listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:8000")
@@ -32,6 +33,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def log_dir_of(value: str | None) -> str:
+    """The job log directory the server reads: the option, ``LAVAMQ_LOG_DIR``, or the default."""
     from lavamq.commands.logs import DEFAULT_DIR
 
     return value or os.environ.get("LAVAMQ_LOG_DIR") or DEFAULT_DIR

@@ -38,6 +38,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def lab_of(request: Request) -> Lab:
+    """The lab the application serves (set on its state at creation)."""
     lab: Lab = request.app.state.lab
     return lab
 
@@ -71,6 +72,7 @@ Limit = Annotated[int, Query(ge=1, le=500, description="At most this many items.
 
 
 def error_response(exc: BaseException) -> JSONResponse:
+    """A lavamq error (or any exception) as the REST API's JSON error body and status."""
     _, status, err = answer_for(exc)
     body = ErrorBody(
         error_type=err.error_type,

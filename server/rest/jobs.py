@@ -44,6 +44,8 @@ class Node(BaseModel):
 
 
 class JobSummary(BaseModel):
+    """A job as the job list shows it."""
+
     id: int
     name: str
     state: str
@@ -57,6 +59,8 @@ class JobSummary(BaseModel):
 
 
 class JobList(BaseModel):
+    """One page of the job list and the total, for paging."""
+
     items: list[JobSummary]
     offset: int
     limit: int
@@ -64,6 +68,8 @@ class JobList(BaseModel):
 
 
 class Job(JobSummary):
+    """A job with its definition's source, group and nodes, as ``GET /jobs/{id}`` gives it."""
+
     source: str
     failure_type: str | None
     group: str | None
@@ -73,10 +79,14 @@ class Job(JobSummary):
 
 
 class Submit(BaseModel):
+    """A job submission: the job file as text."""
+
     definition: str = Field(description="The job file (LAVA YAML or 2014 JSON) as text.")
 
 
 class SubmittedNode(BaseModel):
+    """One node of a submitted job: its sub-job id, role and index."""
+
     id: int = Field(description="the sub-job id")
     role: str
     index: int = Field(description="the node's index within its role")
@@ -93,12 +103,16 @@ class Submitted(BaseModel):
 
 
 class LogRecord(BaseModel):
+    """One record of a node's job log."""
+
     time: str
     level: str
     message: str
 
 
 class LogPage(BaseModel):
+    """A page of a node's job log, where the next page starts and whether the log is finished."""
+
     node: str
     offset: int
     next_offset: int
@@ -107,6 +121,7 @@ class LogPage(BaseModel):
 
 
 def node_model(row: NodeRow) -> Node:
+    """One node's row as the API's Node, with LAVA's state and health names."""
     state, health = row.lava_state
     return Node(
         id=str(row.display_id),
@@ -128,6 +143,7 @@ def node_model(row: NodeRow) -> Node:
 
 
 def job_model(lab: Lab, who: Identity, job_id: int) -> Job:
+    """The job as its caller may see it (NotFound when it may not), with its nodes."""
     rows = lab.visible_nodes(who, job_id)
     return Job(**lab.reader.job(job_id), nodes=[node_model(r) for r in rows])
 
@@ -183,6 +199,7 @@ def show_group(job_id: JobId, lab: LabDep, who: Caller) -> Job:
 
 @router.get("/jobs/{job_id}/definition", response_class=PlainTextResponse)
 def job_definition(job_id: JobId, lab: LabDep, who: Caller) -> str:
+    """The job file as it was submitted."""
     lab.visible_node(who, lava.LavaJobId(job_id))
     return lab.reader.definition(job_id)
 

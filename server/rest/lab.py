@@ -17,6 +17,8 @@ Name = Annotated[str, Path(min_length=1, max_length=120)]
 
 
 class DeviceOut(BaseModel):
+    """A device as the REST API shows it, with LAVA's state and health names."""
+
     name: str
     device_type: str
     host: str | None
@@ -29,6 +31,8 @@ class DeviceOut(BaseModel):
 
 
 class WorkerOut(BaseModel):
+    """A dispatcher host with its devices and the age of its last heartbeat."""
+
     name: str
     state: str
     last_heartbeat: float
@@ -37,11 +41,14 @@ class WorkerOut(BaseModel):
 
 
 class Me(BaseModel):
+    """Who the caller is (``GET /me``): name (None: anonymous) and whether an admin."""
+
     name: str | None
     is_admin: bool
 
 
 def device_out(d: dict[str, object]) -> DeviceOut:
+    """A device row of the store as the API's DeviceOut."""
     state, health = str(d["state"]), str(d["health"])
     current = d.get("current_job")
     return DeviceOut(
@@ -58,6 +65,7 @@ def device_out(d: dict[str, object]) -> DeviceOut:
 
 
 def worker_out(h: dict[str, object]) -> WorkerOut:
+    """A host row of the store as the API's WorkerOut."""
     beat = float(h["last_heartbeat"])  # type: ignore[arg-type]
     return WorkerOut(
         name=str(h["name"]),
@@ -70,12 +78,14 @@ def worker_out(h: dict[str, object]) -> WorkerOut:
 
 @router.get("/devices", response_model=list[DeviceOut], tags=["devices"])
 def list_devices(lab: LabDep, who: Caller, retired: bool = False) -> list[DeviceOut]:
+    """The lab's devices (the retired ones too when asked)."""
     lab.check_read(who)
     return [device_out(d) for d in lab.reader.devices(include_retired=retired)]
 
 
 @router.get("/devices/{name}", response_model=DeviceOut, tags=["devices"])
 def show_device(name: Name, lab: LabDep, who: Caller) -> DeviceOut:
+    """One device, NotFound if the lab has none of that name."""
     lab.check_read(who)
     return device_out(lab.device(name))
 
@@ -89,6 +99,7 @@ def list_workers(lab: LabDep, who: Caller) -> list[WorkerOut]:
 
 @router.get("/workers/{name}", response_model=WorkerOut, tags=["workers"])
 def show_worker(name: Name, lab: LabDep, who: Caller) -> WorkerOut:
+    """One dispatcher host, NotFound if the lab has none of that name."""
     lab.check_read(who)
     return worker_out(lab.host(name))
 

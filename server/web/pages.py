@@ -37,12 +37,14 @@ PAGE = 50
 
 
 def utc(ts: float | None) -> str:
+    """A time for the pages, in UTC to the second ('' when unknown)."""
     if ts is None:
         return ""
     return dt.datetime.fromtimestamp(float(ts), dt.UTC).isoformat(timespec="seconds")
 
 
 def duration(start: float | None, end: float | None) -> str:
+    """How long from ``start`` to ``end`` (or now) as H:MM:SS ('' before it started)."""
     if start is None:
         return ""
     seconds = int((end or dt.datetime.now(dt.UTC).timestamp()) - start)
@@ -54,11 +56,13 @@ templates.env.globals["duration"] = duration
 
 
 def lab_of(request: Request) -> Lab:
+    """The lab the application serves (set on its state at creation)."""
     lab: Lab = request.app.state.lab
     return lab
 
 
 def who_of(request: Request) -> Identity:
+    """The user of the request's session cookie, anonymous without a valid one."""
     token = request.cookies.get(TOKEN_COOKIE)
     if not token:
         return ANONYMOUS
@@ -66,6 +70,7 @@ def who_of(request: Request) -> Identity:
 
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """A page from its template, with the user and a CSRF token (set as a cookie when new)."""
     csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
     context.update(request=request, who=who_of(request), csrf=csrf)
     response = templates.TemplateResponse(request, name, context, status_code=status)
@@ -75,12 +80,14 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
 
 
 def check_csrf(request: Request, token: str) -> None:
+    """Refuse a form whose CSRF token is not the session's (a stale page or another site)."""
     expected = request.cookies.get(CSRF_COOKIE) or ""
     if not expected or not hmac.compare_digest(expected, token):
         raise PermissionDenied("the form is stale or came from another site: reload the page")
 
 
 async def call(fun: Any, *args: Any) -> Any:
+    """Run a blocking store query off the event loop."""
     return await run_in_threadpool(fun, *args)
 
 
@@ -89,6 +96,7 @@ async def call(fun: Any, *args: Any) -> Any:
 
 @router.get("/")
 async def home() -> Response:
+    """The home page is the job list."""
     return RedirectResponse("/jobs")
 
 
@@ -99,6 +107,7 @@ async def jobs_page(
     state: Annotated[str, Query(max_length=20)] = "",
     submitter: Annotated[str, Query(max_length=150)] = "",
 ) -> Response:
+    """The job list, filtered by state and submitter, one page at a time."""
     lab, who = lab_of(request), who_of(request)
     lab.check_read(who)
     states = [state] if state else []
@@ -118,6 +127,7 @@ async def jobs_page(
 
 @router.get("/queue", response_class=HTMLResponse)
 async def queue_page(request: Request) -> Response:
+    """The waiting groups and why each waits."""
     lab, who = lab_of(request), who_of(request)
     lab.check_read(who)
     items, _ = await call(
@@ -154,6 +164,7 @@ async def job_page(
     node: Annotated[int | None, Query(ge=0, le=10_000)] = None,
     page: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> Response:
+    """One job: its nodes, the group's timeline and a node's log."""
     lab, who = lab_of(request), who_of(request)
     context = await call(_job_context, lab, who, job_id, node, page)
     return render(request, "job.html", **context)
@@ -191,6 +202,7 @@ async def job_events(
 
 @router.get("/devices", response_class=HTMLResponse)
 async def devices_page(request: Request) -> Response:
+    """The lab's devices and hosts."""
     lab, who = lab_of(request), who_of(request)
     lab.check_read(who)
     devices = await call(lab.reader.devices)
@@ -219,6 +231,7 @@ async def maintenance(
 
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request) -> Response:
+    """The login form."""
     return render(request, "login.html", error=None)
 
 
@@ -229,6 +242,7 @@ async def login(
     token: Annotated[str, Form(max_length=200)] = "",
     csrf: Annotated[str, Form()] = "",
 ) -> Response:
+    """Check a user's token and start a session (a cookie), else show the form again."""
     check_csrf(request, csrf)
     who = await call(lab_of(request).identify, token, username)
     if who is None:
@@ -240,6 +254,7 @@ async def login(
 
 @router.post("/logout")
 async def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    """End the session (CSRF-checked) and go back to the job list."""
     check_csrf(request, csrf)
     response = RedirectResponse("/jobs", status_code=303)
     response.delete_cookie(TOKEN_COOKIE)
@@ -293,4 +308,5 @@ for _path, _target in LAVA_PAGES.items():
 
 @router.get("/scheduler/device/{name}")
 async def lava_device(name: str) -> Response:
+    """LAVA's device page URL, redirected to the device on the devices page."""
     return RedirectResponse(f"/devices#device-{name}", status_code=301)

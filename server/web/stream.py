@@ -42,6 +42,7 @@ def css_class(rec: dict[str, Any]) -> str:
 
 
 def line(node_index: int, rec: dict[str, Any]) -> dict[str, Any]:
+    """One job log record as the page's event stream sends it, with its node's index."""
     return {
         "node": node_index,
         "time": str(rec.get("time", "")),
