@@ -28,7 +28,7 @@ from device_agent.bridge import Bridge
 from device_agent.console import ScriptedConsole
 from lavamq.cli import main
 from schemas.messages.base import encode
-from schemas.messages.jobs import SubJobAssignmentSchema
+from schemas.messages.jobs import SubJobAssignmentSchema, SubmitRequestSchema
 from schemas.messages.multinode import (
     MultinodeReleaseSchema,
     MultinodeSendSchema,
@@ -134,6 +134,75 @@ def test_host_cannot_consume_another_hosts_device_queue(lab: Lab) -> None:
             channel.queue_delete(topology.device_queue_name(lab.dev_a))
     finally:
         conn.collect()
+
+
+def _refused(url: str, act: Any) -> bool:
+    """``act(channel)`` as the user of ``url`` on a bare py-amqp channel: was it refused?"""
+    conn, channel = raw_channel(url)
+    try:
+        act(channel)
+    except amqp.exceptions.AccessRefused:
+        return True
+    finally:
+        conn.collect()
+    return False
+
+
+def test_host_cannot_purge_or_delete_another_hosts_device_queue(lab: Lab) -> None:
+    """Failure covered: host A empties or removes host B's queue of sub-jobs (B's
+    jobs then never start), or takes its messages by purging its own."""
+    for queue in (lab.dev_b, lab.dev_a):
+        name = topology.device_queue_name(queue)
+        assert _refused(lab.url_a, lambda ch, name=name: ch.queue_delete(name))
+    assert _refused(lab.url_a, lambda ch: ch.queue_purge(topology.device_queue_name(lab.dev_b)))
+    conn, channel = raw_channel(lab.admin)
+    try:
+        assert channel.queue_declare(topology.device_queue_name(lab.dev_b), passive=True)
+    finally:
+        conn.close()
+
+
+def test_host_cannot_read_another_groups_or_hosts_node_queue(lab: Lab) -> None:
+    """Failure covered: host A reads what the group sends to host B's node (in A's own
+    group or any other): its messages, sync releases, the data of a lava-send."""
+    groups = ("secg-1", "secg-2")
+    with Broker(lab.admin) as admin:
+        for group in groups:
+            admin.declare(topology.group_exchange(group))
+            for device in (lab.dev_a, lab.dev_b):
+                admin.declare(topology.group_queue(group, device))
+    for group in groups:
+        theirs = topology.group_queue_name(group, lab.dev_b)
+        assert _refused(lab.url_a, lambda ch, q=theirs: ch.basic_get(q))
+        assert _refused(lab.url_a, lambda ch, q=theirs: ch.basic_consume(q, callback=print))
+        assert _refused(lab.url_a, lambda ch, q=theirs: ch.queue_purge(q))
+        # its own node's queue it reads
+        mine = topology.group_queue_name(group, lab.dev_a)
+        assert not _refused(lab.url_a, lambda ch, q=mine: ch.basic_get(q))
+
+
+def test_host_cannot_submit_or_call_the_coordinator(lab: Lab) -> None:
+    """Failure covered: a host's broker user sends RPC requests (submit, cancel) on
+    ``lava.rpc``: refused by the broker before any coordinator sees them."""
+    body = encode(SubmitRequestSchema(), {"method": "submit", "definition": "job_name: x"})
+    for exchange in (topology.RPC_EXCHANGE_NAME, topology.DEVICE_EXCHANGE_NAME):
+        conn, channel = raw_channel(lab.url_a)
+        try:
+            channel.basic_publish(
+                amqp.Message(body, type="submit"),
+                exchange=exchange,
+                routing_key=topology.RPC_ROUTING_KEY,
+            )
+            with pytest.raises(amqp.exceptions.AccessRefused):
+                conn.drain_events(timeout=5)
+        finally:
+            conn.collect()
+    conn, channel = raw_channel(lab.admin)
+    try:
+        declared = channel.queue_declare(topology.RPC_QUEUE_NAME, passive=True)
+        assert declared.message_count == 0
+    finally:
+        conn.close()
 
 
 def test_host_cannot_publish_a_subjob_or_use_the_default_exchange(lab: Lab) -> None:
