@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from kombu import Consumer
+from kombu.exceptions import OperationalError
 from kombu.message import Message
 
 from broker_config import errors, topology
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 class NoReply(errors.BrokerError):
     """Nobody answered in time, or nobody ever listened (the request was unroutable)."""
+
+
+class NobodyListens(NoReply):
+    """The request was unroutable: no server ever ran here, and nothing was delivered."""
+
+
+class NotConnected(errors.ConnectionLost):
+    """No connection to the broker before the request was sent: it was not sent."""
 
 
 class RpcClient:
@@ -62,22 +71,39 @@ class RpcClient:
             return
         try:
             self.connection.ensure_connection(max_retries=2)
-        except self.connection.connection_errors as exc:
-            raise errors.ConnectionLost(
+            channel = self.connection.channel()
+            queue = topology.reply_queue(self._reply_name).bind(channel)
+            queue.declare()
+            consumer = Consumer(channel, queues=[queue], on_message=self._on_reply, no_ack=True)
+            consumer.consume()
+        except (*self.connection.connection_errors, OperationalError, OSError) as exc:
+            self._lost()
+            raise NotConnected(
                 f"cannot connect to the broker at {self.broker.safe_url()}: {exc}"
             ) from exc
-        channel = self.connection.channel()
-        queue = topology.reply_queue(self._reply_name).bind(channel)
-        queue.declare()
-        self._consumer = Consumer(channel, queues=[queue], on_message=self._on_reply, no_ack=True)
-        self._consumer.consume()
+        self._consumer = consumer
+
+    def _lost(self) -> None:
+        """Forget a dead connection: the next request opens a new one and declares its
+        reply queue again (the broker deleted the old one with the connection)."""
+        self._consumer = None
+        try:
+            self.connection.collect()
+        except Exception:  # already dead; nothing to release
+            log.debug("collecting a lost RPC connection failed", exc_info=True)
+        self.connection = connection_for(self.url)
 
     def _on_reply(self, message: Message) -> None:
         cid = str((message.properties or {}).get("correlation_id") or "")
         self._replies[cid] = message
 
     def request(self, schema: MessageSchema, body: dict[str, Any]) -> Message:
-        """Send one request and return the reply message; ``NoReply`` after the timeout."""
+        """Send one request and return the reply message; ``NoReply`` after the timeout.
+
+        A connection lost while waiting raises ``errors.ConnectionLost`` (the request
+        may have been handled: only its caller knows whether asking again is safe);
+        the next request reconnects.
+        """
         self._listen()
         cid = uuid.uuid4().hex
         try:
@@ -92,7 +118,7 @@ class RpcClient:
             )
         except (errors.Unroutable, errors.NotFound) as exc:
             # no exchange or queue: no server ever ran on this vhost
-            raise NoReply(f"nobody listens on {self.exchange}: {exc}") from None
+            raise NobodyListens(f"nobody listens on {self.exchange}: {exc}") from None
         deadline = time.monotonic() + self.timeout
         while cid not in self._replies:
             left = deadline - time.monotonic()
@@ -102,4 +128,10 @@ class RpcClient:
                 self.connection.drain_events(timeout=min(left, 0.5))
             except TimeoutError:
                 continue
+            except (*self.connection.connection_errors, OSError) as exc:
+                self._lost()
+                raise errors.ConnectionLost(
+                    f"lost the broker connection while waiting for the reply on "
+                    f"{self.exchange}: {exc}"
+                ) from exc
         return self._replies.pop(cid)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from broker_config import topology
-from broker_config.rpc import NoReply, RpcClient
+from broker_config.errors import ConnectionLost
+from broker_config.rpc import NobodyListens, NoReply, NotConnected, RpcClient
 from schemas.errors import InfrastructureError, InvalidMessage, error_from_dict
 from schemas.job import JobValidationError
 from schemas.messages.base import MessageSchema, decode
@@ -26,6 +27,24 @@ from schemas.messages.jobs import (
 )
 
 DEFAULT_TIMEOUT = 10.0
+
+
+class NoAnswer(InfrastructureError):
+    """No reply from the coordinator within the timeout (it may still act on the request)."""
+
+
+def outcome_unknown(why: str, key: str | None) -> InfrastructureError:
+    """The error of a submit that got no answer: the job may exist; how to find out."""
+    if not key:
+        return InfrastructureError(
+            f"outcome unknown: {why}; the job may or may not have been created "
+            "(`lavamq jobs` lists the newest)"
+        )
+    return InfrastructureError(
+        f"outcome unknown: {why}; the job may or may not have been created: "
+        f"`lavamq jobs --key {key}` tells, and `lavamq submit --key {key} FILE` again "
+        "never makes a second job"
+    )
 
 
 class CoordinatorClient:
@@ -52,6 +71,9 @@ class CoordinatorClient:
         method = str(body.get("method"))
         try:
             message = self.rpc.request(schema, body)
+        except NobodyListens:
+            # unroutable: delivered to nobody, so nothing happened
+            raise InfrastructureError(str(self._no_answer())) from None
         except NoReply:
             raise self._no_answer() from None
         try:
@@ -68,23 +90,42 @@ class CoordinatorClient:
         raise error_from_dict(error)
 
     def _no_answer(self) -> InfrastructureError:
-        return InfrastructureError(
+        return NoAnswer(
             f"no coordinator answered on {topology.RPC_QUEUE_NAME} within {self.timeout:g} s; "
             "is `lavamq coordinator` running?"
         )
 
     # --- the methods ---
 
-    def submit(self, definition: str, source: str, submitter: str) -> dict[str, Any]:
-        """Submit a job file's text; the new job's ids, or JobValidationError with every problem."""
+    def submit(
+        self, definition: str, source: str, submitter: str, key: str | None = None
+    ) -> dict[str, Any]:
+        """Submit a job file's text; the new job's ids, or JobValidationError with every problem.
+
+        ``key``: the submission's idempotency key; the submitter's job with that key if
+        there is one (a retry), never a second job. When no answer comes (a timeout, a
+        lost connection), the job may or may not exist: the error says so and how to
+        find out (``outcome_unknown``), never that the submit failed.
+        """
         body = {"method": "submit", "definition": definition, "source": source}
         body["submitter"] = submitter
-        result: dict[str, Any] = self.call(SubmitRequestSchema(), body)
+        if key:
+            body["key"] = key
+        try:
+            result: dict[str, Any] = self.call(SubmitRequestSchema(), body)
+        except NotConnected:
+            raise  # nothing was sent
+        except (NoAnswer, ConnectionLost) as exc:
+            raise outcome_unknown(str(exc), key) from None
         return result
 
-    def jobs(self, states: list[str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest jobs (``Store.jobs``), optionally only some states."""
-        body = {"method": "jobs", "states": list(states or []), "limit": limit}
+    def jobs(
+        self, states: list[str] | None = None, limit: int = 50, key: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest jobs (``Store.jobs``), optionally only some states, or one key's."""
+        body: dict[str, Any] = {"method": "jobs", "states": list(states or []), "limit": limit}
+        if key:
+            body["key"] = key
         result: list[dict[str, Any]] = self.call(JobsRequestSchema(), body)
         return result
 

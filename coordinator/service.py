@@ -55,7 +55,7 @@ from coordinator.scheduler import (
     schedule,
 )
 from coordinator.senders import delivery_sender
-from coordinator.store import GroupOutcome, StartedGroup, Store
+from coordinator.store import GroupOutcome, StartedGroup, Store, SubmitReceipt
 from coordinator.validation import SubmissionValidator
 from schemas.errors import InfrastructureError, LavamqError, classify
 from schemas.job import JobValidationError, load_job
@@ -292,6 +292,12 @@ class CoordinatorService:
     def _rpc_submit(self, body: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
         assert self.store is not None
         source = body["source"]
+        key = body.get("key")
+        if key:
+            # a retry of a submit whose answer was lost: its job, not a second one
+            seen = self.store.keyed_job(body["submitter"], key, body["definition"])
+            if seen is not None:
+                return self._submitted(seen, self.store.job(seen.job_id)["name"], key, again=True)
         plan: JobPlan = (
             self.validator.load(body["definition"], source)
             if self.validator is not None
@@ -313,21 +319,29 @@ class CoordinatorService:
             body["submitter"],
             self.clock(),
             request_id=str(request_id) if request_id else None,
+            key=key,
         )
         self._dirty = True
+        return self._submitted(receipt, plan.job_name, key)
+
+    def _submitted(
+        self, receipt: SubmitReceipt, job_name: str, key: str | None, *, again: bool = False
+    ) -> dict[str, Any]:
+        """The submit RPC's answer: the job's ids (``again``: it was submitted before)."""
+        assert self.store is not None
+        subs = self.store.job(receipt.job_id)["subjobs"]
         return {
             "job_id": receipt.job_id,
             "group": receipt.group,
-            "job_name": plan.job_name,
-            "subjobs": [
-                {"id": sid, "role": s.role, "index": s.index}
-                for sid, s in zip(receipt.subjob_ids, plan.subjobs, strict=True)
-            ],
+            "job_name": job_name,
+            "key": key,
+            "again": again,
+            "subjobs": [{"id": s["id"], "role": s["role"], "index": s["index"]} for s in subs],
         }
 
     def _rpc_jobs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         assert self.store is not None
-        return self.store.jobs(body.get("states") or (), body["limit"])
+        return self.store.jobs(body.get("states") or (), body["limit"], key=body.get("key"))
 
     def _rpc_job_show(self, body: dict[str, Any]) -> dict[str, Any]:
         assert self.store is not None

@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from coordinator.rpc import outcome_unknown
 from schemas.errors import ERROR_TYPES, InfrastructureError, JobError, LavamqError
 from schemas.job import JobValidationError
 
@@ -41,6 +42,10 @@ def find_token() -> str | None:
         return token_file().read_text(encoding="utf-8").strip().splitlines()[0] or None
     except (OSError, IndexError):
         return None
+
+
+class Unanswered(InfrastructureError):
+    """The request may have reached the server, but no answer came (a timeout, a reset)."""
 
 
 class ServerClient:
@@ -74,22 +79,31 @@ class ServerClient:
                 return bytes(resp.read())
         except urllib.error.HTTPError as exc:
             raise _error(exc.code, exc.read(), url) from None
-        except (urllib.error.URLError, OSError) as exc:
+        except urllib.error.URLError as exc:  # while connecting or sending: not handled
             raise InfrastructureError(f"cannot reach the lab server at {self.url}: {exc}") from None
+        except OSError as exc:  # waiting for the answer: the request may have been handled
+            raise Unanswered(f"no answer from the lab server at {self.url}: {exc}") from None
 
     def get(self, path: str, **query: Any) -> Any:
         return json.loads(self._request("GET", path, **query))
 
-    def submit(self, definition: str, source: str = "", submitter: str = "") -> dict[str, Any]:
+    def submit(
+        self, definition: str, source: str = "", submitter: str = "", key: str | None = None
+    ) -> dict[str, Any]:
         """The coordinator's receipt (``source`` and ``submitter`` are the server's to set:
-        the submitter is the token's user)."""
-        result: dict[str, Any] = json.loads(
-            self._request("POST", "/jobs", {"definition": definition})
-        )
+        the submitter is the token's user). ``key``: the idempotency key, as
+        ``CoordinatorClient.submit``'s; without an answer the outcome is unknown."""
+        body = {"definition": definition} | ({"key": key} if key else {})
+        try:
+            result: dict[str, Any] = json.loads(self._request("POST", "/jobs", body))
+        except Unanswered as exc:
+            raise outcome_unknown(str(exc), key) from None
         return result
 
-    def jobs(self, states: list[str], limit: int) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.get("/jobs", state=states or None, limit=limit)["items"]
+    def jobs(self, states: list[str], limit: int, key: str | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.get("/jobs", state=states or None, limit=limit, key=key)[
+            "items"
+        ]
         return items
 
     def results(self, job_id: int) -> dict[str, Any]:

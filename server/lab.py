@@ -149,13 +149,16 @@ class Lab:
 
     # --- jobs -------------------------------------------------------------
 
-    def submit(self, who: Identity, definition: str, source: str = "server") -> dict[str, Any]:
-        """Submit as ``who`` (a login is needed); the coordinator's receipt."""
+    def submit(
+        self, who: Identity, definition: str, source: str = "server", key: str | None = None
+    ) -> dict[str, Any]:
+        """Submit as ``who`` (a login is needed); the coordinator's receipt. ``key``: the
+        submission's idempotency key (``CoordinatorClient.submit``), scoped to ``who``."""
         if who.anonymous:
             raise LoginRequired("Authentication with user and token required for this API.")
         assert who.name is not None
         name = who.name
-        return self.rpc(lambda c: c.submit(definition, source=source, submitter=name))
+        return self.rpc(lambda c: c.submit(definition, source=source, submitter=name, key=key))
 
     def cancel(self, who: Identity, job: lava.LavaJobId, reason: str | None = None) -> None:
         """Cancel the whole group: the submitter cancels their own jobs, an admin any."""

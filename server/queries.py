@@ -109,18 +109,22 @@ class LabReader:
         *,
         states: Iterable[str] = (),
         submitter: str | None = None,
+        key: str | None = None,
         offset: int = 0,
         limit: int = 50,
         viewer: Identity | None = None,
         anonymous_read: bool = True,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Jobs (groups) newest first, filtered and paged, with the count of all that match."""
+        """Jobs (groups) newest first, filtered (``key``: the submission key) and paged,
+        with the count of all that match."""
         conds: list[ColumnElement[bool]] = []
         states = list(states)
         if states:
             conds.append(Job.state.in_(states))
         if submitter:
             conds.append(Job.submitter == submitter)
+        if key:
+            conds.append(Job.submit_key == key)
         cond = and_(*conds) if conds else and_(True)
 
         def fetch(s: Session, first: int, count: int) -> list[dict[str, Any]]:
@@ -139,6 +143,7 @@ class LabReader:
                     "start_time": j.start_time,
                     "end_time": j.end_time,
                     "failure_cause": j.failure_cause,
+                    "key": j.submit_key,
                     "visibility": seen.get(j.id, "public"),
                 }
                 for j in jobs

@@ -24,6 +24,7 @@ from coordinator.store.models import (
     SubJob,
 )
 from coordinator.store.views import StartedGroup, StartedSubJob, SubmitReceipt
+from schemas.errors import JobError
 from schemas.states import DeviceState, JobState, SubJobState
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,20 @@ class IntakeStore(StoreBase):
         now: float,
         *,
         request_id: str | None = None,
+        key: str | None = None,
     ) -> SubmitReceipt:
         """Store a validated plan (``JobPlan.to_dict()``) as one queued group.
 
         ``request_id`` (the RPC message's id): a request stored before gets the
-        receipt of the job it made, not a second job.
+        receipt of the job it made, not a second job. ``key`` (the client's
+        idempotency key): the submitter's job with that key, if there is one
+        (``keyed_job``), else the new job keeps it.
         """
         with self.session() as s:
+            if key:
+                existing = self._keyed(s, submitter, key)
+                if existing is not None:
+                    return self._receipt(s, existing.id)
             if request_id:
                 seen = s.get(RpcReceipt, request_id)
                 if seen is not None:
@@ -60,6 +68,7 @@ class IntakeStore(StoreBase):
             job = Job(
                 job_name=str(plan.get("job_name") or ""),
                 submitter=submitter,
+                submit_key=key or None,
                 source=source,
                 definition=definition,
                 plan=dict(plan),
@@ -100,6 +109,28 @@ class IntakeStore(StoreBase):
                 job_id=job.id,
             )  # fmt: skip
             return receipt
+
+    def keyed_job(self, submitter: str, key: str, definition: str) -> SubmitReceipt | None:
+        """The receipt of ``submitter``'s job submitted with ``key``, or None.
+
+        JobError when that job was made from another job file: a key names one
+        submission, and a second file under it is a mistake, not a retry.
+        """
+        with self.session() as s:
+            job = self._keyed(s, submitter, key)
+            if job is None:
+                return None
+            if job.definition != definition:
+                raise JobError(
+                    f"key {key!r} is job {job.id}'s, submitted from another job file: "
+                    "give this one a new key (or none)"
+                )
+            log.info("submit with key %r of %s: job %s already has it", key, submitter, job.id)
+            return self._receipt(s, job.id)
+
+    @staticmethod
+    def _keyed(s: Session, submitter: str, key: str) -> Job | None:
+        return s.scalar(select(Job).where(Job.submitter == submitter, Job.submit_key == key))
 
     @staticmethod
     def _receipt(s: Session, job_id: int) -> SubmitReceipt:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import Base
@@ -66,9 +66,12 @@ class Job(Base):
     """A submitted job: its file, its validated plan and its state."""
 
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("submitter", "submit_key", name="uq_jobs_submitter_key"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_name: Mapped[str] = mapped_column(String(500))
     submitter: Mapped[str] = mapped_column(String(200))
+    #: the submission's idempotency key (revision 0009): one job per (submitter, key)
+    submit_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
     source: Mapped[str] = mapped_column(String(1000))
     definition: Mapped[str] = mapped_column(Text)
     plan: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -20,13 +20,18 @@ from schemas.errors import JobError
 class QueryStore(StoreBase):
     """The store's read API (and the results table's one writer)."""
 
-    def jobs(self, states: Iterable[str] = (), limit: int = 50) -> list[dict[str, Any]]:
-        """The newest ``limit`` jobs, optionally only those in ``states``."""
+    def jobs(
+        self, states: Iterable[str] = (), limit: int = 50, *, key: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` jobs, optionally only those in ``states``, or with
+        the submission key ``key`` (whoever submitted them)."""
         with self.session() as s:
             q = select(Job).order_by(Job.id.desc()).limit(limit)
             states = list(states)
             if states:
                 q = q.where(Job.state.in_(states))
+            if key:
+                q = q.where(Job.submit_key == key)
             return [job_summary(j) for j in s.scalars(q)]
 
     def job(self, job_id: int) -> dict[str, Any]:
@@ -134,4 +139,6 @@ def job_summary(job: Job) -> dict[str, Any]:
         "submit_time": job.submit_time,
         "waiting_reason": job.waiting_reason,
         "failure_cause": job.failure_cause,
+        "submitter": job.submitter,
+        "key": job.submit_key,
     }

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import getpass
 import json
+import re
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from lavamq.exit_codes import exit_code_and_hint
 from lavamq.server_client import url_option
 from schemas.errors import LavamqError
 from schemas.job_parse import read_job_bytes
+from schemas.messages.jobs import SUBMIT_KEY_PATTERN
 
 broker_option = click.option(
     "--broker", "broker_url", help="Broker URL (default: $LAVAMQ_BROKER_URL)."
@@ -68,12 +71,29 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+def _check_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(SUBMIT_KEY_PATTERN, value):
+        raise click.BadParameter(
+            "1-100 of A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit"
+        )
+    return value
+
+
+key_option = click.option(
+    "--key",
+    callback=_check_key,
+    help="The submission's idempotency key (default: a new UUID): submitting again with the "
+    "same key gives the same job, never a second one; `lavamq jobs --key K` finds it.",
+)
+
+
 @click.command("submit")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @broker_option
 @url_option
 @timeout_option
 @json_option
+@key_option
 @click.option(
     "--wait",
     "wait_",
@@ -81,28 +101,42 @@ def _print_json(data: Any) -> None:
     help="Then follow the job to its end like `lavamq wait` (exit 0 iff every test passed).",
 )
 def submit(
-    file: Path, broker_url: str | None, url: str | None, timeout: float, as_json: bool, wait_: bool
+    file: Path,
+    broker_url: str | None,
+    url: str | None,
+    timeout: float,
+    as_json: bool,
+    key: str | None,
+    wait_: bool,
 ) -> None:
-    """Submit a job file (LAVA 2014 JSON or LAVA YAML) to the coordinator."""
+    """Submit a job file (LAVA 2014 JSON or LAVA YAML) to the coordinator.
+
+    Each submit carries an idempotency key (``--key``, else a new UUID): when no
+    answer comes in time, the job may exist or not, and the error names the key
+    to ask about (``lavamq jobs --key K``) or to submit again with.
+    """
     raw = read_job_bytes(str(file))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise click.ClickException(f"cannot read {file}: {exc}") from None
+    key = key or uuid.uuid4().hex
     result = _call(
         broker_url,
         timeout,
         as_json,
         # absolute: relative locations in the job resolve against its directory
-        lambda c: c.submit(text, source=str(file.absolute()), submitter=getpass.getuser()),
+        lambda c: c.submit(text, source=str(file.absolute()), submitter=getpass.getuser(), key=key),
         url,
     )
     if as_json and not wait_:
         _print_json(result)
         return
     if not as_json:
+        what = "was submitted before with this key" if result.get("again") else "submitted"
         click.echo(
-            f"job {result['job_id']} submitted: {result['job_name']} (group {result['group']})"
+            f"job {result['job_id']} {what}: {result['job_name']} (group {result['group']}, "
+            f"key {key})"
         )
         for sub in result["subjobs"]:
             click.echo(f"  sub-job {sub['id']}: {sub['role']} #{sub['index']}")
@@ -127,6 +161,11 @@ def submit(
 @click.command("jobs")
 @click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
 @click.option("--limit", type=int, default=50, show_default=True)
+@click.option(
+    "--key",
+    callback=_check_key,
+    help="Only the job submitted with this idempotency key (`lavamq submit --key`).",
+)
 @broker_option
 @url_option
 @timeout_option
@@ -134,15 +173,22 @@ def submit(
 def jobs(
     states: tuple[str, ...],
     limit: int,
+    key: str | None,
     broker_url: str | None,
     url: str | None,
     timeout: float,
     as_json: bool,
 ) -> None:
-    """List the newest jobs."""
-    result = _call(broker_url, timeout, as_json, lambda c: c.jobs(list(states), limit), url)
+    """List the newest jobs (``--key K``: whether a submit with key K made a job)."""
+    result = _call(broker_url, timeout, as_json, lambda c: c.jobs(list(states), limit, key), url)
     if as_json:
         _print_json(result)
+        return
+    if key and not result:
+        click.echo(
+            f"no job has key {key}: a submit with it was not handled (or is still being "
+            "handled); submitting again with the same key is safe"
+        )
         return
     click.echo(f"{'ID':>6}  {'STATE':<11} {'PRIO':>4}  {'SUBMITTED':<19}  NAME / WHY")
     for j in result:

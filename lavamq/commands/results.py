@@ -14,12 +14,51 @@ from coordinator.rpc import DEFAULT_TIMEOUT, CoordinatorClient
 from lavamq.commands.run import write_exports
 from lavamq.config import load_settings
 from lavamq.server_client import ServerClient, url_option
-from schemas.errors import MultinodeTimeout
+from schemas.errors import InfrastructureError, MultinodeTimeout
 
 log = logging.getLogger(__name__)
 
 #: seconds between two questions to the coordinator while waiting
 POLL_INTERVAL = 0.5
+#: how long a wait rides out a broker, coordinator or lab server that does not answer
+#: (a restart, an upgrade) before it gives up
+OUTAGE_LIMIT = 600.0
+
+
+class Outage:
+    """A wait's contact with the lab: lost (say so once, keep asking) and found again.
+
+    A broker or coordinator restart ends a connection or leaves a question
+    unanswered; asking for a job's results again is always safe, so the wait goes
+    on until the lab answers, for at most ``limit`` seconds without an answer.
+    """
+
+    def __init__(self, job_id: int, limit: float = OUTAGE_LIMIT) -> None:
+        self.job_id = job_id
+        self.limit = limit
+        self.since: float | None = None
+        self.outages = 0
+
+    def lost(self, exc: InfrastructureError) -> float:
+        """Note a failed question; the seconds to wait before the next (raises past the limit)."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            self.outages += 1
+            click.echo(
+                f"lost contact with the lab ({exc}); still waiting for job {self.job_id}", err=True
+            )
+        elif now - self.since > self.limit:
+            raise InfrastructureError(
+                f"no answer about job {self.job_id} for {self.limit:g} s: {exc} "
+                f"(the job goes on; `lavamq wait {self.job_id}` follows it again)"
+            ) from None
+        return min(2.0, 0.2 * float(2 ** min(int(now - self.since), 4)))
+
+    def answered(self) -> None:
+        if self.since is not None:
+            self.since = None
+            click.echo(f"reconnected; waiting for job {self.job_id}", err=True)
 
 
 def wait_for_results(
@@ -29,10 +68,19 @@ def wait_for_results(
     timeout: float | None = None,
     poll: float = POLL_INTERVAL,
 ) -> dict[str, Any]:
-    """Ask the coordinator until the job has ended and its results are all in."""
+    """Ask the coordinator until the job has ended and its results are all in, through
+    broker, coordinator and lab server outages (``Outage``)."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    outage = Outage(job_id)
     while True:
-        bundle: dict[str, Any] = client.results(job_id)
+        try:
+            bundle: dict[str, Any] = client.results(job_id)
+        except InfrastructureError as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            time.sleep(outage.lost(exc))
+            continue
+        outage.answered()
         if bundle["job"]["results_complete"]:
             return bundle
         if deadline is not None and time.monotonic() >= deadline:

@@ -29,6 +29,10 @@ NAME = validate.Regexp(
     r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", error="must be 1-100 of A-Z a-z 0-9 . _ -"
 )
 
+#: a submission's idempotency key (``lavamq submit --key``; a UUID when not given)
+SUBMIT_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,99}$"
+SUBMIT_KEY = validate.Regexp(SUBMIT_KEY_PATTERN, error="must be 1-100 of A-Z a-z 0-9 . _ : @ + -")
+
 JOB_STATES = tuple(s.value for s in JobState)
 #: the states a dispatcher may report for a sub-job
 REPORTED_SUBJOB_STATES = tuple(s.value for s in REPORTED)
@@ -50,6 +54,8 @@ class SubmitRequestSchema(MessageSchema):
     definition = fields.String(required=True, validate=validate.Length(min=1, max=4 * 1024 * 1024))
     source = fields.String(load_default="<submitted>", validate=validate.Length(max=1000))
     submitter = fields.String(load_default="anonymous", validate=validate.Length(max=200))
+    #: the idempotency key: a second submit of the submitter's with it is the same job
+    key = fields.String(load_default=None, allow_none=True, validate=SUBMIT_KEY)
 
 
 class JobsRequestSchema(MessageSchema):
@@ -59,6 +65,8 @@ class JobsRequestSchema(MessageSchema):
     method = fields.String(required=True, validate=validate.Equal("jobs"))
     states = fields.List(fields.String(validate=validate.OneOf(JOB_STATES)), load_default=list)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=10_000))
+    #: only the jobs submitted with this key (``lavamq jobs --key``)
+    key = fields.String(load_default=None, allow_none=True, validate=SUBMIT_KEY)
 
 
 class JobShowRequestSchema(MessageSchema):

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from coordinator.results import bundle_junit
+from schemas.messages.jobs import SUBMIT_KEY_PATTERN
 from server import lava
 from server.lab import Lab
 from server.node_rows import NodeRow
@@ -56,6 +57,7 @@ class JobSummary(BaseModel):
     start_time: float | None
     end_time: float | None
     failure_cause: str | None
+    key: str | None = Field(None, description="the submission's idempotency key, if it had one")
 
 
 class JobList(BaseModel):
@@ -78,10 +80,21 @@ class Job(JobSummary):
     nodes: list[Node]
 
 
+SubmitKey = Annotated[
+    str | None,
+    Field(
+        pattern=SUBMIT_KEY_PATTERN,
+        description="The submission's idempotency key: a second submit of the same user "
+        "with it gives the same job, never a second one (`GET /jobs?key=` finds it).",
+    ),
+]
+
+
 class Submit(BaseModel):
     """A job submission: the job file as text."""
 
     definition: str = Field(description="The job file (LAVA YAML or 2014 JSON) as text.")
+    key: SubmitKey = None
 
 
 class SubmittedNode(BaseModel):
@@ -100,6 +113,8 @@ class Submitted(BaseModel):
     group: str
     subjobs: list[SubmittedNode]
     ids: list[str] = Field(description="LAVA's ids of the nodes, J.0, J.1 ...")
+    key: str | None = Field(None, description="the submission's idempotency key")
+    again: bool = Field(False, description="true: the job was submitted before with this key")
 
 
 class LogRecord(BaseModel):
@@ -156,12 +171,14 @@ def list_jobs(
     limit: Limit = 50,
     state: Annotated[list[OurJobState] | None, Query()] = None,
     submitter: Annotated[str | None, Query(max_length=150)] = None,
+    key: Annotated[str | None, Query(pattern=SUBMIT_KEY_PATTERN)] = None,
 ) -> JobList:
-    """Jobs newest first, filtered by state(s) and submitter, paged."""
+    """Jobs newest first, filtered by state(s), submitter and submission key, paged."""
     lab.check_read(who)
     items, total = lab.reader.jobs_page(
         states=state or (),
         submitter=submitter,
+        key=key,
         offset=offset,
         limit=limit,
         viewer=who,
@@ -173,7 +190,7 @@ def list_jobs(
 @router.post("/jobs", response_model=Submitted, status_code=201)
 def submit_job(body: Submit, lab: LabDep, who: Caller) -> Submitted:
     """Submit a job file; every problem of a bad one comes back with its place."""
-    receipt = lab.submit(who, body.definition, source="rest")
+    receipt = lab.submit(who, body.definition, source="rest", key=body.key)
     count = len(receipt["subjobs"])
     job_id = int(receipt["job_id"])
     return Submitted(
@@ -182,6 +199,8 @@ def submit_job(body: Submit, lab: LabDep, who: Caller) -> Submitted:
         group=str(receipt["group"]),
         subjobs=[SubmittedNode(**s) for s in receipt["subjobs"]],
         ids=[str(lava.display_id(job_id, i, count)) for i in range(count)],
+        key=receipt.get("key"),
+        again=bool(receipt.get("again")),
     )
 
 
