@@ -31,6 +31,10 @@ _RELEASE = re.compile(r"<LAVA_(SYNC|WAIT|WAIT_ALL)_COMPLETE( nack)?")
 _CALL = re.compile(r"^\S+: (lava-(?:send|wait|wait-all|sync|network)\S*) (\S+)$")
 
 
+def _dropped(line: str) -> None:
+    """Where progress goes once stdout's reader has gone."""
+
+
 class ProgressPrinter:
     """Formats log records and events of one job as progress lines."""
 
@@ -60,7 +64,12 @@ class ProgressPrinter:
 
     def _out(self, line: str) -> None:
         self.lines.append(line)
-        self.emit(line)
+        try:
+            self.emit(line)
+        except BrokenPipeError:
+            # the reader of our output left (``lavamq wait J | head``): stop printing
+            # here; the command's own next line ends it quietly (``lavamq.cli``)
+            self.emit = _dropped
 
     def log_batch(self, body: dict[str, Any]) -> None:
         if self._held("log", body) or str(body["job"]) != self.job_id:

@@ -250,3 +250,22 @@ def test_jobs_piped_to_head_ends_without_a_traceback() -> None:
         cwd=ROOT,
     )
     assert status.returncode == 141, status.stderr
+
+
+def test_progress_lines_stop_quietly_once_the_reader_left() -> None:
+    """``lavamq wait J | head``: the progress thread's write fails first; it stops
+    printing (before: a BrokenPipeError traceback from the thread), and the
+    command's own next line ends it at the entry point."""
+    from lavamq.progress import ProgressPrinter
+
+    written: list[str] = []
+
+    def emit(line: str) -> None:
+        if written:
+            raise BrokenPipeError(32, "Broken pipe")
+        written.append(line)
+
+    printer = ProgressPrinter(7, emit)
+    for n in range(3):
+        printer.event({"kind": "job", "state": "running", "job_id": 7, "text": f"event {n}"})
+    assert len(written) == 1 and len(printer.lines) == 3
