@@ -19,11 +19,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from faults import BrokerProxy, CountingClient, Progress, ServiceProcess, wait_for
+from faults import BrokerProxy, CountingClient, Progress, wait_for
+from lab import barrier_process
 
 from broker_config.broker import Broker
 from broker_config.declare import declare_topology
-from coordinator.barrier import READY_LINE
 from coordinator.groups import create_group
 
 pytestmark = pytest.mark.integration
@@ -42,11 +42,7 @@ def test_connections_closed_with_internal_error_reconnect_and_release(
         create_group(admin, "iegrp", members, timeout=120)
     with BrokerProxy() as proxy:
         purl = proxy.url(rabbit_url)
-        barrier = ServiceProcess(
-            ["barrier", "--broker", purl, "--db", f"sqlite:///{tmp_path / 'barrier.sqlite'}"],
-            READY_LINE,
-            name="barrier",
-        )
+        barrier = barrier_process(purl, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
         barrier.start()
         # the timeout is longer than the test: a receiver that died is a hung
         # round (the progress wait fails), not a timeout that hides it

@@ -28,17 +28,16 @@ import pytest
 from faults import (
     CountingClient,
     Progress,
-    ServiceProcess,
     first_sync_sends,
     record_reliability,
     wait_for,
 )
+from lab import barrier_process
 
 import services
 from broker_config.broker import Broker
 from broker_config.consumer import Delivery
 from broker_config.declare import declare_topology
-from coordinator.barrier import READY_LINE
 from coordinator.groups import create_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -93,11 +92,7 @@ def test_kill_nine_of_cluster_nodes_loses_duplicates_and_double_counts_nothing(
         declare_topology(admin)
         create_group(admin, "fogrp", {n: "peer" for n in NODES}, timeout=300)
     started = time.monotonic()
-    barrier = ServiceProcess(
-        ["barrier", "--broker", url, "--db", f"sqlite:///{tmp_path / 'barrier.sqlite'}"],
-        READY_LINE,
-        name="barrier",
-    )
+    barrier = barrier_process(url, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
     barrier.start()
     clients = {
         n: TimedClient(url, "fogrp", n, {m: "peer" for m in NODES}, timeout=240) for n in NODES

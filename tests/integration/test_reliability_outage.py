@@ -17,15 +17,14 @@ from faults import (
     BrokerProxy,
     CountingClient,
     Progress,
-    ServiceProcess,
     first_sync_sends,
     record_reliability,
     wait_for,
 )
+from lab import barrier_process
 
 from broker_config.broker import Broker
 from broker_config.declare import declare_topology
-from coordinator.barrier import READY_LINE
 from coordinator.groups import create_group
 
 pytestmark = pytest.mark.integration
@@ -55,11 +54,7 @@ def test_faults_mid_group_lose_and_duplicate_nothing(
     started = time.monotonic()
     with BrokerProxy() as proxy:
         purl = proxy.url(rabbit_url)
-        barrier = ServiceProcess(
-            ["barrier", "--broker", purl, "--db", f"sqlite:///{tmp_path / 'barrier.sqlite'}"],
-            READY_LINE,
-            name="barrier",
-        )
+        barrier = barrier_process(purl, f"sqlite:///{tmp_path / 'barrier.sqlite'}")
         barrier.start()
         clients = {
             n: CountingClient(purl, "relgrp", n, {m: "peer" for m in NODES}, timeout=90)
