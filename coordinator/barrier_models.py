@@ -40,7 +40,21 @@ class BarrierGroup(Base):
     created: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
 
 
-class BarrierArrival(Base):
+class _BarrierKey:
+    """The columns that name one barrier, shared by its arrivals and its releases.
+
+    ``kind``: an arrival's is "send" (lava-send, generation 0) or "sync"; a
+    release's "sync" or "wait-all".
+    """
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    group_name: Mapped[str] = mapped_column(String(120))
+    kind: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[str] = mapped_column(String(255))
+    generation: Mapped[int] = mapped_column(Integer)
+
+
+class BarrierArrival(_BarrierKey, Base):
     """One node's acknowledgement at one barrier (a send or a sync), counted once."""
 
     __tablename__ = "barrier_arrivals"
@@ -49,27 +63,15 @@ class BarrierArrival(Base):
         Index("ix_barrier_arrivals_barrier", "group_name", "kind", "message_id", "generation"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    group_name: Mapped[str] = mapped_column(String(120))
-    #: "send" (lava-send, generation 0) or "sync"
-    kind: Mapped[str] = mapped_column(String(16))
-    message_id: Mapped[str] = mapped_column(String(255))
-    generation: Mapped[int] = mapped_column(Integer)
     node: Mapped[str] = mapped_column(String(120))
 
 
-class BarrierRelease(Base):
+class BarrierRelease(_BarrierKey, Base):
     """A decided release: at most one per barrier and role."""
 
     __tablename__ = "barrier_releases"
     __table_args__ = (UniqueConstraint("group_name", "kind", "message_id", "generation", "role"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    group_name: Mapped[str] = mapped_column(String(120))
-    #: "sync" or "wait-all"
-    kind: Mapped[str] = mapped_column(String(16))
-    message_id: Mapped[str] = mapped_column(String(255))
-    generation: Mapped[int] = mapped_column(Integer)
     #: "" for every node of the group
     role: Mapped[str] = mapped_column(String(120))
 
