@@ -23,30 +23,23 @@ test action's duration minus the time it sat in MultiNode calls (from each
 ``<LAVA_MULTI_NODE>`` signal to its reply), the time its steps take by
 themselves.
 
-``--anchor`` also runs the 2-node job on LAVA: the Debian packages'
-``lava-run`` (one per node) and ``lava-coordinator`` on 127.0.0.1 with the
-package's configuration (port 3079, poll delay 3 s: LAVA's default), with a
-device configuration of LAVA's qemu type written here (TCG, 512 MiB as
-LAVA's template); the row is LAVA's wall time over lavamq's (target ≥ 2x).
-It takes the lava-oracle's lock when that tool is set up, so that the two
-never share the coordinator's port.
+``--anchor`` also runs the 2-node job on LAVA (bench/lava_run.py: LAVA's
+``lava-run``, one per node, and its coordinator from a LAVA source tree, with
+the coordinator's configuration lava-run reads: LAVA's default poll delay is
+3 s; LAVA's qemu device template, TCG, 512 MiB); the row is LAVA's wall time
+over lavamq's (target ≥ 2x).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +48,7 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from common import LAVAMQ, ROOT, MissingPiece, Row, print_rows  # noqa: E402
+from lava_run import coordinator_conf, find_lava, port_lock, run_lava  # noqa: E402
 
 IMAGES = ROOT / "images"
 EXAMPLES = ("qemu-client-server", "qemu-network", "qemu-lava")
@@ -221,183 +215,6 @@ def run_lavamq(name: str, job: Path, work: Path) -> Split:
     )
 
 
-# --------------------------------------------------------------------------- LAVA anchor
-
-LAVA_RUN = Path("/usr/bin/lava-run")
-LAVA_COORDINATOR = Path("/usr/bin/lava-coordinator")
-LAVA_CONF = Path("/etc/lava-coordinator/lava-coordinator.conf")
-ORACLE_LOCK = Path(os.environ.get("LAVA_ORACLE_DIR", "/tmp/lava-oracle-dev")) / ".lock"
-#: the coordinator binds 0.0.0.0 whatever it is told; keep it on loopback
-LOOPBACK = (
-    "import runpy, socket\n"
-    "_bind = socket.socket.bind\n"
-    "socket.socket.bind = lambda s, a: _bind(s, ('127.0.0.1', a[1]))\n"
-    f"runpy.run_path({str(LAVA_COORDINATOR)!r}, run_name='__main__')\n"
-)
-
-#: a device configuration of LAVA's qemu type, as its template gives it with
-#: arch amd64 and no_kvm (our own, trimmed to what lava-run reads)
-DEVICE = """\
-hostname: {name}
-devicetype: qemu
-constants:
-  posix:
-    lava_test_sh_cmd: /bin/sh
-    lava_test_results_dir: /lava-%s
-    lava_test_shell_file: ~/.bashrc
-  shutdown-message: 'The system is going down for reboot NOW'
-  kernel-start-message: 'Linux version [0-9]'
-  default-shell-prompt: 'lava-test: # '
-  spawn_maxread: '4092'
-  failure_retry: 1
-  boot_retry:
-available_architectures: [amd64, x86_64]
-actions:
-  deploy:
-    connections: {{serial: }}
-    methods:
-      image:
-        parameters:
-          guest: {{size: 512, interface: ide, driveid: lavatest}}
-  boot:
-    connections: {{serial: }}
-    methods:
-      qemu:
-        parameters:
-          command: qemu-system-x86_64
-          boot_options: {{root: /dev/sda1, console: 'ttyS0,115200', boot_order: c}}
-          options:
-          - -nographic
-          - -net nic,model=virtio,macaddr={mac} -net user
-          - -m 512
-          - -monitor none
-timeouts:
-  actions: {{}}
-  connections: {{}}
-"""
-
-
-@contextlib.contextmanager
-def oracle_lock() -> Iterator[None]:
-    """The lava-oracle's lock, if that tool is set up here (both use port 3079)."""
-    if not ORACLE_LOCK.parent.is_dir():
-        yield
-        return
-    with open(ORACLE_LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise MissingPiece("bench --anchor: the lava-oracle is running; try again") from None
-        yield
-
-
-def split_for_lava(job: dict[str, Any], first_id: int) -> list[tuple[int, dict[str, Any]]]:
-    """One LAVA sub-job per node, as lava-server splits a MultiNode job."""
-    multinode = job["protocols"]["lava-multinode"]
-    nodes = [
-        (role, spec) for role, spec in multinode["roles"].items() for _ in range(spec["count"])
-    ]
-    ids = {first_id + i: role for i, (role, _) in enumerate(nodes)}
-    out = []
-    for i, (role, spec) in enumerate(nodes):
-        sub = {k: v for k, v in job.items() if k not in ("protocols", "actions")}
-        sub["device_type"] = spec["device_type"]
-        sub["context"] = spec.get("context", {})
-        sub["protocols"] = {
-            "lava-multinode": {
-                "role": role,
-                "roles": {str(k): v for k, v in ids.items()},
-                "group_size": len(nodes),
-                "sub_id": i,
-                "target_group": f"bench-{first_id}",
-                "timeout": multinode["timeout"],
-            }
-        }
-        sub["actions"] = []
-        for action in job["actions"]:
-            ((kind, body),) = action.items()
-            if role in body.get("role", []):
-                sub["actions"].append({kind: {**body, "role": role}})
-        out.append((first_id + i, sub))
-    return out
-
-
-def lava_job_result(log: Path) -> str:
-    """The ``job`` result lava-run logged (``pass``/``fail``), or ``no result``."""
-    for line in log.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            msg = record.get("msg") if isinstance(record, dict) else None
-            if isinstance(msg, dict) and msg.get("case") == "job":
-                return str(msg.get("result"))
-    return "no result"
-
-
-def run_lava(job_file: Path, work: Path) -> float:
-    """LAVA's wall time for the job: the coordinator up to the last lava-run ended."""
-    import yaml
-
-    for path, package in ((LAVA_RUN, "lava-dispatcher"), (LAVA_COORDINATOR, "lava-coordinator")):
-        if not path.exists():
-            raise MissingPiece(f"bench --anchor: {path} is missing: apt-get install {package}")
-    try:
-        conf = json.loads(LAVA_CONF.read_text())
-    except (OSError, ValueError):
-        raise MissingPiece(
-            f"bench --anchor: no {LAVA_CONF} (apt-get install lava-coordinator)"
-        ) from None
-    port = int(conf.get("port", 3079))
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            raise MissingPiece(f"bench --anchor: something listens on 127.0.0.1:{port} already")
-    job = yaml.safe_load(job_file.read_text())
-    first = 90000 + (os.getpid() % 1000) * 10
-    start = time.time()
-    coordinator = subprocess.Popen(
-        ["/usr/bin/python3", "-c", LOOPBACK, "--logfile", str(work / "coordinator.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    runs: list[subprocess.Popen[bytes]] = []
-    try:
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if coordinator.poll() is not None or time.time() - start > 30:
-                raise MissingPiece("bench --anchor: lava-coordinator did not start")
-            time.sleep(0.05)
-        for n, (job_id, sub) in enumerate(split_for_lava(job, first)):
-            node = work / f"lava-{job_id}"
-            node.mkdir()
-            (node / "job.yaml").write_text(yaml.safe_dump(sub))
-            mac = f"52:54:00:12:34:{n + 0x60:02x}"
-            (node / "device.yaml").write_text(DEVICE.format(name=f"qemu-{n}", mac=mac))
-            with open(node / "lava.log", "wb") as out:
-                runs.append(
-                    subprocess.Popen(
-                        [str(LAVA_RUN), "--job-id", str(job_id), "--output-dir",
-                         str(node / "out"), "--device", str(node / "device.yaml"),
-                         str(node / "job.yaml")],
-                        stdout=out, stderr=subprocess.STDOUT,
-                    )
-                )  # fmt: skip
-        for proc in runs:
-            proc.wait(timeout=900)
-        end = time.time()
-    finally:
-        for proc in runs:
-            if proc.poll() is None:
-                proc.kill()
-        coordinator.terminate()
-        coordinator.wait(10)
-    for node in sorted(work.glob("lava-*")):
-        result = lava_job_result(node / "lava.log")
-        if result != "pass":
-            raise RuntimeError(f"LAVA's run of {node.name} ended {result}: see {node}/lava.log")
-    return end - start
-
-
 # --------------------------------------------------------------------------- table
 
 
@@ -446,13 +263,18 @@ def run(runs: int, only: str | None, anchor: bool) -> list[Row]:
                     "slowest VM boot + slowest node's own test time", s.floor, limit=2.0)
             )  # fmt: skip
         if anchor and "2-node" in medians:
-            with oracle_lock():
-                lava = median(
-                    [run_lava(two_node, Path(tempfile.mkdtemp(dir=work))) for _ in range(runs)]
+            lava = find_lava(work)
+            poll = coordinator_conf().get("poll_delay", "?")
+            with port_lock():
+                wall = median(
+                    [
+                        run_lava(lava, two_node, Path(tempfile.mkdtemp(dir=work)))
+                        for _ in range(runs)
+                    ]
                 )
             rows.append(
-                Row("qemu", "2-node: LAVA lava-run wall / lavamq wall", lava, "s",
-                    "lavamq run, same job", medians["2-node"].wall, limit=2.0,
+                Row("qemu", f"2-node: LAVA {lava.version} lava-run (poll {poll} s) / lavamq",
+                    wall, "s", "lavamq run, same job", medians["2-node"].wall, limit=2.0,
                     higher_is_better=True)
             )  # fmt: skip
     finally:

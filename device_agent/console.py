@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -468,10 +469,31 @@ class Console(ConsoleBase):
         self._stop.set()
         with contextlib.suppress(Exception):
             self._port.cancel_read()
+        sock = _socket_of(self._port)
+        if sock is not None:
+            # the reader's wait on the socket ends now, not at its read timeout
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=2)
         with contextlib.suppress(Exception):
-            self._port.close()
+            if sock is not None:
+                # not pyserial's close: it sleeps 0.3 s "in case of quick reconnects";
+                # a reconnect here retries its open instead (_open_port), so the
+                # sleep would only hold every power-off of a VM
+                sock.close()
+                self._port._socket = None
+                self._port.is_open = False
+            else:
+                self._port.close()
         self._mark_closed("closed by lavamq")
+
+
+def _socket_of(port: Any) -> socket.socket | None:
+    """The socket under a pyserial ``socket://`` port (None for any other port)."""
+    from serial.urlhandler.protocol_socket import Serial as SocketSerial
+
+    sock = getattr(port, "_socket", None) if isinstance(port, SocketSerial) else None
+    return sock if isinstance(sock, socket.socket) else None
 
 
 class ScriptedConsole(ConsoleBase):

@@ -27,7 +27,7 @@ from device_agent import signals
 from dispatcher.action import Action, ActionTimeout, JobContext, remaining
 from dispatcher.attachments import AttachmentCollector
 from dispatcher.joblog import now_iso
-from dispatcher.overlay import Overlay, OverlaySpec, build_overlay
+from dispatcher.overlay import Overlay, OverlaySpec, build_overlay, joined_commands
 from dispatcher.testdef import RUNNER_EXIT, FetchedTest, PatternParser, case_id, validate_spec
 from schemas.errors import InfrastructureError, JobCanceled, JobError
 
@@ -315,8 +315,9 @@ class LavaTestShellAction(Action):
         target = ctx.device.install_overlay(overlay.root, 300.0 if left is None else left)
         ctx.log.info(f"overlay installed on {ctx.device.name} at {target}")
         device_env = ctx.device.test_shell_environment()
-        for command in overlay.setup_commands(target, ctx.device.cache_dir(), device_env):
-            self._run_checked(connection, command, deadline, ctx)
+        setup = overlay.setup_commands(target, ctx.device.cache_dir(), device_env)
+        for line in joined_commands(setup):
+            self._run_checked(connection, line, deadline, ctx)
 
         failures: list[Exception] = []
         tracker = ResultTracker(

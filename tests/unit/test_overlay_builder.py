@@ -41,3 +41,34 @@ def test_one_pass_writes_helpers_context_one_run_sh_per_definition_and_results(
     setup = overlay.setup_commands("/lava-70", "/tmp")
     assert "export LAVA_TEST_BIN=/lava-70/bin" in setup
     assert overlay.runner("/lava-70") == "/lava-70/bin/lava-test-runner"
+
+
+def test_setup_commands_joined_set_what_they_set_one_by_one_and_stop_at_a_failure(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from dispatcher.overlay import joined_commands, printf_export
+
+    commands = [f"export V{i}=value-{i}" for i in range(40)]
+    commands.append(printf_export("GROUP", "n1\tserver\nn2\tclient"))
+    lines = joined_commands(commands, limit=200)
+    assert 1 < len(lines) < len(commands) and all(len(line) <= 200 for line in lines)
+    script = "\n".join(f"{line}; echo rc=$?" for line in lines)
+    script += '\necho "$V0 $V39"; printf "%s" "$GROUP" | od -c | head -1'
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.count("rc=0") == len(lines)
+    assert "value-0 value-39" in out.stdout and "\\t" in out.stdout
+    # a failing command: the line's status is not 0 and what follows it did not run
+    (failing,) = joined_commands(["export A=1", "false", "export B=2"])
+    out = subprocess.run(
+        ["sh", "-c", f'{failing}; echo "rc=$? A=$A B=$B"'], capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "rc=1 A=1 B="
+    # a command longer than the limit goes alone
+    long = "export L=" + "x" * 300
+    assert joined_commands(["export A=1", long, "export B=2"], limit=100) == [
+        "{ export A=1; }",
+        f"{{ {long}; }}",
+        "{ export B=2; }",
+    ]
