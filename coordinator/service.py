@@ -124,6 +124,12 @@ class CoordinatorService:
             self.validator = SubmissionValidator(
                 timeout=s.validate_timeout, memory_bytes=s.validate_memory_mb << 20
             )
+            # its interpreter starts now, beside the rest of the start: the first
+            # submission does not wait for it (one that cannot start is retried then)
+            try:
+                self.validator.start()
+            except InfrastructureError as exc:
+                log.warning("coordinator: %s", exc.message)
         try:
             self.broker.declare(*topology.static_exchanges(), *topology.static_queues())
             self.resume(self.clock())

@@ -108,6 +108,10 @@ class SubmissionValidator:
             source,
         )
 
+    def start(self) -> None:
+        """Start the worker now (it imports the loader while the caller goes on)."""
+        self._worker()
+
     def close(self) -> None:
         """Stop the worker (a new one starts at the next ``load``)."""
         if self._conn is not None:

@@ -47,6 +47,15 @@ def test_the_worker_loads_what_the_loader_loads(validator: SubmissionValidator) 
     assert validator.replaced == 0
 
 
+def test_a_worker_started_ahead_is_the_one_that_loads(validator: SubmissionValidator) -> None:
+    validator.start()
+    started = validator._process
+    assert started is not None and started.is_alive()
+    text = SEED.read_text()
+    assert validator.load(text, "seed.yaml") == load_job(text, "seed.yaml")
+    assert validator._process is started and validator.replaced == 0
+
+
 @pytest.mark.parametrize(
     ("loader", "problem"),
     [
