@@ -129,6 +129,7 @@ class Broker:
         self.close()
 
     def safe_url(self) -> str:
+        """The broker URL without its password, for logs and messages."""
         return str(self.connection.as_uri())
 
     def connect(self) -> None:
@@ -173,6 +174,7 @@ class Broker:
             entity.bind(channel).declare()
 
     def close(self) -> None:
+        """Close the channel and release the connection."""
         with self._lock:
             if self._channel is not None:
                 with contextlib.suppress(Exception):
@@ -230,9 +232,11 @@ class Broker:
         return lambda: entity.bind(self.channel()).declare()
 
     def forget(self, kind: str, name: str) -> None:
+        """Forget that an entity was declared, so a reconnect does not declare it again."""
         self._declared.pop((kind, name), None)
 
     def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        """Bind ``queue`` to ``exchange`` by name (retried across a reconnect)."""
         with self._lock:
             self._retrying(
                 f"bind queue {queue!r} to {exchange!r}",

@@ -141,13 +141,16 @@ class QueueConsumer(DeliveryHandling):
     # --- control ---
 
     def stop(self) -> None:
+        """Ask the consumer loop to end (``run`` returns)."""
         self._stop.set()
 
     @property
     def stopped(self) -> bool:
+        """Whether ``stop()`` was called."""
         return self._stop.is_set()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the broker consumes every queue (False on timeout)."""
         return self._ready.wait(timeout)
 
     def add_queue(self, queue: Queue, timeout: float = 30.0) -> None:

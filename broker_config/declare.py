@@ -68,6 +68,7 @@ class ManagementAPI:
 
     @classmethod
     def from_broker_url(cls, broker_url: str, management_url: str | None = None) -> ManagementAPI:
+        """The management API of the broker at ``broker_url`` (its user, vhost and host)."""
         parts = urllib.parse.urlsplit(cluster.first_url(broker_url))
         vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         host = parts.hostname or "127.0.0.1"
@@ -80,6 +81,7 @@ class ManagementAPI:
         )
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One management API request; the decoded JSON answer (None when empty)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base_url + "/api" + path, data=data, method=method)
         token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
@@ -103,23 +105,29 @@ class ManagementAPI:
         return json.loads(raw) if raw else None
 
     def q(self, name: str) -> str:
+        """``name`` quoted for a management API path (a vhost ``/`` too)."""
         return urllib.parse.quote(name, safe="")
 
     def put_policy(self, policy: dict[str, Any]) -> None:
+        """Create or replace one policy of the vhost."""
         body = {k: v for k, v in policy.items() if k != "name"}
         self.call("PUT", f"/policies/{self.q(self.vhost)}/{self.q(policy['name'])}", body)
 
     def list_policies(self) -> list[dict[str, Any]]:
+        """The vhost's policies."""
         return self.call("GET", f"/policies/{self.q(self.vhost)}") or []
 
     def exchanges(self) -> list[dict[str, Any]]:
+        """The vhost's exchanges."""
         return self.call("GET", f"/exchanges/{self.q(self.vhost)}") or []
 
     def bindings_from(self, exchange: str) -> list[dict[str, Any]]:
+        """The bindings whose source is ``exchange``."""
         path = f"/exchanges/{self.q(self.vhost)}/{self.q(exchange)}/bindings/source"
         return self.call("GET", path) or []
 
     def delete_exchange(self, exchange: str) -> None:
+        """Delete ``exchange`` if nothing is bound to it any more."""
         self.call("DELETE", f"/exchanges/{self.q(self.vhost)}/{self.q(exchange)}?if-unused=true")
 
 

@@ -53,10 +53,12 @@ class Delivery:
 
     @property
     def headers(self) -> dict[str, Any]:
+        """The message's AMQP headers (a copy)."""
         return dict(self.message.headers or {})
 
     @property
     def properties(self) -> dict[str, Any]:
+        """The message's AMQP properties (a copy)."""
         return dict(self.message.properties or {})
 
 

@@ -81,6 +81,7 @@ class UserPermissions:
     tags: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """As data, for ``--json`` and the management API."""
         return {
             "user": self.user,
             "configure": self.configure,

@@ -58,6 +58,7 @@ class RpcClient:
         self.close()
 
     def close(self) -> None:
+        """Cancel the reply consumer and close the connection."""
         if self._consumer is not None:
             try:
                 self._consumer.cancel()

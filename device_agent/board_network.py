@@ -71,6 +71,7 @@ class BoardNetwork:
 
     @property
     def bridge(self) -> str:
+        """The host bridge the board's network namespace is attached to."""
         return str(self.settings.get("bridge", "lavamq0"))
 
     def address(self) -> str:

@@ -117,6 +117,7 @@ class Bridge:
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> Bridge:
+        """Start answering the console's MultiNode signals (in a thread of its own)."""
         self._worker = threading.Thread(target=self._work, name=f"bridge-{self.node}", daemon=True)
         self._worker.start()
         self.console.add_input_listener(self.note_input)
@@ -124,6 +125,7 @@ class Bridge:
         return self
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stop answering signals and wait for the call in progress to end."""
         self.console.signals.unsubscribe(self.on_signal)
         self.console.remove_input_listener(self.note_input)
         if self._worker is not None:

@@ -70,6 +70,7 @@ class TextCleaner:
         self._pending = ""
 
     def feed(self, data: bytes) -> str:
+        """Decode one chunk, dropping terminal escapes (one cut across chunks waits)."""
         text = self._pending + self._decoder.decode(data)
         self._pending = ""
         tail = PARTIAL_ESCAPE_RE.search(text[-64:]) if "\x1b" in text[-64:] else None
@@ -154,6 +155,7 @@ class ConsoleBase:
             self._listeners = [*self._listeners, listener]
 
     def remove_listener(self, listener: OutputListener) -> None:
+        """Stop calling an output listener."""
         with self._cond:
             self._listeners = [x for x in self._listeners if x != listener]
 
@@ -163,6 +165,7 @@ class ConsoleBase:
             self._input_listeners = [*self._input_listeners, listener]
 
     def remove_input_listener(self, listener: InputListener) -> None:
+        """Stop calling an input listener."""
         with self._cond:
             self._input_listeners = [x for x in self._input_listeners if x != listener]
 
@@ -220,6 +223,7 @@ class ConsoleBase:
 
     @property
     def closed(self) -> bool:
+        """Whether the console was closed (by lavamq or by the device)."""
         return self._closed_reason is not None
 
     # --- protocol -------------------------------------------------------------
@@ -241,6 +245,7 @@ class ConsoleBase:
             self._write(data)
 
     def sendline(self, text: str = "", line_ending: str = "\n") -> None:
+        """Write ``text`` and a line ending."""
         self.send(text + line_ending)
 
     def expect(
@@ -337,6 +342,7 @@ class ConsoleBase:
             return self._tail[-size:]
 
     def close(self) -> None:
+        """Close the console: readers see ConsoleClosed."""
         self._mark_closed("closed by lavamq")
 
     def __enter__(self) -> ConsoleBase:
@@ -464,6 +470,7 @@ class Console(ConsoleBase):
             raise ConsoleClosed(f"console {self.name}: write to {self.url} failed: {exc}") from exc
 
     def close(self) -> None:
+        """Stop the reader thread and close the serial port."""
         if self._stop.is_set():
             return
         self._stop.set()

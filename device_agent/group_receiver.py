@@ -99,6 +99,7 @@ class GroupReceiver:
 
     @property
     def attached(self) -> int:
+        """How many local nodes read through this receiver."""
         with self._lock:
             return sum(len(n) for n in self._nodes.values())
 
@@ -137,6 +138,7 @@ class GroupReceiver:
             return self._lead.pop(group)
 
     def stop(self) -> None:
+        """Stop reading (when the last node left) and wait for the thread."""
         self.stopped = True
         self.consumer.stop()
         if self._thread is not threading.current_thread():

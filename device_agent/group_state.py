@@ -81,6 +81,7 @@ class GroupState:
         self._hooks.append(hook)
 
     def remove_hook(self, hook: DeliveryHook) -> None:
+        """Stop calling a delivery hook (its node left)."""
         self._hooks = [h for h in self._hooks if h != hook]
 
     # --- any thread, holding ``cond`` ---

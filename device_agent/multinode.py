@@ -352,6 +352,7 @@ class MultinodeClient:
         )
 
     def close(self) -> None:
+        """Leave the group's receiver; closes the node's own broker connection."""
         self._state.remove_hook(self._on_message)
         group_receiver.detach(self.broker_url, self.group, self.self_name, self._receiver)
         if self._own_broker:

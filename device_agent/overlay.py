@@ -41,6 +41,7 @@ class MultinodeContext:
         return cls(str(client.self_name), str(client.role), dict(client.group_members()))
 
     def check(self) -> None:
+        """Refuse node and role names the helpers could not pass on (JobError)."""
         for node, role in {self.self_name: self.role, **self.group}.items():
             for what, value in (("node", node), ("role", role)):
                 if not value or any(ch in value for ch in "\t\n<> "):

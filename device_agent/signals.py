@@ -70,10 +70,12 @@ class MultinodeCall:
 
     @property
     def blocking(self) -> bool:
+        """Whether the call waits for the group (the helper blocks on its reply)."""
         return self.api in BLOCKING
 
     @property
     def operation(self) -> str:
+        """The helper's name, as errors and results call it (``lava-wait-all``)."""
         return operation_name(self.api)
 
 
@@ -190,6 +192,7 @@ class Invalid:
 
     @property
     def blocking(self) -> bool:
+        """Whether the helper waits for a reply (it gets an error one)."""
         return self.api in BLOCKING
 
 
@@ -479,6 +482,7 @@ class SignalReader:
             ]
 
     def unsubscribe(self, listener: LineListener) -> None:
+        """Stop calling a listener."""
         with self._lock:
             self._subscribers = [s for s in self._subscribers if s.listener != listener]
 

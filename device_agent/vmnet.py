@@ -130,6 +130,7 @@ class VmNic:
     socket: Path
 
     def qemu_args(self, netdev_id: str = "lavanet0") -> list[str]:
+        """The QEMU options that plug the VM into the group's switch."""
         return [
             "-netdev",
             f"vde,id={netdev_id},sock={self.socket}",

@@ -140,6 +140,7 @@ class EmbeddedLab:
     # --- life cycle ---------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> EmbeddedLab:
+        """Start the lab's services and wait until each is ready."""
         from dispatcher.daemon import Dispatcher
 
         if not is_amqp_url(self.broker_url):
@@ -203,6 +204,7 @@ class EmbeddedLab:
     # --- using it -----------------------------------------------------------
 
     def client(self) -> CoordinatorClient:
+        """The lab's coordinator client (one, made on first use)."""
         if self._client is None:
             self._client = CoordinatorClient(self.broker_url, timeout=self.rpc_timeout)
         return self._client
@@ -228,6 +230,7 @@ class EmbeddedLab:
             time.sleep(0.1)
 
     def submit(self, definition: str, source: str) -> dict[str, Any]:
+        """Submit a job file's text as the current user."""
         return self.client().submit(definition, source, os.environ.get("USER") or "lavamq-run")
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict[str, Any]:

@@ -72,6 +72,7 @@ class ProgressPrinter:
             self.emit = _dropped
 
     def log_batch(self, body: dict[str, Any]) -> None:
+        """Print the lines of a log batch of this job that a user should see."""
         if self._held("log", body) or str(body["job"]) != self.job_id:
             return
         node = body["node"]
@@ -93,6 +94,7 @@ class ProgressPrinter:
                 self._out(f"[{node}] {level}: {message}")
 
     def event(self, body: dict[str, Any]) -> None:
+        """Print a job or node event of this job."""
         if self._held("event", body):
             return
         if body.get("job_id") is None or str(body["job_id"]) != self.job_id:
@@ -144,10 +146,12 @@ class ProgressWatcher:
             self.printer.event(delivery.body)
 
     def start(self) -> ProgressWatcher:
+        """Start printing progress (in a thread of its own)."""
         self._thread = run_in_thread(self.consumer, "lavamq-progress")
         return self
 
     def stop(self) -> None:
+        """Stop printing progress."""
         self.consumer.stop()
         if self._thread is not None:
             self._thread.join(5)

@@ -85,6 +85,7 @@ class ServerClient:
             raise Unanswered(f"no answer from the lab server at {self.url}: {exc}") from None
 
     def get(self, path: str, **query: Any) -> Any:
+        """GET ``path`` of the REST API with ``query``; the decoded JSON."""
         return json.loads(self._request("GET", path, **query))
 
     def submit(
@@ -101,12 +102,14 @@ class ServerClient:
         return result
 
     def jobs(self, states: list[str], limit: int, key: str | None = None) -> list[dict[str, Any]]:
+        """The newest jobs (by state, submission key), as ``lavamq jobs`` lists them."""
         items: list[dict[str, Any]] = self.get("/jobs", state=states or None, limit=limit, key=key)[
             "items"
         ]
         return items
 
     def results(self, job_id: int) -> dict[str, Any]:
+        """A job's result bundle."""
         bundle: dict[str, Any] = self.get(f"/jobs/{job_id}/results")
         return bundle
 

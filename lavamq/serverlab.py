@@ -78,20 +78,24 @@ class ServerLab:
 
     @property
     def broker_url(self) -> str:
+        """The embedded lab's broker (in memory)."""
         return MEMORY_URL
 
     def start(self, timeout: float = 60.0) -> ServerLab:
+        """Start the lab and its log store."""
         self.lab.start(timeout)
         self.log_store = LogStore(MEMORY_URL, self.log_dir)
         self.log_store.start()
         return self
 
     def stop(self) -> None:
+        """Stop the log store and the lab."""
         if self.log_store is not None:
             self.log_store.stop()
         self.lab.stop()
 
     def boards(self) -> list[str]:
+        """The lab's boards and what each emulates, for the start-up message."""
         return [
             f"{d['name']} ({d.get('settings', {}).get('emulates') or d['device_type']})"
             for d in self.lab.host_config.get("device", [])

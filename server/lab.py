@@ -83,6 +83,7 @@ class Lab:
         self._clients: queue.LifoQueue[CoordinatorClient] = queue.LifoQueue()
 
     def close(self) -> None:
+        """Close the coordinator clients and the store connections."""
         while not self._clients.empty():
             self._clients.get_nowait().close()
         self.reader.close()
@@ -105,6 +106,7 @@ class Lab:
         self._clients.put(client)
 
     def rpc(self, call: Callable[[CoordinatorClient], T]) -> T:
+        """Run ``call`` with a pooled coordinator client (writes go through the coordinator)."""
         with self._client() as client:
             return call(client)
 
@@ -130,13 +132,16 @@ class Lab:
     # --- who may do what --------------------------------------------------
 
     def identify(self, token: str, name: str | None = None) -> Identity | None:
+        """The user a token belongs to (and ``name``, when given, must match), or None."""
         return self.users.authenticate(token, name)
 
     def check_read(self, who: Identity) -> None:
+        """Refuse an anonymous reader when the lab asks readers to log in."""
         if who.anonymous and not self.settings.anonymous_read:
             raise LoginRequired("Authentication with user and token required for this API.")
 
     def visible_node(self, who: Identity, job: lava.LavaJobId) -> NodeRow:
+        """The node ``job`` names, if ``who`` may see it (else PermissionDenied)."""
         self.check_read(who)
         row = self.reader.node(job)
         if not self.reader.can_view(row, who, self.settings.anonymous_read):
@@ -144,6 +149,7 @@ class Lab:
         return row
 
     def visible_nodes(self, who: Identity, job_id: int) -> list[NodeRow]:
+        """Every node of a job ``who`` may see."""
         self.visible_node(who, lava.LavaJobId(job_id))
         return self.reader.job_nodes(job_id)
 
@@ -178,9 +184,11 @@ class Lab:
     # --- devices ----------------------------------------------------------
 
     def device(self, name: str) -> dict[str, Any]:
+        """One device by name (NotFound)."""
         return self.reader.device(name)
 
     def host(self, name: str) -> dict[str, Any]:
+        """One dispatcher host by name (NotFound)."""
         return self.reader.host(name)
 
 

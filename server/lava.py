@@ -26,6 +26,7 @@ class LavaJobId:
 
     @property
     def index(self) -> int:
+        """The node's index in its job (0 for the job as a whole)."""
         return self.node or 0
 
 

@@ -43,6 +43,7 @@ class LiveTap:
         self._thread: threading.Thread | None = None
 
     def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every batch and event of every job."""
         with self._lock:
             self._all.append(listener)
 
@@ -54,6 +55,7 @@ class LiveTap:
             return self._next
 
     def unsubscribe(self, job_id: int, handle: int) -> None:
+        """Stop a listener ``subscribe`` returned ``handle`` for."""
         with self._lock:
             subs = self._jobs.get(str(job_id), {})
             subs.pop(handle, None)
@@ -61,6 +63,7 @@ class LiveTap:
                 self._jobs.pop(str(job_id), None)
 
     def start(self) -> LiveTap:
+        """Bind this process's queues to ``lava.logs`` and ``lava.events`` and start reading."""
         amqp = is_amqp_url(self.broker_url)
         name = f"lava.server.{uuid.uuid4().hex[:12]}"
         queues = [
@@ -86,6 +89,7 @@ class LiveTap:
         return self
 
     def stop(self) -> None:
+        """Stop reading and wait for the consumer thread."""
         if self._consumer is not None:
             self._consumer.stop()
         if self._thread is not None:

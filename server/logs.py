@@ -77,6 +77,7 @@ class LogIndex:
         self._lock = threading.Lock()
 
     def node_dir(self, job_id: int, node: str) -> Path:
+        """The directory of one node's job log (names checked: no path escapes the store)."""
         return (
             self.root / topology.check_name("job", str(job_id)) / topology.check_name("node", node)
         )
@@ -98,6 +99,7 @@ class LogIndex:
         return out
 
     def total(self, job_id: int, node: str) -> int:
+        """How many records a node's job log has so far."""
         return sum(n for _, n in self.files(job_id, node))
 
     def records(

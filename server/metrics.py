@@ -37,6 +37,7 @@ class StoreCollector(Collector):
         self.reader = reader
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The store's gauges (jobs, devices, the queue) at scrape time."""
         now = time.time()
         with self.reader.session() as s:
             jobs = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
@@ -125,4 +126,5 @@ class Metrics:
             self.sync_latency.observe(latency)
 
     def render(self) -> bytes:
+        """The metrics in Prometheus' text format."""
         return generate_latest(self.registry)

@@ -81,10 +81,12 @@ class NodeRow:
 
     @property
     def display_id(self) -> int | str:
+        """The id LAVA shows for this node (``J`` or ``J.N``)."""
         return lava.display_id(self.job_id, self.index, self.nodes)
 
     @property
     def lava_state(self) -> tuple[str, str]:
+        """The node's state and health as LAVA names them."""
         after = (self.end_time or 0.0) >= (self.job_end_time or 0.0)
         return lava.node_state(self.state, self.job_state, ended_after_cancel=after)
 
@@ -220,6 +222,7 @@ class Visibilities:
         self._lock = threading.Lock()
 
     def of(self, conn: Connection, job_ids: Iterable[int]) -> dict[int, str]:
+        """Each job's visibility, from a cache filled from the store for the jobs it lacks."""
         out: dict[int, str] = {}
         missing: list[int] = []
         with self._lock:

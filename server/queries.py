@@ -37,10 +37,12 @@ class LabReader:
         self.visibilities = Visibilities()
 
     def close(self) -> None:
+        """Close the store connections."""
         self.engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """One read transaction."""
         with self.sessions.begin() as s:
             yield s
 
@@ -62,6 +64,7 @@ class LabReader:
 
     @staticmethod
     def can_view(row: NodeRow, who: Identity, anonymous_read: bool) -> bool:
+        """Whether ``who`` may see a node: admins and its submitter always, others public ones."""
         if who.is_admin or (who.name is not None and who.name == row.submitter):
             return True
         if row.visibility == "public":
@@ -160,6 +163,7 @@ class LabReader:
         return items, total
 
     def count_nodes(self, *, state: str | None = None, health: str | None = None) -> int:
+        """How many nodes are in ``state`` and ``health`` (either may be None: any)."""
         sub, job = node_rows.SUB, node_rows.JOB
         q = select(func.count()).select_from(sub).join(job, sub.c.job_id == job.c.id)
         with self.connection() as conn:
@@ -222,6 +226,7 @@ class LabReader:
         return {j: sorted(t) for j, t in out.items()}
 
     def definition(self, job_id: int) -> str:
+        """A job's definition as submitted (NotFound)."""
         with self.session() as s:
             text = s.scalar(select(Job.definition).where(Job.id == job_id))
         if text is None:
@@ -233,6 +238,7 @@ class LabReader:
     def results(
         self, subjob_id: int, suite: str | None = None, case: str | None = None
     ) -> list[dict[str, Any]]:
+        """A node's test results, by suite and case when given."""
         with self.session() as s:
             q = select(Result).where(Result.subjob_id == subjob_id)
             if suite is not None:
@@ -253,6 +259,7 @@ class LabReader:
             ]
 
     def suites(self, subjob_id: int) -> list[str]:
+        """The suites (test runs) of a node's results."""
         with self.session() as s:
             q = select(Result.test_run).where(Result.subjob_id == subjob_id).distinct()
             return sorted(s.scalars(q))
@@ -260,6 +267,7 @@ class LabReader:
     # --- devices and hosts ------------------------------------------------
 
     def devices(self, *, include_retired: bool = False) -> list[dict[str, Any]]:
+        """The lab's devices with their type, host and current job."""
         with self.session() as s:
             q = (
                 select(Device, DeviceType.name, Host.name)
@@ -286,6 +294,7 @@ class LabReader:
             ]
 
     def device(self, name: str) -> dict[str, Any]:
+        """One device by name, retired ones too (NotFound)."""
         for d in self.devices(include_retired=True):
             if d["name"] == name:
                 return d
@@ -310,6 +319,7 @@ class LabReader:
         return out
 
     def device_types(self) -> list[dict[str, Any]]:
+        """The device types with how many devices each has."""
         with self.session() as s:
             counts = dict(
                 s.execute(
@@ -324,6 +334,7 @@ class LabReader:
         return [{"name": n, "devices": int(c)} for n, c in sorted(counts.items())]
 
     def hosts(self) -> list[dict[str, Any]]:
+        """The dispatcher hosts with their devices."""
         with self.session() as s:
             hosts = list(s.scalars(select(Host).order_by(Host.name)))
             names: dict[int, list[str]] = {}
@@ -342,6 +353,7 @@ class LabReader:
             ]
 
     def host(self, name: str) -> dict[str, Any]:
+        """One dispatcher host by name (NotFound)."""
         for h in self.hosts():
             if h["name"] == name:
                 return h

@@ -35,10 +35,12 @@ class ReadyServer(uvicorn.Server):
     """A uvicorn server that prints the ready line once it listens."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does, then print the ready line with each address."""
         await super().startup(sockets)
         announce(s for srv in self.servers for s in (srv.sockets or ()))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Stop as uvicorn does, without raising the handled signal again."""
         super().handle_exit(sig, frame)
         # uvicorn raises a caught SIGTERM again once it has stopped, which would kill
         # the process before ``lavamq server`` stops its embedded lab (boards powered

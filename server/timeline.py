@@ -44,6 +44,7 @@ class Span:
     role: str | None = None  # lava-wait-all's role
 
     def to_dict(self) -> dict[str, Any]:
+        """As the page's timeline data."""
         return {"kind": self.kind, "label": self.label, "start": self.start, "end": self.end}
 
 
@@ -129,6 +130,7 @@ class Timeline:
         return True
 
     def expected(self, barrier: Barrier) -> list[str]:
+        """The nodes a barrier waits for (a wait-all: the senders it needs)."""
         if barrier.kind == "lava-wait-all":
             # every node (of the role) must have sent the message
             nodes = [n for n, r in self.members.items() if barrier.role in (None, r)]
@@ -136,6 +138,7 @@ class Timeline:
         return sorted(self.members)
 
     def waiting_for(self, barrier: Barrier) -> list[str]:
+        """The nodes a barrier still waits for (none once released)."""
         if barrier.released is not None:
             return []
         have = (
@@ -146,6 +149,7 @@ class Timeline:
         return [n for n in self.expected(barrier) if n not in have]
 
     def to_dict(self, now: float) -> dict[str, Any]:
+        """The lanes and barriers as the page's timeline data at ``now``."""
         barriers = []
         for b in self.barriers.values():
             waiting = self.waiting_for(b)

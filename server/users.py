@@ -60,6 +60,7 @@ class Identity:
 
     @property
     def anonymous(self) -> bool:
+        """Whether no user is logged in."""
         return self.name is None
 
 
@@ -91,9 +92,11 @@ class UserStore:
         )
 
     def close(self) -> None:
+        """Close the store connections."""
         self.engine.dispose()
 
     def add_user(self, name: str, *, admin: bool = False) -> Identity:
+        """Add a user (its name checked); ConfigurationError if it exists."""
         if not _USER_NAME.match(name):
             raise ConfigurationError(
                 f"invalid user name {name!r}: 1 to 150 of A-Z a-z 0-9 _ . @ + -"
@@ -123,6 +126,7 @@ class UserStore:
         return token
 
     def users(self) -> list[Identity]:
+        """Every user, by name."""
         with self.sessions.begin() as s:
             rows = s.scalars(select(User).order_by(User.name))
             return [Identity(u.name, u.is_admin) for u in rows]

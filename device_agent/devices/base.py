@@ -110,6 +110,7 @@ class Device(ABC):
         ]
 
     def default_prompts(self) -> list[str]:
+        """The prompts of this device type when its config names none."""
         return []
 
     def prepare_boot(self, request: BootRequest) -> list[str]:
@@ -156,13 +157,15 @@ class Device(ABC):
 
     # --- power ----------------------------------------------------------------
     @abstractmethod
-    def power_on(self) -> None: ...
+    def power_on(self) -> None:
+        """Switch the device on (its console may not answer yet)."""
 
     @abstractmethod
     def power_off(self) -> None:
         """Must leave nothing running; safe to call when already off."""
 
     def power_reset(self) -> None:
+        """The config's reset commands, else power off then on."""
         commands = self.config.get("reset") or []
         if commands:
             self.run_commands(commands, "reset")
@@ -238,16 +241,19 @@ class Device(ABC):
         return console
 
     def login(self, console: ConsoleBase, deadline: float) -> None:
+        """Type the config's login steps, each after what it expects."""
         for step in self.config.get("login") or []:
             console.expect(step["expect"], remaining(deadline, f"device {self.name}: login"))
             console.sendline(step["send"])
 
     def wait_for_prompt(self, console: ConsoleBase, deadline: float) -> None:
+        """Wait for one of the device's shell prompts, by the boot's deadline."""
         if not self.prompts:
             raise ConfigurationError(f"device {self.name}: no prompts configured")
         console.read_until_prompt(remaining(deadline, f"device {self.name}: boot"), self.prompts)
 
     def run_setup(self, console: ConsoleBase, setup: Sequence[str], deadline: float) -> None:
+        """Run each setup command at the prompt (the overlay's environment)."""
         for command in setup:
             console.sendline(command)
             console.read_until_prompt(

@@ -129,6 +129,7 @@ class QemuDevice(Device):
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> list[str]:
+        """What is wrong with a ``qemu`` device's config (memory, arch, accel ...)."""
         problems = super().validate_config(config)
         settings = config.get("settings", {})
         try:
@@ -149,9 +150,11 @@ class QemuDevice(Device):
         return problems
 
     def default_prompts(self) -> list[str]:
+        """The prompt of the project's test image."""
         return [DEFAULT_PROMPT]
 
     def describe(self) -> dict[str, Any]:
+        """The device's description, with its arch, memory and accel setting."""
         data = super().describe()
         data.update({"arch": self.arch, "memory": self.memory, "accel": self.accel_setting})
         return data
@@ -195,6 +198,7 @@ class QemuDevice(Device):
         return TargetInterface(str(self.nic.address.ip), self.nic.mac)
 
     def set_kernel_args(self, args: Sequence[str] | str) -> None:
+        """Kernel arguments the job adds to the next boot."""
         self.job_kernel_args = args.split() if isinstance(args, str) else list(args)
 
     def set_overlay(self, overlay_dir: str | Path | None) -> None:
@@ -341,6 +345,7 @@ class QemuDevice(Device):
 
     # --- power ---------------------------------------------------------------------
     def power_on(self) -> None:
+        """Start the VM (leftovers of an earlier run reaped first)."""
         if self.process is not None and self.process.running():
             return
         self.workdir.mkdir(parents=True, exist_ok=True)

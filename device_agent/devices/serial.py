@@ -27,6 +27,7 @@ class SerialDevice(Device):
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> list[str]:
+        """What is wrong with a ``serial`` device's config (a console URL, power commands)."""
         problems = super().validate_config(config)
         console = config.get("console")
         if not console or console == "pty":
@@ -41,9 +42,11 @@ class SerialDevice(Device):
         return problems
 
     def power_on(self) -> None:
+        """Run the config's power-on commands."""
         self.run_commands(self.config.get("power_on") or [], "power on")
 
     def power_off(self) -> None:
+        """Run the config's power-off commands."""
         self.run_commands(self.config.get("power_off") or [], "power off")
 
     def _open_console(self) -> ConsoleBase:

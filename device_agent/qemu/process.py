@@ -118,10 +118,12 @@ class QemuProcess:
 
     @property
     def pid(self) -> int | None:
+        """QEMU's pid once started."""
         return self.popen.pid if self.popen is not None else None
 
     @property
     def console_url(self) -> str:
+        """The pyserial URL of the VM's serial console."""
         return f"socket://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
@@ -178,6 +180,7 @@ class QemuProcess:
         return "\n".join(lines) or "(no QEMU output)"
 
     def running(self) -> bool:
+        """Whether QEMU was started and has not exited."""
         return self.popen is not None and self.popen.poll() is None
 
     def _qmp_quit(self, timeout: float) -> bool:

@@ -105,6 +105,7 @@ class JobView:
         return [line(self.index[node], r) for r in records], changed
 
     def timeline_data(self) -> dict[str, Any]:
+        """The group's timeline now, for the page."""
         return self.timeline.to_dict(time.time())
 
 
