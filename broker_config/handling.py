@@ -155,8 +155,14 @@ class DeliveryHandling:
         return delivery
 
     def _handle(self, messages: list[Message]) -> None:
+        self._dispatch(self._prepare(messages, set()))
+
+    def _prepare(
+        self, messages: list[Message], in_batch: set[tuple[str, str, str]]
+    ) -> list[Delivery]:
+        """Decode and authorize ``messages`` (dropping copies of what ``in_batch``
+        holds, and adding theirs); the deliveries to hand to the handler."""
         deliveries: list[Delivery] = []
-        in_batch: set[tuple[str, str, str]] = set()
         for message in messages:
             key = self._seen_key(message)
             if key is not None and key in in_batch:
@@ -169,6 +175,10 @@ class DeliveryHandling:
             delivery = self._decode(message)
             if delivery is not None:
                 deliveries.append(delivery)
+        return deliveries
+
+    def _dispatch(self, deliveries: list[Delivery]) -> None:
+        """Hand prepared deliveries to the handler (all at once to a batch handler)."""
         if not deliveries:
             return
         if self.batch_handler is not None:

@@ -271,6 +271,7 @@ class MultinodeClient:
         with self._cond:
             self._waiting.add(key)
             self._state.waiting[key] = self.self_name
+        waiting = True
         try:
             if self._receiver.connects != since and key not in self._state.releases:
                 # reconnected meanwhile: a transient release may have died with the broker
@@ -279,6 +280,11 @@ class MultinodeClient:
                 while True:
                     self._check_failed()
                     if key in self._state.releases:
+                        # done while still holding the condition: a release wakes
+                        # every node of the group at once, and each taking the
+                        # lock once more to clean up was a second queue of them
+                        self._stop_waiting(key)
+                        waiting = False
                         return
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -287,10 +293,15 @@ class MultinodeClient:
             _, message_id, generation, role = key
             self._timed_out(operation, message_id, limit, generation, role)
         finally:
-            with self._cond:
-                self._waiting.discard(key)
-                if self._state.waiting.get(key) == self.self_name:
-                    del self._state.waiting[key]
+            if waiting:
+                with self._cond:
+                    self._stop_waiting(key)
+
+    def _stop_waiting(self, key: ReleaseKey) -> None:
+        """Forget that this node waits for ``key`` (the caller holds ``_cond``)."""
+        self._waiting.discard(key)
+        if self._state.waiting.get(key) == self.self_name:
+            del self._state.waiting[key]
 
     def waiting_for(self) -> list[ReleaseKey]:
         """Releases a caller of this node waits for now."""
