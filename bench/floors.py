@@ -158,14 +158,18 @@ def publish_rounds(
     return confirms, delivered
 
 
-def sync_floor(url: str, n: int, rounds: int) -> tuple[float, dict[str, float]]:
+def sync_floor(
+    url: str, n: int, rounds: int, threads: int | None = None
+) -> tuple[float, dict[str, float]]:
     """The floor of one N-node lava-sync release, in seconds (p50 of each step, summed).
 
     What no implementation over this broker can beat: the last acknowledgement's
     way into a quorum queue and out to its consumer, one transient message to a
-    fanout exchange of N queues until a consumer of one has it, and waking N
-    waiting threads. Measured in ``url``'s vhost, cleaned up afterwards.
+    fanout exchange of N queues until a consumer of one has it, and waking
+    ``threads`` (N) waiting threads: one host's nodes. Measured in ``url``'s
+    vhost, cleaned up afterwards.
     """
+    threads = n if threads is None else threads
     conn = pika.BlockingConnection(pika.URLParameters(url))
     channel = conn.channel()
     channel.confirm_delivery()
@@ -191,7 +195,7 @@ def sync_floor(url: str, n: int, rounds: int) -> tuple[float, dict[str, float]]:
     steps = {
         "quorum queue publish → delivered": statistics.median(quorum),
         f"fanout to {n} queues → one has it": statistics.median(fanout),
-        f"wake {n} threads": statistics.median(wake_threads(n, rounds)),
+        f"wake {threads} threads": statistics.median(wake_threads(threads, rounds)),
     }
     return sum(steps.values()), steps
 

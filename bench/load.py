@@ -3,8 +3,11 @@
     python bench/load.py [--groups 1 10 50] [--nodes 4] [--rounds 20] [--barriers 1 2 4]
                          [--cluster]
 
-Every node is a real ``MultinodeClient`` (its own publishing connection, the
-process's group receiver) in its own thread; each of the K groups runs
+Every node is a real ``MultinodeClient`` (its own publishing connection, its
+process's group receiver) in its own thread; the groups are spread over
+``--processes`` node processes (4; each group's nodes in one process, as on
+a dispatcher host: 200 nodes in one Python process measured that process's
+GIL, not lavamq); each of the K groups runs
 ``--rounds`` rounds of one ``lava-send`` per node and one ``lava-sync``, all
 groups at once, against 1, 2 and 4 ``lavamq barrier`` processes (real
 processes of the lavamq under test). ``--cluster`` runs the same on the
@@ -22,6 +25,7 @@ shard.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import statistics
@@ -32,6 +36,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
@@ -41,6 +46,7 @@ from common import (  # noqa: E402
     MissingPiece,
     Row,
     bench_vhost,
+    cpu_seconds,
     percentile,
     print_rows,
     running_cluster,
@@ -80,51 +86,44 @@ def start_barriers(url: str, count: int, tmp: Path) -> list[subprocess.Popen[str
 
 
 def _cpu_seconds(procs: list[subprocess.Popen[str]]) -> list[float]:
-    """CPU seconds so far of this process (every node's client) and of each barrier."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    out = [usage.ru_utime + usage.ru_stime]
-    tick = os.sysconf("SC_CLK_TCK")
-    for proc in procs:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        out.append((int(fields[11]) + int(fields[12])) / tick)
-    return out
+    """CPU seconds so far of each barrier process."""
+    return [cpu_seconds(proc.pid) for proc in procs]
 
 
-def run_groups(url: str, k: int, n: int, rounds: int) -> dict[str, float]:
-    """K groups at once; aggregate rates, release latencies and lost messages."""
-    broker = Broker(url)
-    groups = [f"load{uuid.uuid4().hex[:8]}" for _ in range(k)]
-    members = {f"node{i:02d}": "server" if i == 0 else "client" for i in range(n)}
-    for g in groups:
-        create_group(broker, g, members, timeout=300)
+def node_process(
+    url: str, groups: list[str], n: int, rounds: int, ready: Any, go: Any, out: Any
+) -> None:
+    """(A process.) Every node of ``groups``: its rounds of one send and one sync each.
+
+    Puts ``(stamps, lost, error, cpu, ended)``: (group, round) → every node's
+    (published, released) times, the messages a node did not get, the first
+    node's failure (or ""), the CPU seconds of this process and when its last
+    node finished (``time.perf_counter``, the same clock in every process).
+    """
+    members = node_names(n)
     clients = [MultinodeClient(url, g, m, members, timeout=300) for g in groups for m in members]
-    # (group, round) -> [(published, released)] of its nodes
     stamps: dict[tuple[str, int], list[tuple[float, float]]] = {}
     lock = threading.Lock()
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(clients) + 1)
+    errors: list[str] = []
 
     def node(c: MultinodeClient) -> None:
         try:
-            start.wait()
+            go.wait()
             for r in range(rounds):
                 c.send(f"m{r}", {"r": str(r)})
                 stamp = timed_sync(c, "load", 300)
                 with lock:
                     stamps.setdefault((c.group, r), []).append(stamp)
         except BaseException as exc:
-            errors.append(exc)
+            errors.append(repr(exc))
 
     threads = [threading.Thread(target=node, args=(c,), daemon=True) for c in clients]
     for t in threads:
         t.start()
-    start.wait()
-    began = time.perf_counter()
+    ready.put(len(clients))
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - began
-    if errors:
-        raise SystemExit(f"load: K={k} n={n}: a node failed: {errors[0]!r}")
+    ended = time.perf_counter()
     lost = sum(
         1
         for c in clients
@@ -134,9 +133,47 @@ def run_groups(url: str, k: int, n: int, rounds: int) -> dict[str, float]:
     )
     for c in clients:
         c.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((stamps, lost, errors[0] if errors else "", usage.ru_utime + usage.ru_stime, ended))
+
+
+def node_names(n: int) -> dict[str, str]:
+    """node → role of each group's ``n`` nodes."""
+    return {f"node{i:02d}": "server" if i == 0 else "client" for i in range(n)}
+
+
+def run_groups(url: str, k: int, n: int, rounds: int, processes: int) -> dict[str, float]:
+    """K groups at once, over ``processes`` node processes (each group's nodes in one,
+    as on a dispatcher host); aggregate rates, release latencies and lost messages."""
+    broker = Broker(url)
+    groups = [f"load{uuid.uuid4().hex[:8]}" for _ in range(k)]
+    members = node_names(n)
+    for g in groups:
+        create_group(broker, g, members, timeout=300)
+    mp = multiprocessing.get_context("spawn")
+    ready, go, out = mp.Queue(), mp.Event(), mp.Queue()
+    shares = [groups[i::processes] for i in range(min(processes, k))]
+    procs = [
+        mp.Process(target=node_process, args=(url, share, n, rounds, ready, go, out))
+        for share in shares
+    ]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.get(timeout=300)
+    began = time.perf_counter()
+    go.set()
+    results = [out.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    elapsed = max(ended for *_, ended in results) - began
+    failed = [error for _, _, error, _, _ in results if error]
+    if failed:
+        raise SystemExit(f"load: K={k} n={n}: a node failed: {failed[0]}")
     for g in groups:
         end_group(broker, g, members)
     broker.close()
+    stamps = {key: s for result in results for key, s in result[0].items()}
     # round 0 warms the connections up; it is not measured (unless it is all there is)
     latencies = [
         max(done for _, done in s) - max(pub for pub, _ in s)
@@ -149,12 +186,20 @@ def run_groups(url: str, k: int, n: int, rounds: int) -> dict[str, float]:
         "p50": statistics.median(latencies) * 1000,
         "p99": percentile(latencies, 99) * 1000,
         "max": max(latencies) * 1000,
-        "lost": lost,
+        "lost": sum(lost for _, lost, _, _, _ in results),
+        "nodes_cpu": sum(cpu for *_, cpu, _ in results),
+        "elapsed": elapsed,
     }
 
 
 def measure(
-    url: str, where: str, groups: list[int], n: int, rounds: int, barriers: list[int]
+    url: str,
+    where: str,
+    groups: list[int],
+    n: int,
+    rounds: int,
+    barriers: list[int],
+    processes: int,
 ) -> list[Row]:
     rows: list[Row] = []
     for count in barriers:
@@ -165,10 +210,10 @@ def measure(
         with tempfile.TemporaryDirectory() as tmp:
             procs = start_barriers(url, count, Path(tmp))
             try:
-                alone = run_groups(url, 1, n, rounds)
+                alone = run_groups(url, 1, n, rounds, processes)
                 for k in groups:
                     cpu = _cpu_seconds(procs)
-                    got = alone if k == 1 else run_groups(url, k, n, rounds)
+                    got = alone if k == 1 else run_groups(url, k, n, rounds, processes)
                     used = [
                         after - before
                         for before, after in zip(cpu, _cpu_seconds(procs), strict=True)
@@ -177,8 +222,9 @@ def measure(
                     print(
                         f"{label}: {got['syncs_s']:.0f} syncs/s, {got['sends_s']:.0f} sends/s, "
                         f"release p50 {got['p50']:.1f} ms p99 {got['p99']:.1f} ms, "
-                        f"lost {got['lost']:.0f}; CPU s: nodes' process {used[0]:.1f}, "
-                        f"barriers {' '.join(f'{u:.1f}' for u in used[1:])}",
+                        f"lost {got['lost']:.0f}; CPU s: nodes' processes {got['nodes_cpu']:.1f}"
+                        f" (whole life), barriers {' '.join(f'{u:.1f}' for u in used)}; "
+                        f"{got['elapsed']:.1f} s",
                         flush=True,
                     )
                     if got["lost"]:
@@ -202,10 +248,15 @@ def measure(
 
 
 def run(
-    groups: list[int], n: int, rounds: int, barriers: list[int], cluster: bool = False
+    groups: list[int],
+    n: int,
+    rounds: int,
+    barriers: list[int],
+    cluster: bool = False,
+    processes: int = 4,
 ) -> list[Row]:
     with bench_vhost("lavamq-load") as url:
-        rows = measure(url, "one node", groups, n, rounds, barriers)
+        rows = measure(url, "one node", groups, n, rounds, barriers, processes)
     if cluster:
         where = running_cluster()
         if where is None:
@@ -215,7 +266,7 @@ def run(
         # no failover test kills its nodes meanwhile
         with where.shared(), bench_vhost("lavamq-load", base=where.mgmt, amqp=where.amqp[0]) as url:
             nodes = ",".join(url.replace(where.amqp[0], a) for a in where.amqp)
-            rows += measure(nodes, "3-node cluster", groups, n, rounds, barriers)
+            rows += measure(nodes, "3-node cluster", groups, n, rounds, barriers, processes)
     return rows
 
 
@@ -226,8 +277,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--barriers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--cluster", action="store_true", help="also on the 3-node cluster")
+    parser.add_argument(
+        "--processes", type=int, default=4, help="node processes the groups are spread over"
+    )
     args = parser.parse_args()
-    print_rows(run(args.groups, args.nodes, args.rounds, args.barriers, args.cluster))
+    rows = run(args.groups, args.nodes, args.rounds, args.barriers, args.cluster, args.processes)
+    print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker_config import topology
-from broker_config.broker import Broker
+from broker_config.broker import Broker, Outgoing
 from broker_config.errors import NotFound, Unroutable
 from coordinator.barrier_count import ReleaseKey, release_key, release_message_id
 from coordinator.barrier_models import BarrierOutbox
@@ -56,6 +56,21 @@ def outbox_message_id(
     if message_type == MultinodeReleaseSchema.message_type:
         return release_message_id(group, body)
     return f"barrier-outbox-{group}-{row_id}"
+
+
+def outgoing_message(
+    row_id: int | None, group: str, message_type: str, body: dict[str, Any]
+) -> Outgoing:
+    """A decision as the message to its group's exchange."""
+    return Outgoing(
+        topology.group_exchange_name(group),
+        "",
+        OUTBOX_SCHEMAS[message_type],
+        body,
+        message_id=outbox_message_id(group, row_id, message_type, body),
+        # a release lost with a broker restart is asked for again
+        persistent=message_type != MultinodeReleaseSchema.message_type,
+    )
 
 
 def transient(exc: BaseException) -> bool:
@@ -125,12 +140,24 @@ class Outbox:
     def publish(self, items: list[OutboxItem]) -> None:
         """Publish a batch's decisions (known from the batch: no outbox query).
 
-        Each published row is marked in the next batch's transaction, not one
-        of its own: a crash before that publishes it again, which nodes ignore.
+        All of them at once, confirmed together (``Broker.publish_many``: with
+        many groups, one confirm round trip per release was most of the
+        barrier's time); if the broker refuses one (a group's exchange is
+        gone), one by one, dropping what an ended group cannot take. Each
+        published row is marked in the next batch's transaction, not one of
+        its own: a crash before that publishes it again, which nodes ignore.
         """
         publisher = self.publisher()
-        for row_id, group, message_type, body in items:
-            self.publish_one(publisher, row_id, group, message_type, body)
+        outgoing = [
+            outgoing_message(row_id, group, kind, body) for row_id, group, kind, body in items
+        ]
+        try:
+            for message_id in publisher.publish_many(outgoing):
+                log.warning("dropping message %s for an ended group: unroutable", message_id)
+        except NotFound:
+            for row_id, group, message_type, body in items:
+                self.publish_one(publisher, row_id, group, message_type, body)
+        for row_id, group, _, body in items:
             if row_id is None:
                 self.resent.add((group, release_key(body)))
             else:
@@ -141,15 +168,15 @@ class Outbox:
         publisher: Broker, row_id: int | None, group: str, message_type: str, body: dict[str, Any]
     ) -> None:
         """Publish one decision to its group's exchange; dropped if the group ended."""
+        m = outgoing_message(row_id, group, message_type, body)
         try:
             publisher.publish(
-                topology.group_exchange_name(group),
-                "",
-                OUTBOX_SCHEMAS[message_type],
+                m.exchange,
+                m.routing_key,
+                m.schema,
                 body,
-                message_id=outbox_message_id(group, row_id, message_type, body),
-                # a release lost with a broker restart is asked for again
-                persistent=message_type != MultinodeReleaseSchema.message_type,
+                message_id=m.message_id,
+                persistent=m.persistent,
             )
         except (Unroutable, NotFound) as exc:
             # the group ended (exchange or queues gone): nobody to tell

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from broker_config import topology
+from broker_config.broker import Broker
 from broker_config.consumer import Delivery
 from coordinator.barrier import BarrierService
 from coordinator.barrier_models import BarrierOutbox, BarrierRelease
@@ -90,7 +91,7 @@ def test_a_release_whose_publish_failed_is_published_without_a_reconnect(
     fails twice: the committed release is published from the outbox when the
     batch is handled again (not only after the consumer reconnects), once, and
     the acknowledgements are not dead-lettered."""
-    real = Outbox.publish_one
+    real, real_many = Outbox.publish_one, Broker.publish_many
     failures = [2]
 
     def flaky(publisher: Any, row_id: Any, group: str, message_type: str, body: Any) -> None:
@@ -99,7 +100,15 @@ def test_a_release_whose_publish_failed_is_published_without_a_reconnect(
             raise InfrastructureError("publish multinode-release: broker connection lost 6 times")
         real(publisher, row_id, group, message_type, body)
 
+    def flaky_many(broker: Broker, messages: Any) -> set[str]:
+        # a batch's decisions go out together: the same failure
+        if any(m.schema.message_type == "multinode-release" for m in messages) and failures[0]:
+            failures[0] -= 1
+            raise InfrastructureError("publish multinode-release: broker connection lost 6 times")
+        return real_many(broker, messages)
+
     monkeypatch.setattr(Outbox, "publish_one", staticmethod(flaky))
+    monkeypatch.setattr(Broker, "publish_many", flaky_many)
     lab.start()
     connection = lab.service.consumer.connection
     lab.sync("a")

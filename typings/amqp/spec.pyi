@@ -1,0 +1,5 @@
+from typing import Any
+
+class Basic:
+    Ack: Any
+    Nack: Any
