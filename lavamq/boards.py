@@ -127,9 +127,11 @@ def plan_boards(
     *,
     boards: str = "local",
     network: str = "none",
+    mount_namespace: str = "auto",
     runtime: Path | None = None,
 ) -> list[Board]:
-    """One board per sub-job of ``plan`` (see the module docstring)."""
+    """One board per sub-job of ``plan`` (see the module docstring); a local board's
+    ``network`` and ``mount_namespace`` settings are those given."""
     if boards not in BOARD_CHOICES:
         raise ValueError(f"boards must be one of {BOARD_CHOICES} (got {boards!r})")
     out: list[Board] = []
@@ -141,7 +143,11 @@ def plan_boards(
             config = {"name": name, "device_type": "qemu", "settings": settings}
             out.append(Board({**config, "tags": sorted(set(sub.tags))}, why))
             continue
-        settings = {"network": network, "env": {"PATH": _board_path()}}
+        settings = {
+            "network": network,
+            "mount_namespace": mount_namespace,
+            "env": {"PATH": _board_path()},
+        }
         if device_type in NATIVE_TYPES:
             why = "device_type local"
         else:

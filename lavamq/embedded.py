@@ -280,11 +280,13 @@ def run_job(
     network: str = "none",
     timeout: float | None = None,
     boards: str = "auto",
+    mount_namespace: str = "auto",
 ) -> RunOutcome:
     """Run one job file end to end in an embedded lab; returns its result bundle.
 
     ``emit`` receives live progress lines. ``boards`` (auto, local, qemu) picks
-    the kind of board of each sub-job (lavamq/boards.py). The workspace (a
+    the kind of board of each sub-job (lavamq/boards.py); ``network`` and
+    ``mount_namespace`` are the local boards' settings. The workspace (a
     temporary directory unless given) is removed afterwards unless ``keep``.
     """
     from lavamq.progress import ProgressWatcher
@@ -312,7 +314,9 @@ def run_job(
             devices = config["device"]
             header = [f"  {d['name']}  {d['device_type']}: {device_config}" for d in devices]
         else:
-            chosen = plan_boards(plan, boards=boards, network=network, runtime=ws)
+            chosen = plan_boards(
+                plan, boards=boards, network=network, mount_namespace=mount_namespace, runtime=ws
+            )
             config = host_config_for(plan, ws, MEMORY_URL, boards=chosen)
             header = describe_boards(chosen)
         lab = EmbeddedLab(ws, config)

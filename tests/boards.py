@@ -1,12 +1,17 @@
-"""Local boards in tests: a board's config, whether a process lives, and a
-dispatcher process killed with SIGKILL while its board runs."""
+"""Local boards in tests: a board's config, whether a process lives, a dispatcher
+process killed with SIGKILL while its board runs, and a directory boards and the host
+both see."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +28,21 @@ def board_config(name: str) -> dict[str, Any]:
     return {"name": name, "device_type": "local", "settings": {"network": "none"}}
 
 
-def killed_dispatcher(workdir: Path, name: str) -> tuple[int, int]:
-    """A dispatcher process powers a board on, starts a process there that ignores
-    SIGHUP, and dies by SIGKILL. Returns (board shell pid, leftover pid)."""
+#: a process that ignores SIGHUP, left running by the board; it prints its pid
+IGNORES_HUP = "(trap '' HUP; exec sleep 300) >/dev/null 2>&1 & echo $!"
+
+
+def killed_dispatcher(workdir: Path, name: str, command: str = IGNORES_HUP) -> tuple[int, int]:
+    """A dispatcher process powers a board on, runs ``command`` there (which leaves a
+    process running and prints a pid), and dies by SIGKILL. Returns (board shell pid,
+    the pid printed)."""
     script = textwrap.dedent(
         f"""
         import sys
         from device_agent.devices import create_device
         board = create_device({board_config(name)!r}, {str(workdir)!r})
         console = board.boot(timeout=20)
-        out, rc = console.run("(trap '' HUP; exec sleep 300) >/dev/null 2>&1 & echo $!", 10)
+        out, rc = console.run({command!r}, 10)
         print(board.proc.pid, out.strip().splitlines()[-1], flush=True)
         sys.stdin.read()
         """
@@ -50,3 +60,14 @@ def killed_dispatcher(workdir: Path, name: str) -> tuple[int, int]:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     return shell, leftover
+
+
+@contextlib.contextmanager
+def shared_with_boards(prefix: str = "lavamq-test-") -> Iterator[Path]:
+    """A directory that this host and every local board see, removed afterwards: not under
+    /tmp, which a board in a private root has to itself (device_agent/board_root.py)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

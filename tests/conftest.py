@@ -1,4 +1,5 @@
-"""Shared fixtures: real-service vhosts and databases, and store URLs on both back-ends."""
+"""Shared fixtures: real-service vhosts and databases, store URLs on both back-ends, and a
+directory local boards see too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from barrier_lab import BarrierLab
+from boards import shared_with_boards
 from lab import MEMORY_AND_RABBIT, broker_url_for
 
 import services
@@ -102,3 +104,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "tests on memory:// or no service belong in tests/unit, tests needing a real "
             "service only in tests/integration: " + ", ".join(sorted(misplaced))
         )
+
+
+@pytest.fixture
+def board_shared() -> Iterator[Path]:
+    """A directory both the test and its local boards see (gates, markers): a board in a
+    private root has its own /tmp, so tmp_path is not visible to it."""
+    with shared_with_boards() as path:
+        yield path

@@ -261,8 +261,13 @@ class Device(ABC):
             )
 
     # --- overlay --------------------------------------------------------------
-    def install_overlay(self, overlay_dir: Path, timeout: float, target: str = "") -> str:
+    def install_overlay(
+        self, overlay_dir: Path, timeout: float, target: str = "", *, job_id: str = ""
+    ) -> str:
         """Put ``overlay_dir`` on the device; return where it is as the device sees it.
+
+        ``job_id`` names LAVA's ``/lava-<job id>`` for a type that puts it there
+        (a ``local`` board in its private root); this default does not.
 
         The default types it through the console as a base64 tar (needs
         ``base64`` and ``tar`` on the device: busybox has both), waiting for

@@ -20,10 +20,17 @@ documentation range 192.0.2.0/24. ``settings.network`` chooses: ``auto``
 (the default: use it when possible, say so in the log otherwise), ``netns``
 (required), ``none``.
 
+Where the host allows it (root, ``unshare``: ``settings.mount_namespace``,
+``auto`` by default), the shell also runs in its own mount namespace with a
+private root (``device_agent/board_root.py``): its own ``/tmp``, where LAVA's
+MultiNode cache files are, and the job's overlay at ``/lava-<job id>``, as
+LAVA's tests expect them; everything else is the host's. Otherwise one log
+line says why, and the board's ``/tmp`` and overlay are directories of its own.
+
 Power off kills every process of the board's session, its descendants and
-everything left in its network namespace (found in ``/proc`` by
-``device_agent/board_processes.py``), then removes the namespace and stops
-the relay.
+everything left in its network and mount namespaces (found in ``/proc`` by
+``device_agent/board_processes.py``), then removes the network namespace and
+stops the relay; the mounts die with the mount namespace.
 
 A dispatcher killed with SIGKILL cannot power off: ``board.pid`` in the
 device's work dir (pid, start time, namespace and the board's
@@ -58,12 +65,14 @@ from device_agent.board_network import BoardNetwork, delete_netns, netns_pids, n
 from device_agent.board_processes import (
     is_zombie_or_gone,
     marked_processes,
+    namespace_processes,
     proc_stat,
     session_processes,
     start_time,
 )
+from device_agent.board_root import MARK_FILE, MODES, BoardRoot, tool
 from device_agent.console import Console, ConsoleBase
-from device_agent.devices.base import Capabilities, Device
+from device_agent.devices.base import BootRequest, Capabilities, Device
 from schemas.errors import ConfigurationError, InfrastructureError
 
 log = logging.getLogger(__name__)
@@ -85,12 +94,14 @@ class LocalDevice(Device):
     """A shell on this host standing in for a board (its root is a work directory)."""
 
     device_type = "local"
-    #: the host's package manager is the lab's, not the job's; /tmp is the host's
+    #: the host's package manager is the lab's, not the job's; /tmp is the board's own
+    #: only where the host allows a private mount namespace (see :meth:`cache_dir`)
     capabilities = Capabilities(installs_packages=False, private_tmp=False, network=True)
     known_settings: ClassVar[frozenset[str]] = frozenset(
         {
             "shell",
             "network",
+            "mount_namespace",
             "ipv4",
             "bridge",
             "hostname",
@@ -107,6 +118,11 @@ class LocalDevice(Device):
         self.shell: str = self.settings.get("shell", "/bin/sh")
         self.ps1 = f"lavamq@{self.name}# "
         self.network = BoardNetwork(self.name, self.settings)
+        self.root_fs = BoardRoot(
+            self.name, self.workdir, str(self.settings.get("mount_namespace", "auto"))
+        )
+        #: why the board has no private root ("" when it has one); None: not decided yet
+        self._root_note: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         # inherited by everything the board starts, so power off finds escapees
         self.marker = f"{self.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
@@ -129,6 +145,8 @@ class LocalDevice(Device):
         settings = config.get("settings", {})
         if settings.get("network", "auto") not in ("auto", "netns", "none"):
             problems.append("settings.network: must be 'auto', 'netns' or 'none'")
+        if settings.get("mount_namespace", "auto") not in MODES:
+            problems.append("settings.mount_namespace: must be 'auto', 'required' or 'none'")
         ipv4 = settings.get("ipv4")
         if ipv4 is not None and not re.fullmatch(r"\d+\.\d+\.\d+\.\d+/\d+", str(ipv4)):
             problems.append(f"settings.ipv4: {ipv4!r} is not an address/prefix like 192.0.2.5/24")
@@ -154,6 +172,21 @@ class LocalDevice(Device):
 
     def default_prompts(self) -> list[str]:
         return [re.escape(f"lavamq@{self.name}# ")]
+
+    def prepare_boot(self, request: BootRequest) -> list[str]:
+        """The job log says when the board will not have LAVA's fixed paths."""
+        note = self._private_root_note()
+        return [note] if note else []
+
+    def _private_root_note(self) -> str:
+        """Decide once whether the board gets a private root (``device_agent/board_root.py``);
+        the one log line saying why not, "" when it does."""
+        if self._root_note is None:
+            self._root_note = self.root_fs.decide()
+            if self._root_note:
+                level = logging.INFO if self.root_fs.mode == "none" else logging.WARNING
+                log.log(level, "%s", self._root_note)
+        return self._root_note
 
     @property
     def netns(self) -> str | None:
@@ -216,8 +249,9 @@ class LocalDevice(Device):
         marker = record.get("marker")
         if isinstance(marker, str) and marker and not (marker == self.marker and self.powered):
             # a marker is unique to one power on: whatever carries it is that board's,
-            # even when its session leader's pid has been reused since
-            victims |= marked_processes(marker)
+            # even when its session leader's pid has been reused since; so is the mount
+            # namespace whose root holds it (a process that also dropped its environment)
+            victims |= marked_processes(marker) | namespace_processes(MARK_FILE, marker)
         netns = record.get("netns")
         if netns:
             victims |= netns_pids(str(netns))
@@ -240,6 +274,8 @@ class LocalDevice(Device):
             time.sleep(0.01)
         if netns:
             delete_netns(str(netns))
+        if not self.powered:
+            self.root_fs.teardown()
         self.pidfile.unlink(missing_ok=True)
         return killed
 
@@ -259,8 +295,10 @@ class LocalDevice(Device):
         if not shutil.which(self.shell):
             raise ConfigurationError(f"device {self.name}: shell {self.shell} not found")
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(exist_ok=True)
         self.reap_leftover()
+        private = not self._private_root_note()
+        if not private:
+            (self.root / "tmp").mkdir(exist_ok=True)
         self._ensure_line()
         network = self.settings.get("network", "auto")
         argv = ["setsid", "--ctty"]
@@ -276,21 +314,17 @@ class LocalDevice(Device):
                 log.info(
                     "device %s: no network namespace on this host; sharing its network", self.name
                 )
+        hostname = str(self.settings.get("hostname", self.name)) if self.netns else ""
+        # the board's mounts never reach the host; the host's unmounts reach the board
+        mount_ns = ["--mount", "--propagation", "slave"] if private else []
         if self.netns:
-            hostname = str(self.settings.get("hostname", self.name))
-            argv += [
-                "ip",
-                "netns",
-                "exec",
-                self.netns,
-                "unshare",
-                "--uts",
-                self.shell,
-                "-c",
-                'hostname "$0" && exec "$1" -i',
-                hostname,
-                self.shell,
-            ]
+            argv += ["ip", "netns", "exec", self.netns, tool("unshare"), "--uts", *mount_ns]
+        elif private:
+            argv += [tool("unshare"), *mount_ns]
+        if private:
+            argv += self.root_fs.command(self.root, self.shell, hostname)
+        elif self.netns:
+            argv += [self.shell, "-c", 'hostname "$0" && exec "$1" -i', hostname, self.shell]
         else:
             argv += [self.shell, "-i"]
         env = {
@@ -300,7 +334,7 @@ class LocalDevice(Device):
             "PS2": "> ",
             "TERM": "dumb",
             "LANG": "C.UTF-8",
-            "TMPDIR": str(self.root / "tmp"),
+            "TMPDIR": self.cache_dir(),
             "SHELL": self.shell,
             "USER": "root" if os.geteuid() == 0 else os.environ.get("USER", "lava"),
             "LAVAMQ_BOARD": self.marker,
@@ -320,6 +354,7 @@ class LocalDevice(Device):
         except OSError as exc:
             os.close(board_master)
             self.network.teardown()
+            self.root_fs.teardown()
             raise InfrastructureError(f"device {self.name}: cannot start {argv}: {exc}") from exc
         finally:
             os.close(board_slave)
@@ -327,10 +362,11 @@ class LocalDevice(Device):
         self._write_pidfile(self.proc.pid)
         self._start_relay()
         log.info(
-            "device %s: powered on (pid %d%s)",
+            "device %s: powered on (pid %d%s%s)",
             self.name,
             self.proc.pid,
             f", netns {self.netns}" if self.netns else "",
+            ", private root" if private else "",
         )
 
     def _start_relay(self) -> None:
@@ -386,12 +422,15 @@ class LocalDevice(Device):
                 os.close(self._board_master)
             self._board_master = None
         self.network.teardown()
+        self.root_fs.teardown()
 
     def _kill_board(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + 10
         while True:
             victims = session_processes(proc.pid) | marked_processes(self.marker) | {proc.pid}
             victims |= self.network.pids()
+            if self.root_fs.active:
+                victims |= namespace_processes(MARK_FILE, self.marker)
             alive = [pid for pid in victims if proc_stat(pid) is not None]
             for pid in alive:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -422,11 +461,17 @@ class LocalDevice(Device):
         )
 
     def cache_dir(self) -> str:
-        """The board's /tmp is its own directory on this host."""
-        return str(self.root / "tmp")
+        """LAVA's /tmp in a private root; without one, the board's own directory here."""
+        return str(self.root / "tmp") if self._private_root_note() else "/tmp"
 
-    def install_overlay(self, overlay_dir: Path, timeout: float, target: str = "") -> str:
-        """The board's filesystem is on this host: copy the overlay into its root."""
+    def install_overlay(
+        self, overlay_dir: Path, timeout: float, target: str = "", *, job_id: str = ""
+    ) -> str:
+        """In a private root, bind-mount the overlay at LAVA's ``/lava-<job id>``; else
+        (or to a ``target`` directory of this host) copy it into the board's directory."""
+        if not target and self.root_fs.active and self.proc is not None and self.powered:
+            name = f"/lava-{job_id}" if job_id else "/lava-overlay"
+            return self.root_fs.mount_overlay(self.proc.pid, overlay_dir, name, timeout)
         dest = Path(target) if target else self.root / "lava-overlay"
         if dest.resolve() != overlay_dir.resolve():
             if dest.exists():

@@ -485,7 +485,9 @@ class QemuDevice(Device):
             console.expect(step["expect"], remaining(deadline, f"device {self.name}: login"))
             console.sendline(step["send"])
 
-    def install_overlay(self, overlay_dir: Path, timeout: float, target: str = "") -> str:
+    def install_overlay(
+        self, overlay_dir: Path, timeout: float, target: str = "", *, job_id: str = ""
+    ) -> str:
         """Where the overlay is in the VM: in the initramfs if it went in at boot."""
         if (
             self.overlay_in_initrd
@@ -494,4 +496,4 @@ class QemuDevice(Device):
             and target in ("", OVERLAY_TARGET)
         ):
             return OVERLAY_TARGET
-        return super().install_overlay(overlay_dir, timeout, target)
+        return super().install_overlay(overlay_dir, timeout, target, job_id=job_id)

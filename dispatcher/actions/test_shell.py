@@ -312,7 +312,9 @@ class LavaTestShellAction(Action):
             overlay = self._build_overlay(ctx, deadline)
         tests = overlay.tests
         left = remaining(deadline)
-        target = ctx.device.install_overlay(overlay.root, 300.0 if left is None else left)
+        target = ctx.device.install_overlay(
+            overlay.root, 300.0 if left is None else left, job_id=str(ctx.subjob_id)
+        )
         ctx.log.info(f"overlay installed on {ctx.device.name} at {target}")
         device_env = ctx.device.test_shell_environment()
         setup = overlay.setup_commands(target, ctx.device.cache_dir(), device_env)

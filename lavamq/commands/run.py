@@ -42,6 +42,14 @@ def write_exports(bundle: dict[str, object], as_json: bool, junit: Path | None) 
     help="Local boards' network: the host's (none) or a namespace each (auto/netns, root).",
 )
 @click.option(
+    "--mount-namespace",
+    type=click.Choice(["auto", "required", "none"]),
+    default="auto",
+    show_default=True,
+    help="Local boards' own /tmp and /lava-<id> in a private mount namespace: when the "
+    "host allows it (auto; root), always (required), or never (none: per-board directories).",
+)
+@click.option(
     "--boards",
     type=click.Choice(["auto", "local", "qemu"]),
     default="auto",
@@ -57,6 +65,7 @@ def run(
     as_json: bool,
     junit: Path | None,
     network: str,
+    mount_namespace: str,
     boards: str,
     timeout: float | None,
 ) -> None:
@@ -81,6 +90,7 @@ def run(
         device_config=device_config,
         emit=emit,
         network=network,
+        mount_namespace=mount_namespace,
         timeout=timeout,
         boards=boards,
     )

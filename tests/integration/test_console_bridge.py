@@ -39,7 +39,7 @@ class Node:
         target = self.device.install_overlay(
             write_overlay(root / "overlay", MultinodeContext.from_client(self.client)).parent, 10
         )
-        env = overlay_environment(target, cache_dir=str(self.device.root / "tmp"))
+        env = overlay_environment(target, cache_dir=self.device.cache_dir())
         self.console = self.device.boot(timeout=20, setup=setup_commands(env))
         self.results: list[dict[str, Any]] = []
         self.failures: list[Exception] = []

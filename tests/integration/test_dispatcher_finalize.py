@@ -74,11 +74,13 @@ def test_finalize_powers_off_after_the_job_timeout(tmp_path: Path) -> None:
         dev.shutdown()
 
 
-def test_finalize_powers_off_when_the_dispatcher_cancels(tmp_path: Path) -> None:
+def test_finalize_powers_off_when_the_dispatcher_cancels(
+    tmp_path: Path, board_shared: Path
+) -> None:
     dev = board(tmp_path)
     cancel = threading.Event()
     # the command itself cancels the sub-job once it runs: no timing guess
-    marker = tmp_path / "running"
+    marker = board_shared / "running"
     runner = SubJobRunner(
         assignment([BOOT, command(f"touch {marker}; sleep 3"), command("sleep 3")]),
         dev,

@@ -101,7 +101,9 @@ def inline_test(name: str, steps: list[str]) -> dict[str, Any]:
 #: a test that passes at once
 QUICK = inline_test("quick", ["lava-test-case q --result pass"])
 #: a test that marks it started (in the sub-job's work dir) and runs on for two minutes
-SLOW = inline_test("slow", ["touch ../../../started", "sleep 120"])
+# in the board's HOME, its work dir: what the host sees of it (its /tmp and its overlay at
+# /lava-<id> may be its own)
+SLOW = inline_test("slow", ['touch "$HOME/started"', "sleep 120"])
 
 
 def image(tmp_path: Path) -> tuple[str, str]:

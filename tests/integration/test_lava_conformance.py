@@ -6,13 +6,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from device_agent import board_root
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -149,13 +154,20 @@ def test_an_over_long_sync_id_fails_and_its_result_is_recorded_truncated() -> No
 
 
 def test_lavas_own_defects_are_done_as_its_documentation_says(tmp_path: Path) -> None:
-    # the rounds' log is one file all boards of this host append to
+    # the rounds' log is one file all boards of this host append to: outside /tmp, which
+    # each board may have to itself
+    shared = Path(tempfile.mkdtemp(prefix="lavamq-rounds-", dir="/var/tmp"))
     job = job_file(
         "lava-defects.yaml",
         tmp_path,
-        **{"/nonexistent/set-by-the-test": str(tmp_path / "rounds.log")},
+        **{"/nonexistent/set-by-the-test": str(shared / "rounds.log")},
     )
-    rc, bundle, err = run(job)
+    try:
+        rc, bundle, err = run(job)
+        log = shared / "rounds.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+    finally:
+        shutil.rmtree(shared)
     assert rc == 0, err[-3000:]
     for role in ("server", "client"):
         for node in (n for n in bundle["nodes"] if n["role"] == role):
@@ -171,7 +183,6 @@ def test_lavas_own_defects_are_done_as_its_documentation_says(tmp_path: Path) ->
             synced = [c["result"] for c in runs["0_defects"] if c["name"] == "multinode-sync-again"]
             assert synced == ["pass"] * 25
             assert got["reused-sync-is-a-barrier"] == "pass", got
-    lines = (tmp_path / "rounds.log").read_text().splitlines()
     assert len(lines) == 25 * 2 * 3
 
 
@@ -296,3 +307,92 @@ def test_a_lava_shaped_qemu_job_records_the_cases_lava_records() -> None:
         assert runs[f"0_{role}"] == expected, node["node"]
         # as LAVA: the test run passed, and the job
         assert runs["lava"] == [(f"0_{role}", "pass"), ("job", "pass")], node["node"]
+
+
+# --- LAVA's fixed paths on local boards (a private mount namespace each) ---------------
+
+WHY_NO_PRIVATE_ROOT = board_root.unavailable(Path(tempfile.gettempdir()))
+# on CI this machine is root: private roots are possible there and must be tested
+needs_private_root = pytest.mark.skipif(
+    bool(WHY_NO_PRIVATE_ROOT) and os.environ.get("CI") != "true",
+    reason=f"a private mount namespace is not possible here: {WHY_NO_PRIVATE_ROOT}",
+)
+WORKSPACE = re.compile(r"^embedded lab in (\S+), boards:$", re.M)
+
+
+def workspace_of(stderr: str) -> Path:
+    found = WORKSPACE.search(stderr)
+    assert found, stderr[-3000:]
+    return Path(found.group(1))
+
+
+def lava_test_dirs() -> set[str]:
+    """What LAVA's overlay path would leave at the host's root."""
+    return {p.name for p in Path("/").iterdir() if p.name.startswith("lava-")}
+
+
+@needs_private_root
+def test_lavas_fixed_paths_on_two_boards_of_one_host() -> None:
+    before = lava_test_dirs()
+    rc, bundle, err = run("fixed-paths.yaml")
+    assert rc == 0, err[-3000:]
+    for role in ("server", "client"):
+        got = cases(bundle, role)["0_fixed-paths"]
+        expected = ["cache-at-lavas-path", "overlay-at-lava-id", "own-tmp"]
+        expected += ["multinode-sync-written", "multinode-sync-done", "cache-removed-before-a-wait"]
+        if role == "server":
+            expected.append("multinode-send-server-ready")
+        else:
+            expected += ["multinode-wait-server-ready", "cache-read-at-tmp"]
+        assert got == dict.fromkeys(expected, "pass"), (role, got)
+    # nothing left on the host: no file in its /tmp, no /lava-<id>, no mount, no workspace
+    assert not list(Path("/tmp").glob("lavamq-fixed-paths-*"))
+    assert lava_test_dirs() == before
+    assert "lavamq-board" not in Path("/proc/self/mountinfo").read_text()
+    assert not workspace_of(err).exists()
+
+
+@needs_private_root
+@pytest.mark.skipif(
+    shutil.which("iperf3") is None and os.environ.get("CI") != "true",
+    reason="iperf3 is not installed (apt-get install iperf3)",
+)
+def test_an_iperf3_job_finds_its_server_in_lavas_cache_file(tmp_path: Path, defs_repo: str) -> None:
+    # the client reads the server's address from /tmp/lava_multi_node_cache.txt, as
+    # Linaro's iperf3 definitions do; iperf3 runs between the two boards' namespaces
+    job = job_file("iperf3.yaml", tmp_path, **{"file:///nonexistent/lava-jobs-defs": defs_repo})
+    rc, bundle, err = run(job, "--network", "auto")
+    assert rc == 0, err[-3000:]
+    server = cases(bundle, "server")["0_iperf3-server"]
+    assert server == {
+        "iperf3-server-listens": "pass",
+        "multinode-send-server-ready": "pass",
+        "multinode-wait-client-done": "pass",
+    }, server
+    node = next(n for n in bundle["nodes"] if n["role"] == "client")
+    client = {c["name"]: c for r in node["test_runs"] for c in r["cases"]}
+    assert client["multinode-wait-server-ready"]["result"] == "pass"
+    assert client["server-address-from-cache"]["result"] == "pass"
+    assert client["multinode-send-client-done"]["result"] == "pass"
+    for side in ("iperf3-sender", "iperf3-receiver"):
+        assert client[side]["result"] == "pass", client
+        assert float(client[side]["measurement"]) > 0
+        assert client[side]["units"].endswith("bits/sec"), client[side]
+
+
+def test_without_a_private_root_the_log_says_why_and_the_cache_is_per_board() -> None:
+    rc, bundle, err = run("per-board-paths.yaml", "--mount-namespace", "none", "--keep")
+    workspace = workspace_of(err)
+    try:
+        assert rc == 0, err[-3000:]
+        assert cases(bundle, "client")["0_per-board-paths"]["cache-read"] == "pass"
+        for role in ("server", "client"):
+            assert cases(bundle, role)["0_per-board-paths"]["cache-per-board"] == "pass"
+        logs = [p.read_text() for p in workspace.glob("dispatcher/jobs/*/job.log")]
+        assert len(logs) == 2
+        for log in logs:
+            said = [line for line in log.splitlines() if "no private mount namespace" in line]
+            assert len(said) == 1, said
+            assert "settings.mount_namespace = 'none'" in said[0], said
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)

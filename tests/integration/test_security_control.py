@@ -113,11 +113,11 @@ def publish_as(url: str, exchange: str, key: str, message_type: str, body: dict[
 
 
 def test_a_host_cannot_change_or_add_to_another_hosts_job(
-    users: dict[str, Any], pg_url: str, tmp_path: Path
+    users: dict[str, Any], pg_url: str, tmp_path: Path, board_shared: Path
 ) -> None:
     (host_a, devices_a), (host_b, devices_b) = users["hosts"].items()
     node_a, node_b = devices_a[0][0], devices_b[0][0]
-    busy, go = tmp_path / "busy", tmp_path / "go"
+    busy, go = board_shared / "busy", board_shared / "go"
     lab = CrashLab(
         tmp_path,
         users["admin"],

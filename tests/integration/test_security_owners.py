@@ -83,7 +83,7 @@ def users(rabbit_vhost: services.RabbitVhost) -> Iterator[dict[str, Any]]:
 
 
 def test_forged_send_in_a_lab_group_is_dead_lettered_and_satisfies_no_waiter(
-    users: dict[str, Any], pg_url: str, tmp_path: Path
+    users: dict[str, Any], pg_url: str, tmp_path: Path, board_shared: Path
 ) -> None:
     """Failure covered: in a group the coordinator started, host A (running the
     waiter node) publishes, with its own valid broker user, a ``lava-send`` as
@@ -93,7 +93,7 @@ def test_forged_send_in_a_lab_group_is_dead_lettered_and_satisfies_no_waiter(
     """
     (host_a, devices_a), (_, devices_b) = users["hosts"].items()
     node_a, node_b = devices_a[0][0], devices_b[0][0]
-    go = tmp_path / "go"
+    go = board_shared / "go"
     cache = tmp_path / "cache.txt"
     lab = CrashLab(
         tmp_path,

@@ -281,9 +281,9 @@ def _wait_running(cli: Lavacli, node: str) -> None:
 
 
 def test_follow_a_running_job_and_cancel_another(
-    cli: Lavacli, server: dict[str, Any], tmp_path: Path
+    cli: Lavacli, server: dict[str, Any], board_shared: Path
 ) -> None:
-    ids, gate = _gated(cli, tmp_path, "follow")
+    ids, gate = _gated(cli, board_shared, "follow")
     _wait_running(cli, ids[0])
     follower = cli.popen("jobs", "logs", ids[0], "--polling", "1")
     try:
@@ -308,7 +308,7 @@ def test_follow_a_running_job_and_cancel_another(
     # cancel: bob may not cancel alice's job, anonymous must log in, alice may. The
     # nodes wait in lava-wait, where a canceled group reaches them at once
     never = "lava-wait never-sent"
-    ids, gate = _gated(cli, tmp_path, "cancel", then=never)
+    ids, gate = _gated(cli, board_shared, "cancel", then=never)
     gate.touch()
     _wait_running(cli, ids[1])
     denied = cli("-i", "bob", "jobs", "cancel", ids[1], check=False)
@@ -320,7 +320,7 @@ def test_follow_a_running_job_and_cancel_another(
         cli("jobs", "wait", node, "--polling", "1", timeout=180)
         assert _state(cli, node)["health"] == "Canceled"
     # an admin cancels anyone's job
-    ids, gate = _gated(cli, tmp_path, "admin", identity="bob", then=never)
+    ids, gate = _gated(cli, board_shared, "admin", identity="bob", then=never)
     gate.touch()
     cli("-i", "admin", "jobs", "cancel", ids[0])
     cli("jobs", "wait", ids[0], "--polling", "1", timeout=180)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from boards import shared_with_boards
 from lab import ROOT, ServiceProcess, stop_all, wait_for
 from lavacli_lab import make_user, server_process, server_url
 
@@ -123,7 +124,9 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "--board", "local:3", cwd=tmp,
             ).start(120)
         )  # fmt: skip
-        yield {"url": server_url(procs[0]), "tokens": tokens, "tmp": tmp}
+        # the gates: where both this test and the boards see them (not the boards' /tmp)
+        with shared_with_boards() as gates:
+            yield {"url": server_url(procs[0]), "tokens": tokens, "tmp": tmp, "gates": gates}
     finally:
         stop_all(procs)
 
@@ -159,7 +162,7 @@ def browser(web: dict[str, Any]) -> Iterator[Any]:
 
 
 def submit(web: dict[str, Any], name: str) -> tuple[int, Path]:
-    gate = web["tmp"] / f"gate-{name}"
+    gate = web["gates"] / f"gate-{name}"
     body = json.dumps({"definition": JOB.format(name=name, gate=gate)}).encode()
     req = urllib.request.Request(f"{web['url']}/api/v1/jobs", data=body, method="POST")
     req.add_header("Content-Type", "application/json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def test_boot_runs_commands_in_the_boards_own_root(board: LocalDevice) -> None:
     lines = output.splitlines()
     assert rc == 0
     assert lines[0] == str(board.root)
-    assert lines[1] == f"{board.root}|a b|{board.root}/tmp"
+    # TMPDIR is the board's /tmp: LAVA's in a private root, else its own directory here
+    assert lines[1] == f"{board.root}|a b|{board.cache_dir()}"
     assert lines[2].startswith("/dev/pts/")
     output, rc = console.run("false", timeout=10)
     assert rc == 1
@@ -81,13 +83,21 @@ def wait_running(*commands: tuple[str, ...], timeout: float = 10) -> set[int]:
         time.sleep(0.02)
 
 
+def unique_seconds(n: int) -> list[str]:
+    """``n`` sleep durations no other process on this host runs: a process is found by
+    its command line, and other tests (or other boards) run ``sleep 300`` too."""
+    tag = uuid.uuid4().int % 10**9
+    return [f"{300 + i}.{tag:09d}" for i in range(n)]
+
+
 def test_power_off_leaves_no_process_behind(board: LocalDevice) -> None:
     console = board.boot(timeout=15)
     # background jobs in their own process groups, and one that escapes the session
-    console.run("sleep 300 & (sleep 301 | cat) & setsid sleep 302 & true", timeout=10)
+    a, b, c, d = unique_seconds(4)
+    console.run(f"sleep {a} & (sleep {b} | sleep {c}) & setsid sleep {d} & true", timeout=10)
     assert board.proc is not None
     pid = board.proc.pid
-    pids = wait_running(("sleep", "300"), ("sleep", "301"), ("cat",), ("sleep", "302"))
+    pids = wait_running(*(("sleep", s) for s in (a, b, c, d)), timeout=60)
     pids |= live(session_processes(pid))
     board.power_off()
     assert live(pids | session_processes(pid)) == set()
@@ -191,13 +201,16 @@ def test_power_off_finds_a_process_that_double_forked_out_of_the_session(
 ) -> None:
     """``setsid cmd &`` leaves the board's session and is reparented to init."""
     console = board.boot(timeout=15)
-    console.run("setsid sleep 304 & true", timeout=10)
+    (seconds,) = unique_seconds(1)
+    console.run(f"setsid sleep {seconds} & true", timeout=10)
     assert board.proc is not None
     session = board.proc.pid
 
     def escaped() -> set[int]:
         return {
-            p for p in live(running("sleep", "304")) if (proc_stat(p) or (0, session))[1] != session
+            p
+            for p in live(running("sleep", seconds))
+            if (proc_stat(p) or (0, session))[1] != session
         }
 
     deadline = time.monotonic() + 10

@@ -205,9 +205,11 @@ def test_a_device_that_boots_with_the_overlay_gets_it_built_before_boot(tmp_path
             assert (overlay_dir / "bin" / "lava-test-runner").is_file()
             assert (overlay_dir / "tests" / "0_smoke" / "run.sh").is_file()
 
-        def install_overlay(self, overlay_dir: Path, timeout: float, target: str = "") -> str:
+        def install_overlay(
+            self, overlay_dir: Path, timeout: float, target: str = "", *, job_id: str = ""
+        ) -> str:
             seen.append(("install_overlay", overlay_dir, self.powered))
-            return super().install_overlay(overlay_dir, timeout, target)
+            return super().install_overlay(overlay_dir, timeout, target, job_id=job_id)
 
     url, sha = image(tmp_path)
     dev = BootsWithOverlay(
@@ -237,7 +239,8 @@ def test_a_canceled_group_stops_a_node_busy_in_a_long_shell_step(tmp_path: Path)
     memory.Channel.queues.clear()
     url, sha = image(tmp_path)
     a = assignment(url, sha)
-    started = tmp_path / "sleeping"
+    # in the board's own directory: the board does not see the host's /tmp
+    started = tmp_path / "board1" / "sleeping"
     definition = a["plan"]["actions"][2]["parameters"]["definitions"][0]
     definition["repository"] = {
         "metadata": {"name": "sleeper"},

@@ -49,7 +49,7 @@ def test_typed_replies_are_read_and_not_echoed(shell: str, tmp_path: Path) -> No
     assert isinstance(board, LocalDevice)
     overlay = write_overlay(tmp_path / "overlay", MultinodeContext("tty-1", "r", {"tty-1": "r"}))
     target = board.install_overlay(overlay.parent, 10)
-    env = overlay_environment(target, cache_dir=str(board.root / "tmp"))
+    env = overlay_environment(target, cache_dir=board.cache_dir())
     console = board.boot(timeout=20, setup=setup_commands(env))
     output: list[bytes] = []
     console.add_listener(output.append)
