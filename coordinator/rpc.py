@@ -64,6 +64,7 @@ class CoordinatorClient:
         self.close()
 
     def close(self) -> None:
+        """Close the RPC connection and its reply queue."""
         self.rpc.close()
 
     def call(self, schema: MessageSchema, body: dict[str, Any]) -> Any:

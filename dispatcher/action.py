@@ -146,6 +146,7 @@ class Action:
             self.pipeline.cleanup(ctx)
 
     def describe(self) -> dict[str, Any]:
+        """The action as data (class, name, level, timeout, children): the golden pipelines."""
         out: dict[str, Any] = {
             "class": type(self).__name__,
             "name": self.name,
@@ -159,6 +160,7 @@ class Action:
         return out
 
     def check_deadline(self, deadline: float | None, what: str = "") -> None:
+        """Raise ActionTimeout once ``deadline`` has passed (``what`` says where)."""
         if deadline is not None and time.monotonic() >= deadline:
             detail = f" ({what})" if what else ""
             raise ActionTimeout(f"{self.name} timed out{detail}")
@@ -178,6 +180,7 @@ class Pipeline:
             self.add(action)
 
     def add(self, action: Action) -> Action:
+        """Append an action, numbering it (and its children) after the others."""
         number = len(self.actions) + self.start
         action.level = f"{self.parent_level}.{number}" if self.parent_level else str(number)
         if action.pipeline is not None:
@@ -186,6 +189,7 @@ class Pipeline:
         return action
 
     def relevel(self, parent_level: str) -> None:
+        """Number the actions again under a new parent level."""
         old = list(self.actions)
         self.actions = []
         self.parent_level = parent_level
@@ -193,6 +197,7 @@ class Pipeline:
             self.add(action)
 
     def validate(self, ctx: JobContext) -> list[str]:
+        """Every problem of every action, before anything runs."""
         problems: list[str] = []
         for action in self.actions:
             try:
@@ -202,9 +207,11 @@ class Pipeline:
         return problems
 
     def describe(self) -> list[dict[str, Any]]:
+        """Each action as data, in order."""
         return [action.describe() for action in self.actions]
 
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Run the actions in order, each under its deadline; the last one's connection."""
         for action in self.actions:
             always = action.always_runs
             if ctx.cancelled() and not always:
@@ -275,6 +282,7 @@ class RetryAction(Action):
         self.pipeline = Pipeline([child])
 
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Run the child again after an infrastructure error, up to ``retries`` times."""
         assert self.pipeline is not None
         for attempt in range(1, self.retries + 1):
             try:

@@ -75,6 +75,7 @@ class ControlPublisher:
         self.reconnects = 0
 
     def start(self) -> None:
+        """Start publishing (in a thread of its own)."""
         self._thread.start()
 
     def put(
@@ -87,6 +88,7 @@ class ControlPublisher:
         self._queue.put((schema, body, on_sent))
 
     def close(self, timeout: float = 10.0) -> None:
+        """Publish what is queued, then stop."""
         self._queue.put(_STOP)
         self._thread.join(timeout)
 
@@ -154,17 +156,21 @@ class DeviceWorker:
         self._thread = threading.Thread(target=self._run, name=f"device-{device.name}", daemon=True)
 
     def start(self) -> None:
+        """Start taking the device's sub-jobs (in a thread of its own)."""
         self._thread.start()
 
     def submit(self, assignment: dict[str, Any]) -> None:
+        """Queue a sub-job for this device."""
         self.jobs.put(assignment)
 
     def close(self, timeout: float) -> None:
+        """Stop after the sub-job in hand."""
         self.jobs.put(_STOP)
         self._thread.join(timeout)
 
     @property
     def alive(self) -> bool:
+        """Whether the worker thread still runs."""
         return self._thread.is_alive()
 
     def _run(self) -> None:
@@ -245,6 +251,7 @@ class Dispatcher:
         error_type: str | None = None,
         message: str | None = None,
     ) -> None:
+        """Record a sub-job's state in the journal and report it to the coordinator."""
         subjob_id = int(assignment["subjob_id"])
         self.journal.set_state(subjob_id, state, error_type=error_type, message=message)
         log.info("sub-job %s: %s%s", subjob_id, state, f" ({message})" if message else "")
@@ -321,6 +328,7 @@ class Dispatcher:
         self.workers[device].submit(a)
 
     def run_subjob(self, device: Any, a: dict[str, Any]) -> None:
+        """Run one accepted sub-job on ``device`` and report how it ended."""
         workdir = self.workdir / "jobs" / f"{a['job_id']}.{a['node']}.{a['subjob_id']}"
         factory: Callable[[Assignment], Any] | None = None
         if self.use_multinode:
@@ -375,6 +383,7 @@ class Dispatcher:
             )
 
     def register(self) -> None:
+        """Tell the coordinator this host and its complete device list."""
         self.control.put(
             HostRegisterSchema(),
             {
@@ -443,6 +452,7 @@ class Dispatcher:
         self.consumer.stop()
 
     def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop taking work, wait for the sub-jobs in hand by ``timeout``, shut the devices."""
         self.stopping.set()
         deadline = time.monotonic() + timeout
         for worker in self.workers.values():

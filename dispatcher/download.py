@@ -35,8 +35,11 @@ SCHEMES = ("file", "http", "https")
 class Decompressor(Protocol):
     """A streaming decompressor: bytes in, bytes out, so an image is never held whole."""
 
-    def feed(self, data: bytes) -> bytes: ...
-    def finish(self) -> bytes: ...
+    def feed(self, data: bytes) -> bytes:
+        """Decompress one chunk."""
+
+    def finish(self) -> bytes:
+        """What is left once the input ended."""
 
 
 class _Identity:

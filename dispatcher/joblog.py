@@ -133,6 +133,7 @@ class JobLog:
             self._file = self.path.open("a", encoding="utf-8")
 
     def add_secret(self, value: str) -> None:
+        """A value masked in every record from now on."""
         if value:
             with self._lock:
                 self._secrets.append(value)
@@ -143,6 +144,7 @@ class JobLog:
             self._listeners.append(listener)
 
     def remove_listener(self, listener: RecordListener) -> None:
+        """Stop calling a record listener."""
         with self._lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
@@ -155,6 +157,7 @@ class JobLog:
             self._batch_listeners.append(listener)
 
     def remove_batch_listener(self, listener: BatchListener) -> None:
+        """Stop calling a batch listener."""
         with self._lock:
             if listener in self._batch_listeners:
                 self._batch_listeners.remove(listener)
@@ -169,6 +172,7 @@ class JobLog:
             self._json_listeners.append(listener)
 
     def remove_json_listener(self, listener: JsonListener) -> None:
+        """Stop calling a JSON listener."""
         with self._lock:
             if listener in self._json_listeners:
                 self._json_listeners.remove(listener)
@@ -261,24 +265,31 @@ class JobLog:
             self._notify([{"time": stamp, "level": "target", "message": line} for line in lines])
 
     def debug(self, message: str, **extra: Any) -> Record:
+        """A ``debug`` record."""
         return self.record("debug", message, **extra)
 
     def info(self, message: str, **extra: Any) -> Record:
+        """An ``info`` record."""
         return self.record("info", message, **extra)
 
     def warning(self, message: str, **extra: Any) -> Record:
+        """A ``warning`` record."""
         return self.record("warning", message, **extra)
 
     def error(self, message: str, **extra: Any) -> Record:
+        """An ``error`` record."""
         return self.record("error", message, **extra)
 
     def event(self, message: str, **extra: Any) -> Record:
+        """An ``event`` record (LAVA's event level: lava-test-event)."""
         return self.record("event", message, **extra)
 
     def results(self, message: str, **extra: Any) -> Record:
+        """A ``results`` record (one test result, as LAVA logs it)."""
         return self.record("results", message, **extra)
 
     def input(self, message: str, **extra: Any) -> Record:
+        """An ``input`` record: what was typed on the console."""
         return self.record("input", message, **extra)
 
     def target_bytes(self, data: bytes) -> None:
@@ -310,11 +321,13 @@ class JobLog:
                 self._file.flush()
 
     def flush(self) -> None:
+        """Write what is buffered to the file."""
         with self._lock:
             if self._file is not None:
                 self._file.flush()
 
     def close(self) -> None:
+        """Log the console's unfinished line, then close the file."""
         self.flush_partial(final=True)
         with self._lock:
             if self._file is not None:

@@ -85,6 +85,7 @@ class Journal:
         error_type: str | None = None,
         message: str | None = None,
     ) -> None:
+        """Record a sub-job's newest state (and why), not yet published."""
         with self._lock:
             self._db.execute(
                 "UPDATE subjobs SET state = ?, updated_at = ?, error_type = ?, message = ?,"
@@ -104,6 +105,7 @@ class Journal:
             )
 
     def get(self, subjob_id: int) -> dict[str, Any] | None:
+        """One sub-job's entry, or None."""
         with self._lock:
             row = self._db.execute(
                 "SELECT subjob_id, job_id, device, state, error_type, message, assignment,"
@@ -149,11 +151,13 @@ class Journal:
         return [e for e in (self.get(i) for i in ids) if e is not None]
 
     def all(self) -> list[dict[str, Any]]:
+        """Every entry, by sub-job id."""
         with self._lock:
             ids = [r[0] for r in self._db.execute("SELECT subjob_id FROM subjobs ORDER BY 1")]
         return [e for e in (self.get(i) for i in ids) if e is not None]
 
     def close(self) -> None:
+        """Close the journal's database."""
         with self._lock:
             self._closed = True
             self._db.close()

@@ -92,12 +92,15 @@ class LogStore:
         self.stored += 1
 
     def run(self, on_ready: Any = None) -> None:
+        """Store log batches in this thread until stopped."""
         self.consumer.run(on_ready=on_ready)
 
     def start(self) -> None:
+        """Store log batches in a thread of its own."""
         self._thread = run_in_thread(self.consumer, "log-store")
 
     def stop(self) -> None:
+        """Stop storing and wait for the thread."""
         self.consumer.stop()
         if self._thread is not None:
             self._thread.join(10)

@@ -144,6 +144,7 @@ class SubJobPublisher:
         self._result_key = topology.result_routing_key(job, node)
 
     def start(self) -> SubJobPublisher:
+        """Start publishing (in the publisher's thread)."""
         self._thread.start()
         return self
 
@@ -167,6 +168,7 @@ class SubJobPublisher:
         self._count(records=count, size=len(text))
 
     def result(self, body: dict[str, Any]) -> None:
+        """Queue a test result for publishing."""
         self._count(results=1)
         self._queue.put(("result", body))
         self._wake.set()

@@ -79,6 +79,7 @@ class SubJobRunner:
         self.pipeline: Pipeline | None = None
 
     def run(self) -> Outcome:
+        """Build, validate and run the sub-job's pipeline, then finalize; how it ended."""
         a = self.assignment
         job, subjob, node = a.job_id, a.subjob_id, a.node
         self.workdir.mkdir(parents=True, exist_ok=True)

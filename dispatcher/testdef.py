@@ -162,6 +162,7 @@ class FetchedTest:
 
     @property
     def testrun_id(self) -> str:
+        """The test run's name as LAVA writes it (``0_smoke``)."""
         return f"{self.index}_{self.name}"
 
     def run_extra(self) -> dict[str, str]:
@@ -394,6 +395,7 @@ class PatternParser:
         self.fixupdict = dict(fixupdict or {})
 
     def parse(self, line: str) -> dict[str, Any] | None:
+        """The result a console line gives under the definition's pattern, or None."""
         m = self.regex.search(line)
         if m is None:
             return None

@@ -141,6 +141,7 @@ class LocalDevice(Device):
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> list[str]:
+        """What is wrong with a ``local`` board's config (network mode, address)."""
         problems = super().validate_config(config)
         settings = config.get("settings", {})
         if settings.get("network", "auto") not in ("auto", "netns", "none"):
@@ -171,6 +172,7 @@ class LocalDevice(Device):
         )
 
     def default_prompts(self) -> list[str]:
+        """The board shell's own prompt, ``lavamq@NAME# ``."""
         return [re.escape(f"lavamq@{self.name}# ")]
 
     def prepare_boot(self, request: BootRequest) -> list[str]:
@@ -200,10 +202,12 @@ class LocalDevice(Device):
     # --- power ----------------------------------------------------------------
     @property
     def powered(self) -> bool:
+        """Whether the board's shell runs."""
         return self.proc is not None and self.proc.poll() is None
 
     @property
     def pidfile(self) -> Path:
+        """Where the board's pid and marker are kept, for a restarted dispatcher to reap it."""
         return self.workdir / "board.pid"
 
     def _write_pidfile(self, pid: int) -> None:
@@ -290,6 +294,7 @@ class LocalDevice(Device):
         return self._line_path
 
     def power_on(self) -> None:
+        """Start the board's shell on its pseudo-terminal (in its namespace when it has one)."""
         if self.powered:
             return
         if not shutil.which(self.shell):
@@ -412,6 +417,7 @@ class LocalDevice(Device):
             relay.wait(timeout=5)
 
     def power_off(self) -> None:
+        """Kill the board and all it started, and tear down its network namespace."""
         proc, self.proc = self.proc, None
         if proc is not None:
             self._kill_board(proc)

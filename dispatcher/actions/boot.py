@@ -28,6 +28,7 @@ class BootAction(Action):
         self.name = f"boot-{device_type}"
 
     def validate(self, ctx: JobContext) -> list[str]:
+        """A boot needs a device of the action's device type."""
         problems = super().validate(ctx)
         if ctx.device is None:
             problems.append(f"{self.name}: no device to boot")
@@ -39,6 +40,7 @@ class BootAction(Action):
         return problems
 
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Hand the job's boot request to the device, boot it; the console."""
         left = remaining(deadline)
         timeout = 600.0 if left is None else left
         for warning in ctx.device.prepare_boot(self.request(ctx)):
@@ -106,5 +108,6 @@ class BootAction(Action):
                 return
 
     def cleanup(self, ctx: JobContext) -> None:
+        """Nothing to undo: finalize powers the device off."""
         # the finalize action powers off; nothing half-booted is left to undo here
         return None

@@ -24,6 +24,7 @@ class CommandRunAction(Action):
         self.fail_ok = bool(parameters.get("fail_ok", False))
 
     def validate(self, ctx: JobContext) -> list[str]:
+        """The commands must be a non-empty list of non-empty strings."""
         problems = super().validate(ctx)
         if not self.commands:
             problems.append(f"{self.name}: parameters.commands must be a non-empty list")
@@ -33,6 +34,7 @@ class CommandRunAction(Action):
         return problems
 
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Run each command at the prompt; a non-zero exit fails the job unless ``fail_ok``."""
         if connection is None:
             raise JobError(f"{self.name}: no console: the device was not booted")
         from device_agent.console import ConsoleTimeout
@@ -73,6 +75,7 @@ class SubmitResultsAction(Action):
     description = "results are published as they happen; nothing left to submit"
 
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Results were published as they happened: only say so in the log."""
         server = self.parameters.get("server")
         ctx.log.info(
             "results were published to lava.results as they happened"

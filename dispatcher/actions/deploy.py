@@ -28,11 +28,13 @@ class DownloadAction(Action):
         }.get(scheme, "download")
 
     def validate(self, ctx: JobContext) -> list[str]:
+        """The image's URL, compression and checksums must be usable."""
         return super().validate(ctx) + [
             f"{self.name}: {p}" for p in validate_image(self.image_name, self.image)
         ]
 
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Fetch, decompress and verify the image into the work dir."""
         images_dir = ctx.workdir / "images"
         comp = self.image.get("compression")
         dest = images_dir / self.image_name
@@ -60,10 +62,12 @@ class DownloadAction(Action):
         return connection
 
     def cleanup(self, ctx: JobContext) -> None:
+        """Remove a partly downloaded image."""
         part = ctx.workdir / "images" / f"{self.image_name}.part"
         part.unlink(missing_ok=True)
 
     def describe(self) -> dict[str, Any]:
+        """The action as data, with the image it fetches."""
         out = super().describe()
         out["image"] = self.image_name
         return out
@@ -87,6 +91,7 @@ class DeployImagesAction(Action):
         )
 
     def validate(self, ctx: JobContext) -> list[str]:
+        """A deploy must name at least one image."""
         problems = super().validate(ctx)
         images = self.parameters.get("images")
         if not isinstance(images, dict) or not images:

@@ -26,6 +26,7 @@ class FinalizeAction(Action):
         self.problems: list[str] = []
 
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Power off, close the console and the MultiNode client, whatever happened."""
         self.problems = []
         device = ctx.device
         if device is not None:

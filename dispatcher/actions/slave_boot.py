@@ -44,6 +44,7 @@ class SlaveBootAction(BootAction):
         self.name = f"boot-{device_type}-slave"
 
     def validate(self, ctx: JobContext) -> list[str]:
+        """A slave is booted by its master: it needs a MultiNode group."""
         problems = super().validate(ctx)
         if not ctx.group:
             problems.append(f"{self.name}: an is_slave role needs a MultiNode group")
@@ -56,6 +57,7 @@ class SlaveBootAction(BootAction):
         return data
 
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Send the master this slave's data, wait for it to boot the slave, then reach a prompt."""
         if ctx.multinode is None:
             raise JobError(f"{self.name}: no MultiNode client: a slave is booted by its master")
         info = {

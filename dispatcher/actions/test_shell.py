@@ -88,6 +88,7 @@ class ResultTracker:
         console.signals.subscribe(self.on_signal, every_line=self.reads_lines)
 
     def detach(self, console: Any) -> None:
+        """Stop reading the console's signals."""
         console.signals.unsubscribe(self.on_signal)
 
     def reads_lines(self) -> bool:
@@ -95,6 +96,7 @@ class ResultTracker:
         return self.current is not None and self.current in self._parsers
 
     def on_signal(self, line: str, event: signals.Event | None) -> None:
+        """A console line from the signal reader (its thread): handled under the lock."""
         with self._lock:
             self.handle(line.strip(), event)
 
@@ -289,6 +291,7 @@ class LavaTestShellAction(Action):
         self._prepared: Overlay | None = None
 
     def validate(self, ctx: JobContext) -> list[str]:
+        """The test shell needs definitions, each one valid."""
         problems = super().validate(ctx)
         if not self.definitions:
             problems.append(f"{self.name}: no test definitions (parameters.definitions is empty)")
@@ -297,6 +300,7 @@ class LavaTestShellAction(Action):
         return problems
 
     def describe(self) -> dict[str, Any]:
+        """The action as data, with its definitions' names."""
         out = super().describe()
         out["definitions"] = [
             d.get("name") if isinstance(d, dict) else None for d in self.definitions
@@ -305,6 +309,7 @@ class LavaTestShellAction(Action):
 
     # --- running ------------------------------------------------------------
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Install the overlay, run it, and record the results its signals give."""
         if connection is None:
             raise JobError(f"{self.name}: no console: the device was not booted before the test")
         overlay, self._prepared = self._prepared, None

@@ -56,6 +56,7 @@ class Outage:
         return min(2.0, 0.2 * float(2 ** min(int(now - self.since), 4)))
 
     def answered(self) -> None:
+        """The coordinator answered again: say so once and reset the outage."""
         if self.since is not None:
             self.since = None
             click.echo(f"reconnected; waiting for job {self.job_id}", err=True)
