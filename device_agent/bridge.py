@@ -45,8 +45,6 @@ from typing import Any, Protocol
 from device_agent.console import ConsoleBase
 from device_agent.signals import (
     BLOCKING,
-    MAX_SIGNAL_CHARS,
-    MULTINODE_MARK,
     Event,
     Invalid,
     MultinodeCall,
@@ -57,6 +55,7 @@ from device_agent.signals import (
     reply_lines,
 )
 from schemas.errors import GroupFailed, LavamqBug, LavamqError, classify
+from schemas.lava_grammar import MAX_SIGNAL_CHARS, MULTINODE_MARK
 
 logger = logging.getLogger(__name__)
 

@@ -27,17 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas.errors import JobError
+from schemas.lava_grammar import (
+    MAX_SIGNAL_CHARS,
+    MULTINODE_MARK,
+    MULTINODE_RE,
+    RUNNER_EXIT,
+    SIGNAL_MARK,
+    SIGNAL_RE,
+)
 
 log = logging.getLogger(__name__)
 
-MULTINODE_MARK = "<LAVA_MULTI_NODE>"
-SIGNAL_MARK = "<LAVA_SIGNAL_"
-RUNNER_EXIT = "<LAVA_TEST_RUNNER EXIT>"
-#: LAVA rejects MultiNode signals longer than this
-MAX_SIGNAL_CHARS = 0xFFFE
-#: LAVA's regular expressions for the two signal families
-MULTINODE_RE = re.compile(r"<LAVA_MULTI_NODE> <LAVA_(\S+) ([^>]+)>")
-SIGNAL_RE = re.compile(r"<LAVA_SIGNAL_(\S+?)(?: ([^>]*))?>")
 #: the SEND parameters split at the blanks before each ``key=`` (or lavamq's
 #: ``key:esc=``), so values may hold spaces (and other whitespace, kept as it is)
 PARAM_SPLIT_RE = re.compile(r"[ \t]+(?=[\w.-]+(?::esc)?=)")

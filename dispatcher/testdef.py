@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from schemas.errors import InfrastructureError, JobError
+from schemas.lava_grammar import RUNNER_EXIT
 from schemas.testdef import (
     GIT_REPO_PARAM_KEYS,
     KNOWN_TOP_KEYS,
@@ -71,7 +72,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RUNNER_EXIT = "<LAVA_TEST_RUNNER EXIT>"
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 Logger = Callable[[str], Any]

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_agent.signals import MULTINODE_RE
+from schemas.lava_grammar import MULTINODE_RE
 
 _ACTION = re.compile(r"^(start|end): (\d+) (\S+)")
 _REPLY = re.compile(r"<LAVA_(SEND|WAIT_ALL|WAIT|SYNC)_COMPLETE")

@@ -37,6 +37,7 @@ from device_agent.signals import (
 from device_agent.signals import (
     TestSet as SetSignal,
 )
+from schemas.lava_grammar import RUNNER_EXIT
 
 
 def test_every_signal_of_the_grammar_is_a_typed_event() -> None:
@@ -174,7 +175,7 @@ def printed(event: Any) -> str:
         if event.role:
             args.append(event.role)
         return f"<LAVA_MULTI_NODE> <LAVA_{event.api} {' '.join(args)}>"
-    return signals.RUNNER_EXIT
+    return RUNNER_EXIT
 
 
 @settings(max_examples=200, deadline=None)
