@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import logging
 import sys
@@ -10,6 +12,23 @@ from pathlib import Path
 import click
 
 log = logging.getLogger(__name__)
+
+
+def skip_the_last_collection() -> None:
+    """Have the interpreter's exit skip its last garbage collection (once registered).
+
+    After a run, the heap holds the whole lab (broker, store, dispatcher, job
+    logs): the collection Python makes as it exits costs 0.25-0.5 s, to free
+    memory the process gives back anyway. ``gc.freeze`` at exit (after every
+    other exit handler) leaves those objects out of it.
+    """
+    global _freeze_registered
+    if not _freeze_registered:
+        _freeze_registered = True
+        atexit.register(gc.freeze)
+
+
+_freeze_registered = False
 
 
 def write_exports(bundle: dict[str, object], as_json: bool, junit: Path | None) -> None:
@@ -83,6 +102,8 @@ def run(
 
     def emit(line: str) -> None:
         click.echo(line, err=as_json)
+
+    skip_the_last_collection()
 
     outcome = run_job(
         job_file,
