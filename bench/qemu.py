@@ -252,6 +252,9 @@ def run(runs: int, only: str | None, anchor: bool) -> list[Row]:
     splits: list[Split] = []
     medians: dict[str, Split] = {}
     try:
+        # a missing LAVA is said before the lavamq runs, not after them
+        lava = find_lava(work) if anchor and "2-node" in cases else None
+        poll = coordinator_conf().get("poll_delay", "?") if lava is not None else None
         for name, job in cases.items():
             mine = [run_lavamq(name, job, work) for _ in range(runs)]
             splits += mine
@@ -262,9 +265,7 @@ def run(runs: int, only: str | None, anchor: bool) -> list[Row]:
                 Row("qemu", f"{name}: command → result", s.wall, "s",
                     "slowest VM boot + slowest node's own test time", s.floor, limit=2.0)
             )  # fmt: skip
-        if anchor and "2-node" in medians:
-            lava = find_lava(work)
-            poll = coordinator_conf().get("poll_delay", "?")
+        if lava is not None:
             with port_lock():
                 wall = median(
                     [
