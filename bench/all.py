@@ -53,7 +53,9 @@ def plan(smallest: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
         ("console", lambda: console.run(8, 16, boards=64, seconds=10)),
         (
             "load",
-            lambda: load.run([1, 10, 50], 4, 8, [1, 2], cluster=running_cluster() is not None),
+            lambda: load.run(
+                [1, 10, 50], 4, 4, [1, 2], cluster=running_cluster() is not None, interval=2.0
+            ),
         ),
         ("qemu", lambda: qemu.run(1, None, anchor=True)),
     ]

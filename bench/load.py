@@ -1,7 +1,7 @@
 """Benchmark: K concurrent MultiNode groups of n nodes, against one group alone.
 
     python bench/load.py [--groups 1 10 50] [--nodes 4] [--rounds 20] [--barriers 1 2 4]
-                         [--cluster]
+                         [--cluster] [--processes 4] [--interval 0]
 
 Every node is a real ``MultinodeClient`` (its own publishing connection, its
 process's group receiver) in its own thread; the groups are spread over
@@ -13,8 +13,18 @@ groups at once, against 1, 2 and 4 ``lavamq barrier`` processes (real
 processes of the lavamq under test). ``--cluster`` runs the same on the
 3-node cluster of ``scripts/rabbitmq-cluster.sh`` too. Prints aggregate
 syncs/s and sends/s, release p50/p99, and the ratio of each p99 to the
-single-group p99 of the same barrier count in the same run (target at K=50:
-≤ 2x), and checks that every node got every peer's every message.
+single-group p99 of the same barrier count in the same run (one group alone,
+at least 50 rounds, 0.1 s apart when paced; target at K=50: ≤ 2x), and
+checks that every node got every peer's every message.
+
+Closed loop by default: every node starts its next round as soon as its last
+one ended, so at K=50 the nodes offer the broker as many confirmed persistent
+publishes (3 a node a round) as it can take, and latency is the broker's
+queue. ``--interval S`` paces it (a group's rounds start S s apart, the groups'
+starts spread evenly over the S s, as independent jobs are): the run
+then prints the offered publishes/s against the broker's raw rate measured
+first (``sync_latency.raw_send_rate``: 64 senders, same vhost), so each p99
+ratio comes with how loaded the broker was.
 
 With B barrier processes the barrier is split into B shards
 (``$LAVAMQ_BARRIER_SHARDS``, set for this process and the barriers), each
@@ -36,6 +46,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
@@ -51,7 +62,7 @@ from common import (  # noqa: E402
     print_rows,
     running_cluster,
 )
-from sync_latency import timed_sync  # noqa: E402
+from sync_latency import raw_send_rate, timed_sync  # noqa: E402
 
 from broker_config import topology  # noqa: E402
 from broker_config.broker import Broker  # noqa: E402
@@ -91,9 +102,19 @@ def _cpu_seconds(procs: list[subprocess.Popen[str]]) -> list[float]:
 
 
 def node_process(
-    url: str, groups: list[str], n: int, rounds: int, ready: Any, go: Any, out: Any
+    url: str,
+    groups: list[tuple[str, float]],
+    n: int,
+    rounds: int,
+    interval: float,
+    ready: Any,
+    go: Any,
+    began: Any,
+    out: Any,
 ) -> None:
-    """(A process.) Every node of ``groups``: its rounds of one send and one sync each.
+    """(A process.) Every node of ``groups`` (name, phase): its rounds of one send and
+    one sync each, round r starting ``phase + r * interval`` s after ``began`` (at once
+    if it is late; ``interval`` 0: each round as soon as the last one ended).
 
     Puts ``(stamps, lost, error, cpu, ended)``: (group, round) → every node's
     (published, released) times, the messages a node did not get, the first
@@ -101,7 +122,8 @@ def node_process(
     node finished (``time.perf_counter``, the same clock in every process).
     """
     members = node_names(n)
-    clients = [MultinodeClient(url, g, m, members, timeout=300) for g in groups for m in members]
+    phases = dict(groups)
+    clients = [MultinodeClient(url, g, m, members, timeout=300) for g in phases for m in members]
     stamps: dict[tuple[str, int], list[tuple[float, float]]] = {}
     lock = threading.Lock()
     errors: list[str] = []
@@ -110,6 +132,8 @@ def node_process(
         try:
             go.wait()
             for r in range(rounds):
+                due = began.value + phases[c.group] + r * interval
+                time.sleep(max(0.0, due - time.perf_counter()))
                 c.send(f"m{r}", {"r": str(r)})
                 stamp = timed_sync(c, "load", 300)
                 with lock:
@@ -137,12 +161,29 @@ def node_process(
     out.put((stamps, lost, errors[0] if errors else "", usage.ru_utime + usage.ru_stime, ended))
 
 
+def _from_children(queue: Any, procs: list[Any], timeout: float, what: str) -> Any:
+    """The next item a node process puts on ``queue``; stops if one of them died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return queue.get(timeout=0.5)
+        except Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise SystemExit(
+                    f"load: a node process exited {dead[0].exitcode} (see above)"
+                ) from None
+    raise SystemExit(f"load: a node process did not {what} in {timeout:g} s")
+
+
 def node_names(n: int) -> dict[str, str]:
     """node → role of each group's ``n`` nodes."""
     return {f"node{i:02d}": "server" if i == 0 else "client" for i in range(n)}
 
 
-def run_groups(url: str, k: int, n: int, rounds: int, processes: int) -> dict[str, float]:
+def run_groups(
+    url: str, k: int, n: int, rounds: int, processes: int, interval: float = 0.0
+) -> dict[str, float]:
     """K groups at once, over ``processes`` node processes (each group's nodes in one,
     as on a dispatcher host); aggregate rates, release latencies and lost messages."""
     broker = Broker(url)
@@ -151,19 +192,23 @@ def run_groups(url: str, k: int, n: int, rounds: int, processes: int) -> dict[st
     for g in groups:
         create_group(broker, g, members, timeout=300)
     mp = multiprocessing.get_context("spawn")
-    ready, go, out = mp.Queue(), mp.Event(), mp.Queue()
-    shares = [groups[i::processes] for i in range(min(processes, k))]
+    ready, go, out, start = mp.Queue(), mp.Event(), mp.Queue(), mp.Value("d", 0.0)
+    # independent groups: paced ones start their rounds spread over the interval
+    phased = [(g, interval * i / k) for i, g in enumerate(groups)]
+    shares = [phased[i::processes] for i in range(min(processes, k))]
     procs = [
-        mp.Process(target=node_process, args=(url, share, n, rounds, ready, go, out))
+        mp.Process(
+            target=node_process, args=(url, share, n, rounds, interval, ready, go, start, out)
+        )
         for share in shares
     ]
     for proc in procs:
         proc.start()
     for _ in procs:
-        ready.get(timeout=300)
-    began = time.perf_counter()
+        _from_children(ready, procs, 300, "connect its nodes")
+    began = start.value = time.perf_counter()
     go.set()
-    results = [out.get(timeout=600) for _ in procs]
+    results = [_from_children(out, procs, 600, "finish its rounds") for _ in procs]
     for proc in procs:
         proc.join(30)
     elapsed = max(ended for *_, ended in results) - began
@@ -200,8 +245,13 @@ def measure(
     rounds: int,
     barriers: list[int],
     processes: int,
+    interval: float = 0.0,
 ) -> list[Row]:
     rows: list[Row] = []
+    # what the broker itself sustains: confirmed persistent publishes from 64 senders
+    capacity = raw_send_rate(url, 64, 20)
+    # each round of each node: its send (group exchange + barrier) and its sync
+    offered = 3 * n / interval if interval else 0.0
     for count in barriers:
         # one shard per barrier process; publishers here and there must agree
         os.environ[topology.BARRIER_SHARDS_ENV] = str(count)
@@ -210,17 +260,26 @@ def measure(
         with tempfile.TemporaryDirectory() as tmp:
             procs = start_barriers(url, count, Path(tmp))
             try:
-                alone = run_groups(url, 1, n, rounds, processes)
+                # its p99 from enough rounds (K=50 has 50 times as many samples)
+                alone = run_groups(url, 1, n, max(rounds, 50), 1, min(interval, 0.1))
                 for k in groups:
                     cpu = _cpu_seconds(procs)
-                    got = alone if k == 1 else run_groups(url, k, n, rounds, processes)
+                    got = alone if k == 1 else run_groups(url, k, n, rounds, processes, interval)
                     used = [
                         after - before
                         for before, after in zip(cpu, _cpu_seconds(procs), strict=True)
                     ]
-                    label = f"{where}, {count} barrier(s), K={k} x n={n}"
+                    pace = f", a round every {interval:g} s" if interval else ""
+                    label = f"{where}, {count} barrier(s), K={k} x n={n}{pace}"
+                    load = (
+                        f"offered {offered * k:.0f} confirmed publishes/s, "
+                        f"{offered * k / capacity:.0%} of the broker's {capacity:.0f}/s; "
+                        if interval
+                        else f"closed loop (the broker's raw rate: {capacity:.0f}/s); "
+                    )
                     print(
-                        f"{label}: {got['syncs_s']:.0f} syncs/s, {got['sends_s']:.0f} sends/s, "
+                        f"{label}: {load}{got['syncs_s']:.0f} syncs/s, "
+                        f"{got['sends_s']:.0f} sends/s, "
                         f"release p50 {got['p50']:.1f} ms p99 {got['p99']:.1f} ms, "
                         f"lost {got['lost']:.0f}; CPU s: nodes' processes {got['nodes_cpu']:.1f}"
                         f" (whole life), barriers {' '.join(f'{u:.1f}' for u in used)}; "
@@ -254,9 +313,10 @@ def run(
     barriers: list[int],
     cluster: bool = False,
     processes: int = 4,
+    interval: float = 0.0,
 ) -> list[Row]:
     with bench_vhost("lavamq-load") as url:
-        rows = measure(url, "one node", groups, n, rounds, barriers, processes)
+        rows = measure(url, "one node", groups, n, rounds, barriers, processes, interval)
     if cluster:
         where = running_cluster()
         if where is None:
@@ -266,7 +326,9 @@ def run(
         # no failover test kills its nodes meanwhile
         with where.shared(), bench_vhost("lavamq-load", base=where.mgmt, amqp=where.amqp[0]) as url:
             nodes = ",".join(url.replace(where.amqp[0], a) for a in where.amqp)
-            rows += measure(nodes, "3-node cluster", groups, n, rounds, barriers, processes)
+            rows += measure(
+                nodes, "3-node cluster", groups, n, rounds, barriers, processes, interval
+            )
     return rows
 
 
@@ -280,8 +342,22 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=4, help="node processes the groups are spread over"
     )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="seconds between the starts of a group's rounds (0: as fast as they go)",
+    )
     args = parser.parse_args()
-    rows = run(args.groups, args.nodes, args.rounds, args.barriers, args.cluster, args.processes)
+    rows = run(
+        args.groups,
+        args.nodes,
+        args.rounds,
+        args.barriers,
+        args.cluster,
+        args.processes,
+        args.interval,
+    )
     print_rows(rows)
 
 

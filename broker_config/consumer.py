@@ -84,7 +84,11 @@ class QueueConsumer(DeliveryHandling):
 
     ``gather_wait``: how long a batch handler's batch waits for one more
     delivery (a burst's messages come within a fraction of a millisecond of
-    each other; the wait is paid once more after the last of them).
+    each other; the wait is paid once more after the last of them), and
+    ``gather_max`` how long it gathers at most: while deliveries keep coming
+    (many groups at once), a batch is handled every few milliseconds rather
+    than once the stream pauses, which made the first arrivals wait for the
+    whole burst.
 
     ``schemas`` maps AMQP ``type`` → schema (a single schema accepts any
     type). Give ``handler`` (one delivery at a time) or ``batch_handler``
@@ -130,6 +134,7 @@ class QueueConsumer(DeliveryHandling):
         self.max_retries = max_retries
         self._ready = threading.Event()
         self.gather_wait = 0.0002
+        self.gather_max = 0.002
         self._pending: list[Message] = []
         self.connection: Connection | None = None
         #: called each time consuming (re)starts, before ``on_ready``: a
@@ -371,7 +376,7 @@ class QueueConsumer(DeliveryHandling):
 
     def _gather_batch(self) -> list[Delivery]:
         """For a batch handler: what is here and what else is already coming (one store
-        transaction for many), up to ``prefetch``, decoded as it comes in.
+        transaction for many), up to ``prefetch`` or ``gather_max`` s, decoded as it comes in.
 
         Each delivery is decoded and authorized while the next ones are awaited:
         a burst's last arrival (a barrier's last node) then finds the others
@@ -381,11 +386,12 @@ class QueueConsumer(DeliveryHandling):
         in_batch: set[tuple[str, str, str]] = set()
         deliveries: list[Delivery] = []
         taken = 0
+        deadline = time.monotonic() + self.gather_max
         while True:
             ready, self._pending[:] = list(self._pending), []
             taken += len(ready)
             deliveries += self._prepare(ready, in_batch)
-            if taken >= self.prefetch:
+            if taken >= self.prefetch or time.monotonic() >= deadline:
                 return deliveries
             try:
                 self.connection.drain_events(timeout=self.gather_wait)
