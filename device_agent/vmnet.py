@@ -45,11 +45,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SUBNET = ipaddress.IPv4Network("169.254.0.0/16")
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SWITCH_START_TIMEOUT = 10.0
-#: the longest unix socket path (sun_path less its NUL), and the most a VM's vde plug
-#: adds to the switch's directory for its own socket (``/vde.<pid>-<n>``: a pid of up
-#: to 7 digits)
+#: the longest unix socket path (sun_path less its NUL), and the most vde_switch adds
+#: to its directory for its own sockets there: ``ctl``, and one per port,
+#: ``<port>.<fd>`` (3 digits, and a descriptor below 100 in that small daemon)
 SOCKET_PATH_MAX = 107
-VDE_PORT_SUFFIX = len("/vde.0000000-00000")
+VDE_PORT_SUFFIX = len("/000.00")
 
 
 def lavamq_runtime_dir(kind: str, env_var: str) -> Path:
@@ -214,7 +214,7 @@ class GroupNetwork:
             raise InfrastructureError(
                 f"vmnet {self.group}: the switch's socket directory {self.socket} is too "
                 f"long for unix sockets ({longest} > {SOCKET_PATH_MAX} characters with a "
-                "port's socket): use a shorter runtime directory (for lavamq run, a "
+                "port's socket in it): use a shorter runtime directory (for lavamq run, a "
                 "shorter TMPDIR)"
             )
         reap_stale_networks(self.runtime_dir)
