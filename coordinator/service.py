@@ -328,7 +328,10 @@ class CoordinatorService:
             key=key,
         )
         self._dirty = True
-        return self._submitted(receipt, plan.job_name, key)
+        answer = self._submitted(receipt, plan.job_name, key)
+        # what loading the file noticed (a duplicate key), for the submitter to see
+        answer["warnings"] = list(plan.warnings)
+        return answer
 
     def _submitted(
         self, receipt: SubmitReceipt, job_name: str, key: str | None, *, again: bool = False

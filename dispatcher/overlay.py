@@ -4,6 +4,7 @@ As LAVA's OverlayAction does, :func:`build_overlay` writes everything the
 board needs before anything runs on it::
 
     bin/                 the lava-* helpers, lava-test-runner, multinode/ context
+    secrets              the job's secrets: NAME=value lines, mode 0600
     tests/<n>_<name>/    each fetched definition, its uuid, run.sh (and install.sh),
                          its install git-repos, testdef.yaml, testdef_metadata
     results/             where lava-test-case keeps a copy of each result
@@ -16,6 +17,7 @@ action only installs it, runs the runner and turns signals into results.
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ class OverlaySpec:
     #: ("" when it may)
     packages_refused: str = "the device does not install the OS's packages"
     device_type: str = ""
+    #: the job's ``secrets:``, written to ``secrets`` (mode 0600) as ``NAME=value`` lines
+    secrets: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,6 +125,15 @@ def printf_export(name: str, text: str) -> str:
     return f'{name}="$(printf {shlex.quote(escaped)})"; export {name}'
 
 
+def write_secrets(path: Path, secrets: Mapping[str, str]) -> None:
+    """LAVA's ``secrets`` file: one ``NAME=value`` line each, for the test to source
+    (a value the shell would split is quoted), readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.writelines(f"{name}={shlex.quote(value)}\n" for name, value in secrets.items())
+
+
 def build_overlay(spec: OverlaySpec, dest: Path, *, deadline: float | None, say: Logger) -> Overlay:
     """Write the overlay of ``spec`` into ``dest`` (helpers, definitions, run scripts)."""
     (dest / "tests").mkdir(parents=True, exist_ok=True)
@@ -131,6 +144,9 @@ def build_overlay(spec: OverlaySpec, dest: Path, *, deadline: float | None, say:
             spec.node, spec.role, dict(spec.members or {spec.node: spec.role})
         ),
     )
+    if spec.secrets:
+        write_secrets(dest / "secrets", spec.secrets)
+        say(f"secrets: {', '.join(spec.secrets)} written to the overlay's secrets file")
     overlay = Overlay(dest, spec)
     for i, definition in enumerate(spec.definitions):
         test = fetch_test(dict(definition), i, dest / "tests", deadline=deadline, say=say)

@@ -22,7 +22,7 @@ from dispatcher.action import JobContext, Pipeline
 from dispatcher.actions.finalize import FinalizeAction
 from dispatcher.actions.test_shell import record_result
 from dispatcher.assignment import Assignment, load_assignment
-from dispatcher.joblog import JobLog
+from dispatcher.joblog import JobLog, mask_secrets
 from dispatcher.publisher import dropped_note
 from dispatcher.registry import build_pipeline, pipeline_for
 from schemas.errors import JobCanceled, JobError, LavamqError, classify
@@ -83,7 +83,8 @@ class SubJobRunner:
         a = self.assignment
         job, subjob, node = a.job_id, a.subjob_id, a.node
         self.workdir.mkdir(parents=True, exist_ok=True)
-        joblog = JobLog(self.workdir / "job.log")
+        # the job's secrets are masked in everything the log keeps or sends
+        joblog = JobLog(self.workdir / "job.log", secrets=a.secrets.values())
         publisher = None
         if self.broker_url:
             from dispatcher.publisher import SubJobPublisher
@@ -179,7 +180,9 @@ class SubJobRunner:
             + (f": {error.error_type}: {error.message}" if error is not None else "")
         )
         joblog.close()
-        message = error.message[:10_000] if error is not None else None
+        message = None
+        if error is not None:
+            message = mask_secrets(error.message, a.secrets.values())[:10_000]
         if publisher is not None:
             publisher.close()
             if publisher.dropped_records or publisher.dropped_results:

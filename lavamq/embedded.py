@@ -298,6 +298,8 @@ def run_job(
     plan = load_job_file(path)
     text = path.read_text(encoding="utf-8")
     say = emit or (lambda line: None)
+    for warning in plan.warnings:
+        say(f"{path.name}: warning: {warning}")
     ensure_images(plan, say)
     ws = Path(workspace) if workspace else Path(tempfile.mkdtemp(prefix="lavamq-run-"))
     watcher: ProgressWatcher | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,8 @@ def load_job(text: str | bytes, source: str = "<job>", *, base_dir: Path | None 
     of ``source`` when that is an absolute path (``schemas.job_paths``).
     """
     problems = Problems()
-    data, syntax = parse_document(text, problems)
+    warnings: list[str] = []
+    data, syntax = parse_document(text, problems, warnings)
     plan: JobPlan | None = None
     if not problems:
         if not isinstance(data, dict):
@@ -102,6 +104,8 @@ def load_job(text: str | bytes, source: str = "<job>", *, base_dir: Path | None 
     if plan is not None:
         plan = resolve_paths(plan, base_dir or job_dir(source), problems)
         check_definitions(plan, problems)
+    if plan is not None and warnings:
+        plan = replace(plan, warnings=tuple(warnings))
     if problems or plan is None:
         log.debug("%s: %d problem(s)", source, len(problems))
         raise JobValidationError(problems.items, source)

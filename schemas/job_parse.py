@@ -38,11 +38,16 @@ _INT_BOUND = 10**MAX_INT_DIGITS
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _StrictYamlLoader(_SafeLoader):  # type: ignore[valid-type,misc]
-    """SafeLoader that reports duplicate keys instead of keeping the last one."""
+class _LavaYamlLoader(_SafeLoader):  # type: ignore[valid-type,misc]
+    """SafeLoader that keeps the last of duplicate keys, as PyYAML does for LAVA, and
+    remembers where each duplicate was (for a warning naming its line and column)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[Any, yaml.Mark]] = []
 
 
-def _construct_mapping(loader: _StrictYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+def _construct_mapping(loader: _LavaYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     seen: set[Any] = set()
     for key_node, _ in node.value:
@@ -55,18 +60,28 @@ def _construct_mapping(loader: _StrictYamlLoader, node: yaml.MappingNode) -> dic
                 None, None, "a mapping key must be a plain value", key_node.start_mark
             ) from None
         if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            loader.duplicates.append((key, key_node.start_mark))
     mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
     return mapping
+
+
+def duplicate_warning(key: Any, where: str) -> str:
+    """The warning for a duplicate key: the last one is used, as LAVA's loader does."""
+    return f"{where}: duplicate key {key!r}: the last one is used (as LAVA does)"
+
+
+def _marked(duplicates: list[tuple[Any, yaml.Mark]]) -> list[str]:
+    return [
+        duplicate_warning(key, f"line {mark.line + 1}, column {mark.column + 1}")
+        for key, mark in duplicates
+    ]
 
 
 def _too_long(digits: int) -> str:
     return f"an integer of {digits} digits: a job file may write at most {MAX_INT_DIGITS}"
 
 
-def _construct_int(loader: _StrictYamlLoader, node: yaml.ScalarNode) -> int:
+def _construct_int(loader: _LavaYamlLoader, node: yaml.ScalarNode) -> int:
     """YAML's int, refused (at its line) past ``MAX_INT_DIGITS`` in any base."""
     digits = sum(c.isalnum() for c in str(node.value))
     if digits > MAX_INT_DIGITS:
@@ -79,24 +94,42 @@ def _construct_int(loader: _StrictYamlLoader, node: yaml.ScalarNode) -> int:
     return value
 
 
-_StrictYamlLoader.add_constructor(
+_LavaYamlLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
-_StrictYamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_LavaYamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
+class _JsonObjects:
+    """``object_pairs_hook`` keeping the last of duplicate keys (as Python's json and
+    LAVA 2014 do) and remembering them."""
+
+    def __init__(self) -> None:
+        self.duplicates: list[str] = []
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                self.duplicates.append(key)
+            out[key] = value
+        return out
 
 
-class _DuplicateKey(ValueError):
-    pass
+def _json_duplicates(text: str, keys: list[str]) -> list[str]:
+    """Where the JSON document's duplicate keys are (``line L, column C``), found by
+    reading it as YAML, which holds JSON; the key alone when that reading fails."""
+    try:
+        loader = _LavaYamlLoader(text)
+        try:
+            loader.get_single_data()
+        finally:
+            loader.dispose()
+        found = _marked(loader.duplicates)
+    except (yaml.YAMLError, RecursionError):
+        found = []
+    return found or [duplicate_warning(key, "file") for key in keys]
 
 
 def _no_constant(name: str) -> Any:
@@ -141,8 +174,14 @@ def read_job_bytes(path: str) -> bytes:
     return data
 
 
-def parse_document(text: str | bytes, problems: Problems) -> tuple[Any, str]:
-    """Parse JSON or YAML text; returns (data, "json"|"yaml"), or (None, ...) with problems."""
+def parse_document(
+    text: str | bytes, problems: Problems, warnings: list[str] | None = None
+) -> tuple[Any, str]:
+    """Parse JSON or YAML text; returns (data, "json"|"yaml"), or (None, ...) with problems.
+
+    A duplicate key is not a problem: the last one is used, as LAVA's YAML loader and
+    Python's json do, and ``warnings`` gets a line naming it and where it is."""
+    warnings = warnings if warnings is not None else []
     if isinstance(text, bytes):
         if len(text) > MAX_JOB_BYTES:
             problems.add("file", f"is {len(text)} bytes; a job file may be at most {MAX_JOB_BYTES}")
@@ -163,18 +202,16 @@ def parse_document(text: str | bytes, problems: Problems) -> tuple[Any, str]:
         problems.add("file", "is empty")
         return None, "yaml"
     if stripped[0] in "{[":
+        objects = _JsonObjects()
         try:
             data = json.loads(
                 text,
-                object_pairs_hook=_json_object,
+                object_pairs_hook=objects,
                 parse_constant=_no_constant,
                 parse_int=_json_int,
             )
         except json.JSONDecodeError as exc:
             problems.add(f"line {exc.lineno}, column {exc.colno}", exc.msg)
-            return None, "json"
-        except _DuplicateKey as exc:
-            problems.add("file", f"duplicate key {exc.args[0]!r} in a JSON object")
             return None, "json"
         except _LongInt as exc:
             number = str(exc.args[0])
@@ -188,9 +225,11 @@ def parse_document(text: str | bytes, problems: Problems) -> tuple[Any, str]:
             return None, "json"
         if not _within_bounds(data, _json_children, lambda _: "file", problems):
             return None, "json"
+        if objects.duplicates:
+            warnings.extend(_json_duplicates(text, objects.duplicates))
         return data, "json"
     try:
-        data = _load_yaml_bounded(text, problems)
+        data = _load_yaml_bounded(text, problems, warnings)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or exc.context or "invalid YAML"
@@ -271,15 +310,17 @@ def _within_bounds(
     return True
 
 
-def _load_yaml_bounded(text: str, problems: Problems) -> Any:
+def _load_yaml_bounded(text: str, problems: Problems, warnings: list[str]) -> Any:
     """Compose the YAML document, check its bounds, and only then construct it."""
-    loader = _StrictYamlLoader(text)
+    loader = _LavaYamlLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         if not _within_bounds(node, _yaml_children, _yaml_where, problems):
             return None
-        return loader.construct_document(node)
+        data = loader.construct_document(node)
+        warnings.extend(_marked(loader.duplicates))
+        return data
     finally:
         loader.dispose()

@@ -9,6 +9,8 @@ on (roles, timeouts, images, test definitions) are checked strictly.
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import replace
 from typing import Any
 
 from marshmallow import Schema, validate
@@ -32,6 +34,7 @@ from schemas.job_checks import (
     role_plan,
 )
 from schemas.job_yaml_actions import timeout_seconds, yaml_actions
+from schemas.job_yaml_roles import check_role_actions
 from schemas.jobmodel import (
     DEFAULT_ACTION_TIMEOUT,
     DEFAULT_MULTINODE_TIMEOUT,
@@ -136,10 +139,15 @@ def load_yaml_job(data: dict[str, Any], problems: Problems, source: str) -> JobP
             multinode=multinode,
             connection=timeouts.connection,
         )
+    before = len(problems)
     actions = yaml_actions(data.get("actions"), role_names, timeouts, action_timeouts, problems)
+    if len(problems) == before:
+        # on the whole list only: an action left out as invalid would read as missing
+        check_role_actions(roles, actions, problems)
+    secrets = _secrets(data.get("secrets"), problems)
     if problems:
         return None
-    return build_plan(
+    plan = build_plan(
         job_name=top["job_name"],
         fmt=FORMAT_YAML,
         priority=priority,
@@ -147,6 +155,32 @@ def load_yaml_job(data: dict[str, Any], problems: Problems, source: str) -> JobP
         roles=roles,
         actions=actions,
     )
+    return replace(plan, secrets=secrets) if secrets else plan
+
+
+#: a secret's name: a shell variable (the board sources ``/lava-<id>/secrets``)
+_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _secrets(value: Any, problems: Problems) -> dict[str, str]:
+    """LAVA's ``secrets:`` (``dict[str: str]``); names are shell variables, values one line."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add("secrets", f"must map names to strings (got {kind_of(value)})")
+        return {}
+    out: dict[str, str] = {}
+    for name, secret in value.items():
+        where = f"secrets.{name}"
+        if not isinstance(name, str) or not _SECRET_NAME.match(name):
+            problems.add(where, "the name must be a shell variable name (letters, digits, '_')")
+        elif not isinstance(secret, str):
+            problems.add(where, f"must be a string (got {kind_of(secret)})")
+        elif "\n" in secret or "\r" in secret:
+            problems.add(where, "must be one line (the board reads NAME=value lines)")
+        else:
+            out[name] = secret
+    return out
 
 
 def _timeouts(value: Any, problems: Problems) -> tuple[Timeouts, dict[str, float]]:

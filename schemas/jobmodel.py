@@ -201,10 +201,15 @@ class JobPlan:
     roles: tuple[RolePlan, ...]
     subjobs: tuple[SubJobPlan, ...]
     actions: tuple[ActionPlan, ...]
+    #: the job's ``secrets:`` (name → value): written to the board's overlay, masked
+    #: in its logs and results
+    secrets: dict[str, str] = field(default_factory=dict)
+    #: what loading the file noticed without refusing it (``line L, column C: ...``)
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The whole plan as JSON-safe data; ``from_dict`` gives an equal plan back."""
-        return {
+        out: dict[str, Any] = {
             "job_name": self.job_name,
             "format": self.format,
             "priority": self.priority,
@@ -213,6 +218,12 @@ class JobPlan:
             "subjobs": [s.to_dict() for s in self.subjobs],
             "actions": [a.to_dict() for a in self.actions],
         }
+        # only when there are some: plans without keep their shape
+        if self.secrets:
+            out["secrets"] = dict(self.secrets)
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobPlan:
@@ -225,6 +236,8 @@ class JobPlan:
             roles=tuple(RolePlan.from_dict(r) for r in d.get("roles") or ()),
             subjobs=tuple(SubJobPlan.from_dict(s) for s in d.get("subjobs") or ()),
             actions=tuple(ActionPlan.from_dict(a) for a in d.get("actions") or ()),
+            secrets={str(k): str(v) for k, v in (d.get("secrets") or {}).items()},
+            warnings=tuple(str(w) for w in d.get("warnings") or ()),
         )
 
     def role(self, name: str) -> RolePlan:
@@ -246,6 +259,8 @@ class JobPlan:
         body = self.subjob(role, index).to_dict()
         body["job_name"] = self.job_name
         body["timeouts"] = self.timeouts.to_dict()
+        if self.secrets:
+            body["secrets"] = dict(self.secrets)
         return body
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from dispatcher.action import Action, JobContext, Pipeline, RetryAction
 from dispatcher.download import fetch_image, validate_image
+from schemas.deploys import NO_URL_DEPLOYS, deploy_refused, nothing_to_deploy
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,42 @@ class DeployImagesAction(Action):
             ]
         )
 
+    @property
+    def method(self) -> str:
+        """``deploy: to:`` as written ("" when none)."""
+        return str(self.parameters.get("to") or "")
+
     def validate(self, ctx: JobContext) -> list[str]:
         """A deploy must name at least one image."""
         problems = super().validate(ctx)
-        images = self.parameters.get("images")
-        if not isinstance(images, dict) or not images:
+        if self.images:
+            return problems
+        kind = type(ctx.device).device_type  # a local board standing in for another is local
+        if self.method in NO_URL_DEPLOYS:
+            why = deploy_refused(self.method, kind)
+            if why:
+                problems.append(
+                    f"{self.name}: to: {self.method} is not supported on device type "
+                    f"{ctx.device.device_type}: {why}"
+                )
+        else:
             problems.append(f"{self.name}: no images to deploy (parameters.images is empty)")
         return problems
+
+    def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
+        """Fetch every image; a deploy without images (honoured, as validate checked)
+        fetches nothing and says so."""
+        if not self.images:
+            # a deploy without images (to: docker, lxc, overlay) the device honours
+            image = self.parameters.get("image")
+            name = image.get("name") if isinstance(image, dict) else image
+            detail = f"image {name}" if name else ""
+            if type(ctx.device).device_type == "local":
+                ctx.log.info(nothing_to_deploy(self.method, detail))
+            else:
+                ctx.log.info(
+                    f"deploy to {self.method}: nothing to fetch; the overlay is installed "
+                    "by the test action"
+                )
+            return connection
+        return super().run(connection, deadline, ctx)

@@ -26,7 +26,7 @@ from typing import Any
 from device_agent import signals
 from dispatcher.action import Action, ActionTimeout, JobContext, remaining
 from dispatcher.attachments import AttachmentCollector
-from dispatcher.joblog import now_iso
+from dispatcher.joblog import mask_secrets, now_iso
 from dispatcher.overlay import Overlay, OverlaySpec, build_overlay, joined_commands
 from dispatcher.testdef import RUNNER_EXIT, FetchedTest, PatternParser, case_id, validate_spec
 from schemas.errors import InfrastructureError, JobCanceled, JobError
@@ -249,7 +249,13 @@ class ResultTracker:
 
 
 def result_body(ctx: JobContext, rec: dict[str, Any]) -> dict[str, Any]:
-    """A ``test-result`` message body for one tracked result."""
+    """A ``test-result`` message body for one tracked result (the job's secrets masked in
+    what the test named: case, units, extra)."""
+
+    def masked(text: str) -> str:
+        return mask_secrets(text, ctx.secrets.values()) if ctx.secrets else text
+
+    units = rec.get("units")
     return {
         "id": str(uuid.uuid4()),
         "job": ctx.job_id,
@@ -257,12 +263,12 @@ def result_body(ctx: JobContext, rec: dict[str, Any]) -> dict[str, Any]:
         "node": ctx.node,
         "role": ctx.role,
         "suite": rec["suite"],
-        "case": rec["case"],
+        "case": masked(rec["case"]),
         "result": rec["result"],
         "measurement": rec.get("measurement"),
-        "units": rec.get("units"),
+        "units": masked(units) if isinstance(units, str) else units,
         "time": now_iso(),
-        "extra": {str(k): str(v) for k, v in (rec.get("extra") or {}).items()},
+        "extra": {str(k): masked(str(v)) for k, v in (rec.get("extra") or {}).items()},
         "attachments": list(rec.get("attachments") or []),
     }
 
@@ -341,6 +347,7 @@ class LavaTestShellAction(Action):
             tracker.detach(connection)
             if bridge is not None:
                 bridge.close()
+            self._remove_secrets(overlay, target, ctx)
         # a lava-test-raise (or the group's failure) seen as the runner ended
         if failures:
             raise failures[0]
@@ -385,6 +392,17 @@ class LavaTestShellAction(Action):
         ctx.log.info(f"{self.name}: {len(tests)} test run(s), {tracker.cases} result(s)")
         return connection
 
+    @staticmethod
+    def _remove_secrets(overlay: Overlay, target: str, ctx: JobContext) -> None:
+        """The secrets file is the job's only while its tests run: removed from the
+        overlay and from a board whose filesystem is on this host once they ended."""
+        places = [overlay.root]
+        workdir = getattr(ctx.device, "workdir", None)
+        if workdir is not None and Path(target).resolve().is_relative_to(Path(workdir).resolve()):
+            places.append(Path(target))
+        for place in places:
+            (place / "secrets").unlink(missing_ok=True)
+
     def prepare_overlay(self, ctx: JobContext, deadline: float | None) -> Path:
         """Build the overlay now (the boot action asks, for a device that boots with it)."""
         self._prepared = self._build_overlay(ctx, deadline)
@@ -399,6 +417,7 @@ class LavaTestShellAction(Action):
             members=dict(ctx.members),
             definitions=self.definitions,
             packages_refused=ctx.device.packages_refused(),
+            secrets=dict(ctx.secrets),
             device_type=ctx.device.device_type,
         )
         return build_overlay(spec, ctx.workdir / "overlay", deadline=deadline, say=ctx.log.info)

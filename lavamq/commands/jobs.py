@@ -129,6 +129,8 @@ def submit(
         lambda c: c.submit(text, source=str(file.absolute()), submitter=getpass.getuser(), key=key),
         url,
     )
+    for warning in result.get("warnings") or ():
+        click.echo(f"{file}: warning: {warning}", err=True)
     if as_json and not wait_:
         _print_json(result)
         return

@@ -146,9 +146,14 @@ def validate_command(files: tuple[str, ...], as_json: bool, describe: bool) -> N
     for path in files:
         plan, problems = check_file(path)
         if plan is not None:
-            entry: dict[str, Any] = {"file": path, "valid": True, "plan": plan.to_dict()}
+            shown = plan.to_dict()
+            if "secrets" in shown:
+                # what the job's secrets are named, never their values
+                shown["secrets"] = dict.fromkeys(shown["secrets"], "*****")
+            entry: dict[str, Any] = {"file": path, "valid": True, "plan": shown}
             report.append(entry)
             human.append(f"{path}: valid")
+            human.extend(f"{path}: warning: {warning}" for warning in plan.warnings)
             human.extend(render_plan(plan))
             if describe:
                 entry["pipelines"] = role_pipelines(plan)

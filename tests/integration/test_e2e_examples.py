@@ -263,3 +263,36 @@ def test_example_in_the_lab(example: str, lab: dict[str, Any], tmp_path: Path) -
     # the nodes ran on both hosts' boards where the example needs more than one host
     if example == "seed-multinode-local.yaml":
         assert {n["device"] for n in bundle["nodes"]} == {"panda-01", "panda-02", "beaglexm-01"}
+
+
+def test_submit_loads_job_files_as_lava_does(lab: dict[str, Any], tmp_path: Path) -> None:
+    """What `lavamq validate` and `run` say of a job file, `submit` says too: a duplicate
+    key is a warning (the last one wins), a job its devices cannot do is refused before
+    anything starts."""
+    jobs = ROOT / "tests" / "lava_jobs"
+
+    def submit(job: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*LAVAMQ, "submit", str(jobs / job), "--broker", lab["url"], *args],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=tmp_path,
+        )
+
+    refused = submit("unsupported-deploys.yaml")
+    assert refused.returncode != 0
+    assert "actions[0].deploy: to: docker is not supported on device type qemu" in refused.stderr
+    assert "actions[2].test: role board (nodes board #0, board #1) is never booted" in (
+        refused.stderr
+    )
+    done = submit("duplicate-key.yaml", "--wait", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "duplicate key 'GREETING': the last one is used (as LAVA does)" in done.stderr
+    (node,) = json.loads(done.stdout)["nodes"]
+    runs = {r["name"]: {c["name"]: c["result"] for c in r["cases"]} for r in node["test_runs"]}
+    assert runs["0_last-wins"] == {"the-last-value": "pass"}
+    # deploys without images, on the lab's local boards over RabbitMQ
+    deployed = submit("no-url-deploys.yaml", "--wait", "--json")
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    assert json.loads(deployed.stdout)["job"]["status"] == "complete"

@@ -104,6 +104,12 @@ def test_set_e_ends_a_definition_at_its_failing_step_and_the_next_one_runs() -> 
     board = cases(bundle, "board")
     assert board["0_stops-early"] == {"before": "pass"}  # `after` never reported
     assert board["lava"]["0_stops-early"] == "fail"
+    # LAVA 2026.07 records nothing for this definition (9c); lavamq names where it stopped
+    (node,) = bundle["nodes"]
+    lava = {c["name"]: c for r in node["test_runs"] if r["name"] == "lava" for c in r["cases"]}
+    assert (
+        lava["0_stops-early"]["extra"]["reason"] == "ended at step 2 (exit 1) before its last step"
+    )
     assert board["1_runs-on"] == {"quoted-args": "pass", "one-arg-pipe": "pass"}
     assert board["lava"]["1_runs-on"] == "pass"
 

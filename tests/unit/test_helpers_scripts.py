@@ -489,3 +489,36 @@ def test_the_collector_keeps_only_whole_attachments() -> None:
     assert any("cut: not kept: its base64 is damaged" in s for s in said)
     assert any("huge: not kept: over the limit of 1048576 bytes" in s for s in said)
     assert any("without a start" in s for s in said)
+
+
+@pytest.mark.parametrize(
+    ("call", "says"),
+    [
+        (["lava-send"], "usage: lava-send <message-id>"),
+        (["lava-send", "a b"], "bad message id 'a b'"),
+        (["lava-wait"], "usage: lava-wait <message-id>"),
+        (["lava-wait-all"], "usage: lava-wait-all <message-id> [<role>]"),
+        (["lava-sync"], "usage: lava-sync <message-id>"),
+        (["lava-role", "bogus"], "usage: lava-role [list]"),
+        (["lava-network", "bogus"], "usage: lava-network broadcast|collect"),
+        (["lava-echo-ipv4"], "usage: lava-echo-ipv4 <interface>"),
+        (["lava-echo-ipv4", "nosuchif0"], "no IPv4 address on interface 'nosuchif0'"),
+        (["lava-test-case"], "Usage: lava-test-case TEST_CASE_ID"),
+        (["lava-test-case", "x"], "--result must be specified"),
+        (["lava-test-case", "x", "--result", "maybe"], "bad result 'maybe'"),
+        (["lava-test-set", "bogus"], "Usage: lava-test-set start NAME"),
+        (["lava-test-reference", "x", "--result", "pass"], "Usage: lava-test-reference"),
+        (["lava-test-raise"], "Usage: lava-test-raise MESSAGE"),
+        (["lava-test-event"], "Usage: lava-test-event TEXT"),
+        (["lava-background-process-start", "x"], "usage: lava-background-process-start NAME"),
+        (["lava-background-process-stop"], "usage: lava-background-process-stop NAME"),
+        (["lava-test-case-attach", "c", "/nonexistent"], "file /nonexistent not found"),
+        (["lava-test-run-attach"], "usage: lava-test-run-attach FILE [MIME_TYPE]"),
+        (["lava-install-packages"], "usage: lava-install-packages PACKAGE..."),
+        (["lava-add-sources"], "usage: lava-add-sources SOURCE..."),
+        (["lava-add-keys"], "usage: lava-add-keys KEY..."),
+    ],
+)
+def test_bad_input_to_a_helper_says_what_is_wrong(dut: Dut, call: list[str], says: str) -> None:
+    rc, _, err = dut.run(*call)
+    assert rc != 0 and says in err, (rc, err)

@@ -373,6 +373,7 @@ protocols:
     roles:
       host: {device_type: qemu}
 actions:
+- boot: {}
 - test:
     definitions:
     - {from: url, repository: 'https://x/smoke.yaml'}
@@ -383,7 +384,7 @@ actions:
     )
     assert plan.priority == 50
     assert plan.roles[0].count == 1
-    assert plan.actions[0].parameters["definitions"][0]["name"] == "smoke"
+    assert plan.actions[1].parameters["definitions"][0]["name"] == "smoke"
 
 
 @pytest.mark.parametrize("path", [SEED_JSON, SEED_YAML, NETPERF_JSON])

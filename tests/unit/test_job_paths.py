@@ -25,6 +25,8 @@ actions:
       kernel: {url: %(kernel)s, image_arg: '-kernel {kernel}'}
       initrd: {url: %(initrd)s, compression: gz}
       remote: {url: 'https://images.example.org/rootfs.img'}
+- boot:
+    role: [a]
 - test:
     role: [a]
     definitions:
@@ -36,7 +38,7 @@ actions:
 
 def subjob(plan: JobPlan) -> tuple[SubJobPlan, dict[str, Any], list[dict[str, Any]]]:
     (sub,) = plan.subjobs
-    deploy, test = sub.actions
+    deploy, _boot, test = sub.actions
     return sub, deploy.parameters["images"], test.parameters["definitions"]
 
 
@@ -90,6 +92,6 @@ def test_an_absolute_source_gives_the_directory_and_plain_text_has_none(tmp_path
         "or an absolute file:// URL"
         for i, where, what in (
             (0, "deploy.images.kernel.url", "vmlinuz"),
-            (1, "test.definitions[0].repository", "tests"),
+            (2, "test.definitions[0].repository", "tests"),
         )
     ]

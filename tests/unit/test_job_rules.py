@@ -11,7 +11,7 @@ import pytest
 import yaml
 from job_seeds import seed_2014, seed_yaml
 
-from schemas.job import JobValidationError, load_job
+from schemas.job import JobPlan, JobValidationError, load_job
 
 KNOWN_COMMANDS = (
     "boot_linaro_image, deploy_linaro_image, deploy_linaro_kernel, lava_command_run, "
@@ -480,16 +480,6 @@ SYNTAX_CASES = [
             + ("in this context" if LIBYAML else "here")
         ],
     ),
-    (
-        "yaml-duplicate",
-        "job_name: x\njob_name: y\n",
-        ["line 2, column 1: duplicate key 'job_name'"],
-    ),
-    (
-        "json-duplicate",
-        '{"timeout": 1, "timeout": 2}',
-        ["file: duplicate key 'timeout' in a JSON object"],
-    ),
     ("json-nan", '{"timeout": NaN}', ["file: NaN is not a number in JSON"]),
     ("not-a-mapping", "[1, 2]", ["file: must hold a job: a mapping of keys (got a list)"]),
     ("scalar", "just words", ["file: must hold a job: a mapping of keys (got a string)"]),
@@ -518,6 +508,27 @@ SYNTAX_CASES = [
 )
 def test_syntax_errors_name_line_and_column(name: str, text: str, expected: list[str]) -> None:
     assert _problems(text) == expected
+
+
+def test_a_duplicate_key_is_a_warning_and_the_last_one_wins() -> None:
+    # as PyYAML loads a job for LAVA (and Python's json for LAVA 2014)
+    text = yaml.safe_dump(seed_yaml(), sort_keys=False)
+    text = text.replace("job_name:", "job_name: first\njob_name:", 1)
+    plan = load_job(text, "dup.yaml")
+    assert plan.job_name == seed_yaml()["job_name"]
+    line = text.splitlines().index(f"job_name: {seed_yaml()['job_name']}") + 1
+    assert plan.warnings == (
+        f"line {line}, column 1: duplicate key 'job_name': the last one is used (as LAVA does)",
+    )
+    doc = seed_2014()
+    text = json.dumps(doc, indent=1).replace('"timeout":', '"timeout": 7,\n "timeout":', 1)
+    plan = load_job(text, "dup.json")
+    assert plan.timeouts.action == doc["timeout"]
+    assert plan.warnings == (
+        "line 3, column 2: duplicate key 'timeout': the last one is used (as LAVA does)",
+    )
+    # the warnings travel with the plan (to the coordinator's receipt)
+    assert JobPlan.from_dict(plan.to_dict()).warnings == plan.warnings
 
 
 def test_not_utf8() -> None:

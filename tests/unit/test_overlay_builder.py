@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
-from dispatcher.overlay import OverlaySpec, build_overlay
+from dispatcher.overlay import OverlaySpec, build_overlay, write_secrets
 
 
 def inline(name: str, steps: list[str]) -> dict[str, object]:
@@ -72,3 +73,10 @@ def test_setup_commands_joined_set_what_they_set_one_by_one_and_stop_at_a_failur
         f"{{ {long}; }}",
         "{ export B=2; }",
     ]
+
+
+def test_the_secrets_file_is_private_and_lava_shaped(tmp_path: Path) -> None:
+    path = tmp_path / "secrets"
+    write_secrets(path, {"API_KEY": "abc", "SPACED": "a b"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == "API_KEY=abc\nSPACED='a b'\n"
