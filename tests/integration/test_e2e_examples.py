@@ -280,7 +280,7 @@ def test_submit_loads_job_files_as_lava_does(lab: dict[str, Any], tmp_path: Path
             cwd=tmp_path,
         )
 
-    refused = submit("unsupported-deploys.yaml")
+    refused = submit("invalid/unsupported-deploys.yaml")
     assert refused.returncode != 0
     assert "actions[0].deploy: to: docker is not supported on device type qemu" in refused.stderr
     assert "actions[2].test: role board (nodes board #0, board #1) is never booted" in (

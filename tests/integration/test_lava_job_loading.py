@@ -128,7 +128,7 @@ def test_deploys_without_images_deploy_nothing_on_a_local_board(tmp_path: Path) 
 def test_a_deploy_the_device_cannot_do_and_a_test_never_booted_are_refused(
     tmp_path: Path,
 ) -> None:
-    job = JOBS / "unsupported-deploys.yaml"
+    job = JOBS / "invalid" / "unsupported-deploys.yaml"
     problems = [
         "actions[0].deploy: to: docker is not supported on device type qemu (role vm): a qemu "
         "board boots the job's own images: deploy them with 'to: tmpfs' and "
