@@ -515,7 +515,12 @@ class SignalReader:
                     )
                     continue
                 event = parse_line(line, max_chars=self.max_line)
-                if event is not None or every:
+                if event is not None:
+                    self._deliver(subscribers, line, event)
+                    # an event may start (or end) what reads plain lines: a test run's
+                    # start and its first output lines often come in one chunk
+                    every = any(s.every_line() for s in subscribers)
+                elif every:
                     self._deliver(subscribers, line, event)
             self._cap_partial()
 

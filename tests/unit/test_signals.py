@@ -111,6 +111,25 @@ def test_the_reader_gives_every_subscriber_the_events_in_order_and_lines_on_dema
     assert second == [StartRun("0_a", "u"), MultinodeCall("SYNC", "s")]
 
 
+def test_lines_after_the_event_that_asks_for_them_in_the_same_chunk_are_delivered() -> None:
+    # a test run's start and its first output (read by a parse: pattern) in one chunk
+    reader = SignalReader()
+    seen: list[tuple[str, Any]] = []
+    running: list[str] = []
+
+    def listener(line: str, event: Any) -> None:
+        seen.append((line, event))
+        if isinstance(event, StartRun):
+            running.append(event.run_id)
+        elif event is not None:
+            running.clear()
+
+    reader.subscribe(listener, every_line=lambda: bool(running))
+    chunk = "before\n<LAVA_SIGNAL_STARTRUN 0_a u>\nRESULT: x FAILED\n<LAVA_SIGNAL_ENDRUN 0_a u>\n"
+    reader.feed(chunk + "after\n")
+    assert [line for line, event in seen if event is None] == ["RESULT: x FAILED"]
+
+
 def test_an_oversized_signal_is_reported_once_its_line_ends() -> None:
     reader = SignalReader(max_line=100)
     seen: list[Any] = []
