@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +134,15 @@ def test_every_test_definition_field_works_as_on_lava(fields_job: Path, tmp_path
 
 
 def test_install_deps_run_the_package_manager_where_the_host_config_allows_it(
-    fields_job: Path, tmp_path: Path
+    fields_job: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    # the host's package manager, as the board sees it: an apt-get that records its calls
-    bin_dir = tmp_path / "bin"
+    # the host's package manager, as the board sees it: an apt-get that records its calls,
+    # outside /tmp (a board with a private root has its own /tmp)
+    shared = Path(tempfile.mkdtemp(prefix="lavamq-apt-", dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    bin_dir = shared / "bin"
     bin_dir.mkdir()
-    calls = tmp_path / "apt-get.calls"
+    calls = shared / "apt-get.calls"
     (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
     (bin_dir / "apt-get").chmod(0o755)
     devices = tmp_path / "devices.toml"
