@@ -87,6 +87,8 @@ class JobContext:
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: the job's secrets (name → value): written for the test shell, masked in logs
     secrets: dict[str, str] = field(default_factory=dict)
+    #: the job's ``environment:``, exported in the test shell
+    environment: dict[str, Any] = field(default_factory=dict)
     #: the job's ``context:`` for this node (the boot action hands it to the device)
     job_context: dict[str, Any] = field(default_factory=dict)
     #: results go here (a dict per result; the runner publishes them)

@@ -64,6 +64,8 @@ class Assignment:
     join_deadline: float = 0.0
     #: the job's ``secrets:`` (name → value), never logged
     secrets: dict[str, str] = field(default_factory=dict)
+    #: the job's ``environment:`` (exported in the test shell, as LAVA's overlay does)
+    environment: dict[str, Any] = field(default_factory=dict)
     #: the role's ``context:`` (LAVA's device-template variables: arch, extra_options ...)
     context: dict[str, Any] = field(default_factory=dict)
     #: plan items that could not be loaded, each ``actions[i]: why``
@@ -158,6 +160,7 @@ def load_assignment(body: Mapping[str, Any]) -> Assignment:
         return replace(loaded, problems=("plan: must be a mapping",))
     actions, problems = _load_actions(plan)
     secrets = plan.get("secrets") or {}
+    environment = plan.get("environment") or {}
     context = plan.get("context") or {}
     return replace(
         loaded,
@@ -165,5 +168,6 @@ def load_assignment(body: Mapping[str, Any]) -> Assignment:
         problems=tuple(problems),
         is_slave=loaded.is_slave or bool(plan.get("is_slave")),
         secrets={str(k): str(v) for k, v in secrets.items()} if isinstance(secrets, dict) else {},
+        environment=dict(environment) if isinstance(environment, Mapping) else {},
         context=dict(context) if isinstance(context, Mapping) else {},
     )

@@ -48,6 +48,8 @@ class OverlaySpec:
     device_type: str = ""
     #: the job's ``secrets:``, written to ``secrets`` (mode 0600) as ``NAME=value`` lines
     secrets: Mapping[str, str] = field(default_factory=dict)
+    #: the job's ``environment:``, written to ``environment`` as ``export NAME=value`` lines
+    environment: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +88,9 @@ class Overlay:
         table = "\n".join(f"{node}\t{role}" for node, role in group.items())
         lines.append(printf_export("LAVA_GROUP", table))
         lines += [printf_export(k, v) for k, v in (device_env or {}).items() if k not in one_line]
+        if self.spec.environment:
+            # the job's environment:, as LAVA's test shell sources /lava-<id>/environment
+            lines.append(f". {shlex.quote(target)}/environment")
         return lines
 
     def runner(self, target: str) -> str:
@@ -125,6 +130,30 @@ def printf_export(name: str, text: str) -> str:
     return f'{name}="$(printf {shlex.quote(escaped)})"; export {name}'
 
 
+def environment_lines(data: Any, prefix: str = "") -> list[str]:
+    """``export NAME=value`` lines of the job's ``environment:`` as LAVA's overlay writes
+    them: a mapping or list flattened into ``NAME_KEY``/``NAME_0``, booleans 1/0."""
+    if isinstance(data, Mapping):
+        return [
+            line
+            for key, value in data.items()
+            for line in environment_lines(value, f"{prefix}_{key}" if prefix else str(key))
+        ]
+    if isinstance(data, (list, tuple)):
+        return [
+            line
+            for index, value in enumerate(data)
+            for line in environment_lines(value, f"{prefix}_{index}" if prefix else str(index))
+        ]
+    if isinstance(data, bool):
+        text = "1" if data else "0"
+    elif data is None:
+        text = "''"
+    else:
+        text = shlex.quote(str(data))
+    return [f"export {prefix}={text}"]
+
+
 def write_secrets(path: Path, secrets: Mapping[str, str]) -> None:
     """LAVA's ``secrets`` file: one ``NAME=value`` line each, for the test to source
     (a value the shell would split is quoted), readable by its owner only."""
@@ -144,6 +173,10 @@ def build_overlay(spec: OverlaySpec, dest: Path, *, deadline: float | None, say:
             spec.node, spec.role, dict(spec.members or {spec.node: spec.role})
         ),
     )
+    if spec.environment:
+        lines = environment_lines(spec.environment)
+        (dest / "environment").write_text("".join(f"{line}\n" for line in lines), "utf-8")
+        say(f"environment: {len(lines)} variable(s) exported in the test shell")
     if spec.secrets:
         write_secrets(dest / "secrets", spec.secrets)
         say(f"secrets: {', '.join(spec.secrets)} written to the overlay's secrets file")

@@ -117,6 +117,7 @@ class SubJobRunner:
             job_deadline=start + a.timeouts.job if a.timeouts.job else None,
             timeouts=a.timeouts,
             secrets=dict(a.secrets),
+            environment=dict(a.environment),
             job_context=dict(a.context),
             publish_result=publisher.result if publisher is not None else None,
             cancelled=cancelled,

@@ -145,6 +145,7 @@ def load_yaml_job(data: dict[str, Any], problems: Problems, source: str) -> JobP
         # on the whole list only: an action left out as invalid would read as missing
         check_role_actions(roles, actions, problems)
     secrets = _secrets(data.get("secrets"), problems)
+    environment = _environment(data.get("environment"), problems)
     if problems:
         return None
     plan = build_plan(
@@ -155,7 +156,24 @@ def load_yaml_job(data: dict[str, Any], problems: Problems, source: str) -> JobP
         roles=roles,
         actions=actions,
     )
-    return replace(plan, secrets=secrets) if secrets else plan
+    return replace(plan, secrets=secrets, environment=environment)
+
+
+def _environment(value: Any, problems: Problems) -> dict[str, Any]:
+    """LAVA's job ``environment:``: names (shell variables) to values; a mapping or list
+    value is exported flattened (``A_B``, ``A_0``), as LAVA's overlay does."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add("environment", f"must map names to values (got {kind_of(value)})")
+        return {}
+    for name in value:
+        if not isinstance(name, str) or not _SECRET_NAME.match(name):
+            problems.add(
+                f"environment.{name}",
+                "the name must be a shell variable name (letters, digits, '_')",
+            )
+    return jsonable(value, "environment", problems) if not problems else {}
 
 
 #: a secret's name: a shell variable (the board sources ``/lava-<id>/secrets``)

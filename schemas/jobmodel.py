@@ -204,6 +204,8 @@ class JobPlan:
     #: the job's ``secrets:`` (name → value): written to the board's overlay, masked
     #: in its logs and results
     secrets: dict[str, str] = field(default_factory=dict)
+    #: the job's ``environment:`` (LAVA exports it in the test shell: ``/lava-<id>/environment``)
+    environment: dict[str, Any] = field(default_factory=dict)
     #: what loading the file noticed without refusing it (``line L, column C: ...``)
     warnings: tuple[str, ...] = ()
 
@@ -221,6 +223,8 @@ class JobPlan:
         # only when there are some: plans without keep their shape
         if self.secrets:
             out["secrets"] = dict(self.secrets)
+        if self.environment:
+            out["environment"] = dict(self.environment)
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -237,6 +241,7 @@ class JobPlan:
             subjobs=tuple(SubJobPlan.from_dict(s) for s in d.get("subjobs") or ()),
             actions=tuple(ActionPlan.from_dict(a) for a in d.get("actions") or ()),
             secrets={str(k): str(v) for k, v in (d.get("secrets") or {}).items()},
+            environment=dict(d.get("environment") or {}),
             warnings=tuple(str(w) for w in d.get("warnings") or ()),
         )
 
@@ -261,6 +266,8 @@ class JobPlan:
         body["timeouts"] = self.timeouts.to_dict()
         if self.secrets:
             body["secrets"] = dict(self.secrets)
+        if self.environment:
+            body["environment"] = dict(self.environment)
         return body
 
 

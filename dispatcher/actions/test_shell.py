@@ -418,6 +418,7 @@ class LavaTestShellAction(Action):
             definitions=self.definitions,
             packages_refused=ctx.device.packages_refused(),
             secrets=dict(ctx.secrets),
+            environment=dict(ctx.environment),
             device_type=ctx.device.device_type,
         )
         return build_overlay(spec, ctx.workdir / "overlay", deadline=deadline, say=ctx.log.info)

@@ -97,6 +97,8 @@ def test_secrets_are_written_for_the_test_and_masked_everywhere(tmp_path: Path) 
     bundle = json.loads(ran.stdout)
     got = cases(bundle)[("board", "0_uses-secrets")]
     assert got["secrets-sourced"] == got["secrets-file-private"] == "pass", got
+    # and the job's environment:, exported as LAVA's overlay does (flattened, booleans 1/0)
+    assert got["environment-exported"] == got["environment-flattened"] == "pass", got
     assert "key-*****" in got and got["docs"] == "pass"
     (node,) = bundle["nodes"]
     assert node["message"] == "lava-test-raise: the service refused *****", node

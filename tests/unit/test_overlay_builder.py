@@ -80,3 +80,15 @@ def test_the_secrets_file_is_private_and_lava_shaped(tmp_path: Path) -> None:
     write_secrets(path, {"API_KEY": "abc", "SPACED": "a b"})
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text() == "API_KEY=abc\nSPACED='a b'\n"
+
+
+def test_the_jobs_environment_is_exported_as_lavas_overlay_writes_it() -> None:
+    from dispatcher.overlay import environment_lines
+
+    assert environment_lines({"A": "x y", "N": {"P": 80, "L": ["a", True]}, "E": None}) == [
+        "export A='x y'",
+        "export N_P=80",
+        "export N_L_0=a",
+        "export N_L_1=1",
+        "export E=''",
+    ]
