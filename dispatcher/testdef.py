@@ -126,12 +126,23 @@ def git_clone(
     revision: str | None,
     deadline: float | None,
     recursive: bool = False,
+    branch: str | None = None,
+    shallow: bool = False,
 ) -> str:
-    """Clone ``repo`` into ``dest`` (at ``revision``, a commit or branch, when given; with
-    its submodules when ``recursive``); returns the commit id."""
+    """Clone ``repo`` into ``dest`` as LAVA's GitHelper does: ``branch`` (``-b``), only the
+    last commit when ``shallow`` (again in full when the server cannot), submodules when
+    ``recursive``, then ``revision`` checked out; returns the commit id."""
     what = f"git repository {repo}"
-    args = ["clone", "--quiet", *(["--recurse-submodules"] if recursive else []), repo, str(dest)]
-    _git(args, deadline=deadline, what=what)
+    args = ["clone", "--quiet", *(["--recurse-submodules"] if recursive else [])]
+    args += [*(["-b", branch] if branch else []), *(["--depth=1"] if shallow else [])]
+    try:
+        _git([*args, repo, str(dest)], deadline=deadline, what=what)
+    except JobError as exc:
+        if not shallow or "does not support shallow" not in exc.message:
+            raise
+        shutil.rmtree(dest, ignore_errors=True)
+        args.remove("--depth=1")
+        _git([*args, repo, str(dest)], deadline=deadline, what=what)
     if revision:
         _git(
             ["checkout", "--quiet", revision],
@@ -193,13 +204,22 @@ def fetch_test(
     commit = ""
     if source == "git":
         repo = str(spec["repository"])
-        # LAVA: a revision (any commit), else a branch, else the default branch
-        at = spec.get("revision") or spec.get("branch")
+        # as LAVA: the branch (else the default one), only its last commit unless a
+        # revision is to be checked out; the clone's .git kept unless history: false
+        revision, branch = spec.get("revision"), spec.get("branch")
+        at = " at ".join(str(x) for x in (branch, revision) if x)
         say(f"cloning {repo} for test definition {name}" + (f" at {at}" if at else ""))
         commit = git_clone(
-            repo, dest, revision=at, deadline=deadline, recursive=bool(spec.get("recursive"))
+            repo,
+            dest,
+            revision=revision,
+            branch=branch,
+            shallow=not revision,
+            deadline=deadline,
+            recursive=bool(spec.get("recursive")),
         )
-        shutil.rmtree(dest / ".git", ignore_errors=True)
+        if spec.get("history") is False:
+            shutil.rmtree(dest / ".git", ignore_errors=True)
         path = dest / str(spec.get("path") or "")
         if not path.is_file():
             raise JobError(f"test definition {name}: {spec.get('path')!r} not found in {repo}")

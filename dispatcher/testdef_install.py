@@ -65,7 +65,7 @@ def clone_git_repos(test: FetchedTest, *, deadline: float | None, say: Logger) -
             + (f" (branch {branch})" if branch else "")
             + f" into {destination}/"
         )
-        git_clone(url, dest, revision=branch, deadline=deadline)
+        git_clone(url, dest, revision=None, branch=branch, deadline=deadline)
 
 
 def write_install_script(test: FetchedTest, *, refused: str, say: Logger) -> Path | None:

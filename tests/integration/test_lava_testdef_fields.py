@@ -31,6 +31,8 @@ LAVA_FIELDS = {
     "param-from-the-job": "pass",
     "param-default": "pass",
     "testdef-metadata": "pass",
+    "definition-git-kept": "pass",
+    "git-repo-git-kept": "pass",
     "check-one": "pass",
     "check-two": "fail",
     "check-three": "skip",

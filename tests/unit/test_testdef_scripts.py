@@ -223,3 +223,20 @@ def test_bad_install_fields_are_named() -> None:
     assert validate_spec({"from": "inline", "repository": {}, "skip_install": ["dep"]}, "d")[
         -1
     ].startswith("d.skip_install: unknown dep")
+
+
+def test_a_definitions_clone_keeps_its_history_as_lavas_does(tmp_path: Path) -> None:
+    url, _ = make_repo(tmp_path)
+    spec = {"from": "git", "repository": url, "path": "smoke.yaml", "name": "smoke"}
+    test = fetch_test(spec, 0, tmp_path / "kept")
+    # no revision: only the last commit, as LAVA's shallow clone; its .git kept
+    count = subprocess.run(
+        ["git", "rev-list", "--count", "HEAD"],
+        cwd=test.directory,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert count.stdout.strip() == "1"
+    gone = fetch_test({**spec, "history": False}, 0, tmp_path / "gone")
+    assert (test.directory / ".git").is_dir() and not (gone.directory / ".git").exists()
