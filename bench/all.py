@@ -54,7 +54,13 @@ def plan(smallest: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
         (
             "load",
             lambda: load.run(
-                [1, 10, 50], 4, 4, [1, 2], cluster=running_cluster() is not None, interval=2.0
+                [1, 50],
+                4,
+                4,
+                [1, 2],
+                cluster=running_cluster() is not None,
+                interval=2.0,
+                cluster_barriers=[1],
             ),
         ),
         ("qemu", lambda: qemu.run(1, None, anchor=True)),

@@ -66,6 +66,7 @@ from sync_latency import raw_send_rate, timed_sync  # noqa: E402
 
 from broker_config import topology  # noqa: E402
 from broker_config.broker import Broker  # noqa: E402
+from broker_config.cluster import broker_urls  # noqa: E402
 from broker_config.declare import declare_topology  # noqa: E402
 from coordinator.groups import create_group, end_group  # noqa: E402
 from device_agent.multinode import MultinodeClient  # noqa: E402
@@ -249,7 +250,7 @@ def measure(
 ) -> list[Row]:
     rows: list[Row] = []
     # what the broker itself sustains: confirmed persistent publishes from 64 senders
-    capacity = raw_send_rate(url, 64, 20)
+    capacity = raw_send_rate(broker_urls(url)[0], 64, 20)  # (one node of a cluster)
     # each round of each node: its send (group exchange + barrier) and its sync
     offered = 3 * n / interval if interval else 0.0
     for count in barriers:
@@ -269,11 +270,14 @@ def measure(
                         after - before
                         for before, after in zip(cpu, _cpu_seconds(procs), strict=True)
                     ]
-                    pace = f", a round every {interval:g} s" if interval else ""
+                    pace = f", a round every {interval:g} s" if interval and k > 1 else ""
                     label = f"{where}, {count} barrier(s), K={k} x n={n}{pace}"
                     load = (
                         f"offered {offered * k:.0f} confirmed publishes/s, "
                         f"{offered * k / capacity:.0%} of the broker's {capacity:.0f}/s; "
+                        if interval and k > 1
+                        else f"rounds {min(interval, 0.1):g} s apart (the broker's raw rate: "
+                        f"{capacity:.0f}/s); "
                         if interval
                         else f"closed loop (the broker's raw rate: {capacity:.0f}/s); "
                     )
@@ -314,7 +318,10 @@ def run(
     cluster: bool = False,
     processes: int = 4,
     interval: float = 0.0,
+    cluster_barriers: list[int] | None = None,
 ) -> list[Row]:
+    """The rows for one node and, with ``cluster``, the 3-node cluster (with
+    ``cluster_barriers`` barrier counts there, ``barriers`` if not given)."""
     with bench_vhost("lavamq-load") as url:
         rows = measure(url, "one node", groups, n, rounds, barriers, processes, interval)
     if cluster:
@@ -326,8 +333,9 @@ def run(
         # no failover test kills its nodes meanwhile
         with where.shared(), bench_vhost("lavamq-load", base=where.mgmt, amqp=where.amqp[0]) as url:
             nodes = ",".join(url.replace(where.amqp[0], a) for a in where.amqp)
+            on_cluster = barriers if cluster_barriers is None else cluster_barriers
             rows += measure(
-                nodes, "3-node cluster", groups, n, rounds, barriers, processes, interval
+                nodes, "3-node cluster", groups, n, rounds, on_cluster, processes, interval
             )
     return rows
 
