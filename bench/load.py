@@ -68,6 +68,7 @@ from broker_config import topology  # noqa: E402
 from broker_config.broker import Broker  # noqa: E402
 from broker_config.cluster import broker_urls  # noqa: E402
 from broker_config.declare import declare_topology  # noqa: E402
+from coordinator.barrier import STANDBY_DELAY  # noqa: E402
 from coordinator.groups import create_group, end_group  # noqa: E402
 from device_agent.multinode import MultinodeClient  # noqa: E402
 
@@ -260,6 +261,10 @@ def measure(
             declare_topology(b)
         with tempfile.TemporaryDirectory() as tmp:
             procs = start_barriers(url, count, Path(tmp))
+            if count > 1:
+                # each stands by for the others' shards STANDBY_DELAY s after it is
+                # ready: a consumer joining mid-run stalled a round once (~0.2 s)
+                time.sleep(STANDBY_DELAY + 1.0)
             try:
                 # its p99 from enough rounds (K=50 has 50 times as many samples)
                 alone = run_groups(url, 1, n, max(rounds, 50), 1, min(interval, 0.1))
