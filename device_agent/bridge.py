@@ -93,6 +93,7 @@ class Bridge:
         on_result: Callable[[dict[str, Any]], None] | None = None,
         on_failure: Callable[[LavamqError], None] | None = None,
         run_of: Callable[[], str | None] | None = None,
+        reserve: Callable[[], Any] | None = None,
     ) -> None:
         self.console = console
         self.client = client
@@ -104,6 +105,9 @@ class Bridge:
         #: the test run in progress, asked when a call is printed (the console's reader
         #: thread): a call's result belongs to the run that made it, however late it ends
         self.run_of = run_of or (lambda: None)
+        #: asked when a call is printed (reader thread): a place for its result among
+        #: the results printed after it, handed back with the result as ``slot``
+        self.reserve = reserve
         #: every problem reported, for callers and tests
         self.errors: list[str] = []
         self.calls = 0
@@ -165,7 +169,8 @@ class Bridge:
         if isinstance(event, MultinodeCall):
             if not self._is_echo(line):
                 run = self.run_of()
-                self._submit(lambda: self._call(event, run))
+                slot = self.reserve() if self.reserve is not None else None
+                self._submit(lambda: self._call(event, run, slot))
         elif isinstance(event, Invalid) and event.api is not None and not self._is_echo(line):
             error = SignalError(event.reason, api=event.api)
             self._submit(lambda: self._report(error))
@@ -190,7 +195,7 @@ class Bridge:
                     self._pending -= 1
                     self._idle.notify_all()
 
-    def _call(self, signal: MultinodeCall, run: str | None = None) -> None:
+    def _call(self, signal: MultinodeCall, run: str | None = None, slot: Any = None) -> None:
         self.calls += 1
         self._say("info", f"{self.node}: {signal.operation} {signal.message_id}")
         try:
@@ -208,26 +213,30 @@ class Bridge:
                 reply = reply_lines("SYNC")
         except Exception as exc:
             error = classify(exc)
-            self._call_result(signal, "fail", run)
+            self._call_result(signal, "fail", run, slot)
             self._report(error, signal)
             # a timeout is the test's result (its case and test run fail, as on LAVA);
             # a failed group or a bug ends the test shell
             if self.on_failure is not None and isinstance(error, (GroupFailed, LavamqBug)):
                 self.on_failure(error)
             return
-        self._call_result(signal, "pass", run)
+        self._call_result(signal, "pass", run, slot)
         for line in reply:
             self.console.sendline(line)
 
-    def _call_result(self, signal: MultinodeCall, result: str, run: str | None) -> None:
+    def _call_result(
+        self, signal: MultinodeCall, result: str, run: str | None, slot: Any = None
+    ) -> None:
         if self.on_result is not None:
-            record = {
+            record: dict[str, Any] = {
                 "kind": "testcase",
                 "case": case_name(signal.api, signal.message_id),
                 "result": result,
             }
             if run is not None:
                 record["suite"] = run
+            if slot is not None:
+                record["slot"] = slot
             self.on_result(record)
 
     def _report(self, error: LavamqError, signal: MultinodeCall | None = None) -> None:

@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,15 @@ log = logging.getLogger(__name__)
 STOPPED_RE = re.compile(r"stopped (?P<run>\S+) step (?P<step>\d*) exit (?P<rc>\d+)$")
 #: what the test runner prints when a definition's install.sh failed (its run.sh is skipped)
 INSTALL_FAILED_RE = re.compile(r"install-failed (?P<run>\S+) exit (?P<rc>\d+)$")
+
+
+class _Slot:
+    """A result's place in console order; ``record`` once the result is known."""
+
+    __slots__ = ("record",)
+
+    def __init__(self) -> None:
+        self.record: dict[str, Any] | None = None
 
 
 class ResultTracker:
@@ -77,6 +87,9 @@ class ResultTracker:
         #: files attached by the test (they go with each test run's own result)
         self.files = AttachmentCollector(say)
         self._lock = threading.Lock()
+        #: results in console order: a MultiNode call printed before a result holds
+        #: that result back until the call's own result is in (see :meth:`reserve`)
+        self._order: deque[_Slot] = deque()
         self._parsers = {
             run_id: PatternParser(t.definition.parse_pattern, t.definition.fixupdict)
             for run_id, t in tests.items()
@@ -88,8 +101,13 @@ class ResultTracker:
         console.signals.subscribe(self.on_signal, every_line=self.reads_lines)
 
     def detach(self, console: Any) -> None:
-        """Stop reading the console's signals."""
+        """Stop reading the console's signals; results held back go out now."""
         console.signals.unsubscribe(self.on_signal)
+        with self._lock:
+            while self._order:
+                held = self._order.popleft().record
+                if held is not None:
+                    self.emit(held)
 
     def reads_lines(self) -> bool:
         """True while plain lines can give a result (a ``parse: pattern`` is active)."""
@@ -218,6 +236,7 @@ class ResultTracker:
         units: str | None = None,
         extra: dict[str, str] | None = None,
         attachments: list[dict[str, Any]] | None = None,
+        slot: _Slot | None = None,
     ) -> None:
         self.cases += 1
         self.reported.setdefault(suite, set()).add(case)
@@ -233,7 +252,32 @@ class ResultTracker:
         }
         if attachments:
             rec["attachments"] = attachments
-        self.emit(rec)
+        if slot is None and self._order:
+            slot = _Slot()
+            self._order.append(slot)
+        if slot is None:
+            self.emit(rec)
+            return
+        slot.record = rec
+        if slot not in self._order:
+            self.emit(rec)  # reserved before a detach that let the rest go
+        while self._order and self._order[0].record is not None:
+            held = self._order.popleft().record
+            assert held is not None
+            self.emit(held)
+
+    def reserve(self) -> _Slot:
+        """A place, in console order, for the result of a MultiNode call just printed.
+
+        The bridge answers a call in its own thread: a ``lava-send`` returns at once
+        on the board, so the case printed after it may be read before the send is
+        done. LAVA handles each signal before it reads the next: its results are in
+        console order, and so are these (the later ones wait for the call's).
+        """
+        with self._lock:
+            slot = _Slot()
+            self._order.append(slot)
+            return slot
 
     def call_result(self, rec: dict[str, Any]) -> None:
         """The bridge's ``multinode-<call>-<id>`` result, in the test run in progress."""
@@ -241,7 +285,13 @@ class ResultTracker:
             suite = str(rec.get("suite") or self.current or "lava")
             if rec["result"] == "fail" and suite != "lava":
                 self.failed_runs.add(suite)
-            self._result(suite, str(rec["case"]), str(rec["result"]))
+            slot = rec.get("slot")
+            self._result(
+                suite,
+                str(rec["case"]),
+                str(rec["result"]),
+                slot=slot if isinstance(slot, _Slot) else None,
+            )
 
     def unfinished(self) -> list[str]:
         """Test runs that started but never printed their end signal."""
@@ -449,6 +499,7 @@ class LavaTestShellAction(Action):
             log=ctx.log,
             timeout=ctx.timeouts.multinode,
             on_result=tracker.call_result,
+            reserve=tracker.reserve,
             run_of=lambda: tracker.current,
             on_failure=failures.append,
         )

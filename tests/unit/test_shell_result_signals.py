@@ -89,3 +89,37 @@ def test_cleaned_case_names_never_collide_and_long_ones_are_kept_truncated() -> 
     assert names[0].startswith("sync-") and names[1].startswith("sync-")
     assert len(names[3]) == 200 and names[3].startswith("multinode-sync-xxx")
     assert [r["result"] for r in results] == ["pass", "fail", "pass", "fail"]
+
+
+class SlowSendClient(SyncClient):
+    """A send that takes a while (a publish waiting for its confirm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.go = threading.Event()
+
+    def send(self, message_id: str, data: dict[str, str]) -> None:
+        assert self.go.wait(5)
+
+
+def test_results_are_in_console_order_even_when_a_send_ends_after_the_next_case() -> None:
+    client = SlowSendClient()
+    console, bridge, results = wired(client)
+    # lava-send returns on the board at once: the next case is read while the send runs
+    console.feed_output(
+        "<LAVA_SIGNAL_STARTRUN 0_order u3>\r\n"
+        "<LAVA_MULTI_NODE> <LAVA_SEND ready port=1>\r\n"
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=after-send RESULT=pass>\r\n"
+    )
+    assert results == []  # held back behind the send's own result
+    client.go.set()
+    assert bridge.wait_idle(5)
+    console.feed_output("<LAVA_SIGNAL_ENDRUN 0_order u3>\r\n")
+    bridge.close()
+    assert [(r["suite"], r["case"]) for r in results] == [
+        ("0_order", "multinode-send-ready"),
+        ("0_order", "after-send"),
+        ("lava", "0_order"),
+    ]
