@@ -378,6 +378,7 @@ class Console(ConsoleBase):
         encoding: str = "utf-8",
         answer_cursor_query: bool = False,
         open_timeout: float = 10.0,
+        reconnect_pause: bool = True,
     ) -> None:
         super().__init__(
             name or url,
@@ -387,6 +388,10 @@ class Console(ConsoleBase):
         )
         self.url = url
         self.baudrate = baudrate
+        #: pyserial pauses 0.3 s after closing a ``socket://`` port, "in case of quick
+        #: reconnects" (a ser2net that takes a moment before its next connection); a
+        #: console nobody reconnects to at once (a VM's, gone with it) skips it
+        self.reconnect_pause = reconnect_pause
         self._port = self._open_port(open_timeout)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -483,10 +488,8 @@ class Console(ConsoleBase):
                 sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=2)
         with contextlib.suppress(Exception):
-            if sock is not None:
-                # not pyserial's close: it sleeps 0.3 s "in case of quick reconnects";
-                # a reconnect here retries its open instead (_open_port), so the
-                # sleep would only hold every power-off of a VM
+            if sock is not None and not self.reconnect_pause:
+                # not pyserial's close, which sleeps (see reconnect_pause)
                 sock.close()
                 self._port._socket = None
                 self._port.is_open = False

@@ -414,6 +414,8 @@ class QemuDevice(Device):
             name=self.name,
             prompts=self.prompts,
             open_timeout=10.0,
+            # the VM's console goes with the VM: no reconnect to wait for
+            reconnect_pause=False,
         )
 
     def connect(self) -> ConsoleBase:
