@@ -46,6 +46,8 @@ class OverlaySpec:
     #: ("" when it may)
     packages_refused: str = "the device does not install the OS's packages"
     device_type: str = ""
+    #: the board's distribution, from the deploy's ``os:`` (for ``install: deps-<distro>``)
+    distro: str = ""
     #: the job's ``secrets:``, written to ``secrets`` (mode 0600) as ``NAME=value`` lines
     secrets: Mapping[str, str] = field(default_factory=dict)
     #: the job's ``environment:``, written to ``environment`` as ``export NAME=value`` lines
@@ -184,7 +186,7 @@ def build_overlay(spec: OverlaySpec, dest: Path, *, deadline: float | None, say:
     for i, definition in enumerate(spec.definitions):
         test = fetch_test(dict(definition), i, dest / "tests", deadline=deadline, say=say)
         clone_git_repos(test, deadline=deadline, say=say)
-        write_install_script(test, refused=spec.packages_refused, say=say)
+        write_install_script(test, refused=spec.packages_refused, say=say, distro=spec.distro)
         write_run_script(test)
         overlay.tests[test.testrun_id] = test
     write_runner(dest, list(overlay.tests))

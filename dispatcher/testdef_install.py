@@ -68,19 +68,45 @@ def clone_git_repos(test: FetchedTest, *, deadline: float | None, say: Logger) -
         git_clone(url, dest, revision=None, branch=branch, deadline=deadline)
 
 
-def write_install_script(test: FetchedTest, *, refused: str, say: Logger) -> Path | None:
+def distro_deps(test: FetchedTest, distro: str, say: Logger) -> list[str]:
+    """``install: deps-<distro>`` for the board's distribution (LAVA adds them to
+    ``deps``); with no distribution known, none, saying so."""
+    install = test.definition.document.get("install")
+    if not isinstance(install, dict):
+        return []
+    if not distro:
+        named = sorted(k for k in map(str, install) if k.startswith("deps-"))
+        if named:
+            say(
+                f"test definition {test.name}: install {', '.join(named)} skipped: the deploy "
+                "names no os: (the board's distribution)"
+            )
+        return []
+    listed = install.get(f"deps-{distro}") or []
+    return [str(x) for x in listed] if isinstance(listed, list) else []
+
+
+#: LAVA's deploy ``os:`` values whose distribution has another name
+OS_DISTRO = {"centos_installer": "centos", "debian_installer": "debian"}
+
+
+def write_install_script(
+    test: FetchedTest, *, refused: str, say: Logger, distro: str = ""
+) -> Path | None:
     """Write ``install.sh`` (None when the definition installs nothing on the board).
 
     ``refused`` says why the device may not run the OS's package manager ("" when
     it may): then ``keys``, ``sources`` and ``deps`` are skipped, with a log line.
+    ``distro`` (the deploy's ``os:``) adds ``deps-<distro>`` to ``deps``, as LAVA.
     """
     d = test.definition
     skip = skipped_install(test.spec)
     lines: list[str] = []
+    distro = OS_DISTRO.get(distro, distro)
     packages = {
         "keys": ("lava-add-keys", d.install_keys),
         "sources": ("lava-add-sources", d.install_sources),
-        "deps": ("lava-install-packages", d.install_deps),
+        "deps": ("lava-install-packages", d.install_deps + distro_deps(test, distro, say)),
     }
     for part, (helper, items) in packages.items():
         if not items:

@@ -116,6 +116,9 @@ class DeployImagesAction(Action):
     def run(self, connection: Any, deadline: float | None, ctx: JobContext) -> Any:
         """Fetch every image; a deploy without images (honoured, as validate checked)
         fetches nothing and says so."""
+        if isinstance(self.parameters.get("os"), str):
+            # the board's distribution (LAVA's deployment data): install: deps-<os>
+            ctx.data["os"] = self.parameters["os"]
         if not self.images:
             # a deploy without images (to: docker, lxc, overlay) the device honours
             image = self.parameters.get("image")

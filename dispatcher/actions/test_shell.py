@@ -470,6 +470,7 @@ class LavaTestShellAction(Action):
             secrets=dict(ctx.secrets),
             environment=dict(ctx.environment),
             device_type=ctx.device.device_type,
+            distro=str(ctx.data.get("os") or ""),
         )
         return build_overlay(spec, ctx.workdir / "overlay", deadline=deadline, say=ctx.log.info)
 

@@ -117,8 +117,8 @@ def test_every_test_definition_field_works_as_on_lava(fields_job: Path, tmp_path
     # a local board is the host: install deps skipped, saying so
     said = job_log(ws, board_node["node"])
     assert any(
-        "install deps (lavamq-no-such-package) skipped: a local board is the dispatcher host"
-        in line
+        "install deps (lavamq-no-such-package, lavamq-debian-package) skipped: "
+        "a local board is the dispatcher host" in line
         for line in said
     ), said
     # the install whose last step fails: its run never starts, the next definition runs
@@ -168,7 +168,11 @@ settings = {{network = "none"}}
     assert rc == 1  # the other role's install still fails
     board = runs_of(bundle, "board")
     assert {c["name"]: c["result"] for c in board["0_fields"]["cases"]} == LAVA_FIELDS
-    assert calls.read_text().splitlines() == ["update -q", "install -y -q lavamq-no-such-package"]
+    # deps, and deps-debian for the deploy's os: debian
+    assert calls.read_text().splitlines() == [
+        "update -q",
+        "install -y -q lavamq-no-such-package lavamq-debian-package",
+    ]
 
 
 def test_skip_install_leaves_the_parts_it_names_out(fields_job: Path, tmp_path: Path) -> None:
