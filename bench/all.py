@@ -50,7 +50,7 @@ def plan(smallest: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
             ),
         ),
         ("scheduler", lambda: scheduler.rows([1, 2, 10], 1)),
-        ("console", lambda: console.run(8, 16, boards=64, seconds=10)),
+        ("console", lambda: console.run(8, 16, boards=64, seconds=6)),
         (
             "load",
             lambda: load.run(
