@@ -233,6 +233,8 @@ def fetch_test(
         definition = _fetch_url(spec, dest, name, deadline=deadline, say=say)
     else:
         raise JobError(f"test definition {name}: unknown source {source!r}")
+    if ignored := definition.ignored_keys():
+        say(f"test definition {name}: keys {', '.join(ignored)} are not LAVA's (ignored, as LAVA)")
     params = dict(definition.params)
     params.update(
         {str(k): "" if v is None else str(v) for k, v in (spec.get("parameters") or {}).items()}
