@@ -79,6 +79,9 @@ class Outgoing:
     body: Mapping[str, Any]
     message_id: str | None = None
     persistent: bool = True
+    #: the message as it goes on the wire, already encoded and validated (the
+    #: schema then only names its type, ``body`` is not used)
+    payload: bytes | None = None
 
 
 class _BrokerFailure(Exception):
@@ -409,7 +412,8 @@ class Broker:
             }
             if self.is_amqp and self.user_id:
                 properties["user_id"] = self.user_id
-            prepared.append((name, m.routing_key, encode(m.schema, dict(m.body)), properties))
+            payload = encode(m.schema, dict(m.body)) if m.payload is None else m.payload
+            prepared.append((name, m.routing_key, payload, properties))
         if not prepared:
             return set()
         if not self.is_amqp:

@@ -1,20 +1,24 @@
-"""One thread per sub-job that owns a broker connection and publishes for it.
+"""What one sub-job publishes: its job log's batches and its test results.
 
-Job log records are batched (every ``interval`` seconds or ``max_bytes`` of
-messages, whichever comes first) into ``log-batch`` messages on ``lava.logs``
-(routing key ``<job>.<node>``); test results go out one by one on
-``lava.results``. Everything else in the sub-job (the console reader, the
-bridge, the actions) only puts items on a local queue: no kombu connection
-is ever shared between threads, and console I/O never waits on the broker.
+Job log records are batched (what was queued in the last ``interval``
+seconds, or ``max_bytes`` of messages, whichever comes first) into
+``log-batch`` messages on ``lava.logs`` (routing key ``<job>.<node>``); test
+results go out one by one on ``lava.results``. Everything else in the
+sub-job (the console reader, the bridge, the actions) only puts items on a
+local queue: console I/O never waits on the broker. The publishing itself
+is done by the process's :class:`~dispatcher.publish_hub.PublishHub` for
+the broker URL: one thread and one connection for every sub-job, whose
+messages are confirmed together (no kombu connection is shared between
+threads: only the hub's thread uses its connection).
 
-A broker outage does not lose anything: like the daemon's control publisher,
-the thread retries the message at the head of its queue for as long as the
-broker is unreachable (back-off up to ``retry_interval``; every retry of one
-message carries the same ``message_id``), and everything queued behind it
-waits in order. Only :meth:`SubJobPublisher.close` gives up, when its deadline
-passes: what is still unpublished then (and any message the broker refused
-for good) is counted in ``dropped_records``/``dropped_results`` and logged;
-the runner names the counts in the job log and in the sub-job's final state.
+A broker outage does not lose anything: the hub retries what it was sending
+for as long as the broker is unreachable (back-off up to ``retry_interval``;
+every retry of one message carries the same ``message_id``), and everything
+queued behind it waits in order. Only :meth:`SubJobPublisher.close` gives up,
+when its deadline passes: what is still unpublished then (and any message
+the broker refused for good) is counted in
+``dropped_records``/``dropped_results`` and logged; the runner names the
+counts in the job log and in the sub-job's final state.
 """
 
 from __future__ import annotations
@@ -23,17 +27,13 @@ import json
 import logging
 import queue
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
-from kombu.exceptions import OperationalError
-
 from broker_config import topology
-from broker_config.broker import Broker
+from broker_config.broker import Outgoing
 from dispatcher.joblog import now_iso
-from schemas.errors import LavamqError
+from dispatcher.publish_hub import Pending, hub_for
 from schemas.messages.base import encode
 from schemas.messages.console import LogBatchSchema, TestResultSchema
 
@@ -51,10 +51,6 @@ def dropped_note(records: int, results: int) -> str:
         f"{records} log record(s) and {results} test result(s) of this sub-job were not "
         "published (the broker was unreachable or refused them)"
     )
-
-
-class _Abandoned(Exception):
-    """close() gave up waiting: stop publishing."""
 
 
 def _encode_records(records: list[dict[str, Any]]) -> str:
@@ -86,8 +82,41 @@ def batch_payload(
     return b"".join((head[:at], b'"records": [', inner, b"]", head[at + len(marker) :]))
 
 
+class BatchEnvelope:
+    """One sub-job's ``log-batch`` envelope, validated by the schema once.
+
+    Only ``seq`` (the publisher's own counter, an int from 0) and ``final`` (a
+    bool) change from batch to batch, and neither needs the schema: they are
+    written into the validated envelope's bytes. Validating and encoding the
+    envelope for every batch was a quarter of a 64-board dispatcher's CPU.
+    :meth:`payload` gives the bytes :func:`batch_payload` gives.
+    """
+
+    _SEQ = b'"seq": 0'
+    _TAIL = b', "records": [], "final": false}'
+
+    def __init__(self, job: str, subjob: str, node: str, schema: LogBatchSchema) -> None:
+        self._body = {"job": job, "subjob": subjob, "node": node, "records": []}
+        self._schema = schema
+        head = encode(schema, {**self._body, "seq": 0, "final": False})
+        at = head.find(self._SEQ)
+        #: None when the schema writes another layout: then every batch is encoded
+        self._prefix = head[:at] if at >= 0 and head[at + len(self._SEQ) :] == self._TAIL else None
+
+    def payload(self, seq: int, final: bool, json_lines: list[str]) -> bytes:
+        """The ``log-batch`` message of batch ``seq`` holding ``json_lines``."""
+        if self._prefix is None or seq < 0:
+            return batch_payload(
+                {**self._body, "seq": seq, "final": final}, json_lines, self._schema
+            )
+        text = "".join(json_lines)
+        inner = text[:-1].replace("\n", ", ").encode("utf-8") if text else b""
+        end = b'], "final": true}' if final else b'], "final": false}'
+        return b"".join((self._prefix, b'"seq": %d, "records": [' % seq, inner, end))
+
+
 class SubJobPublisher:
-    """Publishes one sub-job's log batches and results from its own thread."""
+    """Queues one sub-job's log batches and results; the process's hub publishes them."""
 
     def __init__(
         self,
@@ -123,29 +152,26 @@ class SubJobPublisher:
         self.queued_records = 0
         self.queued_results = 0
         self._count_lock = threading.Lock()
+        #: set when close() gave up: the hub drops what is left, nothing more is counted
         self._abandon = threading.Event()
-        self._broker: Broker | None = None
+        #: set once the final batch is confirmed (or dropped)
+        self._done = threading.Event()
         self._queue: queue.Queue[Any] = queue.Queue()
-        #: set when the publishing thread must look at the queue before its batch is
-        #: due (a result, close(), a batch's worth of log bytes queued): log records
-        #: alone do not wake it, so a console costs one wake-up per batch, not per chunk
-        self._wake = threading.Event()
-        #: log bytes queued since the publishing thread last looked (guarded by _count_lock)
+        #: log bytes queued since the hub last collected (guarded by _count_lock)
         self._unread_bytes = 0
-        #: the publishing thread's own: one schema instance, and message ids made of
+        #: the hub thread's own: one schema instance, and message ids made of
         #: one random prefix and a counter (unique, and cheaper than a uuid4 each)
         self._batch_schema = LogBatchSchema()
+        self._envelope = BatchEnvelope(job, subjob, node, self._batch_schema)
         self._id_prefix = uuid.uuid4().hex[:20]
         self._messages = 0
-        self._thread = threading.Thread(
-            target=self._run, name=f"publisher-{job}.{node}", daemon=True
-        )
+        self._hub = hub_for(broker_url, connect_timeout)
         self._log_key = topology.log_routing_key(job, node)
         self._result_key = topology.result_routing_key(job, node)
 
     def start(self) -> SubJobPublisher:
-        """Start publishing (in the publisher's thread)."""
-        self._thread.start()
+        """Start publishing (by the process's hub for the broker URL)."""
+        self._hub.add(self)
         return self
 
     # --- producers (any thread) ---
@@ -171,7 +197,7 @@ class SubJobPublisher:
         """Queue a test result for publishing."""
         self._count(results=1)
         self._queue.put(("result", body))
-        self._wake.set()
+        self._hub.wake.set()
 
     def _count(self, *, records: int = 0, results: int = 0, size: int = 0) -> None:
         with self._count_lock:
@@ -180,23 +206,25 @@ class SubJobPublisher:
             self._unread_bytes += size
             full = self._unread_bytes >= self.max_bytes
         if full:
-            self._wake.set()
+            self._hub.wake.set()
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush everything (the last batch is marked ``final``) and stop.
 
-        While the broker is unreachable the thread keeps retrying; after
+        While the broker is unreachable the hub keeps retrying; after
         ``timeout`` seconds close gives up: what is still unpublished is
         dropped, counted (``dropped_records``/``dropped_results``) and logged.
         """
         self._queue.put(_STOP)
-        self._wake.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._abandon.set()
-            # a publish attempt in flight ends within its own timeouts; do not wait for it
-            self._thread.join(1.0)
+        self._hub.wake.set()
+        gave_up = not self._done.wait(timeout)
+        if gave_up:
+            log.warning(
+                "publisher of %s.%s: closed while the broker was unreachable", self.job, self.node
+            )
         with self._count_lock:
+            # from here on the hub counts nothing for this publisher
+            self._abandon.set()
             lost_records = self.queued_records - self.published_records - self.dropped_records
             lost_results = self.queued_results - self.published_results - self.dropped_results
             if lost_records > 0:
@@ -206,6 +234,9 @@ class SubJobPublisher:
                 self.dropped_results += lost_results
                 self.failures += lost_results
             records, results = self.dropped_records, self.dropped_results
+        self._hub.remove(self)
+        if gave_up:
+            self._hub.interrupt.set()  # a retry in progress looks again at once
         if records or results:
             log.warning(
                 "sub-job %s.%s (job %s): %d log record(s) and %d result(s) not published",
@@ -216,125 +247,68 @@ class SubJobPublisher:
                 results,
             )
 
-    # --- the publishing thread ---
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except _Abandoned:
-            log.warning(
-                "publisher of %s.%s: closed while the broker was unreachable", self.job, self.node
-            )
-        finally:
-            self._drop_broker()
+    # --- called by the hub's thread ---
+    def abandoned(self, item: Pending) -> bool:
+        """Whether close() gave up (the hub then drops ``item``)."""
+        return self._abandon.is_set()
 
-    def _loop(self) -> None:
+    def done(self, item: Pending, *, sent: bool) -> None:
+        """``item`` was confirmed by the broker (``sent``) or refused."""
+        with self._count_lock:
+            if self._abandon.is_set():
+                return  # close() counted it already
+            if sent:
+                self.published_records += item.records
+                self.published_results += item.results
+            else:
+                self.failures += 1
+                self.dropped_records += item.records
+                self.dropped_results += item.results
+        if item.last:
+            self._hub.remove(self)
+            self._done.set()
+
+    def collect(self) -> list[Pending]:
+        """Everything queued since the last call, as messages in the order queued:
+        the log lines as batches (of at most about ``max_bytes``), the results,
+        and after close() the ``final`` batch."""
+        with self._count_lock:
+            self._unread_bytes = 0
+        out: list[Pending] = []
         # the batch's records as JSON lines (each ends with a newline)
         pending: list[str] = []
-        count = 0
-        size = 0
-        first_at = 0.0
+        count = size = 0
         while True:
-            items: list[Any] = []
-            if pending:
-                # until the batch is due (or a result, close() or a full batch wakes us)
-                self._wake.wait(max(0.0, first_at + self.interval - time.monotonic()))
-            else:
-                items.append(self._queue.get())
-            # cleared before the queue is read: a wake-up set after this finds its item
-            self._wake.clear()
-            with self._count_lock:
-                self._unread_bytes = 0
-            while True:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            for item in items:
-                if item is _STOP:
-                    self._send_logs(pending, count, final=True)
-                    return
-                kind, body = item
-                if kind == "result":
-                    self._send_result(body)
-                    continue
-                if not pending:
-                    first_at = time.monotonic()
-                text, n = body if kind == "json" else (_encode_records(body), len(body))
-                pending.append(text)
-                count += n
-                size += len(text)
-                if size >= self.max_bytes:
-                    self._send_logs(pending, count, final=False)
-                    pending = []
-                    count = size = 0
-            if pending and time.monotonic() - first_at >= self.interval:
-                self._send_logs(pending, count, final=False)
-                pending = []
-                count = size = 0
-
-    # --- publishing, retried while the broker is unreachable ---
-    def _drop_broker(self) -> None:
-        broker, self._broker = self._broker, None
-        if broker is not None:
-            broker.close()
-
-    def _is_outage(self, exc: LavamqError, broker: Broker) -> bool:
-        """Whether ``exc`` says the broker could not be reached (retry), not that it
-        refused the message (unroutable, access refused on the exchange: drop)."""
-        conn = broker.connection
-        errors = (
-            OSError,
-            OperationalError,
-            *conn.connection_errors,
-            *conn.recoverable_connection_errors,
-        )
-        return isinstance(exc.__cause__, errors)
-
-    def _deliver(self, what: str, publish: Callable[[Broker, str], None]) -> bool:
-        """Publish one message, retrying (with one message id) while the broker is
-        unreachable; False when the broker refused it. Raises _Abandoned when close()
-        gave up."""
-        self._messages += 1
-        message_id = f"{self._id_prefix}{self._messages:012x}"
-        attempt = 0
-        while True:
-            if self._abandon.is_set():
-                raise _Abandoned
-            if self._broker is None:
-                # no retries inside: this loop retries, and close() can stop it
-                self._broker = Broker(
-                    self.broker_url, max_retries=0, connect_timeout=self.connect_timeout
-                )
-            broker = self._broker
             try:
-                publish(broker, message_id)
-                if attempt:
-                    log.warning(
-                        "%s of %s.%s published after %d retries", what, self.job, self.node, attempt
-                    )
-                return True
-            except LavamqError as exc:
-                if not self._is_outage(exc, broker):
-                    log.warning("%s of %s.%s not published: %s", what, self.job, self.node, exc)
-                    return False
-                self._drop_broker()
-                attempt += 1
-                self.retries += 1
-                if attempt == 1 or attempt % 50 == 0:
-                    log.warning(
-                        "%s of %s.%s: broker unreachable (%s); retrying (attempt %d)",
-                        what,
-                        self.job,
-                        self.node,
-                        exc,
-                        attempt,
-                    )
-            if self._abandon.wait(min(0.1 * 2 ** min(attempt, 10), self.retry_interval)):
-                raise _Abandoned
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                out.append(self._log_batch(pending, count, final=True))
+                return out
+            kind, body = item
+            if kind == "result":
+                if count:
+                    out.append(self._log_batch(pending, count, final=False))
+                    pending, count, size = [], 0, 0
+                out.append(self._result(body))
+                continue
+            text, n = body if kind == "json" else (_encode_records(body), len(body))
+            pending.append(text)
+            count += n
+            size += len(text)
+            if size >= self.max_bytes:
+                out.append(self._log_batch(pending, count, final=False))
+                pending, count, size = [], 0, 0
+        if count:
+            out.append(self._log_batch(pending, count, final=False))
+        return out
 
-    def _send_logs(self, pending: list[str], count: int, *, final: bool) -> None:
-        if not count and not final:
-            return
+    def _message_id(self) -> str:
+        self._messages += 1
+        return f"{self._id_prefix}{self._messages:012x}"
+
+    def _log_batch(self, pending: list[str], count: int, *, final: bool) -> Pending:
         if final and (self.dropped_records or self.dropped_results):
             # what the broker refused is named in the sub-job's published log too
             note = {
@@ -343,48 +317,25 @@ class SubJobPublisher:
                 "message": dropped_note(self.dropped_records, self.dropped_results),
             }
             pending = [*pending, json.dumps(note, ensure_ascii=False) + "\n"]
-        body = {
-            "job": self.job,
-            "subjob": self.subjob,
-            "node": self.node,
-            "seq": self.seq,
-            "records": [],
-            "final": final,
-        }
-        payload = batch_payload(body, pending, self._batch_schema)
-
-        def publish(broker: Broker, message_id: str) -> None:
-            broker.publish_raw(
-                topology.LOGS_EXCHANGE_NAME,
-                self._log_key,
-                payload,
-                message_type=LogBatchSchema.message_type,
-                message_id=message_id,
-            )
-
-        sent = self._deliver(f"log batch {self.seq}", publish)
-        with self._count_lock:
-            if sent:
-                self.published_records += count
-            else:
-                self.failures += 1
-                self.dropped_records += count
+        message = Outgoing(
+            topology.LOGS_EXCHANGE_NAME,
+            self._log_key,
+            self._batch_schema,
+            {},
+            message_id=self._message_id(),
+            payload=self._envelope.payload(self.seq, final, pending),
+        )
+        what = f"log batch {self.seq} of {self.job}.{self.node}"
         self.seq += 1
+        return Pending(self, message, what, records=count, last=final)
 
-    def _send_result(self, body: dict[str, Any]) -> None:
-        def publish(broker: Broker, message_id: str) -> None:
-            broker.publish(
-                topology.RESULTS_EXCHANGE_NAME,
-                self._result_key,
-                TestResultSchema(),
-                body,
-                message_id=message_id,
-            )
-
-        sent = self._deliver(f"result {body.get('case')}", publish)
-        with self._count_lock:
-            if sent:
-                self.published_results += 1
-            else:
-                self.failures += 1
-                self.dropped_results += 1
+    def _result(self, body: dict[str, Any]) -> Pending:
+        message = Outgoing(
+            topology.RESULTS_EXCHANGE_NAME,
+            self._result_key,
+            TestResultSchema(),
+            body,
+            message_id=self._message_id(),
+        )
+        return Pending(self, message, f"result {body.get('case')} of {self.job}.{self.node}",
+                       results=1)  # fmt: skip

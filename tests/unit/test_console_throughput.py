@@ -13,7 +13,7 @@ from device_agent.console import ScriptedConsole, strip_escapes
 from device_agent.signals import MultinodeCall, SignalReader
 from dispatcher.joblog import JobLog, format_record, mask_secrets, may_hold_secret, read_records
 from dispatcher.logstore import write_batch
-from dispatcher.publisher import _encode_records, batch_payload
+from dispatcher.publisher import BatchEnvelope, _encode_records, batch_payload
 from lavamq.cli import main
 from lavamq.commands.logs import json_lines
 from schemas.messages.base import InvalidMessage, decode, encode
@@ -206,6 +206,19 @@ def test_batch_payload_splices_json_lines_into_a_valid_log_batch() -> None:
     assert decode(LogBatchSchema(), batch_payload(body, []))["records"] == []
     with pytest.raises(InvalidMessage):
         batch_payload(dict(body, seq=-1), [])
+
+
+def test_batch_envelope_gives_the_bytes_batch_payload_gives() -> None:
+    """The envelope validated once, then seq and final written in, is the same message."""
+    lines = [_encode_records([{"time": "t", "level": "target", "message": 'a "seq": 0 é'}])]
+    envelope = BatchEnvelope('j "seq": 0', "1", "n", LogBatchSchema())
+    for seq, final, chunk in ((0, False, lines), (7, True, []), (12345, False, lines * 3)):
+        body = {"job": 'j "seq": 0', "subjob": "1", "node": "n", "seq": seq, "records": [],
+                "final": final}  # fmt: skip
+        assert envelope.payload(seq, final, chunk) == batch_payload(body, chunk)
+        assert decode(LogBatchSchema(), envelope.payload(seq, final, chunk))["seq"] == seq
+    with pytest.raises(InvalidMessage):
+        envelope.payload(-1, False, [])
 
 
 LOG_RECORDS: list[Any] = [
