@@ -51,6 +51,7 @@ def create_app(lab: Lab, *, live: bool = False) -> FastAPI:
     app.state.lab = lab
     app.state.live = tap
     app.include_router(xmlrpc.router)
+    app.add_middleware(xmlrpc.RPC2Endpoint, lab=lab)
     app.include_router(jobs.router)
     app.include_router(lab_routes.router)
     common.install_errors(app)

@@ -175,6 +175,10 @@ def nodes_page(state: str | None, health: str | None, since: bool) -> Select[Any
     )
 
 
+#: the place of ``job_id`` in the rows of the statements above
+JOB_ID_COLUMN = [c.name for c in NODE.selected_columns].index("job_id")
+
+
 def node_row(row: Any, index: int, visibility: str) -> NodeRow:
     """A :class:`NodeRow` from one row of the statements above (columns by place, in
     ``_node_select``'s order: the hot path of every list)."""
@@ -220,6 +224,14 @@ class Visibilities:
         self.size = size
         self._known: OrderedDict[int, str] = OrderedDict()
         self._lock = threading.Lock()
+
+    def cached(self, job_id: int) -> str | None:
+        """A job's visibility if it is known already (no store read), else None."""
+        with self._lock:
+            seen = self._known.get(job_id)
+            if seen is not None:
+                self._known.move_to_end(job_id)
+            return seen
 
     def of(self, conn: Connection, job_ids: Iterable[int]) -> dict[int, str]:
         """Each job's visibility, from a cache filled from the store for the jobs it lacks."""

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from coordinator.db import open_database
 from coordinator.store import Device, DeviceType, Group, Host, Job, Result, SubJob
 from server import lava, node_rows
+from server.driver_sql import DriverStatement
 from server.errors import NotFound
 from server.node_rows import NodeRow, Visibilities, state_condition
 from server.users import Identity
@@ -35,6 +36,8 @@ class LabReader:
             db_url, run_migrations=run_migrations, pool_size=pool_size
         )
         self.visibilities = Visibilities()
+        #: ``jobs show``'s read, on the driver's cursor (server/driver_sql.py)
+        self._node = DriverStatement(self.engine, node_rows.NODE)
 
     def close(self) -> None:
         """Close the store connections."""
@@ -171,12 +174,16 @@ class LabReader:
 
     def node(self, job: lava.LavaJobId) -> NodeRow:
         """One node; NotFound for an unknown job or node number."""
-        with self.connection() as conn:
-            found = conn.execute(node_rows.NODE, {"job_id": job.job_id, "index": job.index})
-            row = found.first()
-            if row is None:
-                raise NotFound(f"Job '{_shown(job)}' was not found.")
-            return self._rows(conn, [row], [job.index])[0]
+        found = self._node.rows(job_id=job.job_id, index=job.index)
+        if not found:
+            raise NotFound(f"Job '{_shown(job)}' was not found.")
+        row = found[0]
+        job_id = row[node_rows.JOB_ID_COLUMN]
+        seen = self.visibilities.cached(job_id)
+        if seen is None:
+            with self.connection() as conn:
+                seen = self.visibilities.of(conn, [job_id]).get(job_id, "public")
+        return node_rows.node_row(row, job.index, seen)
 
     def job_nodes(self, job_id: int) -> list[NodeRow]:
         """Every node of a job, in group order; NotFound for an unknown job."""

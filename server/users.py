@@ -23,6 +23,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import Base, open_database
 from schemas.errors import ConfigurationError
+from server.driver_sql import DriverStatement
 
 #: LAVA's tokens are lower-case letters and digits: nothing a shell or argparse reads
 #: specially (a token starting with "-" would be an option to lavacli)
@@ -90,6 +91,8 @@ class UserStore:
         self.engine, self.sessions = open_database(
             db_url, run_migrations=run_migrations, pool_size=pool_size
         )
+        # every call with a token asks this: on the driver's cursor (server/driver_sql.py)
+        self._holder = DriverStatement(self.engine, _HOLDER)
 
     def close(self) -> None:
         """Close the store connections."""
@@ -134,9 +137,8 @@ class UserStore:
     def authenticate(self, token: str, name: str | None = None) -> Identity | None:
         """The user holding ``token`` (and named ``name`` when given), or None."""
         digest = token_digest(token)
-        # every call with a token asks this: one prepared statement on a pooled connection
-        with self.engine.connect() as conn:
-            row = conn.execute(_HOLDER, {"digest": digest}).first()
+        found = self._holder.rows(digest=digest)
+        row = found[0] if found else None
         if row is None or not hmac.compare_digest(row[2], digest):
             return None
         if name is not None and not hmac.compare_digest(row[0].encode(), name.encode()):

@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from server import lava
 from server.app import create_app
@@ -77,6 +77,29 @@ def test_version_whoami_and_tokens(client: TestClient, lab: Lab) -> None:
     for auth in ("Bearer x", "Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode(), "x"):
         resp = client.post("/RPC2", content=version, headers={"Authorization": auth})
         assert resp.status_code == 400, auth
+
+
+def test_a_removed_token_stops_working_at_once(client: TestClient, lab: Lab) -> None:
+    lab.users.add_user("alice")
+    token = lab.users.create_token("alice")
+    whoami = request("system.whoami")
+    assert call(client, whoami, basic("alice", token)) == "alice"
+    with lab.users.sessions.begin() as s:
+        s.execute(delete(Token))
+    # nothing remembers a token: the next call is refused, as LAVA refuses it
+    resp = client.post("/RPC2", content=whoami, headers={"Authorization": basic("alice", token)})
+    assert resp.status_code == 401 and "Basic" in resp.headers["www-authenticate"]
+
+
+def test_rpc2_answered_ahead_of_the_routes(client: TestClient) -> None:
+    # POST at /RPC2 and /RPC2/ is answered by RPC2Endpoint; GET shows the methods; a
+    # method neither takes is a 405 naming POST, as the route gives it
+    for path in ("/RPC2", "/RPC2/"):
+        resp = client.post(path, content=request("system.version"))
+        assert xmlrpc.client.loads(resp.content)[0][0] == "2026.07", path
+        assert client.get(path).text.startswith("LAVA XML-RPC API")
+    resp = client.put("/RPC2", content=request("system.version"))
+    assert resp.status_code == 405 and "POST" in resp.headers["allow"]
 
 
 @pytest.mark.parametrize(
