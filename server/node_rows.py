@@ -154,6 +154,8 @@ NODE = (
     .limit(1)
     .offset(bindparam("index"))
 )
+#: the same with the job's definition last (its visibility, for a job not seen before)
+NODE_WITH_DEFINITION = NODE.add_columns(JOB.c.definition)
 #: every node of job ``job_id``, in group order
 JOB_NODES = _node_select(with_index=False).where(JOB.c.id == bindparam("job_id"))
 JOB_NODES = JOB_NODES.order_by(SUB.c.id)
@@ -173,10 +175,6 @@ def nodes_page(state: str | None, health: str | None, since: bool) -> Select[Any
         .limit(bindparam("count"))
         .offset(bindparam("offset"))
     )
-
-
-#: the place of ``job_id`` in the rows of the statements above
-JOB_ID_COLUMN = [c.name for c in NODE.selected_columns].index("job_id")
 
 
 def node_row(row: Any, index: int, visibility: str) -> NodeRow:
@@ -233,6 +231,18 @@ class Visibilities:
                 self._known.move_to_end(job_id)
             return seen
 
+    def learn(self, job_id: int, definition: str | None) -> str:
+        """Remember the visibility of a job whose definition was read; the visibility."""
+        seen = visibility_of(definition or "")
+        self._keep({job_id: seen})
+        return seen
+
+    def _keep(self, found: dict[int, str]) -> None:
+        with self._lock:
+            self._known.update(found)
+            while len(self._known) > self.size:
+                self._known.popitem(last=False)
+
     def of(self, conn: Connection, job_ids: Iterable[int]) -> dict[int, str]:
         """Each job's visibility, from a cache filled from the store for the jobs it lacks."""
         out: dict[int, str] = {}
@@ -249,10 +259,6 @@ class Visibilities:
                 r.id: visibility_of(r.definition or "")
                 for r in conn.execute(self._DEFINITIONS, {"ids": missing})
             }
-            with self._lock:
-                for job_id, seen in found.items():
-                    self._known[job_id] = seen
-                while len(self._known) > self.size:
-                    self._known.popitem(last=False)
+            self._keep(found)
             out.update(found)
         return out

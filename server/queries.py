@@ -36,8 +36,10 @@ class LabReader:
             db_url, run_migrations=run_migrations, pool_size=pool_size
         )
         self.visibilities = Visibilities()
-        #: ``jobs show``'s read, on the driver's cursor (server/driver_sql.py)
+        #: ``jobs show``'s read, on the driver's cursor (server/driver_sql.py); with the
+        #: definition for a job whose visibility is not known yet
         self._node = DriverStatement(self.engine, node_rows.NODE)
+        self._node_first = DriverStatement(self.engine, node_rows.NODE_WITH_DEFINITION)
 
     def close(self) -> None:
         """Close the store connections."""
@@ -174,15 +176,14 @@ class LabReader:
 
     def node(self, job: lava.LavaJobId) -> NodeRow:
         """One node; NotFound for an unknown job or node number."""
-        found = self._node.rows(job_id=job.job_id, index=job.index)
+        seen = self.visibilities.cached(job.job_id)
+        read = self._node if seen is not None else self._node_first
+        found = read.rows(job_id=job.job_id, index=job.index)
         if not found:
             raise NotFound(f"Job '{_shown(job)}' was not found.")
         row = found[0]
-        job_id = row[node_rows.JOB_ID_COLUMN]
-        seen = self.visibilities.cached(job_id)
-        if seen is None:
-            with self.connection() as conn:
-                seen = self.visibilities.of(conn, [job_id]).get(job_id, "public")
+        if seen is None:  # one statement still: the definition came with the row
+            seen = self.visibilities.learn(job.job_id, row[-1])
         return node_rows.node_row(row, job.index, seen)
 
     def job_nodes(self, job_id: int) -> list[NodeRow]:

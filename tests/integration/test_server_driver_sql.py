@@ -66,11 +66,18 @@ def test_node_rows_as_sqlalchemy_reads_them(db_url: str) -> None:
             assert [[type(v) for v in r] for r in got] == [[type(v) for v in r] for r in expected]
         first = statement.rows(job_id=1, index=0)[0]
         assert first[5] == ["kvm", "big"]  # a JSON column, decoded
-        assert first[node_rows.JOB_ID_COLUMN] == 1
+        with_definition = DriverStatement(reader.engine, node_rows.NODE_WITH_DEFINITION)
+        assert with_definition.rows(job_id=1, index=0)[0] == (
+            *first,
+            "job_name: t\nvisibility: personal\n",
+        )
         # the reader's node is the same either way
         node = reader.node(lava.parse_job_id("1.1"))
         assert (node.role, node.index, node.nodes, node.message) == ("client", 1, 2, "it échoué")
         assert node.visibility == "personal" and node.host is None
+        # read with its definition the first time, then with the visibility remembered
+        assert reader.visibilities.cached(1) == "personal"
+        assert reader.node(lava.parse_job_id("1.1")) == node
     finally:
         reader.close()
 
