@@ -112,12 +112,31 @@ class ClusterVhost:
         q = services.quote(self.name)
         return ",".join(f"amqp://guest:guest@127.0.0.1:{BASE_PORT + i}/{q}" for i in range(NODES))
 
-    def leader_of(self, queue: str) -> int:
-        """The node leading a quorum queue."""
-        info = self.api("GET", f"/queues/{services.quote(self.name)}/{services.quote(queue)}")
-        name = str(info.get("leader") or info["node"])
-        # <prefix>-c<N>@localhost
-        return int(name.split("@", 1)[0].rsplit("-c", 1)[1])
+    def leader_of(self, queue: str, timeout: float = 60.0) -> int:
+        """The node leading a quorum queue, asked of each node in turn.
+
+        Just after a node came back the management API may answer 500 for a
+        quorum queue (its members still electing) or the node may not listen
+        yet: ask the next one, and again until ``timeout``.
+        """
+        path = f"/queues/{services.quote(self.name)}/{services.quote(queue)}"
+        deadline = time.monotonic() + timeout
+        last = "no node answered"
+        while True:
+            for i in range(NODES):
+                base = f"http://127.0.0.1:{BASE_PORT + 10000 + i}"
+                try:
+                    info = services.mgmt("GET", path, base=base)
+                except OSError as exc:  # an HTTPError 500 while electing, or not listening
+                    last = f"node {i + 1}: {exc}"
+                    continue
+                if info and (info.get("leader") or info.get("node")):
+                    name = str(info.get("leader") or info["node"])
+                    # <prefix>-c<N>@localhost
+                    return int(name.split("@", 1)[0].rsplit("-c", 1)[1])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no node told {queue}'s leader within {timeout:g} s: {last}")
+            time.sleep(0.5)
 
     def delete(self) -> None:
         with contextlib.suppress(OSError):
