@@ -160,11 +160,16 @@ def run_call(lab: Lab, who: Identity, body: bytes) -> Answer:
     except lava_api.BadParams as exc:
         return fault_body(FAULT_BAD_PARAMS, str(exc))
     except Exception as exc:
-        code, _, err = answer_for(exc)
-        if code == FAULT_INTERNAL:
-            log.error("xmlrpc %s failed", name, exc_info=exc)
-            return fault_body(code, f"Internal Server Error: {err.message}")
-        return fault_body(code, err.message)
+        return error_fault(exc, name)
+
+
+def error_fault(exc: Exception, what: str) -> bytes:
+    """Any error of a call as LAVA's fault (a bug logged, as -32603), never an HTTP 500."""
+    code, _, err = answer_for(exc)
+    if code == FAULT_INTERNAL:
+        log.error("xmlrpc %s failed", what, exc_info=exc)
+        return fault_body(code, f"Internal Server Error: {err.message}")
+    return fault_body(code, err.message)
 
 
 def streamed(log_answer: lava_api.StreamedLog) -> Iterator[bytes]:
@@ -197,7 +202,10 @@ def streamed(log_answer: lava_api.StreamedLog) -> Iterator[bytes]:
 
 def answer_call(lab: Lab, header: str | None, body: bytes | None) -> Response | Answer:
     """Authenticate and run one call: the whole request's blocking work, in one thread."""
-    who = ANONYMOUS if header is None else caller(lab, header)
+    try:
+        who = ANONYMOUS if header is None else caller(lab, header)
+    except Exception as exc:  # the store unreachable: a fault, as for the call itself
+        return error_fault(exc, "authentication")
     if isinstance(who, Response):
         return who
     if body is None:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
+from sqlalchemy.exc import OperationalError
 
 from server import lava
 from server.app import create_app
@@ -89,6 +90,18 @@ def test_a_removed_token_stops_working_at_once(client: TestClient, lab: Lab) -> 
     # nothing remembers a token: the next call is refused, as LAVA refuses it
     resp = client.post("/RPC2", content=whoami, headers={"Authorization": basic("alice", token)})
     assert resp.status_code == 401 and "Basic" in resp.headers["www-authenticate"]
+
+
+def test_a_store_error_while_authenticating_is_a_fault(
+    client: TestClient, lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(token: str, name: str | None = None) -> None:
+        raise OperationalError("SELECT", {}, Exception("the store is gone"))
+
+    monkeypatch.setattr(lab, "identify", unreachable)
+    fault = call(client, request("system.whoami"), basic("alice", "x" * 64))
+    assert isinstance(fault, xmlrpc.client.Fault) and fault.faultCode == -32603
+    assert "the store is gone" in fault.faultString and "x" * 64 not in fault.faultString
 
 
 def test_rpc2_answered_ahead_of_the_routes(client: TestClient) -> None:
