@@ -36,6 +36,18 @@ def killed_dispatcher(workdir: Path, name: str, command: str = IGNORES_HUP) -> t
     """A dispatcher process powers a board on, runs ``command`` there (which leaves a
     process running and prints a pid), and dies by SIGKILL. Returns (board shell pid,
     the pid printed)."""
+    shell, leftover = sigkilled_while_board_runs(
+        workdir, name, command, "out.strip().splitlines()[-1]"
+    )
+    return int(shell), int(leftover)
+
+
+def sigkilled_while_board_runs(
+    workdir: Path, name: str, command: str, report: str
+) -> tuple[str, str]:
+    """A dispatcher process powers board ``name`` on, runs ``command`` on it, prints the
+    board shell's pid and the Python expression ``report`` (``out``: the command's output,
+    ``board``: the device), and dies by SIGKILL. Returns both, as printed."""
     script = textwrap.dedent(
         f"""
         import sys
@@ -43,7 +55,7 @@ def killed_dispatcher(workdir: Path, name: str, command: str = IGNORES_HUP) -> t
         board = create_device({board_config(name)!r}, {str(workdir)!r})
         console = board.boot(timeout=20)
         out, rc = console.run({command!r}, 10)
-        print(board.proc.pid, out.strip().splitlines()[-1], flush=True)
+        print(board.proc.pid, {report}, flush=True)
         sys.stdin.read()
         """
     )
@@ -54,12 +66,13 @@ def killed_dispatcher(workdir: Path, name: str, command: str = IGNORES_HUP) -> t
         text=True,
         cwd=Path(__file__).resolve().parents[1],
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    shell, leftover = (int(x) for x in line.split())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    return shell, leftover
+    try:
+        assert proc.stdout is not None
+        shell, printed = proc.stdout.readline().split()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    return shell, printed
 
 
 @contextlib.contextmanager

@@ -46,6 +46,20 @@ ROOT = Path(__file__).resolve().parents[1]
 LAVAMQ = [sys.executable, "-c", "from lavamq.cli import main; main()"]
 IMAGES = Path(os.environ.get("LAVAMQ_TEST_IMAGES", ROOT / "images"))
 
+
+def lavamq_in(tmp_path: Path, *args: str, timeout: float = 280) -> subprocess.CompletedProcess[str]:
+    """``lavamq ARGS`` run in ``tmp_path``, its temporary files there too (TMPDIR)."""
+    return subprocess.run(
+        [*LAVAMQ, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+
+
 # the seed job of the issue and the boards it needs
 SEED = ROOT / "examples" / "seed-simple-multinode.json"
 PANDAS = [

@@ -5,32 +5,18 @@ for the test, masked everywhere), deploys without images, a test on a node never
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lab import lavamq_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 JOBS = Path(__file__).resolve().parents[1] / "lava_jobs"
-LAVAMQ = [sys.executable, "-c", "from lavamq.cli import main; main()"]
 #: the job's secret in tests/lava_jobs/secrets.yaml
 SECRET = "b43614a9583f9c74b989914a91d1cfd9"
-
-
-def lavamq(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*LAVAMQ, *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
 
 
 def kept(proc: subprocess.CompletedProcess[str]) -> Path:
@@ -64,13 +50,13 @@ def test_a_duplicate_key_loads_as_on_lava_with_a_warning(tmp_path: Path) -> None
     warning = (
         f"line {line}, column 9: duplicate key 'GREETING': the last one is used (as LAVA does)"
     )
-    checked = lavamq(tmp_path, "validate", str(job))
+    checked = lavamq_in(tmp_path, "validate", str(job))
     assert checked.returncode == 0, checked.stdout
     assert f"{job}: warning: {warning}" in checked.stdout.splitlines()
-    as_json = json.loads(lavamq(tmp_path, "validate", "--json", str(job)).stdout)
+    as_json = json.loads(lavamq_in(tmp_path, "validate", "--json", str(job)).stdout)
     assert as_json[0]["plan"]["warnings"] == [warning]
     # run: said before anything starts, and the test sees the last value
-    ran = lavamq(tmp_path, "run", str(job), "--json")
+    ran = lavamq_in(tmp_path, "run", str(job), "--json")
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert f"duplicate-key.yaml: warning: {warning}" in ran.stderr
     assert cases(json.loads(ran.stdout))[("board", "0_last-wins")] == {"the-last-value": "pass"}
@@ -79,7 +65,7 @@ def test_a_duplicate_key_loads_as_on_lava_with_a_warning(tmp_path: Path) -> None
     text = seed.read_text().replace('"job_name":', '"job_name": "first",\n  "job_name":', 1)
     dup = tmp_path / "dup.json"
     dup.write_text(text)
-    checked = lavamq(tmp_path, "validate", str(dup))
+    checked = lavamq_in(tmp_path, "validate", str(dup))
     assert checked.returncode == 0, checked.stdout
     (json_warning,) = [w for w in checked.stdout.splitlines() if ": warning: " in w]
     assert json_warning.endswith("duplicate key 'job_name': the last one is used (as LAVA does)")
@@ -88,9 +74,9 @@ def test_a_duplicate_key_loads_as_on_lava_with_a_warning(tmp_path: Path) -> None
 
 def test_secrets_are_written_for_the_test_and_masked_everywhere(tmp_path: Path) -> None:
     job = JOBS / "secrets.yaml"
-    shown = json.loads(lavamq(tmp_path, "validate", "--json", str(job)).stdout)
+    shown = json.loads(lavamq_in(tmp_path, "validate", "--json", str(job)).stdout)
     assert shown[0]["plan"]["secrets"] == {"API_USER": "*****", "API_KEY": "*****"}
-    ran = lavamq(tmp_path, "run", str(job), "--json", "--keep")
+    ran = lavamq_in(tmp_path, "run", str(job), "--json", "--keep")
     ws = kept(ran)
     # the definition sourced the secrets file (mode 0600), then lava-test-raise ended it
     assert ran.returncode == 1
@@ -114,7 +100,7 @@ def test_secrets_are_written_for_the_test_and_masked_everywhere(tmp_path: Path) 
 
 
 def test_deploys_without_images_deploy_nothing_on_a_local_board(tmp_path: Path) -> None:
-    ran = lavamq(tmp_path, "run", str(JOBS / "no-url-deploys.yaml"), "--json", "--keep")
+    ran = lavamq_in(tmp_path, "run", str(JOBS / "no-url-deploys.yaml"), "--json", "--keep")
     assert ran.returncode == 0, ran.stderr[-3000:]
     for role in ("container", "installed"):
         assert cases(json.loads(ran.stdout))[(role, "0_ran")] == {
@@ -138,10 +124,10 @@ def test_a_deploy_the_device_cannot_do_and_a_test_never_booted_are_refused(
         "actions[2].test: role board (nodes board #0, board #1) is never booted before this "
         "test: add a boot action for it before the test",
     ]
-    checked = lavamq(tmp_path, "validate", str(job))
+    checked = lavamq_in(tmp_path, "validate", str(job))
     assert checked.returncode == 1
     assert [f"{job}: {p}" for p in problems] == checked.stdout.splitlines()[1:]
-    ran = lavamq(tmp_path, "run", str(job), "--keep")
+    ran = lavamq_in(tmp_path, "run", str(job), "--keep")
     assert ran.returncode != 0 and all(p in ran.stderr for p in problems), ran.stderr
     # refused before anything started: no lab, no workspace
     assert "embedded lab" not in ran.stderr and "workspace kept" not in ran.stderr

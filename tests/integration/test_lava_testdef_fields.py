@@ -5,22 +5,18 @@ steps), params overridden by the job's parameters, parse: pattern + fixupdict, m
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lab import GitRepo
+from lab import GitRepo, lavamq_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 JOBS = Path(__file__).resolve().parents[1] / "lava_jobs"
-LAVAMQ = [sys.executable, "-c", "from lavamq.cli import main; main()"]
 
 #: what LAVA 2026.07 recorded for the board's definition of testdef-fields.yaml
 LAVA_FIELDS = {
@@ -45,15 +41,7 @@ LAVA_FROM_URL = {"from-url-archive": "pass", "not-expected": "fail", "never-repo
 
 def lavamq_run(job: Path, tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], Path]:
     """``lavamq run --keep --json``: exit code, bundle, kept workspace."""
-    proc = subprocess.run(
-        [*LAVAMQ, "run", str(job), "--keep", "--json", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
+    proc = lavamq_in(tmp_path, "run", str(job), "--keep", "--json", *args)
     kept = [line for line in proc.stderr.splitlines() if line.startswith("workspace kept: ")]
     assert kept, proc.stderr[-3000:]
     return proc.returncode, json.loads(proc.stdout), Path(kept[-1].split(": ", 1)[1])

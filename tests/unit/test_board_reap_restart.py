@@ -8,12 +8,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from boards import alive, board_config
+from boards import alive, board_config, sigkilled_while_board_runs
 from lab import wait_for
 
 from device_agent.devices import create_device
@@ -66,30 +64,11 @@ def test_a_sigkilled_dispatchers_daemon_is_reaped_at_the_next_power_on(tmp_path:
     """A real dispatcher process is SIGKILLed while its board runs a daemon outside the
     board's session; the next power on (a new process, a new marker) kills it."""
     workdir = tmp_path / "devices" / "board-d"
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from device_agent.devices import create_device
-        board = create_device({board_config("board-d")!r}, {str(workdir)!r})
-        console = board.boot(timeout=20)
-        console.run("(setsid sleep 4243.5 </dev/null >/dev/null 2>&1 &)", 10)
-        print(board.proc.pid, board.marker, flush=True)
-        sys.stdin.read()
-        """
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
     board = None
     try:
-        assert proc.stdout is not None
-        shell, marker = proc.stdout.readline().split()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        shell, marker = sigkilled_while_board_runs(
+            workdir, "board-d", "(setsid sleep 4243.5 </dev/null >/dev/null 2>&1 &)", "board.marker"
+        )
         daemons = wait_for(lambda: _pids_running("sleep 4243.5"), 5, "the daemon to start")
         # it left the board's session: only the marker leads back to the board
         assert all(os.getsid(pid) != int(shell) for pid in daemons)
@@ -100,9 +79,6 @@ def test_a_sigkilled_dispatchers_daemon_is_reaped_at_the_next_power_on(tmp_path:
         wait_for(lambda: not _pids_running("sleep 4243.5"), 10, "the daemon to be reaped")
         assert json.loads((workdir / "board.pid").read_text())["marker"] == board.marker
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
         if board is not None:
             board.power_off()
         _kill_all("sleep 4243.5")
