@@ -444,7 +444,11 @@ class Console(ConsoleBase):
                 gathered = len(data)
                 chunks = [data]
                 try:
-                    while gathered < self.max_chunk:
+                    # (a read of all that was waiting, below a flood's size, took
+                    # everything: asking again costs a wake-up's ioctl for nothing)
+                    while gathered < self.max_chunk and (
+                        gathered != waiting or gathered >= self.flood_bytes
+                    ):
                         waiting = port.in_waiting
                         if not waiting:
                             break
@@ -460,7 +464,10 @@ class Console(ConsoleBase):
                 if gathered >= self.flood_bytes:
                     flood_at = now
                 elif self.gather and now - flood_at > self.flood_seconds:
-                    self._stop.wait(self.gather)
+                    # a plain sleep (an Event's wait costs a lock and a condition
+                    # each time); close() cancels the next read, so it waits at
+                    # most this much longer
+                    time.sleep(self.gather)
         except Exception as exc:
             if not self._stop.is_set():
                 reason = f"{type(exc).__name__}: {exc}"
