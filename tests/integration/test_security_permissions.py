@@ -186,23 +186,8 @@ def test_host_cannot_submit_or_call_the_coordinator(lab: Lab) -> None:
     ``lava.rpc``: refused by the broker before any coordinator sees them."""
     body = encode(SubmitRequestSchema(), {"method": "submit", "definition": "job_name: x"})
     for exchange in (topology.RPC_EXCHANGE_NAME, topology.DEVICE_EXCHANGE_NAME):
-        conn, channel = raw_channel(lab.url_a)
-        try:
-            channel.basic_publish(
-                amqp.Message(body, type="submit"),
-                exchange=exchange,
-                routing_key=topology.RPC_ROUTING_KEY,
-            )
-            with pytest.raises(amqp.exceptions.AccessRefused):
-                conn.drain_events(timeout=5)
-        finally:
-            conn.collect()
-    conn, channel = raw_channel(lab.admin)
-    try:
-        declared = channel.queue_declare(topology.RPC_QUEUE_NAME, passive=True)
-        assert declared.message_count == 0
-    finally:
-        conn.close()
+        _publish_refused(lab.url_a, body, "submit", exchange, topology.RPC_ROUTING_KEY)
+    assert _ready(lab, topology.RPC_QUEUE_NAME) == 0
 
 
 def test_host_cannot_publish_a_subjob_or_use_the_default_exchange(lab: Lab) -> None:
@@ -215,22 +200,28 @@ def test_host_cannot_publish_a_subjob_or_use_the_default_exchange(lab: Lab) -> N
             SubJobAssignmentSchema(),
             _assignment(lab.dev_b),
         )
-    conn, channel = raw_channel(lab.url_a)
+    body = encode(SubJobAssignmentSchema(), _assignment(lab.dev_b))
+    queue = topology.device_queue_name(lab.dev_b)
+    _publish_refused(lab.url_a, body, "subjob-assignment", "", queue)
+    assert _ready(lab, queue) == 0
+
+
+def _publish_refused(url: str, body: bytes, kind: str, exchange: str, key: str) -> None:
+    """A publish as ``url``'s user, refused by the broker (the channel is closed)."""
+    conn, channel = raw_channel(url)
     try:
-        body = encode(SubJobAssignmentSchema(), _assignment(lab.dev_b))
-        channel.basic_publish(
-            amqp.Message(body, type="subjob-assignment"),
-            exchange="",
-            routing_key=topology.device_queue_name(lab.dev_b),
-        )
+        channel.basic_publish(amqp.Message(body, type=kind), exchange=exchange, routing_key=key)
         with pytest.raises(amqp.exceptions.AccessRefused):
             conn.drain_events(timeout=5)
     finally:
         conn.collect()
+
+
+def _ready(lab: Lab, queue: str) -> int:
+    """Messages ready in ``queue``, as the admin sees them."""
     conn, channel = raw_channel(lab.admin)
     try:
-        declared = channel.queue_declare(topology.device_queue_name(lab.dev_b), passive=True)
-        assert declared.message_count == 0
+        return int(channel.queue_declare(queue, passive=True).message_count)
     finally:
         conn.close()
 
