@@ -444,11 +444,9 @@ class Console(ConsoleBase):
                 gathered = len(data)
                 chunks = [data]
                 try:
-                    # (a read of all that was waiting, below a flood's size, took
-                    # everything: asking again costs a wake-up's ioctl for nothing)
-                    while gathered < self.max_chunk and (
-                        gathered != waiting or gathered >= self.flood_bytes
-                    ):
+                    # (asked again even after a read of "all that was waiting": a
+                    # socket:// port's in_waiting says 1 for any amount, not a count)
+                    while gathered < self.max_chunk:
                         waiting = port.in_waiting
                         if not waiting:
                             break

@@ -127,6 +127,27 @@ def test_socket_console_round_trip_and_disconnect() -> None:
         server.sock.close()
 
 
+def test_a_socket_console_reads_what_is_waiting_in_one_chunk_not_byte_by_byte() -> None:
+    """pyserial's socket:// ``in_waiting`` says 1 for any amount waiting: the reader
+    must still take everything that is there (a QEMU VM's console is one), not one
+    byte per read and pause."""
+    server = OneShotServer()
+    con = Console(f"socket://127.0.0.1:{server.port}", name="vm-1", prompts=[r"\$ "])
+    chunks: list[bytes] = []
+    try:
+        con.expect("login: ", timeout=5)
+        con.add_listener(chunks.append)
+        line = "x" * 200
+        con.sendline(line)
+        assert con.read_until_prompt(timeout=30) == line.upper() + "\n"
+        # 200 characters + CRLF + prompt sent at once: a few reads, not one per byte
+        assert sum(map(len, chunks)) == len(line) + 4
+        assert len(chunks) <= 10, [len(c) for c in chunks]
+    finally:
+        con.close()
+        server.sock.close()
+
+
 def test_socket_console_unreachable_is_infrastructure_error() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
