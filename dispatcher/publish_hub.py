@@ -24,15 +24,33 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kombu.exceptions import OperationalError
 
 from broker_config.broker import Broker, Outgoing
 from schemas.errors import LavamqError
 
-if TYPE_CHECKING:
-    from dispatcher.publisher import SubJobPublisher
+
+class SubJobPublisher(Protocol):
+    """What the hub needs of a sub-job's publisher (``dispatcher.publisher``, which
+    imports this module: a protocol here keeps the import graph one way)."""
+
+    job: str
+    node: str
+    retries: int
+    retry_interval: float
+    interval: float
+
+    def collect(self) -> list[Pending]:
+        """The publisher's queued messages, taken now."""
+
+    def abandoned(self, item: Pending) -> bool:
+        """True once the publisher gave up on ``item``."""
+
+    def done(self, item: Pending, *, sent: bool) -> None:
+        """``item`` was confirmed by the broker (``sent``) or dropped."""
+
 
 log = logging.getLogger(__name__)
 
